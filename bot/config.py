@@ -1,0 +1,240 @@
+"""Settings: the only module that reads the environment.
+
+``Settings.from_env(os.environ)`` parses and validates every variable at once; a missing or
+malformed value raises ``ConfigError`` naming the variable. Secrets are wrapped in ``Secret``
+so that no repr, log line or error message can show them by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from bot.errors import ConfigError
+from bot.models import EP_ID_MAX, PROJECT_ID_MAX
+
+HSS_REGIONS: frozenset[str] = frozenset(
+    """cn-north-1 cn-north-2 cn-north-4 cn-north-9 cn-north-11 cn-north-12 cn-southwest-2
+    cn-southwest-3 cn-east-2 cn-east-3 cn-east-4 cn-east-5 cn-south-1 cn-south-2 cn-south-4
+    ap-southeast-1 ap-southeast-2 ap-southeast-3 ap-southeast-4 ap-southeast-5 na-mexico-1
+    af-south-1 af-north-1 sa-brazil-1 la-south-2 la-north-2 tr-west-1 ae-ad-1 me-east-1
+    my-kualalumpur-1 eu-west-101 ru-moscow-1""".split()
+)
+
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+DEFAULT_COMMAND = "/hss-sync"
+
+T = TypeVar("T")
+
+
+class Secret:
+    """A string that never shows itself in repr/str; call ``reveal()`` at the point of use."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def fingerprint(self) -> str:
+        """A short stable id (for Redis key names) that does not disclose the secret."""
+        return hashlib.sha256(self._value.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``calls`` call starts in any ``window`` seconds."""
+
+    calls: int
+    window: float
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        """Parse ``5/60s``, ``5/1m``, ``5/600ms`` or ``5/60``."""
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", text)
+        if not m:
+            raise ValueError("expected CALLS/WINDOW such as 5/60s, 5/1m or 5/600ms")
+        calls, amount, unit = int(m[1]), float(m[2]), m[3] or "s"
+        window = amount * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+        if calls < 1 or window <= 0:
+            raise ValueError("calls and window must both be positive")
+        return cls(calls=calls, window=window)
+
+    def __str__(self) -> str:
+        return f"{self.calls}/{self.window:g}s"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    slack_bot_token: Secret | None = None
+    slack_signing_secret: Secret | None = None
+    slack_app_token: Secret | None = None
+    slack_api_url: str = DEFAULT_SLACK_API_URL
+    ak: Secret | None = None
+    sk: Secret | None = None
+    security_token: Secret | None = None
+    project_id: str | None = None
+    region: str | None = None
+    endpoint: str | None = None
+    enterprise_project_id: str | None = None
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(5, 60.0))
+    fresh_seconds: float = 60.0
+    redis_url: str | None = None
+    port: int = 3000
+    data_dir: Path = field(default_factory=lambda: Path(".hss-sync-bot"))
+    command_name: str = DEFAULT_COMMAND
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        env = {k: v for k, v in environ.items() if v.strip() != ""}
+        secret = _secret_getter(env)
+        endpoint = env.get("HSS_ENDPOINT")
+        if endpoint is not None:
+            _check_url("HSS_ENDPOINT", endpoint)
+        region = env.get("HSS_REGION")
+        if region is not None and region not in HSS_REGIONS and endpoint is None:
+            raise ConfigError(
+                "HSS_REGION", f"unknown region {region!r}; use one of HSS's regions "
+                "(for example ap-southeast-1) or set HSS_ENDPOINT"
+            )
+        slack_api_url = env.get("SLACK_API_URL", DEFAULT_SLACK_API_URL)
+        _check_url("SLACK_API_URL", slack_api_url)
+        return cls(
+            slack_bot_token=secret("SLACK_BOT_TOKEN"),
+            slack_signing_secret=secret("SLACK_SIGNING_SECRET"),
+            slack_app_token=_app_token(secret("SLACK_APP_TOKEN")),
+            slack_api_url=slack_api_url if slack_api_url.endswith("/") else slack_api_url + "/",
+            ak=secret("CLOUD_SDK_AK"),
+            sk=secret("CLOUD_SDK_SK"),
+            security_token=secret("CLOUD_SDK_SECURITY_TOKEN"),
+            project_id=_bounded(env, "HSS_PROJECT_ID", PROJECT_ID_MAX),
+            region=region,
+            endpoint=endpoint.rstrip("/") if endpoint else None,
+            enterprise_project_id=_bounded(env, "HSS_ENTERPRISE_PROJECT_ID", EP_ID_MAX),
+            rate_limit=_parse(env, "HSS_RATE_LIMIT", RateLimit.parse, RateLimit(5, 60.0)),
+            fresh_seconds=_parse(env, "HSS_FRESH_SECONDS", _non_negative_float, 60.0),
+            redis_url=_redis_url(env.get("REDIS_URL")),
+            port=_parse(env, "PORT", _port, 3000),
+            data_dir=Path(env.get("HSS_DATA_DIR", ".hss-sync-bot")),
+            command_name=_parse(env, "HSS_SLASH_COMMAND", _command_name, DEFAULT_COMMAND),
+        )
+
+    @classmethod
+    def from_os(cls) -> Settings:
+        return cls.from_env(os.environ)
+
+    @property
+    def hss_endpoint(self) -> str:
+        if self.endpoint:
+            return self.endpoint
+        if self.region is None:
+            raise ConfigError("HSS_REGION", "missing; set HSS_REGION (or HSS_ENDPOINT)")
+        domain = "myhuaweicloud.eu" if self.region == "eu-west-101" else "myhuaweicloud.com"
+        return f"https://hss.{self.region}.{domain}"
+
+    def require_hss(self) -> None:
+        """Raise ``ConfigError`` unless everything needed to call HSS is set."""
+        for name, value in (
+            ("CLOUD_SDK_AK", self.ak),
+            ("CLOUD_SDK_SK", self.sk),
+            ("HSS_PROJECT_ID", self.project_id),
+        ):
+            if value is None:
+                raise ConfigError(name, "missing; it is required to call HSS")
+        _ = self.hss_endpoint
+
+    def require_slack(self) -> None:
+        """Raise ``ConfigError`` unless everything needed to serve Slack is set."""
+        if self.slack_bot_token is None:
+            raise ConfigError("SLACK_BOT_TOKEN", "missing; the bot token (xoxb-...) is required")
+        if self.slack_app_token is None and self.slack_signing_secret is None:
+            raise ConfigError(
+                "SLACK_SIGNING_SECRET",
+                "missing; required in HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)",
+            )
+
+    @property
+    def budget_scope(self) -> str:
+        """Everything sharing this scope shares one call budget: the same AK means the same
+        IAM user at HSS's gateway."""
+        return self.ak.fingerprint() if self.ak else "anonymous"
+
+
+def _secret_getter(env: Mapping[str, str]) -> Callable[[str], Secret | None]:
+    def get(name: str) -> Secret | None:
+        value = env.get(name)
+        return Secret(value.strip()) if value is not None else None
+
+    return get
+
+
+def _app_token(token: Secret | None) -> Secret | None:
+    if token is not None and not token.reveal().startswith("xapp-"):
+        raise ConfigError("SLACK_APP_TOKEN", "must be an app-level token starting with xapp-")
+    return token
+
+
+def _bounded(env: Mapping[str, str], name: str, maximum: int) -> str | None:
+    value = env.get(name)
+    if value is not None and len(value) > maximum:
+        raise ConfigError(name, f"too long ({len(value)} characters; at most {maximum})")
+    return value
+
+
+def _parse(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(name, f"{raw!r} is not valid: {exc}") from None
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a number of seconds, 0 or more")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a TCP port 0-65535")
+    return value
+
+
+def _command_name(raw: str) -> str:
+    if not re.fullmatch(r"/[a-z0-9_-]{1,31}", raw):
+        raise ValueError("expected a slash command such as /hss-sync")
+    return raw
+
+
+def _redis_url(raw: str | None) -> str | None:
+    if raw is not None and not re.match(r"(redis|rediss|unix)://", raw):
+        raise ConfigError("REDIS_URL", "must start with redis://, rediss:// or unix://")
+    return raw
+
+
+def _check_url(name: str, value: str) -> None:
+    if not re.match(r"https?://[^\s/]+", value):
+        raise ConfigError(name, f"{value!r} is not an http(s) URL")

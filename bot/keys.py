@@ -1,0 +1,71 @@
+"""Every Redis key the bot uses, in one place.
+
+Keys are namespaced under ``hss:``. Values supplied by users or HSS (task ids, enterprise
+project ids) are percent-encoded so that a ``:`` in them can never collide with another key.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from bot.models import TaskRef
+
+PREFIX = "hss"
+
+
+def _part(value: str | None) -> str:
+    return quote(value if value is not None else "-", safe="")
+
+
+def task_part(ref: TaskRef) -> str:
+    return f"{_part(ref.project_id)}:{_part(ref.enterprise_project_id)}:{_part(ref.task_id)}"
+
+
+# --- call budget (scope = fingerprint of the AK: one IAM user at HSS) ---
+
+
+def budget_log(scope: str) -> str:
+    """ZSET member=call id, score=start time (s). Calls in the sliding window; trimmed by
+    the acquire script, expires one window after the last call."""
+    return f"{PREFIX}:budget:{scope}:log"
+
+
+def budget_waiters(scope: str) -> str:
+    """ZSET member=waiter id, score=expiry time (s). Interactive callers waiting for a slot;
+    background callers yield to any live entry. Entries expire if their owner dies."""
+    return f"{PREFIX}:budget:{scope}:waiters"
+
+
+def auth_lock(scope: str) -> str:
+    """STRING JSON {error_code, request_id, at}. Set when HSS answered 401/403: nobody calls
+    HSS with this AK until an operator clears it (`hss-sync-bot reset-auth`) or the AK/SK
+    changes (a new scope). No TTL: repeated failures would lock the AK/SK at HSS."""
+    return f"{PREFIX}:auth:{scope}:lock"
+
+
+# --- the mirror ---
+
+
+def mirror(ref: TaskRef) -> str:
+    """HASH field ``meta`` = JSON (generation, views, totals); fields ``c0..cN`` = zlib
+    chunks of packed registry rows. Replaced whole in one MULTI so readers never see a mix.
+    No TTL: the mirror is what lets the bot answer without calls."""
+    return f"{PREFIX}:mirror:{task_part(ref)}"
+
+
+def mirror_changes(ref: TaskRef) -> str:
+    """STREAM of status changes the mirror saw (registry id, old, new, reason, time),
+    capped near 10,000 entries; the alerting loop reads it."""
+    return f"{PREFIX}:mirror:{task_part(ref)}:changes"
+
+
+def refresh_lock(ref: TaskRef, view: str) -> str:
+    """STRING owner id, PX = fetch deadline. One refresher per task view across replicas;
+    others wait for the mirror's generation to move instead of calling HSS."""
+    return f"{PREFIX}:refresh:{task_part(ref)}:{quote(view, safe='')}"
+
+
+def known_tasks() -> str:
+    """ZSET member = mirror key suffix, score = last lookup time. Which tasks people care
+    about, for background refresh and housekeeping."""
+    return f"{PREFIX}:tasks"
