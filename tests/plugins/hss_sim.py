@@ -1,0 +1,1 @@
+"""HSS simulator fixtures (owned by the simulator work)."""
