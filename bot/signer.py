@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Callable
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -29,13 +28,14 @@ def _quote(text: str) -> str:
 
 def canonical_query(params: Sequence[tuple[str, str]]) -> str:
     """The query string exactly as signed; send this string, not httpx's own encoding."""
-    pairs = sorted((_quote(k), _quote(v)) for k, v in params)
-    return "&".join(f"{k}={v}" for k, v in pairs)
+    # The SDK sorts the raw pairs, then encodes; sorting encoded text orders some pairs
+    # differently (e.g. "~" vs non-ASCII), which only matters for repeated keys but is cheap.
+    return "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(params))
 
 
 def canonical_uri(path_segments: Sequence[str]) -> str:
     """Percent-encode each raw segment; the canonical form ends in ``/``, the sent URL not."""
-    return "/" + "/".join(_quote(s) for s in path_segments) + "/"
+    return canonical_path_of(encoded_path(path_segments))
 
 
 def encoded_path(path_segments: Sequence[str]) -> str:
@@ -98,9 +98,13 @@ def format_sdk_date(moment: datetime) -> str:
 
 
 def canonical_path_of(raw_path: str) -> str:
-    """Canonical URI of an already percent-encoded request path (as a server sees it)."""
-    path = raw_path if raw_path.endswith("/") else raw_path + "/"
-    return path
+    """Canonical URI of an already percent-encoded request path (as a server sees it).
+
+    Like the SDK (and so the gateway): decode the whole path, split on ``/`` and re-encode each
+    part. An encoded ``/`` inside a segment (``%2F``) is therefore signed as a plain ``/``.
+    """
+    path = "/".join(_quote(part) for part in unquote(raw_path).split("/"))
+    return path if path.endswith("/") else path + "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +148,9 @@ class HssAuth(httpx.Auth):
             ak=self._credentials.ak,
             sk=self._credentials.sk,
             method=request.method,
-            canonical_path=canonical_path_of(request.url.raw_path.split(b"?", 1)[0].decode("ascii")),
+            canonical_path=canonical_path_of(
+                request.url.raw_path.split(b"?", 1)[0].decode("ascii")
+            ),
             query=request.url.query.decode("ascii"),
             headers=to_sign,
             body=request.content,
