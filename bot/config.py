@@ -23,7 +23,7 @@ HSS_REGIONS: frozenset[str] = frozenset(
     cn-southwest-3 cn-east-2 cn-east-3 cn-east-4 cn-east-5 cn-south-1 cn-south-2 cn-south-4
     ap-southeast-1 ap-southeast-2 ap-southeast-3 ap-southeast-4 ap-southeast-5 na-mexico-1
     af-south-1 af-north-1 sa-brazil-1 la-south-2 la-north-2 tr-west-1 ae-ad-1 me-east-1
-    my-kualalumpur-1 eu-west-101 ru-moscow-1""".split()
+    my-kualalumpur-1 eu-west-101 ru-moscow-1""".split()  # noqa: SIM905 (a list is unreadable)
 )
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -112,8 +112,9 @@ class Settings:
         region = env.get("HSS_REGION")
         if region is not None and region not in HSS_REGIONS and endpoint is None:
             raise ConfigError(
-                "HSS_REGION", f"unknown region {region!r}; use one of HSS's regions "
-                "(for example ap-southeast-1) or set HSS_ENDPOINT"
+                "HSS_REGION",
+                f"unknown region {region!r}; use one of HSS's regions "
+                "(for example ap-southeast-1) or set HSS_ENDPOINT",
             )
         slack_api_url = env.get("SLACK_API_URL", DEFAULT_SLACK_API_URL)
         _check_url("SLACK_API_URL", slack_api_url)

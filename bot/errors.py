@@ -66,7 +66,8 @@ class HssError(BotError):
         request_id: str = "",
         status: int = 0,
     ) -> None:
-        super().__init__(f"{error_code}: {error_msg}" + (f" (request {request_id})" if request_id else ""))
+        suffix = f" (request {request_id})" if request_id else ""
+        super().__init__(f"{error_code}: {error_msg}{suffix}")
         self.error_code = error_code
         self.error_msg = error_msg
         self.request_id = request_id

@@ -97,7 +97,9 @@ class LookupRequest:
 
     @property
     def api_filter(self) -> ApiFilter:
-        return ApiFilter(sync_status=self.status, registry_types=self.types, registry_name=self.name)
+        return ApiFilter(
+            sync_status=self.status, registry_types=self.types, registry_name=self.name
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,258 @@
+"""Answering lookups from the mirror, and refreshing it through the call budget.
+
+``peek`` never calls HSS: it answers from the mirror with the data's age. ``refresh`` brings
+the mirror to the wanted freshness with the fewest calls: identical refreshes in this process
+share one fetch, and across replicas a per-view lock in Redis makes the others wait for the
+winner's result instead of spending calls of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.budget import CallBudget, Priority
+from bot.config import RateLimit
+from bot.errors import HssAuthError, StoreError
+from bot.hss_client import FetchResult, HssClient
+from bot.mirror import (
+    Snapshot,
+    View,
+    choose_view,
+    covering_view,
+    is_fresh,
+    matching_rows,
+    merge,
+    pages,
+    registries_of,
+    task_size,
+    totals,
+    view_key,
+)
+from bot.models import PAGE_LIMIT_MAX, Answer, ApiFilter, LookupRequest, TaskRef
+from bot.store import MirrorStore
+
+logger = logging.getLogger(__name__)
+
+#: A Refresh click within this many seconds of the last fetch costs nothing.
+MIN_REFRESH_AGE = 5.0
+#: How long a refresh lock lives without renewal: a dead replica's lock frees up this fast.
+LOCK_TTL = 20.0
+POLL_OTHERS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Peek:
+    answer: Answer
+    fresh: bool
+
+
+def answer_from(snap: Snapshot, request: LookupRequest, view: View | None) -> Answer:
+    if view is None:
+        return Answer(request=request, totals=totals(snap))
+    return Answer(
+        request=request,
+        registries=registries_of(matching_rows(snap, request)),
+        totals=totals(snap),
+        fetched_at=view.fetched_at,
+    )
+
+
+class LookupService:
+    def __init__(
+        self,
+        *,
+        store: MirrorStore,
+        client: HssClient,
+        budget: CallBudget,
+        limit: RateLimit,
+        project_id: str,
+        default_ep: str | None,
+        fresh_seconds: float,
+        budget_scope: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._budget = budget
+        self._limit = limit
+        self._project_id = project_id
+        self._default_ep = default_ep
+        self.fresh_seconds = fresh_seconds
+        self._scope = budget_scope
+        self._clock = clock
+        self._inflight: dict[tuple[TaskRef, str], asyncio.Task[None]] = {}
+
+    def ref(self, request: LookupRequest) -> TaskRef:
+        return TaskRef(
+            project_id=self._project_id,
+            task_id=request.task_id,
+            enterprise_project_id=request.ep or self._default_ep,
+        )
+
+    async def peek(self, request: LookupRequest) -> Peek:
+        """The mirror's answer, no call: ``fresh`` when younger than ``fresh_seconds``."""
+        snap = await self._store.load(self.ref(request))
+        view = covering_view(snap, request.api_filter)
+        fresh = is_fresh(view, now=self._clock(), max_age=self.fresh_seconds)
+        return Peek(answer=answer_from(snap, request, view), fresh=fresh)
+
+    async def lookup(
+        self, request: LookupRequest, *, priority: Priority = Priority.INTERACTIVE
+    ) -> Answer:
+        peek = await self.peek(request)
+        if peek.fresh:
+            return peek.answer
+        return await self.refresh(request, priority=priority)
+
+    async def refresh(
+        self,
+        request: LookupRequest,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        max_age: float | None = None,
+    ) -> Answer:
+        """Fetch what the request needs unless the mirror already holds it younger than
+        ``max_age`` (default ``fresh_seconds``). Raises ``HssError``/``BudgetTimeout``."""
+        wanted = self.fresh_seconds if max_age is None else max_age
+        ref, query = self.ref(request), request.api_filter
+        snap = await self._store.load(ref)
+        # Two rounds at most: the first fetch may be a size probe that planned a narrower view.
+        for _ in range(3):
+            view = covering_view(snap, query)
+            if is_fresh(view, now=self._clock(), max_age=wanted):
+                break
+            await self._shared_fetch(ref, snap, query, priority)
+            snap = await self._store.load(ref)
+        return answer_from(snap, request, covering_view(snap, query))
+
+    async def wait_estimate(self, request: LookupRequest) -> float:
+        """Seconds until a refresh of ``request`` is likely done, from budget and task size."""
+        snap = await self._store.load(self.ref(request))
+        size = task_size(snap)
+        flt = choose_view(snap, request.api_filter)
+        calls = pages(size) if size is not None and flt.is_full else 1
+        spacing = self._limit.window / self._limit.calls
+        return await self._budget.next_slot_in() + (calls - 1) * spacing
+
+    async def reset_auth(self) -> bool:
+        """Operator action: allow calls again after an authentication failure."""
+        had = await self._store.get_auth_lock(self._scope) is not None
+        await self._store.set_auth_lock(self._scope, None)
+        return had
+
+    # --- fetching ---
+
+    async def _shared_fetch(
+        self, ref: TaskRef, snap: Snapshot, query: ApiFilter, priority: Priority
+    ) -> None:
+        flt = choose_view(snap, query)
+        key = (ref, view_key(flt))
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._locked_fetch(ref, snap, query, flt, priority))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._forget(key, t))
+        await asyncio.shield(task)
+
+    def _forget(self, key: tuple[TaskRef, str], task: asyncio.Task[None]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here so an unawaited failure is not logged as lost
+
+    async def _locked_fetch(
+        self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
+    ) -> None:
+        view = view_key(flt)
+        owner = uuid.uuid4().hex
+        before = _fetched_at(snap, view)
+        while not await self._store.lock(ref, view, owner, LOCK_TTL):
+            # Another replica is fetching this view: its result is ours when it lands.
+            if _fetched_at(await self._store.load(ref), view) != before:
+                return
+            await asyncio.sleep(POLL_OTHERS)
+        renew = asyncio.create_task(self._renew(ref, view, owner))
+        try:
+            await self._fetch_and_merge(ref, snap, query, flt, priority)
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            await self._store.unlock(ref, view, owner)
+
+    async def _renew(self, ref: TaskRef, view: str, owner: str) -> None:
+        while True:
+            await asyncio.sleep(LOCK_TTL / 3)
+            await self._store.unlock(ref, view, owner, LOCK_TTL)
+
+    async def _fetch_and_merge(
+        self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
+    ) -> None:
+        await self._check_auth()
+        try:
+            result, flt = await self._fetch(ref, snap, query, flt, priority)
+        except HssAuthError as exc:
+            await self._store.set_auth_lock(self._scope, _auth_info(exc, self._clock()))
+            raise
+        await self._merge_save(ref, flt, result)
+
+    async def _fetch(
+        self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
+    ) -> tuple[FetchResult, ApiFilter]:
+        if not (flt.is_full and task_size(snap) is None):
+            return await self._client.fetch_all(ref, flt, priority=priority), flt
+        # Size unknown: the first full page tells it, and is all of a small task.
+        first = await self._client.list_page(ref, flt, limit=PAGE_LIMIT_MAX, priority=priority)
+        narrower = choose_view(snap, query, size_hint=first.total_num)
+        if narrower.is_full:
+            return await self._client.fetch_all(ref, flt, priority=priority, first=first), flt
+        logger.info("task has %d registries: fetching only %s", first.total_num, view_key(narrower))
+        return await self._client.fetch_all(ref, narrower, priority=priority), narrower
+
+    async def _merge_save(self, ref: TaskRef, flt: ApiFilter, result: FetchResult) -> None:
+        # Another replica may save between our load and save: re-merge onto its snapshot.
+        for _ in range(5):
+            snap = await self._store.load(ref)
+            new, changes = merge(
+                snap,
+                flt,
+                result.registries,
+                total=result.total_num,
+                started_at=result.started_at,
+                finished_at=result.finished_at,
+            )
+            if await self._store.save(ref, new, changes, expected=snap.generation):
+                if changes:
+                    logger.info("task %s: %d status changes", ref.task_id, len(changes))
+                return
+        raise StoreError("The mirror kept changing under this refresh; try again.")
+
+    async def _check_auth(self) -> None:
+        info = await self._store.get_auth_lock(self._scope)
+        if info is not None:
+            raise HssAuthError(
+                error_code=str(info.get("error_code", "APIGW.0301")),
+                error_msg="calls stopped after an earlier authentication failure",
+                request_id=str(info.get("request_id", "")),
+                status=int(info.get("status", 401)),
+            )
+
+
+def _fetched_at(snap: Snapshot, view: str) -> float | None:
+    done = snap.views.get(view)
+    return done.fetched_at if done is not None else None
+
+
+def _auth_info(exc: HssAuthError, now: float) -> dict[str, Any]:
+    return {
+        "error_code": exc.error_code,
+        "request_id": exc.request_id,
+        "status": exc.status,
+        "at": now,
+    }

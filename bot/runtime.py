@@ -1,0 +1,100 @@
+"""Assembling the parts from settings: Redis (external or embedded), the budget, the mirror
+store, the HSS client and the lookup service. ``run``, ``query`` and ``demo`` share this."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import redis.asyncio as aioredis
+
+from bot.budget import FailoverBudget, LocalCallBudget, RedisCallBudget
+from bot.config import Settings
+from bot.embedded_redis import EmbeddedRedis, ensure_embedded_redis
+from bot.hss_client import HssClient
+from bot.lookup import LookupService
+from bot.signer import Credentials
+from bot.store import FailoverMirrorStore, MemoryMirrorStore, RedisMirrorStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: aioredis.Redis
+    client: HssClient
+    lookups: LookupService
+    budget: FailoverBudget
+    embedded: EmbeddedRedis | None = None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.redis.aclose()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    # Short timeouts: a dead Redis must turn into the in-process fallback quickly, not hang
+    # a slash command past Slack's 3-second ack.
+    return aioredis.Redis.from_url(
+        url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=15
+    )
+
+
+async def open_runtime(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Runtime:
+    """Everything a process needs to answer lookups. ``settings.require_hss()`` must hold."""
+    embedded: EmbeddedRedis | None = None
+    if settings.redis_url is not None:
+        url = settings.redis_url
+    else:
+        url, embedded = await asyncio.to_thread(ensure_embedded_redis, settings.data_dir)
+    redis = redis_client(url)
+    scope = settings.budget_scope
+    budget = FailoverBudget(
+        RedisCallBudget(redis, scope=scope, limit=settings.rate_limit),
+        LocalCallBudget(limit=settings.rate_limit),
+    )
+    assert settings.ak is not None and settings.sk is not None and settings.project_id
+    credentials = Credentials(
+        ak=settings.ak.reveal(),
+        sk=settings.sk.reveal(),
+        security_token=settings.security_token.reveal() if settings.security_token else None,
+    )
+    client = HssClient(
+        endpoint=settings.hss_endpoint,
+        project_id=settings.project_id,
+        credentials=credentials,
+        budget=budget,
+        transport=transport,
+    )
+    store = FailoverMirrorStore(RedisMirrorStore(redis), MemoryMirrorStore(clock))
+    lookups = LookupService(
+        store=store,
+        client=client,
+        budget=budget,
+        limit=settings.rate_limit,
+        project_id=settings.project_id,
+        default_ep=settings.enterprise_project_id,
+        fresh_seconds=settings.fresh_seconds,
+        budget_scope=scope,
+        clock=clock,
+    )
+    return Runtime(
+        settings=settings,
+        redis=redis,
+        client=client,
+        lookups=lookups,
+        budget=budget,
+        embedded=embedded,
+    )

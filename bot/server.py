@@ -1,0 +1,110 @@
+"""The bot's HTTP side (aiohttp): ``POST /slack/events`` into Bolt, ``GET /healthz``; and the
+Socket Mode connection when ``SLACK_APP_TOKEN`` is set (health is still served on PORT)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import suppress
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.config import Settings
+from bot.runtime import Runtime, open_runtime
+from bot.slack_app import build_app
+
+logger = logging.getLogger(__name__)
+
+
+def web_client(settings: Settings) -> AsyncWebClient:
+    """A Web API client that also waits out HTTP 429s (Slack's default retries only
+    connection errors)."""
+    assert settings.slack_bot_token is not None
+    return AsyncWebClient(
+        token=settings.slack_bot_token.reveal(),
+        base_url=settings.slack_api_url,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+
+
+def build_web_app(bolt: AsyncApp | None, runtime: Runtime) -> web.Application:
+    async def events(request: web.Request) -> web.Response:
+        assert bolt is not None
+        return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
+
+    async def healthz(request: web.Request) -> web.Response:
+        # The bot answers even with Redis down (in-process fallback), so Redis is reported,
+        # not required.
+        try:
+            redis_ok = bool(await runtime.redis.ping())
+        except Exception:  # any failure means "down" here; the cause is logged elsewhere
+            redis_ok = False
+        return web.json_response({"ok": True, "redis": "up" if redis_ok else "down"})
+
+    app = web.Application()
+    if bolt is not None:
+        app.router.add_post("/slack/events", events)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def start_http(app: web.Application, *, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner, int(runner.addresses[0][1])
+
+
+async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: S104
+    """Run until SIGTERM/SIGINT."""
+    runtime = await open_runtime(settings)
+    bolt = build_app(
+        lookups=runtime.lookups,
+        web_client=web_client(settings),
+        signing_secret=None if settings.slack_app_token else _reveal(settings),
+        command_name=settings.command_name,
+    )
+    socket_mode = settings.slack_app_token is not None
+    runner, port = await start_http(
+        build_web_app(None if socket_mode else bolt, runtime), host=host, port=settings.port
+    )
+    handler: AsyncSocketModeHandler | None = None
+    if settings.slack_app_token is not None:
+        handler = AsyncSocketModeHandler(bolt, settings.slack_app_token.reveal())
+        await handler.connect_async()  # type: ignore[no-untyped-call]
+        logger.info("connected to Slack in Socket Mode; health on port %d", port)
+    else:
+        logger.info("serving Slack requests on http://%s:%d/slack/events", host, port)
+    try:
+        await _until_stopped()
+    finally:
+        if handler is not None:
+            await handler.close_async()  # type: ignore[no-untyped-call]
+        await runner.cleanup()
+        await runtime.aclose()
+
+
+def _reveal(settings: Settings) -> str | None:
+    return settings.slack_signing_secret.reveal() if settings.slack_signing_secret else None
+
+
+async def _until_stopped() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("stopping")

@@ -1,0 +1,200 @@
+"""The Bolt app: the slash command and its buttons.
+
+Every command is acked at once. If the mirror holds fresh data the answer rides in the ack;
+otherwise the ack shows what is known (with its age) and says that fresh data is coming, and
+the fresh answer replaces it through ``response_url``. Paging never calls HSS; Refresh calls
+at most once however many people click.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.budget import Priority
+from bot.command import Help, Lookup, parse
+from bot.errors import BotError, CommandError
+from bot.lookup import MIN_REFRESH_AGE, LookupService
+from bot.models import Answer, LookupRequest
+from bot.render import (
+    ACTION_PAGE,
+    ACTION_REFRESH,
+    ACTION_SHARE,
+    Message,
+    decode_action_value,
+    render_answer,
+    render_error,
+    render_help,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Above this wait the first reply says when fresh data will come instead of "fetching".
+SAY_WAIT_AFTER = 2.0
+#: A fresh answer that needs longer than this is given up: response_url lives 30 minutes.
+MAX_WAIT = 25 * 60.0
+
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
+
+
+def _payload(message: Message, **extra: Any) -> dict[str, Any]:
+    return {"text": message.text, "blocks": message.blocks, **extra}
+
+
+def budget_notice(wait: float, now: float) -> str:
+    at = time.strftime("%H:%M:%S", time.localtime(now + wait))
+    return f"The HSS call budget is spent: fresh data at about {at} (in {wait:.0f} s)."
+
+
+class SlackHandlers:
+    """The listeners, as methods so tests and the demo can reach the same logic."""
+
+    def __init__(self, *, lookups: LookupService, clock: Callable[[], float] = time.time) -> None:
+        self._lookups = lookups
+        self._clock = clock
+
+    async def on_command(
+        self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond
+    ) -> None:
+        try:
+            parsed = parse(str(command.get("text", "")))
+        except CommandError as exc:
+            await ack(**_payload(render_error(exc.user_message()), response_type="ephemeral"))
+            return
+        if isinstance(parsed, Help):
+            await ack(**_payload(render_help(str(command.get("command") or "/hss-sync"))))
+            return
+        assert isinstance(parsed, Lookup)
+        await self._answer(ack, respond, parsed.request)
+
+    async def _answer(self, ack: AsyncAck, respond: AsyncRespond, request: LookupRequest) -> None:
+        peek = await self._lookups.peek(request)
+        now = self._clock()
+        if peek.fresh:
+            await ack(**_payload(render_answer(peek.answer, now=now), response_type="ephemeral"))
+            return
+        notice = await self._pending_notice(request, now)
+        await ack(
+            **_payload(
+                render_answer(peek.answer, now=now, notice=notice), response_type="ephemeral"
+            )
+        )
+        await self._deliver(respond, request, stale=peek.answer, page=0)
+
+    async def _pending_notice(self, request: LookupRequest, now: float) -> str:
+        wait = await self._lookups.wait_estimate(request)
+        if wait > SAY_WAIT_AFTER:
+            return budget_notice(wait, now)
+        return "Fetching fresh data from HSS…"
+
+    async def _deliver(
+        self,
+        respond: AsyncRespond,
+        request: LookupRequest,
+        *,
+        stale: Answer,
+        page: int,
+        max_age: float | None = None,
+    ) -> None:
+        """Refresh, then replace the pending message with the fresh answer or the error."""
+        try:
+            answer = await self._lookups.refresh(
+                request, priority=Priority.INTERACTIVE, max_age=max_age
+            )
+            message = render_answer(answer, page=page, now=self._clock())
+        except BotError as exc:
+            logger.info("lookup of task %s failed: %s", request.task_id, type(exc).__name__)
+            message = render_answer(stale, page=page, now=self._clock(), notice=exc.user_message())
+        await respond(**_payload(message, response_type="ephemeral", replace_original=True))
+
+    # --- buttons ---
+
+    async def on_page(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        decoded = await self._decode(body, respond)
+        if decoded is None:
+            return
+        request, page = decoded
+        peek = await self._lookups.peek(request)
+        message = render_answer(peek.answer, page=page, now=self._clock())
+        await respond(**_payload(message, response_type="ephemeral", replace_original=True))
+
+    async def on_refresh(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        decoded = await self._decode(body, respond)
+        if decoded is None:
+            return
+        request, page = decoded
+        peek = await self._lookups.peek(request)
+        wait = await self._lookups.wait_estimate(request)
+        if wait > SAY_WAIT_AFTER:
+            notice = budget_notice(wait, self._clock())
+            message = render_answer(peek.answer, page=page, now=self._clock(), notice=notice)
+            await respond(**_payload(message, response_type="ephemeral", replace_original=True))
+        await self._deliver(respond, request, stale=peek.answer, page=page, max_age=MIN_REFRESH_AGE)
+
+    async def on_share(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        decoded = await self._decode(body, respond)
+        if decoded is None:
+            return
+        request, page = decoded
+        peek = await self._lookups.peek(request)
+        user = str(body.get("user", {}).get("id", ""))
+        message = render_answer(
+            peek.answer,
+            page=page,
+            now=self._clock(),
+            shareable=False,
+            shared_by=user if _USER_ID.match(user) else None,
+        )
+        await respond(**_payload(message, response_type="in_channel", replace_original=False))
+
+    async def _decode(
+        self, body: dict[str, Any], respond: AsyncRespond
+    ) -> tuple[LookupRequest, int] | None:
+        try:
+            actions = body.get("actions") or [{}]
+            return decode_action_value(str(actions[0].get("value", "")))
+        except CommandError as exc:
+            message = render_error(exc.user_message())
+            await respond(**_payload(message, response_type="ephemeral", replace_original=False))
+            return None
+
+
+async def _on_error(error: Exception, body: dict[str, Any]) -> None:
+    # Listeners render BotErrors themselves; anything reaching here is a bug: log it once.
+    logger.error("unhandled error in a Slack listener", exc_info=error)
+
+
+def build_app(
+    *,
+    lookups: LookupService,
+    web_client: AsyncWebClient,
+    signing_secret: str | None,
+    command_name: str,
+    clock: Callable[[], float] = time.time,
+) -> AsyncApp:
+    """The Bolt app. ``signing_secret`` is None in Socket Mode (no HTTP requests to verify)."""
+    app = AsyncApp(
+        client=web_client,
+        signing_secret=signing_secret,
+        request_verification_enabled=signing_secret is not None,
+        process_before_response=False,
+        raise_error_for_unhandled_request=False,
+    )
+    handlers = SlackHandlers(lookups=lookups, clock=clock)
+    app.command(command_name)(handlers.on_command)
+    app.action(ACTION_PAGE)(handlers.on_page)
+    app.action(ACTION_REFRESH)(handlers.on_refresh)
+    app.action(ACTION_SHARE)(handlers.on_share)
+    app.error(_on_error)
+    return app

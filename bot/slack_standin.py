@@ -1,0 +1,144 @@
+"""A local stand-in for the Slack Web API and for ``response_url``: it records every call.
+
+Tests and the demo point the bot's ``SLACK_API_URL`` at ``{url}/api/`` and hand out
+``response_url``s under ``{url}/response/``; everything the bot posts lands in ``calls``.
+Scripted failures (``fail_next``) let tests see how the bot copes with 429s and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+BOT_USER_ID = "UHSSBOT01"
+TEAM_ID = "T0STANDIN"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request the bot made: a Web API method or a ``response_url`` post."""
+
+    kind: str  # "api" or "response"
+    name: str  # method name, or the response_url id
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Scripted:
+    status: int = 200
+    body: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class SlackStandIn:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._scripted: dict[str, list[Scripted]] = {}
+        self._ts = itertools.count(1)
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # --- control ---
+
+    def fail_next(self, method: str, *responses: Scripted) -> None:
+        """Answer the next calls of ``method`` with these responses, in order."""
+        self._scripted.setdefault(method, []).extend(responses)
+
+    def response_url(self, ident: str) -> str:
+        return f"{self.url}/response/{ident}"
+
+    def api(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.kind == "api" and c.name == method]
+
+    def responses(self, ident: str) -> list[Call]:
+        return [c for c in self.calls if c.kind == "response" and c.name == ident]
+
+    async def wait_for(
+        self, predicate: Callable[[list[Call]], bool], timeout: float = 10.0
+    ) -> list[Call]:
+        """Wait until ``predicate(calls)`` holds; returns the calls then."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.calls)), timeout)
+            return list(self.calls)
+
+    # --- server ---
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_post("/response/{ident}", self._response)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.url = f"http://{host}:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _record(self, call: Call) -> None:
+        async with self._changed:
+            self.calls.append(call)
+            self._changed.notify_all()
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        body = await _body(request)
+        await self._record(Call("api", method, body, _headers(request)))
+        scripted = self._scripted.get(method)
+        if scripted:
+            s = scripted.pop(0)
+            return web.json_response(s.body, status=s.status, headers=s.headers)
+        return web.json_response(self._ok(method, body))
+
+    async def _response(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        await self._record(Call("response", request.match_info["ident"], body, _headers(request)))
+        return web.Response(text="ok")
+
+    def _ok(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "url": "https://standin.slack.com/",
+                "team": "Stand-in",
+                "user": "hss-sync-bot",
+                "team_id": TEAM_ID,
+                "user_id": BOT_USER_ID,
+                "bot_id": "BHSSBOT01",
+            }
+        if method in ("chat.postMessage", "chat.update"):
+            ts = body.get("ts") or f"1700000000.{next(self._ts):06d}"
+            return {"ok": True, "channel": body.get("channel", ""), "ts": ts, "message": body}
+        return {"ok": True}
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.text()
+    if request.content_type == "application/json":
+        parsed: dict[str, Any] = json.loads(raw) if raw else {}
+        return parsed
+    form: dict[str, Any] = dict(parse_qsl(raw))
+    for key in ("blocks", "attachments"):
+        if isinstance(form.get(key), str):
+            form[key] = json.loads(form[key])
+    return form
+
+
+def _headers(request: web.Request) -> dict[str, str]:
+    return {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
