@@ -1,0 +1,555 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from slack_sdk.models.blocks import Block, BlockElement
+
+from bot.errors import CommandError
+from bot.models import (
+    REGISTRY_TYPES,
+    UNKNOWN_STATUS,
+    Answer,
+    LookupRequest,
+    Registry,
+    SyncStatus,
+    Totals,
+)
+from bot.render import (
+    ACTION_PAGE_NEXT,
+    ACTION_PAGE_PATTERN,
+    ACTION_PAGE_PREV,
+    ACTION_REFRESH,
+    ACTION_SHARE,
+    PAGE_SIZE,
+    Message,
+    decode_action_value,
+    describe_age,
+    encode_action_value,
+    render_answer,
+    render_error,
+    render_help,
+)
+
+GOLDEN = Path(__file__).parent / "golden"
+NOW = 1_700_000_042.0
+HOSTILE = [
+    "<!channel>",
+    "<!here>",
+    "<@U123>",
+    "<!subteam^S1>",
+    "<https://evil.example|click>",
+    "*bold*",
+    "`tick`",
+    "```fence",
+    "_it_ ~s~",
+    "a & b",
+]
+HOSTILE_RAW = [h for h in HOSTILE if "<" in h]
+#: The only `<...>` tokens the renderer itself writes: a date and a user mention.
+OURS = re.compile(r"<!date\^\d+\^\{time_secs\}\|[0-9:]+ UTC>|<@[UW][A-Z0-9]+>")
+
+
+# --- the limit checker used by every test ----------------------------------------------------
+
+
+def _texts(block: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every text object inside a block."""
+    if "text" in block:
+        yield block["text"]
+    for element in block.get("elements", []):
+        if element.get("type") in ("mrkdwn", "plain_text"):
+            yield element
+        elif "text" in element:
+            yield element["text"]
+
+
+def check_message(message: Message) -> None:
+    """Slack's limits, checked by slack_sdk's models and explicitly."""
+    json.dumps(message.blocks)
+    assert 0 < len(message.blocks) <= 50
+    assert 0 < len(message.text) <= 3000
+    assert "<" not in message.text and ">" not in message.text
+    total = 0
+    for block in message.blocks:
+        Block.parse(block).validate_json()  # type: ignore[union-attr]
+        _check_block(block)
+        for text in _texts(block):
+            total += len(text["text"])
+            if text["type"] == "mrkdwn":
+                assert not re.search("[<>]", OURS.sub("", text["text"])), text["text"]
+    assert total <= 10_000
+
+
+def _check_block(block: dict[str, Any]) -> None:
+    kind = block["type"]
+    if kind == "header":
+        assert block["text"]["type"] == "plain_text"
+        assert 0 < len(block["text"]["text"]) <= 150
+    elif kind == "section":
+        assert 0 < len(block["text"]["text"]) <= 3000
+    elif kind == "context":
+        assert 0 < len(block["elements"]) <= 10
+    elif kind == "actions":
+        elements = block["elements"]
+        assert 0 < len(elements) <= 25
+        assert len({e["action_id"] for e in elements}) == len(elements)
+        for element in elements:
+            BlockElement.parse(element).validate_json()  # type: ignore[union-attr]
+            assert len(element["text"]["text"]) <= 75
+            assert len(element["value"]) <= 2000
+            assert len(element["action_id"]) <= 255
+    else:
+        assert kind == "divider"
+
+
+def buttons(message: Message) -> dict[str, dict[str, Any]]:
+    return {
+        e["action_id"]: e for b in message.blocks if b["type"] == "actions" for e in b["elements"]
+    }
+
+
+def mrkdwn(message: Message) -> str:
+    return "\n".join(t["text"] for b in message.blocks for t in _texts(b) if t["type"] == "mrkdwn")
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def reg(i: int, status: str = "failed", reason: str = "", **kw: str) -> Registry:
+    return Registry(
+        registry_id=f"id-{i}",
+        registry_name=kw.get("name", f"reg-{i}"),
+        registry_type=kw.get("type", "Harbor"),
+        sync_status=status,
+        failed_reason=reason,
+    )
+
+
+def answer(
+    registries: tuple[Registry, ...] = (),
+    request: LookupRequest | None = None,
+    totals: Totals | None = None,
+    fetched_at: float | None = NOW - 42,
+) -> Answer:
+    return Answer(
+        request=request or LookupRequest(task_id="task-42"),
+        registries=registries,
+        totals=totals or Totals(finished=0, running=0, failed=len(registries)),
+        fetched_at=fetched_at,
+    )
+
+
+def typical() -> Answer:
+    regs = (
+        reg(1, "failed", "SWR agency permission missing (SWROperatePolicy)"),
+        reg(2, "failed", "SWR agency permission missing (SWROperatePolicy)", type="Jfrog"),
+        reg(3, "failed", "connection timed out <10.0.0.1:443>"),
+        reg(4, "running"),
+        reg(5, "finished", type="SwrPrivate"),
+        reg(6, UNKNOWN_STATUS),
+    )
+    return answer(regs, totals=Totals(finished=1, running=1, failed=3, unknown=1))
+
+
+# --- golden files ----------------------------------------------------------------------------
+
+
+def _golden(name: str, message: Message) -> None:
+    path = GOLDEN / name
+    actual = json.dumps(
+        {"text": message.text, "blocks": message.blocks}, indent=2, ensure_ascii=False
+    )
+    if os.environ.get("UPDATE_GOLDEN"):  # UPDATE_GOLDEN=1 pytest ...; review the diff
+        path.write_text(actual + "\n", encoding="utf-8")
+    assert json.loads(path.read_text(encoding="utf-8")) == json.loads(actual)
+
+
+def test_golden_typical_answer() -> None:
+    message = render_answer(typical(), now=NOW)
+    check_message(message)
+    _golden("answer_typical.json", message)
+
+
+def test_golden_failed_filter_page_two_shared() -> None:
+    request = LookupRequest(
+        task_id="task-42", status=SyncStatus.FAILED, types=frozenset({"Harbor"})
+    )
+    regs = tuple(reg(i, "failed", f"reason {i % 3}") for i in range(45))
+    message = render_answer(
+        answer(regs, request), page=1, now=NOW, shareable=False, shared_by="U0ABC123"
+    )
+    check_message(message)
+    _golden("answer_failed_page2_shared.json", message)
+
+
+# --- content ---------------------------------------------------------------------------------
+
+
+def test_typical_content() -> None:
+    message = render_answer(typical(), now=NOW)
+    body = mrkdwn(message)
+    assert message.blocks[0]["text"]["text"] == "HSS image sync · task task-42"
+    assert "*3* failed" in body and "*1* running" in body and "*1* finished" in body
+    assert "*1* unknown" in body and "6 in all" in body
+    assert "data from 42 s ago" in body
+    assert "connection timed out &lt;10.0.0.1:443&gt;" in body
+    assert ":grey_question: `reg-6`" in body
+    assert "task-42: 3 failed, 1 running, 1 finished" in message.text
+    assert set(buttons(message)) == {ACTION_REFRESH, ACTION_SHARE}
+
+
+def test_failed_registries_are_grouped_by_reason_most_common_first() -> None:
+    regs = (
+        reg(1, "failed", "rare"),
+        reg(2, "failed", "common"),
+        reg(3, "finished"),
+        reg(4, "failed", "common "),  # trailing space: same reason
+        reg(5, "failed", ""),
+    )
+    body = mrkdwn(render_answer(answer(regs), now=NOW))
+    common = body.index("*Failed* (2 registries): `common`")
+    rare = body.index("*Failed* (1 registry): `rare`")
+    none = body.index("*Failed* (1 registry): _no reason given_")
+    assert common < rare and common < none < body.index("*Finished*")
+    assert body.count("`common`") == 1
+    assert common < body.index("`reg-2`") < body.index("`reg-4`") < rare
+
+
+def test_totals_unknown_render_as_question_marks() -> None:
+    message = render_answer(answer((), totals=Totals(failed=2), fetched_at=None), now=NOW)
+    body = mrkdwn(message)
+    assert "*2* failed" in body and "*?* running" in body and "? in all" in body
+    assert "no data yet" in body and "_No data yet._" in body
+    assert "?" in message.text
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        (LookupRequest(task_id="t"), "No registries match."),
+        (
+            LookupRequest(task_id="t", status=SyncStatus.FAILED),
+            "No failed registries match: failed.",
+        ),
+        (
+            LookupRequest(task_id="t", types=frozenset({"Jfrog", "Harbor"}), name="<x>"),
+            "No registries match: type=Harbor,Jfrog · name=`&lt;x&gt;`.",
+        ),
+    ],
+)
+def test_empty_result_says_so(request_: LookupRequest, expected: str) -> None:
+    message = render_answer(answer((), request_), now=NOW)
+    check_message(message)
+    assert expected in mrkdwn(message)
+
+
+def test_notice_is_prominent_and_escaped() -> None:
+    message = render_answer(typical(), now=NOW, notice="HSS said <!channel> & left")
+    check_message(message)
+    assert (
+        message.blocks[1]["text"]["text"]
+        == ":information_source: HSS said &lt;!channel&gt; &amp; left"
+    )
+    assert "&lt;!channel&gt;" in message.text
+
+
+def test_odd_statuses_from_the_api_still_render() -> None:
+    regs = (reg(1, "paused"), reg(2, ""), reg(3, "<!here>"))
+    message = render_answer(answer(regs), now=NOW)
+    check_message(message)
+    assert "status `paused`" in mrkdwn(message)
+
+
+def test_share_and_shared_by() -> None:
+    shared = render_answer(typical(), now=NOW, shareable=False, shared_by="U0ABC")
+    assert ACTION_SHARE not in buttons(shared)
+    assert "Shared by <@U0ABC>" in mrkdwn(shared)
+    odd = render_answer(typical(), now=NOW, shared_by="<!channel>")
+    check_message(odd)
+    assert "Shared by &lt;!channel&gt;" in mrkdwn(odd)
+
+
+@pytest.mark.parametrize(
+    ("fetched_at", "expected"),
+    [
+        (None, "no data yet"),
+        (float("nan"), "no data yet"),
+        (NOW, "data from 0 s ago"),
+        (NOW + 5, "data from 0 s ago"),  # clock skew
+        (NOW - 59.9, "data from 59 s ago"),
+        (NOW - 60, "data from 1 min ago"),
+        (NOW - 3 * 60 - 5, "data from 3 min ago"),
+        (NOW - 2 * 3600, "data from 2 h ago"),
+        (NOW - 3 * 86400, "data from 3 d ago"),
+    ],
+)
+def test_describe_age(fetched_at: float | None, expected: str) -> None:
+    assert describe_age(fetched_at, NOW) == expected
+
+
+# --- paging ----------------------------------------------------------------------------------
+
+
+def _page_text(message: Message) -> str:
+    return mrkdwn(message)
+
+
+def test_paging_buttons_and_values() -> None:
+    regs = tuple(reg(i, "finished") for i in range(2 * PAGE_SIZE + 1))
+    first = render_answer(answer(regs), now=NOW)
+    middle = render_answer(answer(regs), page=1, now=NOW)
+    last = render_answer(answer(regs), page=2, now=NOW)
+    assert set(buttons(first)) == {ACTION_PAGE_NEXT, ACTION_REFRESH, ACTION_SHARE}
+    assert set(buttons(middle)) == {
+        ACTION_PAGE_PREV,
+        ACTION_PAGE_NEXT,
+        ACTION_REFRESH,
+        ACTION_SHARE,
+    }
+    assert set(buttons(last)) == {ACTION_PAGE_PREV, ACTION_REFRESH, ACTION_SHARE}
+    assert "page 2 of 3 · registries 21–40 of 41" in _page_text(middle)
+    values = {k: decode_action_value(v["value"])[1] for k, v in buttons(middle).items()}
+    assert values == {ACTION_PAGE_PREV: 0, ACTION_PAGE_NEXT: 2, ACTION_REFRESH: 1, ACTION_SHARE: 1}
+    assert all(ACTION_PAGE_PATTERN.match(a) for a in (ACTION_PAGE_PREV, ACTION_PAGE_NEXT))
+    assert not ACTION_PAGE_PATTERN.match(ACTION_REFRESH)
+
+
+@pytest.mark.parametrize(("page", "shown"), [(-5, 1), (0, 1), (2, 3), (3, 3), (10**9, 3)])
+def test_page_out_of_range_clamps(page: int, shown: int) -> None:
+    regs = tuple(reg(i, "running") for i in range(2 * PAGE_SIZE + 1))
+    message = render_answer(answer(regs), page=page, now=NOW)
+    check_message(message)
+    assert f"page {shown} of 3" in _page_text(message)
+
+
+def test_a_single_page_has_no_paging_buttons() -> None:
+    message = render_answer(answer(tuple(reg(i) for i in range(PAGE_SIZE))), now=NOW)
+    assert set(buttons(message)) == {ACTION_REFRESH, ACTION_SHARE}
+
+
+def test_every_registry_appears_on_exactly_one_page() -> None:
+    regs = tuple(reg(i, ["failed", "running", "finished"][i % 3], f"r{i % 4}") for i in range(95))
+    seen: list[str] = []
+    for page in range(5):
+        body = _page_text(render_answer(answer(regs), page=page, now=NOW))
+        seen += re.findall(r"`(reg-\d+)`", body)
+    assert sorted(seen) == sorted(r.registry_name for r in regs)
+
+
+# --- hostile and huge data -------------------------------------------------------------------
+
+
+def _huge(n: int = 2000) -> Answer:
+    names = [*HOSTILE, "同步仓库-🚀", "e\u0301" * 200, "`" * 300, "x" * 128]
+    regs = tuple(
+        reg(
+            i,
+            ["failed", "running", "finished", UNKNOWN_STATUS, "<!here>"][i % 5],
+            (HOSTILE[i % len(HOSTILE)] + " 失败原因 🚫 " + str(i)) * 400,  # ~10,000 chars
+            name=names[i % len(names)] * 4,
+            type=("<@U1>" * 50 if i % 7 == 0 else REGISTRY_TYPES[i % 6]),
+        )
+        for i in range(n)
+    )
+    request = LookupRequest(
+        task_id="<!channel>" + "任" * 54,
+        types=frozenset(REGISTRY_TYPES),
+        name="<@U999>" + "n" * 121,
+        ep="<!subteam^S1>" + "e" * 243,
+    )
+    totals = Totals(finished=400, running=400, failed=800, unknown=400)
+    return answer(regs, request, totals)
+
+
+@pytest.mark.parametrize("page", [0, 1, 37, 60, 99, 100, 5000])
+def test_two_thousand_hostile_registries_stay_within_limits(page: int) -> None:
+    message = render_answer(
+        _huge(), page=page, now=NOW, notice="<!channel> " * 1000, shared_by="<@U1>"
+    )
+    check_message(message)
+    # Button values carry raw input back to us (never shown); leave them out.
+    shown = [
+        {**b, "elements": [{k: v for k, v in e.items() if k != "value"} for e in b["elements"]]}
+        if b["type"] == "actions"
+        else b
+        for b in message.blocks
+    ]
+    text = json.dumps(shown, ensure_ascii=False) + message.text
+    for hostile in ("<!here>", "<!subteam^S1>", "<https://evil.example|click>", "<@U999>", "<@U1>"):
+        assert hostile not in mrkdwn(message) + message.text
+    assert "<!channel>" not in mrkdwn(message) + message.text
+    # The only place an untrusted `<` is shown is the plain_text header, which Slack shows
+    # literally.
+    assert text.count("<!channel>") == 1
+    assert message.blocks[0]["text"]["type"] == "plain_text"
+
+
+def test_every_reason_unique_per_page_still_fits() -> None:
+    regs = tuple(reg(i, "failed", f"{i} " + "<é>" * 3000, name="&" * 128) for i in range(PAGE_SIZE))
+    message = render_answer(answer(regs), now=NOW, notice="x" * 5000)
+    check_message(message)
+    assert mrkdwn(message).count("*Failed* (1 registry)") == PAGE_SIZE
+
+
+_text = st.text(max_size=200) | st.sampled_from(HOSTILE)
+_registries = st.builds(
+    Registry,
+    registry_id=_text,
+    registry_name=_text,
+    registry_type=_text | st.sampled_from(REGISTRY_TYPES),
+    sync_status=st.sampled_from(["failed", "running", "finished", UNKNOWN_STATUS, "", "x"]),
+    failed_reason=_text,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(_registries, max_size=60),
+    st.integers(min_value=-2, max_value=5),
+    st.none() | _text,
+    st.none() | st.floats(allow_nan=True),
+)
+def test_any_data_renders_within_limits(
+    regs: list[Registry], page: int, notice: str | None, fetched_at: float | None
+) -> None:
+    message = render_answer(
+        answer(tuple(regs), fetched_at=fetched_at), page=page, now=NOW, notice=notice
+    )
+    check_message(message)
+
+
+# --- button values ---------------------------------------------------------------------------
+
+_MAX_REQUEST = LookupRequest(
+    task_id='"' * 64,
+    status=SyncStatus.RUNNING,
+    types=frozenset(REGISTRY_TYPES),
+    name="\\" * 128,
+    ep='"' * 256,
+)
+
+
+def test_longest_request_fits_a_button_value() -> None:
+    value = encode_action_value(_MAX_REQUEST, 100_000)
+    assert len(value) <= 2000
+    assert decode_action_value(value) == (_MAX_REQUEST, 100_000)
+
+
+def test_encoding_is_compact() -> None:
+    assert encode_action_value(LookupRequest(task_id="t1"), 0) == '{"v":1,"t":"t1","p":0}'
+
+
+def test_invalid_request_renders_without_buttons() -> None:
+    bad = answer((reg(1),), LookupRequest(task_id="x" * 65))
+    message = render_answer(bad, now=NOW)
+    check_message(message)
+    assert buttons(message) == {}
+
+
+_requests = st.builds(
+    LookupRequest,
+    task_id=st.text(min_size=1, max_size=64).filter(lambda s: bool(s.strip())),
+    status=st.none() | st.sampled_from(SyncStatus),
+    types=st.frozensets(st.sampled_from(REGISTRY_TYPES)),
+    name=st.none() | st.text(min_size=1, max_size=128).filter(lambda s: bool(s.strip())),
+    ep=st.none() | st.text(min_size=1, max_size=256).filter(lambda s: bool(s.strip())),
+)
+
+
+def _printable(request: LookupRequest) -> bool:
+    values = [request.task_id, request.name or "", request.ep or ""]
+    return not any(ord(c) < 32 or c == "\x7f" or 0x80 <= ord(c) < 0xA0 for v in values for c in v)
+
+
+@given(_requests.filter(_printable), st.integers(min_value=0, max_value=100_000))
+def test_action_value_round_trip(request: LookupRequest, page: int) -> None:
+    value = encode_action_value(request, page)
+    assert len(value) <= 2000
+    assert decode_action_value(value) == (request, page)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "null",
+        "[]",
+        "{}",
+        "not json",
+        '{"v":2,"t":"t","p":0}',
+        '{"v":1,"t":"t"}',
+        '{"v":1,"p":0}',
+        '{"v":1,"t":"","p":0}',
+        '{"v":1,"t":"t","p":-1}',
+        '{"v":1,"t":"t","p":100001}',
+        '{"v":1,"t":"t","p":true}',
+        '{"v":1,"t":"t","p":1.0}',
+        '{"v":1,"t":"t","p":NaN}',
+        '{"v":1,"t":7,"p":0}',
+        '{"v":1,"t":"t","p":0,"s":"done"}',
+        '{"v":1,"t":"t","p":0,"s":1}',
+        '{"v":1,"t":"t","p":0,"y":"Harbor"}',
+        '{"v":1,"t":"t","p":0,"y":["harbor"]}',
+        '{"v":1,"t":"t","p":0,"y":[]}',
+        '{"v":1,"t":"t","p":0,"y":[1]}',
+        '{"v":1,"t":"t","p":0,"n":""}',
+        '{"v":1,"t":"t","p":0,"n":5}',
+        '{"v":1,"t":"t","p":0,"e":"' + "e" * 257 + '"}',
+        '{"v":1,"t":"t","p":0,"x":1}',
+        '{"v":1,"t":"a\\u0000b","p":0}',
+        '{"v":1,"t":"a\\ud800","p":0}',
+        "[" * 1500 + "]" * 1500,
+        '{"v":1,"t":"t","p":0,"n":"' + "n" * 2000 + '"}',
+    ],
+)
+def test_junk_button_values_are_refused(value: str) -> None:
+    with pytest.raises(CommandError, match="run /hss-sync again"):
+        decode_action_value(value)
+
+
+@given(
+    st.text(max_size=300)
+    | st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(["v", "t", "p", "s", "y", "n", "e", "z"]), inner, max_size=7
+            )
+        ),
+    ).map(json.dumps)
+)
+def test_decoding_anything_raises_only_command_error(value: str) -> None:
+    try:
+        request, page = decode_action_value(value)
+    except CommandError:
+        return
+    assert encode_action_value(request, page)
+
+
+# --- help and errors -------------------------------------------------------------------------
+
+
+def test_help() -> None:
+    message = render_help()
+    check_message(message)
+    assert "/hss-sync" in mrkdwn(message)
+    assert "Harbor" in mrkdwn(message)
+    odd = render_help("/hss`<!channel>" + "x" * 300)
+    check_message(odd)
+
+
+def test_error_is_short_and_escaped() -> None:
+    message = render_error('Unknown option "<!channel>=". ' + "y" * 10_000)
+    check_message(message)
+    assert len(message.blocks) == 1
+    assert "&lt;!channel&gt;" in mrkdwn(message)
+    assert len(mrkdwn(message)) < 2000
