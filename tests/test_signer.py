@@ -183,8 +183,10 @@ def test_temporary_credentials_match_sdk(token: str) -> None:
 
 
 def test_host_with_port_and_odd_project_match_sdk() -> None:
-    kwargs = {"host": "127.0.0.1:8443", "project_id": "proj with space/é"}
-    assert our_sign("t", [], **kwargs) == sdk_sign("t", [], **kwargs)  # type: ignore[arg-type]
+    host, project = "127.0.0.1:8443", "proj with space/é"
+    assert our_sign("t", [], host=host, project_id=project) == sdk_sign(
+        "t", [], host=host, project_id=project
+    )
 
 
 def test_header_with_underscore_is_never_signed() -> None:
@@ -201,7 +203,7 @@ def test_changing_any_signed_part_changes_the_signature() -> None:
 
 
 text_no_surrogates = st.text(
-    alphabet=st.characters(exclude_categories=("Cs",)), min_size=1, max_size=64
+    alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=64
 )
 param_names = st.sampled_from(
     ["enterprise_project_id", "registry_name", "registry_type", "offset", "limit", "sync_status"]

@@ -1,0 +1,655 @@
+"""HSS stand-in: ListAssociateRegistries with the gateway's signature check, rate limit, faults.
+
+``Simulator`` holds all state and logic and does no I/O (tests drive it directly with an
+injected clock); ``start_simulator`` serves it over aiohttp; ``cli_main`` is
+``hss-sync-bot simulate``. Control endpoints under ``/_sim/`` need no signature:
+
+    GET  /_sim/stats                      counters (see ``Simulator.stats``)
+    POST /_sim/reset                      forget data changes, counters, faults, lock-outs
+    POST /_sim/faults  {"latency_ms", "error_rate", "throttle_rate", "malformed_rate",
+                        "timeout_seconds", "queue": [503, 429, "malformed", "timeout", 200]}
+    POST /_sim/limit   {"rate_limit", "window", "retry_after"}
+    POST /_sim/flip    {"task_id", "registry_id", "status", "reason"} or {"task_id", "count"}
+    POST /_sim/shift   {"task_id", "insert": n, "remove": n, "at": row}
+
+Order of checks, as at the real gateway: route, signature (401), project (403), rate limit
+(429), then the backend: scripted/random faults, parameters (400), task (HSS.0011), data.
+Only admitted calls take a rate-limit slot; throttled ones still count in ``max_in_window``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from bot import signer
+from bot.models import PROJECT_ID_MAX, TASK_ID_MAX, Registry
+from bot.simdata import STATUSES, InvalidParameter, TaskData, parse_query, seeded_rng
+
+logger = logging.getLogger(__name__)
+
+DEMO_AK = "SIMULATORAK000000000"
+DEMO_SK = "simulator-secret-key-0000000000000000000"
+DEMO_PROJECT_ID = "0123456789abcdef0123456789abcdef"
+
+_ROUTE = re.compile(r"/v5/([^/?]+)/image/image-sync/tasks/([^/?]+)/registries/?")
+_AUTH = re.compile(
+    r"SDK-HMAC-SHA256\s+Access=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]{64})"
+)
+SERVER_ERRORS = (500, 502, 503, 504)
+#: What a scripted response may be: an HTTP status, "malformed" (200 with broken JSON) or
+#: "timeout" (hold the request ``timeout_seconds``, then 504) or "ok" (serve normally).
+Scripted = int | str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Faults:
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    throttle_rate: float = 0.0
+    malformed_rate: float = 0.0
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimConfig:
+    seed: int = 0
+    ak: str = DEMO_AK
+    sk: str = DEMO_SK
+    #: When set, requests must carry this X-Security-Token (temporary credentials).
+    security_token: str | None = None
+    #: More permanent AK -> SK pairs, e.g. to show that budgets are per AK.
+    extra_keys: Mapping[str, str] = field(default_factory=dict)
+    project_id: str = DEMO_PROJECT_ID
+    rate_limit: int = 5
+    window: float = 60.0
+    retry_after: bool = False
+    #: Consecutive 401s that lock an AK for ``lockout_seconds``; ``None`` never locks.
+    lockout_after: int | None = None
+    lockout_seconds: float = 300.0
+    max_clock_skew: float = 900.0
+    default_size: int = 120
+    task_sizes: Mapping[str, int] = field(default_factory=dict)
+    missing_tasks: frozenset[str] = frozenset()
+    missing_prefix: str | None = "missing-"
+    not_found_status: int = 400
+    hostile: bool = False
+    faults: Faults = field(default_factory=Faults)
+    flip_every: float | None = None
+    flip_count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SimRequest:
+    method: str
+    raw_path: str
+    raw_query: str
+    headers: Mapping[str, str]  # any case; looked up lower-cased
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class SimResponse:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+    delay: float = 0.0  # seconds the server waits before answering
+
+
+class _Reject(Exception):
+    def __init__(self, response: SimResponse) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def parse_raw_query(raw: str) -> list[tuple[str, str]]:
+    """Pairs as the gateway decodes them: ``%XX`` only; ``+`` stays a plus."""
+    pairs = []
+    for part in raw.split("&") if raw else []:
+        key, _, value = part.partition("=")
+        pairs.append((unquote(key), unquote(value)))
+    return pairs
+
+
+def _json(status: int, payload: object, request_id: str, **headers: str) -> SimResponse:
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    all_headers = {"Content-Type": "application/json", "X-Request-Id": request_id, **headers}
+    return SimResponse(status=status, body=body, headers=all_headers)
+
+
+def _error(status: int, code: str, msg: str, request_id: str, **headers: str) -> SimResponse:
+    payload = {"error_code": code, "error_msg": msg, "request_id": request_id}
+    return _json(status, payload, request_id, **headers)
+
+
+class Simulator:
+    """All simulator state and behaviour; no I/O, time only through ``clock``."""
+
+    def __init__(
+        self, config: SimConfig | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config or SimConfig()
+        self._clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the configured state: fresh data, no counters, configured faults."""
+        self.faults = self.config.faults
+        self._limit = (self.config.rate_limit, self.config.window, self.config.retry_after)
+        self._queue: deque[Scripted] = deque()
+        self._tasks: dict[str, TaskData] = {}
+        self._rng = seeded_rng(self.config.seed, "faults")
+        self._admitted: dict[str, deque[float]] = defaultdict(deque)
+        self._attempts: dict[str, deque[float]] = defaultdict(deque)
+        self._consecutive_401: Counter[str] = Counter()
+        self._locked_until: dict[str, float] = {}
+        self._last_flip = self._clock()
+        self.calls: Counter[str] = Counter()
+        self.auth_failures: Counter[str] = Counter()
+        self.by_status: Counter[int] = Counter()
+        self.throttled = 0
+        self.max_in_window: Counter[str] = Counter()
+
+    # -- run-time control -------------------------------------------------------------------
+
+    def set_faults(self, **changes: float) -> Faults:
+        self.faults = dataclasses.replace(self.faults, **changes)
+        return self.faults
+
+    def queue(self, *responses: Scripted) -> None:
+        """Answer the next admitted API calls with these, in order, before anything else."""
+        for item in responses:
+            if not (item in ("malformed", "timeout", "ok") or isinstance(item, int)):
+                raise ValueError(f"unknown scripted response {item!r}")
+        self._queue.extend(responses)
+
+    def set_rate_limit(
+        self, calls: int | None = None, window: float | None = None, retry_after: bool | None = None
+    ) -> None:
+        old_calls, old_window, old_retry = self._limit
+        self._limit = (
+            old_calls if calls is None else calls,
+            old_window if window is None else window,
+            old_retry if retry_after is None else retry_after,
+        )
+
+    def task(self, task_id: str) -> TaskData:
+        """The task's data, created from the seed on first use."""
+        if task_id not in self._tasks:
+            size = self.config.task_sizes.get(task_id, self.config.default_size)
+            self._tasks[task_id] = TaskData(
+                seed=self.config.seed, task_id=task_id, size=size, hostile=self.config.hostile
+            )
+        return self._tasks[task_id]
+
+    def registries(self, task_id: str) -> list[Registry]:
+        return self.task(task_id).registries()
+
+    def set_status(
+        self, task_id: str, registry_id: str, status: str, reason: str | None = None
+    ) -> Registry:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        data = self.task(task_id)
+        row = data.row_of(registry_id)
+        if row is None:
+            raise KeyError(registry_id)
+        return data.set_status(row, status, reason)
+
+    def flip(self, task_id: str, count: int = 1) -> list[Registry]:
+        """Give ``count`` random registries another status (seeded, so runs repeat)."""
+        return self.task(task_id).flip_random(count, self._rng)
+
+    def insert(self, task_id: str, count: int, at: int = 0) -> list[Registry]:
+        return self.task(task_id).insert(count, at)
+
+    def remove(self, task_id: str, count: int, at: int = 0) -> list[Registry]:
+        return self.task(task_id).remove(count, at)
+
+    def is_missing(self, task_id: str) -> bool:
+        prefix = self.config.missing_prefix
+        return task_id in self.config.missing_tasks or bool(prefix and task_id.startswith(prefix))
+
+    def stats(self) -> dict[str, Any]:
+        calls, window, _ = self._limit
+        return {
+            "calls": dict(self.calls),
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "throttled": self.throttled,
+            "auth_failures": dict(self.auth_failures),
+            "max_in_window": dict(self.max_in_window),
+            "rate_limit": {"calls": calls, "window": window},
+            "locked": sorted(ak for ak, t in self._locked_until.items() if t > self._clock()),
+        }
+
+    # -- the API ----------------------------------------------------------------------------
+
+    def handle(self, request: SimRequest) -> SimResponse:
+        request_id = uuid.uuid4().hex
+        try:
+            response = self._handle(request, request_id)
+        except _Reject as reject:
+            response = reject.response
+        self.by_status[response.status] += 1
+        latency = self.faults.latency_ms / 1000
+        return dataclasses.replace(response, delay=response.delay + latency)
+
+    def _handle(self, request: SimRequest, request_id: str) -> SimResponse:
+        now = self._clock()
+        self._catch_up_flips(now)
+        match = _ROUTE.fullmatch(request.raw_path)
+        if request.method != "GET" or match is None:
+            return _error(
+                404, "APIGW.0101", "The API does not exist or has not been published.", request_id
+            )
+        ak = self._authenticate(request, now, request_id)
+        project_id, task_id = unquote(match[1]), unquote(match[2])
+        if project_id != self.config.project_id or len(project_id) > PROJECT_ID_MAX:
+            return _error(
+                403, "APIGW.0302", "The IAM user is not authorized to access the API.", request_id
+            )
+        self._admit(ak, now, request_id)
+        return self._backend(task_id, request.raw_query, request_id)
+
+    def _backend(self, task_id: str, raw_query: str, request_id: str) -> SimResponse:
+        fault = self._next_fault()
+        if fault is not None and fault != "ok":
+            return self._fault_response(fault, request_id)
+        try:
+            query = parse_query(parse_raw_query(raw_query))
+            if not 1 <= len(task_id) <= TASK_ID_MAX:
+                raise InvalidParameter(f"task_id must be 1-{TASK_ID_MAX} characters")
+        except InvalidParameter as exc:
+            return _error(400, "HSS.0001", f"Invalid parameter: {exc}", request_id)
+        if self.is_missing(task_id):
+            return _error(
+                self.config.not_found_status, "HSS.0011", "The task does not exist.", request_id
+            )
+        total, page = self.task(task_id).query(query)
+        payload = {"total_num": total, "data_list": [r.as_api_dict() for r in page]}
+        return _json(200, payload, request_id)
+
+    # -- signature --------------------------------------------------------------------------
+
+    def _secrets(self) -> dict[str, str]:
+        return {**self.config.extra_keys, self.config.ak: self.config.sk}
+
+    def _authenticate(self, request: SimRequest, now: float, request_id: str) -> str:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        match = _AUTH.fullmatch(headers.get("authorization", "").strip())
+        ak = match[1] if match else "(none)"
+        if self._locked_until.get(ak, 0.0) > now:
+            self._auth_failed(ak, now, request_id, "The AK/SK is locked after repeated failures.")
+        problem = self._signature_problem(request, headers, match, now)
+        if problem:
+            self._auth_failed(ak, now, request_id, problem)
+        self._consecutive_401[ak] = 0
+        return ak
+
+    def _signature_problem(
+        self,
+        request: SimRequest,
+        headers: Mapping[str, str],
+        match: re.Match[str] | None,
+        now: float,
+    ) -> str | None:
+        if match is None:
+            return "Missing or malformed Authorization header."
+        ak, names, sent = match[1], match[2].split(";"), match[3]
+        sk = self._secrets().get(ak)
+        if sk is None:
+            return "Unknown AK."
+        if any(n not in headers for n in names) or not {"host", "x-sdk-date"} <= set(names):
+            return "A signed header is missing (Host and X-Sdk-Date must be signed)."
+        token_problem = self._token_problem(ak, headers, names)
+        if token_problem:
+            return token_problem
+        if not self._date_ok(headers["x-sdk-date"], now):
+            return "X-Sdk-Date is missing, malformed or more than 15 minutes off."
+        expected = self._expected_signature(request, headers, names, sk)
+        return None if hmac.compare_digest(expected, sent) else "Incorrect signature."
+
+    def _token_problem(self, ak: str, headers: Mapping[str, str], names: list[str]) -> str | None:
+        wanted = self.config.security_token if ak == self.config.ak else None
+        sent = headers.get("x-security-token")
+        if wanted is None and sent is not None:
+            return "X-Security-Token sent with permanent credentials."
+        if wanted is not None and (sent != wanted or "x-security-token" not in names):
+            return "X-Security-Token is missing, unsigned or wrong."
+        return None
+
+    def _date_ok(self, raw: str, now: float) -> bool:
+        try:
+            moment = datetime.strptime(raw, signer.DATE_FORMAT).replace(tzinfo=UTC)
+        except ValueError:
+            return False
+        return abs(moment.timestamp() - now) <= self.config.max_clock_skew
+
+    @staticmethod
+    def _expected_signature(
+        request: SimRequest, headers: Mapping[str, str], names: Sequence[str], sk: str
+    ) -> str:
+        to_sign = signer.string_to_sign(
+            method=request.method,
+            canonical_path=signer.canonical_path_of(request.raw_path),
+            query=signer.canonical_query(parse_raw_query(request.raw_query)),
+            headers={n: headers[n] for n in names},
+            body=request.body,
+        )
+        return signer.signature(sk, to_sign)
+
+    def _auth_failed(self, ak: str, now: float, request_id: str, why: str) -> None:
+        self.auth_failures[ak] += 1
+        self._consecutive_401[ak] += 1
+        limit = self.config.lockout_after
+        if limit is not None and self._consecutive_401[ak] >= limit:
+            self._locked_until[ak] = now + self.config.lockout_seconds
+        raise _Reject(
+            _error(
+                401, "APIGW.0301", f"Incorrect IAM authentication information: {why}", request_id
+            )
+        )
+
+    # -- rate limit and faults --------------------------------------------------------------
+
+    def _admit(self, ak: str, now: float, request_id: str) -> None:
+        calls, window, retry_after = self._limit
+        self.calls[ak] += 1
+        attempts, admitted = self._attempts[ak], self._admitted[ak]
+        for stamps in (attempts, admitted):
+            while stamps and stamps[0] <= now - window:
+                stamps.popleft()
+        attempts.append(now)
+        self.max_in_window[ak] = max(self.max_in_window[ak], len(attempts))
+        if len(admitted) < calls:
+            admitted.append(now)
+            return
+        self.throttled += 1
+        headers = {}
+        if retry_after:
+            headers["Retry-After"] = str(max(1, math.ceil(admitted[0] + window - now)))
+        raise _Reject(
+            _error(
+                429,
+                "APIGW.0308",
+                "The throttling threshold has been reached.",
+                request_id,
+                **headers,
+            )
+        )
+
+    def _next_fault(self) -> Scripted | None:
+        if self._queue:
+            return self._queue.popleft()
+        f, roll = self.faults, self._rng.random()
+        if roll < f.error_rate:
+            return self._rng.choice(SERVER_ERRORS)
+        if roll < f.error_rate + f.throttle_rate:
+            return 429
+        if roll < f.error_rate + f.throttle_rate + f.malformed_rate:
+            return "malformed"
+        return None
+
+    def _fault_response(self, fault: Scripted, request_id: str) -> SimResponse:
+        if fault == "malformed":
+            body = b'{"total_num": 3, "data_list": [{"registry_id": "trunc'
+            headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+            return SimResponse(status=200, body=body, headers=headers)
+        if fault == "timeout":
+            response = _error(504, "APIGW.0201", "Backend timeout.", request_id)
+            return dataclasses.replace(response, delay=self.faults.timeout_seconds)
+        if fault == 429:
+            return _error(
+                429, "APIGW.0308", "The throttling threshold has been reached.", request_id
+            )
+        return _error(int(fault), f"SIM.{fault}", "Injected failure.", request_id)
+
+    def _catch_up_flips(self, now: float) -> None:
+        """Periodic flips happen lazily, on the clock, so the simulator needs no timer."""
+        every = self.config.flip_every
+        if not every or not self._tasks:
+            return
+        while self._last_flip + every <= now:
+            self._last_flip += every
+            for task_id in sorted(self._tasks):
+                self.flip(task_id, self.config.flip_count)
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+
+async def _api(request: web.Request) -> web.StreamResponse:
+    sim: Simulator = request.app[SIM_KEY]
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    body = await request.read()
+    answer = sim.handle(
+        SimRequest(request.method, raw_path, raw_query, dict(request.headers), body)
+    )
+    if answer.delay:
+        await asyncio.sleep(answer.delay)
+    return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        payload = await request.json() if request.can_read_body else {}
+    except json.JSONDecodeError:
+        raise web.HTTPBadRequest(text="expected a JSON object") from None
+    if not isinstance(payload, dict):
+        raise web.HTTPBadRequest(text="expected a JSON object")
+    return payload
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIM_KEY].stats())
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[SIM_KEY].reset()
+    return web.json_response({"ok": True})
+
+
+async def _faults(request: web.Request) -> web.Response:
+    sim: Simulator = request.app[SIM_KEY]
+    payload = await _json_body(request)
+    queue = payload.pop("queue", [])
+    try:
+        faults = sim.set_faults(**{k: float(v) for k, v in payload.items()})
+        sim.queue(*queue)
+    except (TypeError, ValueError) as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    return web.json_response(dataclasses.asdict(faults))
+
+
+async def _limit(request: web.Request) -> web.Response:
+    sim: Simulator = request.app[SIM_KEY]
+    payload = await _json_body(request)
+    sim.set_rate_limit(payload.get("rate_limit"), payload.get("window"), payload.get("retry_after"))
+    return web.json_response(sim.stats()["rate_limit"])
+
+
+async def _flip(request: web.Request) -> web.Response:
+    sim: Simulator = request.app[SIM_KEY]
+    payload = await _json_body(request)
+    task_id = str(payload.get("task_id", ""))
+    try:
+        if "registry_id" in payload:
+            changed = [
+                sim.set_status(
+                    task_id, payload["registry_id"], payload["status"], payload.get("reason")
+                )
+            ]
+        else:
+            changed = sim.flip(task_id, int(payload.get("count", 1)))
+    except (KeyError, ValueError) as exc:
+        raise web.HTTPBadRequest(text=f"cannot flip: {exc}") from None
+    return web.json_response({"changed": [r.as_api_dict() for r in changed]})
+
+
+async def _shift(request: web.Request) -> web.Response:
+    sim: Simulator = request.app[SIM_KEY]
+    payload = await _json_body(request)
+    task_id, at = str(payload.get("task_id", "")), int(payload.get("at", 0))
+    removed = sim.remove(task_id, int(payload.get("remove", 0)), at)
+    inserted = sim.insert(task_id, int(payload.get("insert", 0)), at)
+    return web.json_response(
+        {
+            "removed": [r.registry_id for r in removed],
+            "inserted": [r.registry_id for r in inserted],
+            "size": len(sim.task(task_id)),
+        }
+    )
+
+
+SIM_KEY = web.AppKey("simulator", Simulator)
+
+
+def make_app(sim: Simulator) -> web.Application:
+    app = web.Application()
+    app[SIM_KEY] = sim
+    app.router.add_get("/_sim/stats", _stats)
+    app.router.add_post("/_sim/reset", _reset)
+    app.router.add_post("/_sim/faults", _faults)
+    app.router.add_post("/_sim/limit", _limit)
+    app.router.add_post("/_sim/flip", _flip)
+    app.router.add_post("/_sim/shift", _shift)
+    app.router.add_route("*", "/{tail:.*}", _api)
+    return app
+
+
+async def start_simulator(
+    sim: Simulator, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, str]:
+    """Serve ``sim``; returns the runner (``await runner.cleanup()`` to stop) and base URL."""
+    runner = web.AppRunner(make_app(sim), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    return runner, f"http://{bound_host}:{bound_port}"
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def _task_size(text: str) -> tuple[str, int]:
+    task_id, sep, size = text.rpartition("=")
+    if not sep or not task_id or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"expected TASK_ID=N, got {text!r}")
+    return task_id, int(size)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("expected a share from 0 to 1")
+    return value
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("expected a positive number")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hss-sync-bot simulate", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8931)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--registries", type=int, default=120, help="registries per task")
+    p.add_argument(
+        "--task-size",
+        type=_task_size,
+        action="append",
+        default=[],
+        metavar="ID=N",
+        help="size of one task (repeatable)",
+    )
+    p.add_argument("--rate-limit", type=_positive(int), default=5, help="calls per window")
+    p.add_argument("--window", type=_positive(float), default=60.0, help="seconds")
+    p.add_argument("--retry-after", action="store_true", help="send Retry-After on 429")
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--error-rate", type=_share, default=0.0, help="share of random 5xx")
+    p.add_argument("--throttle-rate", type=_share, default=0.0, help="share of random 429")
+    p.add_argument("--malformed-rate", type=_share, default=0.0, help="share of broken JSON")
+    p.add_argument("--flip-every", type=_positive(float), default=None, metavar="S")
+    p.add_argument("--flip-count", type=int, default=1)
+    p.add_argument("--lockout", action="store_true", help="lock an AK after 5 failed signatures")
+    p.add_argument("--hostile", action="store_true", help="names and reasons that attack Slack")
+    p.add_argument("--ak", default=DEMO_AK)
+    p.add_argument("--sk", default=DEMO_SK)
+    p.add_argument("--security-token", default=None)
+    p.add_argument("--project-id", default=DEMO_PROJECT_ID)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
+        seed=args.seed,
+        ak=args.ak,
+        sk=args.sk,
+        security_token=args.security_token,
+        project_id=args.project_id,
+        rate_limit=args.rate_limit,
+        window=args.window,
+        retry_after=args.retry_after,
+        lockout_after=5 if args.lockout else None,
+        default_size=args.registries,
+        task_sizes=dict(args.task_size),
+        hostile=args.hostile,
+        faults=Faults(
+            latency_ms=args.latency_ms,
+            error_rate=args.error_rate,
+            throttle_rate=args.throttle_rate,
+            malformed_rate=args.malformed_rate,
+        ),
+        flip_every=args.flip_every,
+        flip_count=args.flip_count,
+    )
+
+
+async def _serve(sim: Simulator, host: str, port: int) -> None:
+    runner, url = await start_simulator(sim, host, port)
+    print(f"HSS simulator on {url} (project {sim.config.project_id}, AK {sim.config.ak})")
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def cli_main(argv: list[str]) -> int:
+    """``hss-sync-bot simulate [flags]``: serve until interrupted; bad flags exit 2."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the message
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(_serve(Simulator(config_from_args(args)), args.host, args.port))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        logger.error("cannot serve on %s:%s: %s", args.host, args.port, exc)
+        return 1
+    return 0
