@@ -1,0 +1,411 @@
+"""The HSS call budget: at most ``limit.calls`` call starts in any ``limit.window`` seconds.
+
+HSS allows one IAM user 5 calls a minute, shared by every slash command, CLI run and
+replica, so the budget lives in Redis (one Lua script, on Redis's clock) and every process
+with the same Redis and AK draws from it.
+
+Rules shared by both implementations:
+
+- Interactive first: an interactive caller that has to wait registers as a waiter; a
+  background acquire is refused while any live waiter exists and while starting would leave
+  fewer than ``reserve`` (default 1) slots free, so a person never queues behind the refresher.
+- A 429 from HSS (``penalize``) fills the window with phantom starts: nothing starts until
+  ``retry_after`` (or, without one, a whole window) has passed.
+- Waiting sleeps until the reported wait (plus jitter), never polls in a tight loop; a waiter
+  that is cancelled or times out deregisters.
+
+``FailoverBudget`` keeps the bot usable while Redis is down: the budget is then enforced per
+process by a ``LocalCallBudget`` that has been shadowing this process's own starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from abc import ABC, abstractmethod
+from bisect import insort
+from collections.abc import Awaitable, Callable
+from enum import IntEnum
+from typing import Protocol, TypeVar, runtime_checkable
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+
+from bot import keys
+from bot.config import RateLimit
+from bot.errors import BudgetTimeout
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Errors that mean "Redis is unreachable or not serving right now", not "we sent nonsense".
+REDIS_OUTAGE: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,  # includes BusyLoadingError (a restarted server loading its data)
+    rex.TimeoutError,
+    rex.ReadOnlyError,  # a replica promoted/demoted under us
+    rex.TryAgainError,
+    rex.ClusterDownError,
+    OSError,
+)
+
+#: One script for every budget operation so each is atomic across processes.
+BUDGET_LUA = """
+-- KEYS[1] = budget log: ZSET member = call id, score = start time (Redis clock, s)
+-- KEYS[2] = interactive waiters: ZSET member = waiter id, score = expiry (Redis clock, s)
+-- ARGV[1] = mode: acquire | peek | penalize | note
+-- ARGV[2] = calls per window; ARGV[3] = window (s); ARGV[4] = call id (phantom id prefix)
+-- acquire:  ARGV[5] = priority (0 interactive, 1 background); ARGV[6] = waiter id ('' none);
+--           ARGV[7] = waiter grace (s); ARGV[8] = slots background must leave free
+-- penalize: ARGV[5] = seconds until the next call may start
+-- note:     ARGV[5..] = call id, age (s) pairs of starts Redis has not seen
+-- returns {granted 0/1, wait (s) as a string, starts in the window}
+if redis.replicate_commands then redis.replicate_commands() end
+local log, waiters = KEYS[1], KEYS[2]
+local mode, limit, window, id = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
+
+-- seconds until `needed` slots are free: starts leave the window oldest first
+local function wait_for(needed)
+  local idx = redis.call('ZCARD', log) - limit + needed - 1
+  if idx < 0 then return 0 end
+  local entry = redis.call('ZRANGE', log, idx, idx, 'WITHSCORES')
+  return math.max(0, tonumber(entry[2]) + window - now)
+end
+
+-- the key lives exactly as long as its newest entry matters
+local function expire(key, extra)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if last[2] then
+    redis.call('PEXPIREAT', key, math.ceil((tonumber(last[2]) + extra) * 1000))
+  end
+end
+
+local function reply(granted)
+  return {granted, string.format('%.6f', wait_for(1)), redis.call('ZCARD', log)}
+end
+
+if mode == 'acquire' then
+  local waiter = ARGV[6]
+  local wait = wait_for(1)
+  if tonumber(ARGV[5]) ~= 0 then
+    wait = wait_for(1 + tonumber(ARGV[8]))
+    if wait == 0 and redis.call('ZCARD', waiters) > 0 then wait = window / limit end
+  end
+  if wait > 0 then
+    if waiter ~= '' then
+      redis.call('ZADD', waiters, now + wait + tonumber(ARGV[7]), waiter)
+      expire(waiters, 0)
+    end
+    return {0, string.format('%.6f', wait), redis.call('ZCARD', log)}
+  end
+  redis.call('ZADD', log, now, id)
+  expire(log, window)
+  if waiter ~= '' then redis.call('ZREM', waiters, waiter) end
+  return reply(1)
+elseif mode == 'penalize' then
+  local score = now + tonumber(ARGV[5]) - window
+  -- starts older than the phantoms leave the window before them: they no longer matter
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', score)
+  for i = 1, limit do redis.call('ZADD', log, score, id .. ':' .. i) end
+  expire(log, window)
+elseif mode == 'note' then
+  for i = 5, #ARGV - 1, 2 do
+    local score = now - tonumber(ARGV[i + 1])
+    if score > now - window then redis.call('ZADD', log, 'NX', score, ARGV[i]) end
+  end
+  expire(log, window)
+end
+return reply(0)
+"""
+
+
+class Priority(IntEnum):
+    INTERACTIVE = 0
+    BACKGROUND = 1
+
+
+@runtime_checkable
+class CallBudget(Protocol):
+    async def acquire(
+        self, priority: Priority = Priority.INTERACTIVE, *, timeout: float | None = None
+    ) -> None: ...
+
+    async def next_slot_in(self) -> float: ...
+
+    async def penalize(self, retry_after: float | None) -> None: ...
+
+    async def calls_left(self) -> int: ...
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _penalty_seconds(limit: RateLimit, retry_after: float | None) -> float:
+    """How long a 429 blocks: HSS's Retry-After when it is usable, else a whole window."""
+    if retry_after is None or not 0 < retry_after < 24 * 3600:
+        return limit.window
+    return retry_after
+
+
+class _SlidingWindowBudget(ABC):
+    """The waiting loop shared by the Redis and in-process budgets."""
+
+    def __init__(self, *, limit: RateLimit, reserve: int) -> None:
+        self.limit = limit
+        # With one call per window, keeping a slot back would starve background work forever.
+        self.reserve = max(0, min(reserve, limit.calls - 1))
+        self._jitter = min(0.05, limit.window / 100)
+
+    async def acquire(
+        self, priority: Priority = Priority.INTERACTIVE, *, timeout: float | None = None
+    ) -> None:
+        await self.acquire_call(priority, timeout=timeout)
+
+    async def acquire_call(
+        self, priority: Priority = Priority.INTERACTIVE, *, timeout: float | None = None
+    ) -> str:
+        """Like ``acquire``; returns the id the call start was logged under."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        call_id = _new_id()
+        waiter = _new_id() if priority is Priority.INTERACTIVE else ""
+        try:
+            while (wait := await self._attempt(priority, call_id, waiter)) > 0:
+                await self._sleep(wait, deadline)
+        except BaseException:
+            if waiter:  # granted waiters are removed atomically; others must leave
+                await self._leave(waiter)
+            raise
+        return call_id
+
+    async def _sleep(self, wait: float, deadline: float | None) -> None:
+        # Nothing frees a slot early, so a wait beyond the deadline is already a timeout.
+        if deadline is not None and wait > deadline - time.monotonic():
+            raise BudgetTimeout(wait)
+        await asyncio.sleep(max(0.001, wait + random.uniform(0.0, self._jitter)))
+
+    async def next_slot_in(self) -> float:
+        return (await self._peek())[0]
+
+    async def calls_left(self) -> int:
+        return max(0, self.limit.calls - (await self._peek())[1])
+
+    @abstractmethod
+    async def _attempt(self, priority: Priority, call_id: str, waiter: str) -> float:
+        """Start a call now (returns 0.0) or register ``waiter`` and return the wait."""
+
+    @abstractmethod
+    async def _leave(self, waiter: str) -> None: ...
+
+    @abstractmethod
+    async def _peek(self) -> tuple[float, int]:
+        """(seconds until an interactive call could start, starts in the window)."""
+
+
+class RedisCallBudget(_SlidingWindowBudget):
+    """The budget shared by every process using ``redis`` and ``scope`` (the AK)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        scope: str,
+        limit: RateLimit,
+        reserve: int = 1,
+        waiter_grace: float = 2.0,
+    ) -> None:
+        super().__init__(limit=limit, reserve=reserve)
+        self._redis = redis
+        self._keys = [keys.budget_log(scope), keys.budget_waiters(scope)]
+        # A waiter refreshes its entry each time it wakes; the grace covers a slow wake-up.
+        self._grace = waiter_grace
+        self._script = redis.register_script(BUDGET_LUA)
+
+    async def _run(self, mode: str, call_id: str, *args: str | float) -> tuple[bool, float, int]:
+        base: list[str | float] = [mode, self.limit.calls, self.limit.window, call_id]
+        granted, wait, count = await self._script(keys=self._keys, args=[*base, *args])
+        return bool(int(granted)), float(wait), int(count)
+
+    async def _attempt(self, priority: Priority, call_id: str, waiter: str) -> float:
+        args = (int(priority), waiter, self._grace, self.reserve)
+        granted, wait, _ = await self._run("acquire", call_id, *args)
+        return 0.0 if granted else max(wait, 0.001)
+
+    async def _leave(self, waiter: str) -> None:
+        # Best effort: if Redis is gone the entry expires on its own after its grace.
+        with contextlib.suppress(*REDIS_OUTAGE):
+            await self._redis.zrem(self._keys[1], waiter)
+
+    async def _peek(self) -> tuple[float, int]:
+        _, wait, count = await self._run("peek", "")
+        return wait, count
+
+    async def penalize(self, retry_after: float | None) -> None:
+        await self._run("penalize", f"429:{_new_id()}", _penalty_seconds(self.limit, retry_after))
+
+    async def note_starts(self, starts: list[tuple[str, float]]) -> None:
+        """Tell Redis about calls (id, age in s) started while it was unreachable."""
+        await self._run("note", "", *(x for call_id, age in starts for x in (call_id, age)))
+
+
+class LocalCallBudget(_SlidingWindowBudget):
+    """The same budget for one process (asyncio-safe, not thread-safe)."""
+
+    def __init__(
+        self, *, limit: RateLimit, clock: Callable[[], float] = time.monotonic, reserve: int = 1
+    ) -> None:
+        super().__init__(limit=limit, reserve=reserve)
+        self._clock = clock
+        self._starts: list[tuple[float, str]] = []  # sorted by time; phantoms may be ahead
+        self._waiters: set[str] = set()
+
+    def _trim(self) -> float:
+        now = self._clock()
+        horizon = now - self.limit.window
+        while self._starts and self._starts[0][0] <= horizon:
+            self._starts.pop(0)
+        return now
+
+    def _wait_for(self, needed: int, now: float) -> float:
+        idx = len(self._starts) - self.limit.calls + needed - 1
+        if idx < 0:
+            return 0.0
+        return max(0.0, self._starts[idx][0] + self.limit.window - now)
+
+    async def _attempt(self, priority: Priority, call_id: str, waiter: str) -> float:
+        now = self._trim()
+        wait = self._wait_for(1, now)
+        if priority is Priority.BACKGROUND:
+            wait = self._wait_for(1 + self.reserve, now)
+            if wait == 0 and self._waiters:
+                wait = self.limit.window / self.limit.calls
+        if wait > 0:
+            if waiter:
+                self._waiters.add(waiter)
+            return wait
+        self.record(call_id, now)
+        self._waiters.discard(waiter)
+        return 0.0
+
+    async def _leave(self, waiter: str) -> None:
+        self._waiters.discard(waiter)
+
+    async def _peek(self) -> tuple[float, int]:
+        now = self._trim()
+        return self._wait_for(1, now), len(self._starts)
+
+    async def penalize(self, retry_after: float | None) -> None:
+        now = self._trim()
+        at = now + _penalty_seconds(self.limit, retry_after) - self.limit.window
+        self._starts = [s for s in self._starts if s[0] > at]
+        penalty = _new_id()
+        for i in range(self.limit.calls):
+            insort(self._starts, (at, f"429:{penalty}:{i}"))
+
+    def record(self, call_id: str, at: float | None = None) -> None:
+        """Count a call started elsewhere (granted by Redis) against this process's budget."""
+        insort(self._starts, (self._clock() if at is None else at, call_id))
+
+    def recent_starts(self) -> list[tuple[str, float]]:
+        """(call id, age in s) of the starts still in the window; a 429's phantoms have a
+        negative age when they block beyond one window from now."""
+        now = self._trim()
+        return [(call_id, now - at) for at, call_id in self._starts]
+
+
+class _Unavailable:
+    """Marks "Redis did not answer" (a result of ``None`` is a valid answer)."""
+
+
+_UNAVAILABLE = _Unavailable()
+
+
+class FailoverBudget:
+    """Redis when it answers; the in-process budget while it does not. One WARNING per
+    outage, one INFO on recovery; during an outage Redis is probed at most once per
+    ``probe_interval`` so callers do not each pay for a failing connection."""
+
+    def __init__(
+        self,
+        primary: RedisCallBudget,
+        fallback: LocalCallBudget,
+        *,
+        probe_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._probe_interval = probe_interval
+        self._clock = clock
+        self._down = False
+        self._next_probe = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        return self._down
+
+    async def acquire(
+        self, priority: Priority = Priority.INTERACTIVE, *, timeout: float | None = None
+    ) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        call_id = await self._via_primary(
+            lambda: self._primary.acquire_call(priority, timeout=timeout)
+        )
+        if isinstance(call_id, str):
+            self._fallback.record(call_id)  # shadow it, in case Redis goes away within the window
+            return
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        await self._fallback.acquire(priority, timeout=left)
+
+    async def next_slot_in(self) -> float:
+        wait = await self._via_primary(self._primary.next_slot_in)
+        return wait if isinstance(wait, float) else await self._fallback.next_slot_in()
+
+    async def calls_left(self) -> int:
+        left = await self._via_primary(self._primary.calls_left)
+        return left if isinstance(left, int) else await self._fallback.calls_left()
+
+    async def penalize(self, retry_after: float | None) -> None:
+        await self._fallback.penalize(retry_after)  # an outage must not forget a 429
+        await self._via_primary(lambda: self._primary.penalize(retry_after))
+
+    async def _via_primary(self, op: Callable[[], Awaitable[T]]) -> T | _Unavailable:
+        if self._down and self._clock() < self._next_probe:
+            return _UNAVAILABLE
+        probing = self._down
+        if probing:
+            self._next_probe = self._clock() + self._probe_interval  # one probe at a time
+        try:
+            if probing:  # Redis must learn what we started without it before it grants more
+                await self._primary.note_starts(self._fallback.recent_starts())
+            result = await op()
+        except REDIS_OUTAGE as exc:
+            self._mark_down(exc)
+            return _UNAVAILABLE
+        if probing:
+            self._mark_up()
+        return result
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._next_probe = self._clock() + self._probe_interval
+        if not self._down:
+            self._down = True
+            logger.warning(
+                "Redis is unreachable (%s); the HSS call budget is now enforced per process "
+                "until it is back",
+                exc,
+            )
+
+    def _mark_up(self) -> None:
+        if self._down:
+            self._down = False
+            logger.info("Redis is reachable again; the HSS call budget is shared again")
