@@ -328,8 +328,7 @@ def _parse_lookup(words: list[Word]) -> Command:
 
 
 def _parse_help(words: list[Word]) -> Command:
-    if len(words) > 1:
-        raise CommandError(f"help takes no arguments. Usage: {USAGE}")
+    del words  # "help me" or "help lookup" still deserve the help, not an error
     return Help()
 
 
