@@ -295,7 +295,10 @@ class Simulator:
         match = _AUTH.fullmatch(headers.get("authorization", "").strip())
         ak = match[1] if match else "(none)"
         if self._locked_until.get(ak, 0.0) > now:
-            self._auth_failed(ak, now, request_id, "The AK/SK is locked after repeated failures.")
+            # Rejected without counting towards a new lock-out: the lock does not grow.
+            self.auth_failures[ak] += 1
+            why = "The AK/SK is locked after repeated failures."
+            raise _Reject(_error(401, "APIGW.0301", why, request_id))
         problem = self._signature_problem(request, headers, match, now)
         if problem:
             self._auth_failed(ak, now, request_id, problem)
@@ -360,6 +363,7 @@ class Simulator:
         limit = self.config.lockout_after
         if limit is not None and self._consecutive_401[ak] >= limit:
             self._locked_until[ak] = now + self.config.lockout_seconds
+            self._consecutive_401[ak] = 0  # after the lock expires, five more failures to lock
         raise _Reject(
             _error(
                 401, "APIGW.0301", f"Incorrect IAM authentication information: {why}", request_id
@@ -631,7 +635,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 async def _serve(sim: Simulator, host: str, port: int) -> None:
     runner, url = await start_simulator(sim, host, port)
-    print(f"HSS simulator on {url} (project {sim.config.project_id}, AK {sim.config.ak})")
+    print(
+        f"HSS simulator on {url} (project {sim.config.project_id}, AK {sim.config.ak})", flush=True
+    )
     try:
         await asyncio.Event().wait()
     finally:

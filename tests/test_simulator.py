@@ -149,6 +149,22 @@ async def test_lockout_after_five_consecutive_failures(make_hss_sim: MakeSim) ->
     assert_error(locked, 401, "APIGW.0301")
     assert "locked" in locked.json()["error_msg"]
     assert running.sim.stats()["locked"] == [TEST_AK]
+    assert running.sim.stats()["auth_failures"] == {TEST_AK: 6}
+
+
+def test_lockout_expires_on_the_clock() -> None:
+    now = [1_800_000_000.0]
+    config = SimConfig(
+        ak=TEST_AK, sk=TEST_SK, project_id=TEST_PROJECT_ID, lockout_after=5, lockout_seconds=300
+    )
+    sim = Simulator(config, clock=lambda: now[0])
+    for _ in range(5):
+        assert sim.handle(_signed(sim, now[0], sk="wrong")).status == 401
+    now[0] += 299
+    assert sim.handle(_signed(sim, now[0])).status == 401  # correct, but still locked
+    now[0] += 2
+    assert sim.stats()["locked"] == []
+    assert sim.handle(_signed(sim, now[0])).status == 200
 
 
 async def test_wrong_project_is_403(hss_sim: RunningSim) -> None:
@@ -363,7 +379,7 @@ async def test_insert_shifts_rows_between_pages(hss_sim: RunningSim) -> None:
     assert len(hss_sim.sim.task("t")) == 118
 
 
-def _signed(sim: Simulator, now: float, task_id: str = "t") -> SimRequest:
+def _signed(sim: Simulator, now: float, task_id: str = "t", sk: str = TEST_SK) -> SimRequest:
     path = signer.encoded_path(
         ["v5", TEST_PROJECT_ID, "image", "image-sync", "tasks", task_id, "registries"]
     )
@@ -374,7 +390,7 @@ def _signed(sim: Simulator, now: float, task_id: str = "t") -> SimRequest:
     }
     headers["Authorization"] = signer.authorization(
         ak=TEST_AK,
-        sk=TEST_SK,
+        sk=sk,
         method="GET",
         canonical_path=signer.canonical_path_of(path),
         query="limit=200",
