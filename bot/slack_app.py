@@ -25,7 +25,7 @@ from bot.errors import BotError, CommandError
 from bot.lookup import MIN_REFRESH_AGE, LookupService
 from bot.models import Answer, LookupRequest
 from bot.render import (
-    ACTION_PAGE,
+    ACTION_PAGE_PATTERN,
     ACTION_REFRESH,
     ACTION_SHARE,
     Message,
@@ -193,7 +193,7 @@ def build_app(
     )
     handlers = SlackHandlers(lookups=lookups, clock=clock)
     app.command(command_name)(handlers.on_command)
-    app.action(ACTION_PAGE)(handlers.on_page)
+    app.action(ACTION_PAGE_PATTERN)(handlers.on_page)
     app.action(ACTION_REFRESH)(handlers.on_refresh)
     app.action(ACTION_SHARE)(handlers.on_share)
     app.error(_on_error)
