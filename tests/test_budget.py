@@ -261,3 +261,37 @@ async def test_failover_remembers_a_429_through_an_outage(
 
 def test_budgets_satisfy_the_protocol() -> None:
     assert isinstance(LocalCallBudget(limit=FAST), CallBudget)
+
+
+async def test_waiting_sleeps_instead_of_polling(redis: aioredis.Redis) -> None:
+    budget = RedisCallBudget(redis, scope="s", limit=RateLimit(1, 1.0))
+    await budget.acquire()
+
+    async def script_calls() -> int:
+        stats = await redis.info("commandstats")
+        return sum(
+            int(v["calls"]) for k, v in stats.items() if k in {"cmdstat_evalsha", "cmdstat_eval"}
+        )
+
+    before = await script_calls()
+    started = time.monotonic()
+    await budget.acquire()
+    assert time.monotonic() - started == pytest.approx(1.0, abs=TOL)
+    assert await script_calls() - before <= 3, "one attempt, one sleep, one grant (plus slack)"
+
+
+async def test_local_budget_with_an_injected_clock() -> None:
+    now = [100.0]
+    budget = LocalCallBudget(limit=RateLimit(3, 10.0), clock=lambda: now[0])
+    for step in range(3):
+        await budget.acquire(timeout=0)
+        now[0] += 1.0 + step
+    assert await budget.calls_left() == 0
+    assert await budget.next_slot_in() == pytest.approx(4.0)  # first start at 100 + 10 - 106
+    now[0] = 110.0
+    assert await budget.calls_left() == 1
+    await budget.penalize(30.0)
+    assert await budget.next_slot_in() == pytest.approx(30.0)
+    assert await budget.calls_left() == 0
+    now[0] = 140.0
+    assert await budget.calls_left() == 3

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 import textwrap
@@ -177,3 +178,16 @@ def test_start_refuses_to_steal_a_served_socket(redis_server: EmbeddedRedis) -> 
 def test_redis_url_fixture_serves(redis_url: str) -> None:
     with syncredis.Redis.from_url(redis_url) as client:
         assert client.ping()
+
+
+def test_stale_socket_from_a_crashed_server_is_replaced(tmp_path: Path) -> None:
+    sock = socket_path_for(tmp_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(str(sock))  # left behind, as by a killed server: nothing listens
+    assert sock.exists()
+    url, owner = ensure_embedded_redis(tmp_path)
+    assert owner is not None, "a dead socket is not a running server"
+    try:
+        assert _set_and_get(url, "k", "v") == b"v"
+    finally:
+        owner.stop()
