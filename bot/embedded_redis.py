@@ -211,7 +211,11 @@ def _file_lock(path: Path) -> Iterator[None]:
 def ensure_embedded_redis(data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
     """A URL of a persistent embedded Redis for ``data_dir`` and, if we started it, the
     handle whose ``stop()`` shuts it down. A server already serving the dir (started by a
-    previous or parallel process) is reused and ``None`` is returned for the handle."""
+    previous or parallel process) is reused and ``None`` is returned for the handle.
+
+    The server runs in its own session, so it outlives an owner that crashes (the next run
+    reuses it); an owner that stops it ends it for every process sharing it, which then see
+    Redis errors (the call budget falls back to per-process limits until a server is back)."""
     server = EmbeddedRedis(data_dir=data_dir, persistent=True)
     server.data_dir.mkdir(parents=True, exist_ok=True)
     with _file_lock(server.data_dir / "redis.lock"):

@@ -295,3 +295,35 @@ async def test_local_budget_with_an_injected_clock() -> None:
     assert await budget.calls_left() == 0
     now[0] = 140.0
     assert await budget.calls_left() == 3
+
+
+async def test_background_yields_to_another_replicas_live_waiter(redis: aioredis.Redis) -> None:
+    budget = RedisCallBudget(redis, scope="s", limit=FAST)
+    seconds, micros = await redis.time()
+    # A waiter of another replica, as its acquire registers it, alive for 0.3 s more.
+    await redis.zadd(keys.budget_waiters("s"), {"other": seconds + micros / 1e6 + 0.3})
+    assert await budget.calls_left() == 5
+    with pytest.raises(BudgetTimeout):
+        await budget.acquire(Priority.BACKGROUND, timeout=0)
+    await budget.acquire(Priority.INTERACTIVE, timeout=0)  # people are not held back
+    started = time.monotonic()
+    await budget.acquire(Priority.BACKGROUND, timeout=2.0)
+    # The entry's owner never came back: it expires and background proceeds.
+    assert 0.2 < time.monotonic() - started < 0.3 + FAST.window / FAST.calls + TOL
+
+
+async def test_background_keeps_one_slot_for_people(new_budget: BudgetMaker) -> None:
+    budget = new_budget()
+    for _ in range(4):
+        await budget.acquire(Priority.BACKGROUND, timeout=0)
+    with pytest.raises(BudgetTimeout):
+        await budget.acquire(Priority.BACKGROUND, timeout=0)
+    await budget.acquire(Priority.INTERACTIVE, timeout=0)
+    assert await budget.calls_left() == 0
+
+
+async def test_one_call_per_window_still_serves_background(new_budget: BudgetMaker) -> None:
+    budget = new_budget(limit=RateLimit(1, 0.2))
+    await budget.acquire(Priority.BACKGROUND, timeout=0)  # no slot is held back at 1/window
+    with pytest.raises(BudgetTimeout):
+        await budget.acquire(Priority.INTERACTIVE, timeout=0.1)
