@@ -13,89 +13,16 @@ import asyncio
 import json
 import logging
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
-
-from bot.config import Settings
-from bot.embedded_redis import EmbeddedRedis
+from bot.localstack import Stack, local_stack
 from bot.render import ACTION_PAGE
-from bot.runtime import Runtime, open_runtime
-from bot.server import build_web_app, start_http, web_client
-from bot.simulator import DEMO_AK, DEMO_PROJECT_ID, DEMO_SK, SimConfig, Simulator, start_simulator
-from bot.slack_app import build_app
-from bot.slack_requests import Reply, SlackUser, button
-from bot.slack_standin import SlackStandIn
+from bot.simulator import SimConfig
+from bot.slack_requests import Reply, button
 from bot.textview import message_text
 
-SIGNING_SECRET = "demo-signing-secret"  # noqa: S105 (a local demo value, not a credential)
 SMALL_TASK, BIG_TASK = "daily-sync", "weekly-sync"
-
-
-@dataclass
-class Stack:
-    """Every running part of a local deployment."""
-
-    sim: Simulator
-    standin: SlackStandIn
-    runtime: Runtime
-    user: SlackUser
-
-
-@asynccontextmanager
-async def local_stack(
-    *, sim_config: SimConfig, env: dict[str, str] | None = None
-) -> AsyncIterator[Stack]:
-    """Embedded Redis + simulator + Slack stand-in + the bot over HTTP, torn down after."""
-    async with AsyncExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hss-demo-")))
-        redis_server = EmbeddedRedis(data_dir=tmp / "redis", persistent=False)
-        await asyncio.to_thread(redis_server.start)
-        stack.push_async_callback(asyncio.to_thread, redis_server.stop)
-        sim = Simulator(sim_config)
-        sim_runner, sim_url = await start_simulator(sim)
-        stack.push_async_callback(sim_runner.cleanup)
-        standin = SlackStandIn()
-        await standin.start()
-        stack.push_async_callback(standin.stop)
-        settings = Settings.from_env(
-            {
-                "SLACK_BOT_TOKEN": "xoxb-demo",
-                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-                "SLACK_API_URL": f"{standin.url}/api/",
-                "CLOUD_SDK_AK": sim_config.ak,
-                "CLOUD_SDK_SK": sim_config.sk,
-                "HSS_PROJECT_ID": sim_config.project_id,
-                "HSS_ENDPOINT": sim_url,
-                "REDIS_URL": redis_server.url,
-                **(env or {}),
-            }
-        )
-        runtime = await open_runtime(settings)
-        stack.push_async_callback(runtime.aclose)
-        bolt = build_app(
-            lookups=runtime.lookups,
-            web_client=web_client(settings),
-            signing_secret=SIGNING_SECRET,
-            command_name=settings.command_name,
-        )
-        runner, port = await start_http(build_web_app(bolt, runtime), host="127.0.0.1", port=0)
-        stack.push_async_callback(runner.cleanup)
-        http = await stack.enter_async_context(httpx.AsyncClient(timeout=30.0))
-        user = SlackUser(
-            bot_url=f"http://127.0.0.1:{port}",
-            signing_secret=SIGNING_SECRET,
-            response_base=f"{standin.url}/response",
-            http=http,
-            command=settings.command_name,
-        )
-        yield Stack(sim=sim, standin=standin, runtime=runtime, user=user)
 
 
 class Printer:
@@ -180,6 +107,3 @@ def main(argv: list[str]) -> int:
         return int(exc.code or 0)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return asyncio.run(run_demo(sys.stdout, as_json=args.json))
-
-
-__all__ = ["DEMO_AK", "DEMO_PROJECT_ID", "DEMO_SK", "Stack", "local_stack", "main", "run_demo"]

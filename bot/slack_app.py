@@ -139,7 +139,9 @@ class SlackHandlers:
             notice = budget_notice(wait, self._clock())
             message = render_answer(peek.answer, page=page, now=self._clock(), notice=notice)
             await respond(**_payload(message, response_type="ephemeral", replace_original=True))
-        await self._deliver(respond, request, stale=peek.answer, page=page, max_age=MIN_REFRESH_AGE)
+        # Data younger than this is what a refresh would fetch anyway: clicks cost nothing.
+        max_age = min(MIN_REFRESH_AGE, self._lookups.fresh_seconds)
+        await self._deliver(respond, request, stale=peek.answer, page=page, max_age=max_age)
 
     async def on_share(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
         await ack()
