@@ -167,7 +167,9 @@ class HssClient:
         If ``total_num`` moves between pages or the unique rows do not add up to it, the
         whole fetch restarts once from offset 0; a second inconsistency raises
         ``HssUnavailableError``. ``first`` is an already fetched page 0: paging continues
-        after its rows (so it may have been fetched with a smaller limit).
+        after its rows (so it may have been fetched with a smaller limit); a restart does not
+        reuse it. Counting cannot see a move that keeps both numbers (one row leaves ahead
+        of the cursor while another joins behind it); the next refresh corrects that.
         """
         self._validate(task, flt, offset=0, limit=limit)
         started_at = time.time()

@@ -440,6 +440,17 @@ async def test_total_change_mid_fetch_restarts_once(make_hss_sim: MakeSim) -> No
     assert result.calls == 2 + 4 == requests_seen(running.sim)
 
 
+async def test_a_stale_first_page_is_not_reused_on_restart(make_hss_sim: MakeSim) -> None:
+    running = await make_hss_sim(task_sizes={"big": 250})
+    async with client_for(running) as client:
+        first = await client.list_page(ref("big"), ApiFilter(), limit=100)
+        running.sim.remove("big", 3, at=0)
+        result = await client.fetch_all(ref("big"), ApiFilter(), limit=100, first=first)
+    assert list(result.registries) == running.sim.registries("big")
+    assert result.total_num == 247
+    assert result.calls == 1 + 3  # page 2 showed the change, then a fresh pass
+
+
 async def test_rows_seen_twice_at_constant_total_restart(make_hss_sim: MakeSim) -> None:
     running = await make_hss_sim(task_sizes={"big": 300})
     sim = running.sim
