@@ -168,7 +168,10 @@ def merge(
             changes.append(change)
     changes.extend(_absent(rows, flt, seen, started_at, finished_at))
     views = dict(snap.views)
-    views[view_key(flt)] = View(flt=flt, fetched_at=started_at, total=total)
+    done = views.get(view_key(flt))
+    # An overlapping fetch of the same view that started later already landed: keep its age.
+    if done is None or done.fetched_at <= started_at:
+        views[view_key(flt)] = View(flt=flt, fetched_at=started_at, total=total)
     return Snapshot(rows=rows, views=views, generation=snap.generation + 1), changes
 
 
@@ -207,7 +210,8 @@ def _absent(
                 Change(rid, row.name, row.type, row.known_status or row.status, REMOVED, "", at)
             )
         else:
-            rows[rid] = replace(row, status=UNKNOWN_STATUS, reason="")
+            # Leaving the view is an observation too: an older fetch must not undo it.
+            rows[rid] = replace(row, status=UNKNOWN_STATUS, reason="", seen_at=at)
     return changes
 
 
@@ -284,14 +288,27 @@ def choose_view(snap: Snapshot, query: ApiFilter, *, size_hint: int | None = Non
     if size is None:
         return ApiFilter()
     candidates = _candidates(query)
-    best: tuple[int, int] | None = None
+    best: tuple[float, int] | None = None
     chosen = candidates[0]
     for rank, flt in enumerate(candidates):
-        estimate = size if flt.is_full else _estimate(snap, flt)
-        cost = pages(estimate if estimate is not None else size)
+        cost = _cost(snap, flt, size)
         if best is None or (cost, rank) < best:
             best, chosen = (cost, rank), flt
     return chosen
+
+
+def _cost(snap: Snapshot, flt: ApiFilter, size: int) -> float:
+    """Calls to fetch ``flt``. A filter of unknown size returns at most the whole task and
+    usually far less, so on a task of several pages it ranks just below fetching everything
+    (and above any filter known to be cheaper); otherwise the re-plan after a size probe
+    could never pick a narrower view."""
+    whole = pages(size)
+    if flt.is_full:
+        return whole
+    estimate = _estimate(snap, flt)
+    if estimate is not None:
+        return pages(estimate)
+    return whole - 0.5 if whole > 1 else whole
 
 
 def _candidates(query: ApiFilter) -> list[ApiFilter]:

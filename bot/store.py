@@ -23,7 +23,7 @@ from redis.exceptions import RedisError, WatchError
 
 from bot import keys
 from bot.mirror import Change, Row, Snapshot, View, parse_view_key, view_key
-from bot.models import TaskRef
+from bot.models import UNKNOWN_STATUS, TaskRef
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ def decode_snapshot(fields: Mapping[bytes, bytes]) -> Snapshot:
         for rid, name, rtype, status, reason, seen_at, known in json.loads(
             zlib.decompress(fields[f"c{i}".encode()])
         ):
-            rows[rid] = Row(rid, name, rtype, status, reason, seen_at, known or status)
+            # "" means "same as status", except that an unknown status never is a known one.
+            known = known or (status if status != UNKNOWN_STATUS else "")
+            rows[rid] = Row(rid, name, rtype, status, reason, seen_at, known)
     views = {
         k: View(flt=parse_view_key(k), fetched_at=float(at), total=int(total))
         for k, (at, total) in meta["views"].items()
@@ -134,7 +136,10 @@ def _change_of(f: dict[bytes, bytes]) -> Change:
 class RedisMirrorStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
-        self._cache: OrderedDict[str, Snapshot] = OrderedDict()
+        # key -> (raw meta, snapshot). The raw meta, not just the generation, identifies a
+        # save: if the key is lost (flush, restart without persistence) generations restart
+        # from 0, but a new save's views carry new fetch times.
+        self._cache: OrderedDict[str, tuple[bytes | None, Snapshot]] = OrderedDict()
         self._lock_script = redis.register_script(_LOCK_SCRIPT)
 
     async def generation(self, ref: TaskRef) -> int:
@@ -143,15 +148,16 @@ class RedisMirrorStore:
     async def load(self, ref: TaskRef) -> Snapshot:
         key = keys.mirror(ref)
         cached = self._cache.get(key)
-        if cached is not None and cached.generation == await self.generation(ref):
+        if cached is not None and cached[0] == await self._redis.hget(key, "meta"):
             self._cache.move_to_end(key)
-            return cached
-        snap = decode_snapshot(cast("dict[bytes, bytes]", await self._redis.hgetall(key)))
-        self._remember(key, snap)
+            return cached[1]
+        fields = cast("dict[bytes, bytes]", await self._redis.hgetall(key))
+        snap = decode_snapshot(fields)
+        self._remember(key, fields.get(b"meta"), snap)
         return snap
 
-    def _remember(self, key: str, snap: Snapshot) -> None:
-        self._cache[key] = snap
+    def _remember(self, key: str, meta: bytes | None, snap: Snapshot) -> None:
+        self._cache[key] = (meta, snap)
         self._cache.move_to_end(key)
         while len(self._cache) > CACHE_TASKS:
             self._cache.popitem(last=False)
@@ -179,7 +185,7 @@ class RedisMirrorStore:
                 await pipe.execute()
         except WatchError:
             return False
-        self._remember(key, snap)
+        self._remember(key, fields["meta"], snap)
         return True
 
     async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
