@@ -81,6 +81,12 @@ class RateLimit:
     def __str__(self) -> str:
         return f"{self.calls}/{self.window:g}s"
 
+    def padded(self) -> RateLimit:
+        """The limit our budget enforces: a call counts when its slot is granted, but the
+        gateway counts it when the request arrives, and arrivals bunch up by network jitter.
+        A slightly longer window keeps us strictly inside the gateway's."""
+        return RateLimit(self.calls, self.window + min(1.0, max(0.02, self.window * 0.05)))
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
@@ -177,6 +183,14 @@ class Settings:
         """Everything sharing this scope shares one call budget: the same AK means the same
         IAM user at HSS's gateway."""
         return self.ak.fingerprint() if self.ak else "anonymous"
+
+    @property
+    def auth_scope(self) -> str:
+        """An authentication lock-out belongs to one AK/SK pair: fixing either lifts it."""
+        pair = Secret(
+            f"{self.ak.reveal() if self.ak else ''}:{self.sk.reveal() if self.sk else ''}"
+        )
+        return pair.fingerprint()
 
 
 def _secret_getter(env: Mapping[str, str]) -> Callable[[str], Secret | None]:

@@ -76,6 +76,7 @@ class LookupService:
         default_ep: str | None,
         fresh_seconds: float,
         budget_scope: str,
+        auth_scope: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -86,6 +87,8 @@ class LookupService:
         self._default_ep = default_ep
         self.fresh_seconds = fresh_seconds
         self._scope = budget_scope
+        # A lock-out is about one AK/SK pair: a corrected secret may call at once.
+        self._auth_scope = auth_scope or budget_scope
         self._clock = clock
         self._inflight: dict[tuple[TaskRef, str], asyncio.Task[None]] = {}
 
@@ -143,8 +146,8 @@ class LookupService:
 
     async def reset_auth(self) -> bool:
         """Operator action: allow calls again after an authentication failure."""
-        had = await self._store.get_auth_lock(self._scope) is not None
-        await self._store.set_auth_lock(self._scope, None)
+        had = await self._store.get_auth_lock(self._auth_scope) is not None
+        await self._store.set_auth_lock(self._auth_scope, None)
         return had
 
     # --- fetching ---
@@ -173,10 +176,14 @@ class LookupService:
         owner = uuid.uuid4().hex
         before = _fetched_at(snap, view)
         while not await self._store.lock(ref, view, owner, LOCK_TTL):
+            await asyncio.sleep(POLL_OTHERS)
             # Another replica is fetching this view: its result is ours when it lands.
             if _fetched_at(await self._store.load(ref), view) != before:
                 return
-            await asyncio.sleep(POLL_OTHERS)
+        if _fetched_at(await self._store.load(ref), view) != before:
+            # It landed between our last look and taking the lock.
+            await self._store.unlock(ref, view, owner)
+            return
         renew = asyncio.create_task(self._renew(ref, view, owner))
         try:
             await self._fetch_and_merge(ref, snap, query, flt, priority)
@@ -196,26 +203,31 @@ class LookupService:
     ) -> None:
         await self._check_auth()
         try:
-            result, flt = await self._fetch(ref, snap, query, flt, priority)
+            result, flt, size = await self._fetch(ref, snap, query, flt, priority)
         except HssAuthError as exc:
-            await self._store.set_auth_lock(self._scope, _auth_info(exc, self._clock()))
+            await self._store.set_auth_lock(self._auth_scope, _auth_info(exc, self._clock()))
             raise
-        await self._merge_save(ref, flt, result)
+        await self._merge_save(ref, flt, result, size)
 
     async def _fetch(
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
-    ) -> tuple[FetchResult, ApiFilter]:
+    ) -> tuple[FetchResult, ApiFilter, int | None]:
+        """The fetch, the filter it used, and the task's size if a probe learned it."""
         if not (flt.is_full and task_size(snap) is None):
-            return await self._client.fetch_all(ref, flt, priority=priority), flt
+            return await self._client.fetch_all(ref, flt, priority=priority), flt, None
         # Size unknown: the first full page tells it, and is all of a small task.
         first = await self._client.list_page(ref, flt, limit=PAGE_LIMIT_MAX, priority=priority)
         narrower = choose_view(snap, query, size_hint=first.total_num)
         if narrower.is_full:
-            return await self._client.fetch_all(ref, flt, priority=priority, first=first), flt
+            full = await self._client.fetch_all(ref, flt, priority=priority, first=first)
+            return full, flt, None
         logger.info("task has %d registries: fetching only %s", first.total_num, view_key(narrower))
-        return await self._client.fetch_all(ref, narrower, priority=priority), narrower
+        narrow = await self._client.fetch_all(ref, narrower, priority=priority)
+        return narrow, narrower, first.total_num
 
-    async def _merge_save(self, ref: TaskRef, flt: ApiFilter, result: FetchResult) -> None:
+    async def _merge_save(
+        self, ref: TaskRef, flt: ApiFilter, result: FetchResult, size: int | None
+    ) -> None:
         # Another replica may save between our load and save: re-merge onto its snapshot.
         for _ in range(5):
             snap = await self._store.load(ref)
@@ -226,6 +238,7 @@ class LookupService:
                 total=result.total_num,
                 started_at=result.started_at,
                 finished_at=result.finished_at,
+                task_total=size,
             )
             if await self._store.save(ref, new, changes, expected=snap.generation):
                 if changes:
@@ -234,7 +247,7 @@ class LookupService:
         raise StoreError("The mirror kept changing under this refresh; try again.")
 
     async def _check_auth(self) -> None:
-        info = await self._store.get_auth_lock(self._scope)
+        info = await self._store.get_auth_lock(self._auth_scope)
         if info is not None:
             raise HssAuthError(
                 error_code=str(info.get("error_code", "APIGW.0301")),

@@ -81,6 +81,8 @@ class Snapshot:
     rows: dict[str, Row] = field(default_factory=dict)
     views: dict[str, View] = field(default_factory=dict)
     generation: int = 0
+    #: How many registries the task had when last counted (a full view or a size probe).
+    task_total: int | None = None
 
 
 def view_key(flt: ApiFilter) -> str:
@@ -146,8 +148,11 @@ def merge(
     total: int,
     started_at: float,
     finished_at: float,
+    task_total: int | None = None,
 ) -> tuple[Snapshot, list[Change]]:
     """Fold one complete fetch of ``flt`` into a copy of ``snap``; return it and the changes.
+
+    ``task_total`` is the task's size when a probe learned it on the way to a narrower view.
 
     Rows seen by a fetch that started after this one are left alone (they are newer).
     Known registries that match ``flt`` but did not come back left the view: with no filter
@@ -172,7 +177,9 @@ def merge(
     # An overlapping fetch of the same view that started later already landed: keep its age.
     if done is None or done.fetched_at <= started_at:
         views[view_key(flt)] = View(flt=flt, fetched_at=started_at, total=total)
-    return Snapshot(rows=rows, views=views, generation=snap.generation + 1), changes
+    size = total if flt.is_full else task_total if task_total is not None else snap.task_total
+    merged = Snapshot(rows=rows, views=views, generation=snap.generation + 1, task_total=size)
+    return merged, changes
 
 
 def _row_from(reg: Registry, old: Row | None, at: float) -> Row:
@@ -258,11 +265,8 @@ def pages(count: int) -> int:
 
 
 def task_size(snap: Snapshot) -> int | None:
-    """How many registries the task has, if a full view ever told us."""
-    full = [v for v in snap.views.values() if v.flt.is_full]
-    if not full:
-        return None
-    return max(full, key=lambda v: v.fetched_at).total
+    """How many registries the task has, if a full view or a size probe ever told us."""
+    return snap.task_total
 
 
 def _estimate(snap: Snapshot, flt: ApiFilter) -> int | None:

@@ -61,9 +61,10 @@ async def open_runtime(
         url, embedded = await asyncio.to_thread(ensure_embedded_redis, settings.data_dir)
     redis = redis_client(url)
     scope = settings.budget_scope
+    limit = settings.rate_limit.padded()
     budget = FailoverBudget(
-        RedisCallBudget(redis, scope=scope, limit=settings.rate_limit),
-        LocalCallBudget(limit=settings.rate_limit),
+        RedisCallBudget(redis, scope=scope, limit=limit),
+        LocalCallBudget(limit=limit),
     )
     assert settings.ak is not None and settings.sk is not None and settings.project_id
     credentials = Credentials(
@@ -83,11 +84,12 @@ async def open_runtime(
         store=store,
         client=client,
         budget=budget,
-        limit=settings.rate_limit,
+        limit=limit,
         project_id=settings.project_id,
         default_ep=settings.enterprise_project_id,
         fresh_seconds=settings.fresh_seconds,
         budget_scope=scope,
+        auth_scope=settings.auth_scope,
         clock=clock,
     )
     return Runtime(

@@ -76,6 +76,7 @@ def encode_snapshot(snap: Snapshot) -> dict[str, bytes]:
         "views": {k: [v.fetched_at, v.total] for k, v in snap.views.items()},
         "rows": len(rows),
         "chunks": len(chunks),
+        "total": snap.task_total,
     }
     out = {"meta": json.dumps(meta).encode()}
     for i, chunk in enumerate(chunks):
@@ -110,7 +111,13 @@ def decode_snapshot(fields: Mapping[bytes, bytes]) -> Snapshot:
         k: View(flt=parse_view_key(k), fetched_at=float(at), total=int(total))
         for k, (at, total) in meta["views"].items()
     }
-    return Snapshot(rows=rows, views=views, generation=int(meta["gen"]))
+    total = meta.get("total")
+    return Snapshot(
+        rows=rows,
+        views=views,
+        generation=int(meta["gen"]),
+        task_total=int(total) if total is not None else None,
+    )
 
 
 def _change_fields(c: Change) -> dict[str, str]:
