@@ -254,6 +254,7 @@ def totals(snap: Snapshot) -> Totals:
         running=known(SyncStatus.RUNNING),
         failed=known(SyncStatus.FAILED),
         unknown=unknown if has_full else 0,
+        size=snap.task_total,
     )
 
 

@@ -104,18 +104,20 @@ class LookupRequest:
 
 @dataclass(frozen=True, slots=True)
 class Totals:
-    """Registries per status; ``None`` where the mirror does not know the count."""
+    """Registries per status; ``None`` where the mirror does not know the count.
+    ``size`` is the task's registry count when known even though some statuses are not."""
 
     finished: int | None = None
     running: int | None = None
     failed: int | None = None
     unknown: int = 0
+    size: int | None = None
 
     @property
     def total(self) -> int | None:
         parts = (self.finished, self.running, self.failed)
         if any(p is None for p in parts):
-            return None
+            return self.size
         return sum(p for p in parts if p is not None) + self.unknown
 
 

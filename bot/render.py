@@ -412,7 +412,9 @@ def render_answer(
     blocks = [_header(f"HSS image sync · task {answer.request.task_id}")]
     if notice:
         blocks.append(_section(f":information_source: {escape_truncated(notice, _NOTICE_SHOWN)}"))
-    blocks.append(_section(_totals_text(answer.totals)))
+    t = answer.totals
+    if answer.has_data or any(n is not None for n in (t.failed, t.running, t.finished, t.size)):
+        blocks.append(_section(_totals_text(answer.totals)))
     blocks.append({"type": "divider"})
     blocks.extend(_registry_blocks(shown, ordered) if shown else [_section(_empty_text(answer))])
     blocks.append(_context(_context_parts(answer, page, pages, len(ordered), now, shared_by)))
