@@ -1,0 +1,134 @@
+"""``hss-sync-bot run`` as a real process: HTTP mode, health, a signed command, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from bot.slack_requests import SlackUser
+from bot.slack_standin import SlackStandIn
+from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim
+
+SECRET = "run-test-signing-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[SlackStandIn]:
+    slack = SlackStandIn()
+    await slack.start()
+    yield slack
+    await slack.stop()
+
+
+def bot_env(**extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    return {**keep, "PYTHONUNBUFFERED": "1", **extra}
+
+
+async def run_bot(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def wait_healthy(url: str, proc: asyncio.subprocess.Process) -> httpx.Response:
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            if proc.returncode is not None:
+                break
+            try:
+                response = await http.get(url, timeout=1.0)
+                if response.status_code == 200:
+                    return response
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("the bot never became healthy")
+
+
+async def test_run_serves_http_answers_a_command_and_stops_on_sigterm(
+    make_hss_sim: MakeSim, standin: SlackStandIn, redis_url: str, redis: object
+) -> None:
+    sim = await make_hss_sim(task_sizes={"t": 40})
+    port = free_port()
+    proc = await run_bot(
+        bot_env(
+            SLACK_BOT_TOKEN="xoxb-run-test",
+            SLACK_SIGNING_SECRET=SECRET,
+            SLACK_API_URL=f"{standin.url}/api/",
+            CLOUD_SDK_AK=TEST_AK,
+            CLOUD_SDK_SK=TEST_SK,
+            HSS_PROJECT_ID=TEST_PROJECT_ID,
+            HSS_ENDPOINT=sim.url,
+            REDIS_URL=redis_url,
+            PORT=str(port),
+        )
+    )
+    try:
+        health = await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+        assert health.json() == {"ok": True, "redis": "up"}
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            user = SlackUser(
+                bot_url=f"http://127.0.0.1:{port}",
+                signing_secret=SECRET,
+                response_base=f"{standin.url}/response",
+                http=http,
+            )
+            reply = await user.command_text("t failed")
+            assert reply.status == 200
+            assert reply.body["response_type"] == "ephemeral"
+            await standin.wait_for(lambda cs: any(c.name == reply.response_id for c in cs))
+        assert sum(sim.sim.calls.values()) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0
+    assert TEST_SK not in stderr.decode()
+    assert SECRET not in stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({}, "CLOUD_SDK_AK"),
+        (
+            {
+                "CLOUD_SDK_AK": "a",
+                "CLOUD_SDK_SK": "b",
+                "HSS_PROJECT_ID": "p",
+                "HSS_REGION": "ap-southeast-1",
+            },
+            "SLACK_BOT_TOKEN",
+        ),
+        ({"PORT": "http"}, "PORT"),
+        ({"SLACK_APP_TOKEN": "xoxb-not-an-app-token"}, "SLACK_APP_TOKEN"),
+    ],
+)
+async def test_run_refuses_bad_configuration_in_one_line(
+    env: dict[str, str], variable: str
+) -> None:
+    proc = await run_bot(bot_env(**env))
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], lines
+    assert "Traceback" not in stderr.decode()
