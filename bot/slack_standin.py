@@ -3,6 +3,9 @@
 Tests and the demo point the bot's ``SLACK_API_URL`` at ``{url}/api/`` and hand out
 ``response_url``s under ``{url}/response/``; everything the bot posts lands in ``calls``.
 Scripted failures (``fail_next``) let tests see how the bot copes with 429s and errors.
+In Socket Mode, ``apps.connections.open`` hands out this server's WebSocket, and
+``send_envelope`` delivers a command or click to the bot exactly as Slack would; the bot's
+acks are recorded as ``Call("socket_ack", envelope_id, ...)``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 BOT_USER_ID = "UHSSBOT01"
 TEAM_ID = "T0STANDIN"
@@ -45,6 +48,8 @@ class SlackStandIn:
         self._ts = itertools.count(1)
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self._sockets: list[web.WebSocketResponse] = []
+        self._envelopes = itertools.count(1)
         self.url = ""
 
     # --- control ---
@@ -76,7 +81,39 @@ class SlackStandIn:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
         app.router.add_post("/response/{ident}", self._response)
+        app.router.add_get("/socket", self._socket)
         return app
+
+    # --- Socket Mode ---
+
+    @property
+    def socket_clients(self) -> int:
+        return sum(1 for ws in self._sockets if not ws.closed)
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
+        """Deliver ``payload`` (``slash_commands`` or ``interactive``) to a connected bot."""
+        envelope_id = f"env{next(self._envelopes)}"
+        message = {
+            "envelope_id": envelope_id,
+            "type": kind,
+            "payload": payload,
+            "accepts_response_payload": kind == "slash_commands",
+        }
+        socket = next(ws for ws in self._sockets if not ws.closed)
+        await socket.send_json(message)
+        return envelope_id
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_json({"type": "hello", "num_connections": 1})
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                body = json.loads(msg.data)
+                ident = str(body.get("envelope_id", ""))
+                await self._record(Call("socket_ack", ident, body, {}))
+        return ws
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._runner = web.AppRunner(self.app(), access_log=None)
@@ -87,6 +124,8 @@ class SlackStandIn:
         return self.url
 
     async def stop(self) -> None:
+        for ws in self._sockets:
+            await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -122,6 +161,8 @@ class SlackStandIn:
                 "user_id": BOT_USER_ID,
                 "bot_id": "BHSSBOT01",
             }
+        if method == "apps.connections.open":
+            return {"ok": True, "url": self.url.replace("http://", "ws://") + "/socket"}
         if method in ("chat.postMessage", "chat.update"):
             ts = body.get("ts") or f"1700000000.{next(self._ts):06d}"
             return {"ok": True, "channel": body.get("channel", ""), "ts": ts, "message": body}

@@ -132,3 +132,57 @@ async def test_run_refuses_bad_configuration_in_one_line(
     lines = stderr.decode().strip().splitlines()
     assert len(lines) == 1 and variable in lines[0], lines
     assert "Traceback" not in stderr.decode()
+
+
+async def test_run_in_socket_mode_acks_over_the_websocket(
+    make_hss_sim: MakeSim, standin: SlackStandIn, redis_url: str, redis: object
+) -> None:
+    sim = await make_hss_sim(task_sizes={"t": 40})
+    port = free_port()
+    proc = await run_bot(
+        bot_env(
+            SLACK_BOT_TOKEN="xoxb-run-test",
+            SLACK_APP_TOKEN="xapp-run-test",
+            SLACK_API_URL=f"{standin.url}/api/",
+            CLOUD_SDK_AK=TEST_AK,
+            CLOUD_SDK_SK=TEST_SK,
+            HSS_PROJECT_ID=TEST_PROJECT_ID,
+            HSS_ENDPOINT=sim.url,
+            REDIS_URL=redis_url,
+            PORT=str(port),
+        )
+    )
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+        for _ in range(200):
+            if standin.socket_clients:
+                break
+            await asyncio.sleep(0.05)
+        envelope = await standin.send_envelope(
+            "slash_commands",
+            {
+                "command": "/hss-sync",
+                "text": "t failed",
+                "user_id": "U0SOCKET01",
+                "channel_id": "C0SOCKET01",
+                "team_id": "T0STANDIN",
+                "response_url": f"{standin.url}/response/socket1",
+                "trigger_id": "trigger.socket1",
+            },
+        )
+        calls = await standin.wait_for(
+            lambda cs: (
+                any(c.kind == "socket_ack" and c.name == envelope for c in cs)
+                and any(c.name == "socket1" for c in cs)
+            )
+        )
+        ack = next(c.body for c in calls if c.kind == "socket_ack" and c.name == envelope)
+        assert ack["payload"]["response_type"] == "ephemeral"
+        fresh = next(c.body for c in calls if c.name == "socket1")
+        assert fresh["replace_original"] is True
+        assert sum(sim.sim.calls.values()) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert "xapp-run-test" not in stderr.decode()
