@@ -33,25 +33,15 @@ from enum import IntEnum
 from typing import Protocol, TypeVar, runtime_checkable
 
 import redis.asyncio as aioredis
-import redis.exceptions as rex
 
 from bot import keys
 from bot.config import RateLimit
 from bot.errors import BudgetTimeout
+from bot.redis_health import REDIS_OUTAGE, RedisHealth
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: Errors that mean "Redis is unreachable or not serving right now", not "we sent nonsense".
-REDIS_OUTAGE: tuple[type[BaseException], ...] = (
-    rex.ConnectionError,  # includes BusyLoadingError (a restarted server loading its data)
-    rex.TimeoutError,
-    rex.ReadOnlyError,  # a replica promoted/demoted under us
-    rex.TryAgainError,
-    rex.ClusterDownError,
-    OSError,
-)
 
 #: One script for every budget operation so each is atomic across processes.
 BUDGET_LUA = """
@@ -339,19 +329,17 @@ class FailoverBudget:
         primary: RedisCallBudget,
         fallback: LocalCallBudget,
         *,
+        health: RedisHealth | None = None,
         probe_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._primary = primary
         self._fallback = fallback
-        self._probe_interval = probe_interval
-        self._clock = clock
-        self._down = False
-        self._next_probe = 0.0
+        self._health = health or RedisHealth(probe_interval=probe_interval, clock=clock)
 
     @property
     def degraded(self) -> bool:
-        return self._down
+        return self._health.down
 
     async def acquire(
         self, priority: Priority = Priority.INTERACTIVE, *, timeout: float | None = None
@@ -379,33 +367,15 @@ class FailoverBudget:
         await self._via_primary(lambda: self._primary.penalize(retry_after))
 
     async def _via_primary(self, op: Callable[[], Awaitable[T]]) -> T | _Unavailable:
-        if self._down and self._clock() < self._next_probe:
+        probing = self._health.down
+        if not self._health.should_try():
             return _UNAVAILABLE
-        probing = self._down
-        if probing:
-            self._next_probe = self._clock() + self._probe_interval  # one probe at a time
         try:
             if probing:  # Redis must learn what we started without it before it grants more
                 await self._primary.note_starts(self._fallback.recent_starts())
             result = await op()
         except REDIS_OUTAGE as exc:
-            self._mark_down(exc)
+            self._health.failed(exc)
             return _UNAVAILABLE
-        if probing:
-            self._mark_up()
+        self._health.succeeded()
         return result
-
-    def _mark_down(self, exc: BaseException) -> None:
-        self._next_probe = self._clock() + self._probe_interval
-        if not self._down:
-            self._down = True
-            logger.warning(
-                "Redis is unreachable (%s); the HSS call budget is now enforced per process "
-                "until it is back",
-                exc,
-            )
-
-    def _mark_up(self) -> None:
-        if self._down:
-            self._down = False
-            logger.info("Redis is reachable again; the HSS call budget is shared again")

@@ -17,6 +17,7 @@ from bot.config import Settings
 from bot.embedded_redis import EmbeddedRedis, ensure_embedded_redis
 from bot.hss_client import HssClient
 from bot.lookup import LookupService
+from bot.redis_health import RedisHealth
 from bot.signer import Credentials
 from bot.store import FailoverMirrorStore, MemoryMirrorStore, RedisMirrorStore
 
@@ -62,9 +63,11 @@ async def open_runtime(
     redis = redis_client(url)
     scope = settings.budget_scope
     limit = settings.rate_limit.padded()
+    health = RedisHealth()
     budget = FailoverBudget(
         RedisCallBudget(redis, scope=scope, limit=limit),
         LocalCallBudget(limit=limit),
+        health=health,
     )
     assert settings.ak is not None and settings.sk is not None and settings.project_id
     credentials = Credentials(
@@ -79,7 +82,7 @@ async def open_runtime(
         budget=budget,
         transport=transport,
     )
-    store = FailoverMirrorStore(RedisMirrorStore(redis), MemoryMirrorStore(clock))
+    store = FailoverMirrorStore(RedisMirrorStore(redis), MemoryMirrorStore(clock), health=health)
     lookups = LookupService(
         store=store,
         client=client,

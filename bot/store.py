@@ -15,15 +15,15 @@ import logging
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 
 from bot import keys
 from bot.mirror import Change, Row, Snapshot, View, parse_view_key, view_key
 from bot.models import UNKNOWN_STATUS, TaskRef
+from bot.redis_health import REDIS_OUTAGE, RedisHealth
 
 logger = logging.getLogger(__name__)
 
@@ -288,35 +288,32 @@ class MemoryMirrorStore:
             self._auth[scope] = info
 
 
-@dataclass
-class _Outage:
-    down: bool = False
-
-
 class FailoverMirrorStore:
     """Redis when it answers, memory while it does not: lookups keep working through an
-    outage (with one warning) and go back to the shared mirror by themselves."""
+    outage and go back to the shared mirror by themselves. ``health`` is shared with the
+    call budget, so an outage is logged once and probed once per interval."""
 
-    def __init__(self, primary: RedisMirrorStore, fallback: MemoryMirrorStore) -> None:
+    def __init__(
+        self,
+        primary: RedisMirrorStore,
+        fallback: MemoryMirrorStore,
+        *,
+        health: RedisHealth | None = None,
+    ) -> None:
         self._primary = primary
         self._fallback = fallback
-        self._outage = _Outage()
+        self._health = health or RedisHealth()
 
     async def _call(self, use: Callable[[MirrorStore], Awaitable[T]]) -> T:
-        try:
-            result = await use(self._primary)
-        except (RedisError, OSError) as exc:
-            if not self._outage.down:
-                self._outage.down = True
-                logger.warning(
-                    "Redis unavailable (%s); using an in-process mirror until it is back",
-                    type(exc).__name__,
-                )
-            return await use(self._fallback)
-        if self._outage.down:
-            self._outage.down = False
-            logger.info("Redis is back; using the shared mirror again")
-        return result
+        if self._health.should_try():
+            try:
+                result = await use(self._primary)
+            except REDIS_OUTAGE as exc:
+                self._health.failed(exc)
+            else:
+                self._health.succeeded()
+                return result
+        return await use(self._fallback)
 
     async def generation(self, ref: TaskRef) -> int:
         return await self._call(lambda s: s.generation(ref))

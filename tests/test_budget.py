@@ -215,7 +215,7 @@ async def test_failover_keeps_limiting_and_recovers(
     redis_factory: RedisFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.budget")
+    caplog.set_level(logging.INFO, logger="bot.redis_health")
     client = redis_factory(redis_server.url)
     primary = RedisCallBudget(client, scope="s", limit=FAST)
     budget = FailoverBudget(primary, LocalCallBudget(limit=FAST), probe_interval=0.1)

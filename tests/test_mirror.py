@@ -509,10 +509,10 @@ def test_totals_with_status_view_only_know_that_status() -> None:
 def test_totals_with_full_view_count_everything_including_unknown() -> None:
     regs = [reg("a", "failed"), reg("b", "failed"), reg("c", "running"), reg("d"), reg("e")]
     snap, _ = fetch(Snapshot(), FULL, regs, at=T0)
-    assert totals(snap) == Totals(finished=2, running=1, failed=2, unknown=0)
+    assert totals(snap) == Totals(finished=2, running=1, failed=2, unknown=0, size=5)
     snap, _ = fetch(snap, FAILED_VIEW, [reg("a", "failed")], at=T0 + 60)
     result = totals(snap)
-    assert result == Totals(finished=2, running=1, failed=1, unknown=1)
+    assert result == Totals(finished=2, running=1, failed=1, unknown=1, size=5)
     assert result.total == 5
 
 

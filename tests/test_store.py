@@ -17,6 +17,7 @@ from bot import keys
 from bot.embedded_redis import EmbeddedRedis
 from bot.mirror import REMOVED, Change, Row, Snapshot, View, view_key
 from bot.models import REGISTRY_TYPES, UNKNOWN_STATUS, ApiFilter, SyncStatus, TaskRef
+from bot.redis_health import RedisHealth
 from bot.store import (
     CHUNK_ROWS,
     FailoverMirrorStore,
@@ -344,7 +345,9 @@ async def outage_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.R
 
 
 def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "bot.store" and r.levelno == logging.WARNING]
+    return [
+        r for r in caplog.records if r.name == "bot.redis_health" and r.levelno == logging.WARNING
+    ]
 
 
 async def test_failover_to_memory_and_back(
@@ -352,8 +355,12 @@ async def test_failover_to_memory_and_back(
     outage_client: aioredis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.store")
-    store = FailoverMirrorStore(RedisMirrorStore(outage_client), MemoryMirrorStore(time.time))
+    caplog.set_level(logging.INFO, logger="bot.redis_health")
+    store = FailoverMirrorStore(
+        RedisMirrorStore(outage_client),
+        MemoryMirrorStore(time.time),
+        health=RedisHealth(probe_interval=0.0),  # probe on every call: no waiting in the test
+    )
     shared = tricky_snapshot(generation=1)
     assert await store.save(REF, shared, [], expected=0)
     assert outage_warnings(caplog) == []
@@ -372,7 +379,7 @@ async def test_failover_to_memory_and_back(
 
     redis_server.start()  # not persistent: it comes back empty
     assert await store.load(REF) == Snapshot()
-    assert any("back" in r.getMessage() for r in caplog.records)
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
     assert await store.save(REF, shared, [], expected=0)
     assert await RedisMirrorStore(outage_client).load(REF) == shared
     assert len(outage_warnings(caplog)) == 1
