@@ -18,7 +18,7 @@ from bot.embedded_redis import EmbeddedRedis
 from bot.runtime import Runtime, open_runtime
 from bot.server import build_web_app, start_http, web_client
 from bot.simulator import SimConfig, Simulator, start_simulator
-from bot.slack_app import build_app
+from bot.slack_app import MAX_WAIT, build_app
 from bot.slack_requests import SlackUser
 from bot.slack_standin import SlackStandIn
 
@@ -41,6 +41,7 @@ async def local_stack(
     sim_config: SimConfig,
     env: dict[str, str] | None = None,
     redis_url: str | None = None,
+    max_wait: float = MAX_WAIT,
 ) -> AsyncIterator[Stack]:
     """Redis (embedded unless ``redis_url``) + simulator + Slack stand-in + the bot over
     HTTP, all torn down after. ``env`` overrides the bot's settings."""
@@ -77,6 +78,7 @@ async def local_stack(
             web_client=web_client(settings),
             signing_secret=SIGNING_SECRET,
             command_name=settings.command_name,
+            max_wait=max_wait,
         )
         runner, port = await start_http(build_web_app(bolt, runtime), host="127.0.0.1", port=0)
         stack.push_async_callback(runner.cleanup)

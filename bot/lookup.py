@@ -144,6 +144,13 @@ class LookupService:
         spacing = self._limit.window / self._limit.calls
         return await self._budget.next_slot_in() + (calls - 1) * spacing
 
+    async def aclose(self) -> None:
+        """Stop fetches nobody will wait for any more (on shutdown)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def reset_auth(self) -> bool:
         """Operator action: allow calls again after an authentication failure."""
         had = await self._store.get_auth_lock(self._auth_scope) is not None

@@ -34,6 +34,7 @@ class Runtime:
     embedded: EmbeddedRedis | None = None
 
     async def aclose(self) -> None:
+        await self.lookups.aclose()
         await self.client.aclose()
         await self.redis.aclose()
         if self.embedded is not None:

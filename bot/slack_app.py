@@ -8,6 +8,7 @@ at most once however many people click.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -42,6 +43,11 @@ SAY_WAIT_AFTER = 2.0
 #: A fresh answer that needs longer than this is given up: response_url lives 30 minutes.
 MAX_WAIT = 25 * 60.0
 
+GAVE_UP = (
+    "Fresh data did not come within 25 minutes: the HSS call budget is busy. "
+    "This is the newest data there is; press Refresh later."
+)
+
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 
 
@@ -57,9 +63,16 @@ def budget_notice(wait: float, now: float) -> str:
 class SlackHandlers:
     """The listeners, as methods so tests and the demo can reach the same logic."""
 
-    def __init__(self, *, lookups: LookupService, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        lookups: LookupService,
+        clock: Callable[[], float] = time.time,
+        max_wait: float = MAX_WAIT,
+    ) -> None:
         self._lookups = lookups
         self._clock = clock
+        self._max_wait = max_wait
 
     async def on_command(
         self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond
@@ -106,13 +119,17 @@ class SlackHandlers:
     ) -> None:
         """Refresh, then replace the pending message with the fresh answer or the error."""
         try:
-            answer = await self._lookups.refresh(
-                request, priority=Priority.INTERACTIVE, max_age=max_age
-            )
+            async with asyncio.timeout(self._max_wait):
+                answer = await self._lookups.refresh(
+                    request, priority=Priority.INTERACTIVE, max_age=max_age
+                )
             message = render_answer(answer, page=page, now=self._clock())
         except BotError as exc:
             logger.info("lookup of task %s failed: %s", request.task_id, type(exc).__name__)
             message = render_answer(stale, page=page, now=self._clock(), notice=exc.user_message())
+        except TimeoutError:
+            # response_url expires after 30 minutes: say so rather than go silent.
+            message = render_answer(stale, page=page, now=self._clock(), notice=GAVE_UP)
         await respond(**_payload(message, response_type="ephemeral", replace_original=True))
 
     # --- buttons ---
@@ -184,6 +201,7 @@ def build_app(
     signing_secret: str | None,
     command_name: str,
     clock: Callable[[], float] = time.time,
+    max_wait: float = MAX_WAIT,
 ) -> AsyncApp:
     """The Bolt app. ``signing_secret`` is None in Socket Mode (no HTTP requests to verify)."""
     app = AsyncApp(
@@ -193,7 +211,7 @@ def build_app(
         process_before_response=False,
         raise_error_for_unhandled_request=False,
     )
-    handlers = SlackHandlers(lookups=lookups, clock=clock)
+    handlers = SlackHandlers(lookups=lookups, clock=clock, max_wait=max_wait)
     app.command(command_name)(handlers.on_command)
     app.action(ACTION_PAGE_PATTERN)(handlers.on_page)
     app.action(ACTION_REFRESH)(handlers.on_refresh)

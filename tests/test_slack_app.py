@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from bot.localstack import Stack, local_stack
 from bot.render import ACTION_PAGE_NEXT, ACTION_REFRESH, ACTION_SHARE
 from bot.simulator import Faults, SimConfig
+from bot.slack_app import GAVE_UP, MAX_WAIT
 from bot.slack_requests import Reply, button
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 
@@ -30,7 +31,11 @@ async def make_stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Mak
     async with AsyncExitStack() as exits:
 
         async def make(
-            *, env: dict[str, str] | None = None, url: str | None = None, **sim: Any
+            *,
+            env: dict[str, str] | None = None,
+            url: str | None = None,
+            max_wait: float = MAX_WAIT,
+            **sim: Any,
         ) -> Stack:
             config: dict[str, Any] = {
                 "ak": TEST_AK,
@@ -42,7 +47,12 @@ async def make_stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Mak
             }
             config.update(sim)
             return await exits.enter_async_context(
-                local_stack(sim_config=SimConfig(**config), env=env, redis_url=url or redis_url)
+                local_stack(
+                    sim_config=SimConfig(**config),
+                    env=env,
+                    redis_url=url or redis_url,
+                    max_wait=max_wait,
+                )
             )
 
         yield make
@@ -274,3 +284,13 @@ async def test_redis_outage_still_answers_with_one_warning(
     ]
     assert len(warnings) == 1  # mirror and budget share one outage notice
     await asyncio.to_thread(redis_server.start)
+
+
+async def test_an_answer_that_cannot_come_in_time_says_so(make_stack: MakeStack) -> None:
+    stack = await make_stack(env={"HSS_RATE_LIMIT": "1/30s"}, max_wait=0.5)
+    await followup(stack, await stack.user.command_text(f"{TASK} failed"))
+    reply = await stack.user.command_text("other-task failed")
+    assert "budget is spent" in text_of(reply.body)
+    answer = await followup(stack, reply, timeout=5.0)
+    assert GAVE_UP.split(":")[0] in text_of(answer)
+    assert calls(stack) == 1
