@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.budget import Priority
 from bot.command import Help, Lookup, parse
 from bot.errors import BotError, CommandError
-from bot.lookup import MIN_REFRESH_AGE, LookupService
+from bot.lookup import MIN_REFRESH_AGE, LookupService, Peek
 from bot.models import Answer, LookupRequest
 from bot.render import (
     ACTION_PAGE_PATTERN,
@@ -135,22 +135,18 @@ class SlackHandlers:
     # --- buttons ---
 
     async def on_page(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        decoded = await self._decode(body, respond)
-        if decoded is None:
+        clicked = await self._clicked(ack, body, respond)
+        if clicked is None:
             return
-        request, page = decoded
-        peek = await self._lookups.peek(request)
+        _, page, peek = clicked
         message = render_answer(peek.answer, page=page, now=self._clock())
         await respond(**_payload(message, response_type="ephemeral", replace_original=True))
 
     async def on_refresh(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        decoded = await self._decode(body, respond)
-        if decoded is None:
+        clicked = await self._clicked(ack, body, respond)
+        if clicked is None:
             return
-        request, page = decoded
-        peek = await self._lookups.peek(request)
+        request, page, peek = clicked
         wait = await self._lookups.wait_estimate(request)
         if wait > SAY_WAIT_AFTER:
             notice = budget_notice(wait, self._clock())
@@ -161,12 +157,10 @@ class SlackHandlers:
         await self._deliver(respond, request, stale=peek.answer, page=page, max_age=max_age)
 
     async def on_share(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
-        decoded = await self._decode(body, respond)
-        if decoded is None:
+        clicked = await self._clicked(ack, body, respond)
+        if clicked is None:
             return
-        request, page = decoded
-        peek = await self._lookups.peek(request)
+        _, page, peek = clicked
         user = str(body.get("user", {}).get("id", ""))
         message = render_answer(
             peek.answer,
@@ -176,6 +170,17 @@ class SlackHandlers:
             shared_by=user if _USER_ID.match(user) else None,
         )
         await respond(**_payload(message, response_type="in_channel", replace_original=False))
+
+    async def _clicked(
+        self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond
+    ) -> tuple[LookupRequest, int, Peek] | None:
+        """Ack a button, decode its value and read the mirror (no call); None if junk."""
+        await ack()
+        decoded = await self._decode(body, respond)
+        if decoded is None:
+            return None
+        request, page = decoded
+        return request, page, await self._lookups.peek(request)
 
     async def _decode(
         self, body: dict[str, Any], respond: AsyncRespond
