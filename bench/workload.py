@@ -1,0 +1,396 @@
+"""Team workload, time-compressed: our bot against a naive per-lookup bot, in the same run.
+
+20 people ask 300 lookups over 10 tasks (mixed filters, repeats, Next-page clicks) in 10
+simulated minutes, under HSS's real rule of 5 calls per 60 s. Time runs ``--factor`` times
+faster (default 60: 5 calls per 1 s, data fresh for 1 s, 10 minutes in 10 s).
+
+* ours: the real bot (``bot.localstack``) driven by signed slash commands and button clicks;
+  first answer = the ack when it shows data, else the first ``response_url`` post with data;
+  fresh data = the ack when it carries no notice, else the replacement without a notice.
+* naive: what the official SDK sample does, once per lookup: one synchronous
+  ``HssClient.list_associate_registries`` (huaweicloudsdkhss) for the page asked, no cache,
+  no retry, no budget, in threads, against a second simulator with the same config and seed.
+
+Run: ``.venv/bin/python -m bench.workload [--seed N] [--factor F]``; one figure per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from huaweicloudsdkcore.auth.credentials import BasicCredentials
+from huaweicloudsdkcore.exceptions import exceptions as sdk_errors
+from huaweicloudsdkhss.v5 import HssClient, ListAssociateRegistriesRequest
+
+from bench.common import INF, ResponseWatcher, emit, ms, percentile, quiet, ratio
+from bot.localstack import Stack, local_stack
+from bot.models import REGISTRY_TYPES, Registry
+from bot.render import ACTION_PAGE_NEXT, PAGE_SIZE
+from bot.simulator import SimConfig, Simulator, start_simulator
+from bot.slack_requests import SlackUser, button
+
+REAL_WINDOW = 60.0  # HSS: 5 calls per 60 s per IAM user
+REAL_FRESH = 60.0  # the bot's default HSS_FRESH_SECONDS
+REAL_RESPONSE_URL_LIFE = 30 * 60.0  # Slack: a response_url works for 30 minutes
+TASK_SIZES = (20, 45, 90, 150, 200, 350, 700, 1200, 2000, 3000)
+TASK_WEIGHTS = (10, 8, 7, 6, 5, 4, 3, 3, 2, 2)
+#: (filter kind, weight) for a new lookup: people mostly ask what failed.
+FILTERS = (
+    ("failed", 40),
+    ("all", 14),
+    ("running", 12),
+    ("finished", 6),
+    ("failed_type", 14),
+    ("name", 14),
+)
+PAGE_CHANCE = 0.35  # when the person's last answer has a next page
+REPEAT_CHANCE = 0.18  # someone asks again what was asked before
+SLUGS = ("swr", "swr-shared", "swr-ee", "harbor", "jfrog", "registry")
+ENVS = ("prod", "staging", "dev", "qa", "cn-east", "ap-sg")
+
+
+@dataclass(frozen=True)
+class Query:
+    task: str
+    status: str | None = None
+    types: tuple[str, ...] = ()
+    name: str | None = None
+
+    def text(self) -> str:
+        words = [self.task]
+        if self.status:
+            words.append(self.status)
+        if self.types:
+            words.append("type=" + ",".join(self.types))
+        if self.name is not None:
+            words.append(f"name={self.name}")
+        return " ".join(words)
+
+    def matches(self, reg: Registry) -> bool:
+        return (
+            (self.status is None or reg.sync_status == self.status)
+            and (not self.types or reg.registry_type in self.types)
+            and (self.name is None or self.name.casefold() in reg.registry_name.casefold())
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    index: int
+    at: float  # simulated seconds after the start
+    user: int
+    kind: str  # new | repeat | page
+    query: Query
+    page: int = 0
+    after: int | None = None  # page clicks: the lookup whose Next button is clicked
+    matches: int = 0
+
+
+# --- the workload ----------------------------------------------------------------------------
+
+
+def sim_config(seed: int, factor: float) -> SimConfig:
+    sizes = {f"sync-{chr(ord('a') + i)}": n for i, n in enumerate(TASK_SIZES)}
+    return SimConfig(seed=seed, rate_limit=5, window=REAL_WINDOW / factor, task_sizes=sizes)
+
+
+def _new_query(rng: random.Random, task: str, regs: Sequence[Registry]) -> Query:
+    kind = rng.choices([k for k, _ in FILTERS], [w for _, w in FILTERS])[0]
+    if kind == "all":
+        return Query(task)
+    if kind == "failed_type":
+        return Query(task, "failed", tuple(sorted(rng.sample(REGISTRY_TYPES, rng.choice((1, 2))))))
+    if kind == "name":
+        if rng.random() < 0.5:
+            return Query(task, name=rng.choice(regs).registry_name)
+        return Query(
+            task, rng.choice((None, "failed")), name=f"{rng.choice(SLUGS)}-{rng.choice(ENVS)}"
+        )
+    return Query(task, kind)
+
+
+def make_workload(
+    config: SimConfig, *, seed: int, users: int, lookups: int, minutes: float
+) -> list[Event]:
+    """Deterministic from ``seed``: arrival times of a Poisson process (sorted uniforms),
+    popular tasks asked more, and each person's Next clicks on their own last answer."""
+    rng = random.Random(seed)
+    truth = Simulator(config)
+    tasks = sorted(config.task_sizes)
+    weights = list(TASK_WEIGHTS)
+    rng.shuffle(weights)
+    times = sorted(rng.uniform(0.0, minutes * 60.0) for _ in range(lookups))
+    events: list[Event] = []
+    last: dict[int, Event] = {}
+    for index, at in enumerate(times):
+        user = rng.randrange(users)
+        prev = last.get(user)
+        if prev and prev.matches > (prev.page + 1) * PAGE_SIZE and rng.random() < PAGE_CHANCE:
+            ev = Event(index, at, user, "page", prev.query, prev.page + 1, prev.index, prev.matches)
+        elif events and rng.random() < REPEAT_CHANCE:
+            query = rng.choice([e.query for e in events if e.kind != "page"])
+            ev = Event(index, at, user, "repeat", query)
+        else:
+            task = rng.choices(tasks, weights)[0]
+            ev = Event(index, at, user, "new", _new_query(rng, task, truth.registries(task)))
+        if ev.kind != "page":
+            regs = truth.registries(ev.query.task)
+            ev = dataclasses.replace(ev, matches=sum(map(ev.query.matches, regs)))
+        events.append(ev)
+        last[user] = ev
+    return events
+
+
+# --- measuring one side ------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    first: float = INF  # seconds to the first answer with data
+    fresh: float = INF  # seconds to fresh data (commands only)
+    in_ack: bool = False
+    final: dict[str, Any] | None = None
+    problem: str = ""
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Side:
+    outcomes: list[Outcome]
+    calls: int
+    throttled: int
+    stats: dict[str, Any]
+
+
+def has_data(message: dict[str, Any]) -> bool:
+    return any(
+        str(e.get("text", "")).startswith("data from")
+        for block in message.get("blocks") or []
+        if block.get("type") == "context"
+        for e in block["elements"]
+    )
+
+
+def has_notice(message: dict[str, Any]) -> bool:
+    return any(
+        str((b.get("text") or {}).get("text", "")).startswith(":information_source:")
+        for b in message.get("blocks") or []
+    )
+
+
+class OurRun:
+    def __init__(self, stack: Stack, watcher: ResponseWatcher, *, users: int, life: float) -> None:
+        self.stack = stack
+        self.watcher = watcher
+        self.life = life
+        self.users = [self._user(i) for i in range(users)]
+
+    def _user(self, i: int) -> SlackUser:
+        # A copy of the stack's signed-request user, as another person in another channel.
+        user = copy.copy(self.stack.user)
+        user.user_id, user.channel_id = f"U0BENCH{i:04d}", f"C0BENCH{i:04d}"
+        return user
+
+    async def command(self, ev: Event, out: Outcome) -> None:
+        t0 = time.perf_counter()
+        reply = await self.users[ev.user].command_text(ev.query.text())
+        t_ack = time.perf_counter()
+        out.final = reply.body
+        if has_data(reply.body):
+            out.first, out.in_ack = t_ack - t0, True
+            if not has_notice(reply.body):
+                out.fresh = t_ack - t0
+                return
+        post = await self.watcher.first(reply.response_id, deadline=t0 + self.life)
+        if post is None:
+            out.problem = out.problem or "no response_url post"
+            return
+        at, body = post
+        out.final = body
+        if has_data(body):
+            out.first = min(out.first, at - t0)
+            if not has_notice(body):
+                out.fresh = at - t0
+        if not has_data(body) or has_notice(body):
+            out.problem = _notice_text(body)
+
+    async def click(self, ev: Event, out: Outcome, base: Outcome) -> None:
+        await base.done.wait()
+        try:
+            target = button(base.final or {}, ACTION_PAGE_NEXT)
+        except LookupError:
+            out.problem = "no Next button on the answer clicked"
+            return
+        t0 = time.perf_counter()
+        reply = await self.users[ev.user].click(target)
+        post = await self.watcher.first(reply.response_id, deadline=t0 + self.life)
+        if post is None:
+            out.problem = "no response_url post"
+            return
+        at, out.final = post
+        if has_data(out.final):
+            out.first = at - t0
+
+
+def _notice_text(message: dict[str, Any]) -> str:
+    for block in message.get("blocks") or []:
+        text = str((block.get("text") or {}).get("text", ""))
+        if text.startswith(":information_source:"):
+            return text[:120]
+    return "no data"
+
+
+async def run_ours(
+    config: SimConfig, events: Sequence[Event], *, factor: float, users: int
+) -> Side:
+    env = {
+        "HSS_RATE_LIMIT": f"{config.rate_limit}/{config.window:g}s",
+        "HSS_FRESH_SECONDS": f"{REAL_FRESH / factor:g}",
+    }
+    outcomes = [Outcome() for _ in events]
+    async with AsyncExitStack() as exits:
+        stack = await exits.enter_async_context(local_stack(sim_config=config, env=env))
+        watcher = await exits.enter_async_context(ResponseWatcher(stack.standin))
+        run = OurRun(stack, watcher, users=users, life=REAL_RESPONSE_URL_LIFE / factor)
+        start = time.perf_counter() + 0.2
+
+        async def one(ev: Event) -> None:
+            await asyncio.sleep(max(0.0, start + ev.at / factor - time.perf_counter()))
+            out = outcomes[ev.index]
+            try:
+                if ev.after is None:
+                    await run.command(ev, out)
+                else:
+                    await run.click(ev, out, outcomes[ev.after])
+            finally:
+                out.done.set()
+
+        await asyncio.gather(*(one(ev) for ev in events))
+        await asyncio.sleep(0.1)  # let refreshes still in flight land in the counters
+        sim = stack.sim
+        return Side(outcomes, sum(sim.calls.values()), sim.throttled, sim.stats())
+
+
+# --- the naive bot -----------------------------------------------------------------------------
+
+
+def _naive_call(client: HssClient, ev: Event) -> tuple[float, str]:
+    """One SDK call as the official sample makes it; (seconds if answered else inf, status)."""
+    q = ev.query
+    request = ListAssociateRegistriesRequest(
+        task_id=q.task,
+        limit=PAGE_SIZE,
+        offset=ev.page * PAGE_SIZE,
+        sync_status=q.status,
+        registry_type=",".join(q.types) if q.types else None,
+        registry_name=q.name,
+    )
+    t0 = time.perf_counter()
+    try:
+        client.list_associate_registries(request)
+    except sdk_errors.ClientRequestException as exc:
+        return INF, str(exc.status_code)
+    except sdk_errors.SdkException as exc:
+        return INF, type(exc).__name__
+    return time.perf_counter() - t0, "200"
+
+
+async def run_naive(config: SimConfig, events: Sequence[Event], *, factor: float) -> Side:
+    sim = Simulator(config)
+    runner, url = await start_simulator(sim)
+    creds = BasicCredentials(config.ak, config.sk, config.project_id)
+    client = HssClient.new_builder().with_credentials(creds).with_endpoints([url]).build()
+    outcomes = [Outcome() for _ in events]
+    loop = asyncio.get_running_loop()
+    try:
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            start = time.perf_counter() + 0.2
+
+            async def one(ev: Event) -> None:
+                await asyncio.sleep(max(0.0, start + ev.at / factor - time.perf_counter()))
+                elapsed, status = await loop.run_in_executor(pool, _naive_call, client, ev)
+                out = outcomes[ev.index]
+                out.first = out.fresh = elapsed
+                out.problem = "" if status == "200" else status
+
+            await asyncio.gather(*(one(ev) for ev in events))
+    finally:
+        await runner.cleanup()
+    return Side(outcomes, sum(sim.calls.values()), sim.throttled, sim.stats())
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def report_side(name: str, side: Side, events: Sequence[Event], factor: float) -> None:
+    outs = side.outcomes
+    commands = [o for o, e in zip(outs, events, strict=True) if e.after is None]
+    firsts = [o.first for o in outs]
+    fresh = [o.fresh for o in commands]
+    p = f"workload.{name}"
+    emit(f"{p}.answered_share", sum(f < INF for f in firsts) / len(outs))
+    emit(f"{p}.first_answer_p50_ms", ms(percentile(firsts, 50)))
+    emit(f"{p}.first_answer_p99_ms", ms(percentile(firsts, 99)))
+    emit(f"{p}.fresh_share", sum(f < INF for f in fresh) / len(fresh))
+    emit(f"{p}.fresh_p50_ms", ms(percentile(fresh, 50)))
+    emit(f"{p}.fresh_p99_ms", ms(percentile(fresh, 99)))
+    emit(f"{p}.fresh_p99_sim_s", percentile(fresh, 99) * factor)
+    emit(f"{p}.calls", side.calls)
+    emit(f"{p}.throttled_429", side.throttled)
+    if name == "ours":
+        emit(f"{p}.first_answer_in_ack_share", sum(o.in_ack for o in outs) / len(outs))
+        emit(f"{p}.max_calls_in_window", max(side.stats["max_in_window"].values(), default=0))
+
+
+def report(
+    events: Sequence[Event], ours: Side, naive: Side, factor: float, *, verbose: bool
+) -> None:
+    kinds = {k: sum(e.kind == k for e in events) for k in ("new", "repeat", "page")}
+    print(f"# lookups={len(events)} kinds={json.dumps(kinds)} factor={factor:g}", flush=True)
+    report_side("ours", ours, events, factor)
+    report_side("naive", naive, events, factor)
+    emit("workload.calls_ratio_naive_over_ours", ratio(naive.calls, ours.calls))
+    if verbose:
+        for ev, out in zip(events, ours.outcomes, strict=True):
+            print(
+                f"# {ev.index:3d} t={ev.at:6.1f}s {ev.kind:6s} p{ev.page} {ev.query.text()!r:45s}"
+                f" first={ms(out.first):8.1f}ms fresh={ms(out.fresh):8.1f}ms {out.problem}"
+            )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    config = sim_config(args.seed, args.factor)
+    events = make_workload(
+        config, seed=args.seed, users=args.users, lookups=args.lookups, minutes=args.minutes
+    )
+    naive = await run_naive(config, events, factor=args.factor)
+    ours = await run_ours(config, events, factor=args.factor, users=args.users)
+    report(events, ours, naive, args.factor, verbose=args.verbose)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--factor", type=float, default=60.0, help="time compression")
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--lookups", type=int, default=300)
+    parser.add_argument("--minutes", type=float, default=10.0, help="simulated minutes")
+    parser.add_argument("--verbose", action="store_true", help="one line per lookup, as #")
+    args = parser.parse_args()
+    quiet(["HuaweiCloud-SDK-HssClient"])
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
