@@ -15,6 +15,7 @@ the boundary, into the ``HssError`` tree:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -172,7 +173,6 @@ class HssClient:
         of the cursor while another joins behind it); the next refresh corrects that.
         """
         self._validate(task, flt, offset=0, limit=limit)
-        started_at = time.time()
         calls = 0
         for round_no in (1, 2):
             sweep = _Sweep()
@@ -185,7 +185,9 @@ class HssClient:
                     registries=tuple(sweep.rows.values()),
                     total_num=sweep.total,
                     calls=calls,
-                    started_at=started_at,
+                    # The data is as old as its first page; time spent waiting for budget
+                    # slots before that must not count against its freshness.
+                    started_at=sweep.first_sent_at,
                     finished_at=time.time(),
                 )
             logger.warning(
@@ -224,6 +226,7 @@ class HssClient:
             # A given page 0 may have been fetched with another limit: go on after its rows.
             offset = len(first.registries)
         sweep.add(first)
+        sweep.first_sent_at = first.sent_at or time.time()
         while offset < sweep.total and offset <= OFFSET_MAX:
             page, attempts = await self._list_page(
                 task, flt, offset=offset, limit=limit, priority=priority
@@ -247,9 +250,10 @@ class HssClient:
         for attempt in range(1, self._max_attempts + 1):
             if self._budget is not None:
                 await self._budget.acquire(priority)
+            sent_at = time.time()
             try:
                 page = await self._attempt(url, task, offset=offset, limit=limit, attempt=attempt)
-                return page, attempt
+                return dataclasses.replace(page, sent_at=sent_at), attempt
             except (HssThrottledError, HssUnavailableError) as err:
                 await self._after_retryable(err, attempt)
         raise AssertionError("unreachable: the last attempt re-raises")
@@ -374,6 +378,7 @@ class _Sweep:
         self.rows: dict[object, Registry] = {}
         self.totals_seen: list[int] = []
         self.calls = 0
+        self.first_sent_at = 0.0
 
     @property
     def total(self) -> int:

@@ -126,10 +126,14 @@ class LookupService:
         wanted = self.fresh_seconds if max_age is None else max_age
         ref, query = self.ref(request), request.api_filter
         snap = await self._store.load(ref)
-        # Two rounds at most: the first fetch may be a size probe that planned a narrower view.
+        had = _age_mark(covering_view(snap, query))
+        # Newer covering data ends the wait, however long the budget queue made it take:
+        # repeating a fetch because it waited would spend calls on data nobody has seen.
+        # More rounds happen only when a size probe switched to a view that does not cover
+        # this query, or a fetch we joined was for another filter.
         for _ in range(3):
             view = covering_view(snap, query)
-            if is_fresh(view, now=self._clock(), max_age=wanted):
+            if is_fresh(view, now=self._clock(), max_age=wanted) or _age_mark(view) > had:
                 break
             await self._shared_fetch(ref, snap, query, priority)
             snap = await self._store.load(ref)
@@ -166,15 +170,27 @@ class LookupService:
         key = (ref, view_key(flt))
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._locked_fetch(ref, snap, query, flt, priority))
+            task = asyncio.create_task(self._fetch_once(key, ref, snap, query, flt, priority))
             self._inflight[key] = task
-            task.add_done_callback(lambda t: self._forget(key, t))
+            task.add_done_callback(_retrieve_exception)
         await asyncio.shield(task)
 
-    def _forget(self, key: tuple[TaskRef, str], task: asyncio.Task[None]) -> None:
-        self._inflight.pop(key, None)
-        if not task.cancelled():
-            task.exception()  # retrieved here so an unawaited failure is not logged as lost
+    async def _fetch_once(
+        self,
+        key: tuple[TaskRef, str],
+        ref: TaskRef,
+        snap: Snapshot,
+        query: ApiFilter,
+        flt: ApiFilter,
+        priority: Priority,
+    ) -> None:
+        try:
+            await self._locked_fetch(ref, snap, query, flt, priority)
+        finally:
+            # Leave before waiters wake: a caller that comes next must start a new fetch,
+            # not "join" this finished one.
+            if self._inflight.get(key) is asyncio.current_task():
+                del self._inflight[key]
 
     async def _locked_fetch(
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
@@ -262,6 +278,16 @@ class LookupService:
                 request_id=str(info.get("request_id", "")),
                 status=int(info.get("status", 401)),
             )
+
+
+def _retrieve_exception(task: asyncio.Task[None]) -> None:
+    # Retrieved here so that a failure nobody awaited is not logged as lost.
+    if not task.cancelled():
+        task.exception()
+
+
+def _age_mark(view: View | None) -> float:
+    return view.fetched_at if view is not None else float("-inf")
 
 
 def _fetched_at(snap: Snapshot, view: str) -> float | None:

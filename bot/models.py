@@ -61,6 +61,8 @@ class RegistryPage:
     total_num: int
     registries: tuple[Registry, ...]
     request_id: str = ""
+    #: Epoch time the request was sent (after any wait for a budget slot): the data's age.
+    sent_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

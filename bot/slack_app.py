@@ -100,7 +100,9 @@ class SlackHandlers:
                 render_answer(peek.answer, now=now, notice=notice), response_type="ephemeral"
             )
         )
-        await self._deliver(respond, request, stale=peek.answer, page=0)
+        # Someone with no answer at all needs a call more than someone looking at older data.
+        priority = Priority.BACKGROUND if peek.answer.has_data else Priority.INTERACTIVE
+        await self._deliver(respond, request, stale=peek.answer, page=0, priority=priority)
 
     async def _pending_notice(self, request: LookupRequest, now: float) -> str:
         wait = await self._lookups.wait_estimate(request)
@@ -116,13 +118,12 @@ class SlackHandlers:
         stale: Answer,
         page: int,
         max_age: float | None = None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> None:
         """Refresh, then replace the pending message with the fresh answer or the error."""
         try:
             async with asyncio.timeout(self._max_wait):
-                answer = await self._lookups.refresh(
-                    request, priority=Priority.INTERACTIVE, max_age=max_age
-                )
+                answer = await self._lookups.refresh(request, priority=priority, max_age=max_age)
             message = render_answer(answer, page=page, now=self._clock())
         except BotError as exc:
             logger.info("lookup of task %s failed: %s", request.task_id, type(exc).__name__)

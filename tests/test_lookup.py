@@ -206,3 +206,18 @@ async def test_replicas_never_exceed_the_shared_budget(
     assert calls(sim) == 9
     assert sim.sim.throttled == 0
     assert max(sim.sim.max_in_window.values()) <= 2
+
+
+async def test_waiting_for_the_budget_does_not_make_a_fetch_stale(
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+) -> None:
+    sim = await make_hss_sim(rate_limit=1, window=1.0)
+    rt = await make_runtime(sim, HSS_RATE_LIMIT="1/1s", HSS_FRESH_SECONDS="0.3")
+    await rt.lookups.refresh(LookupRequest("t", FAILED))  # the mirror now knows its size
+    await rt.lookups.refresh(LookupRequest("other", FAILED))  # takes the next slot
+    # The refresh of "t" waits about a second for a slot, three times the freshness limit;
+    # its data is as old as its request to HSS, not as old as its wait.
+    answer = await rt.lookups.refresh(LookupRequest("t", FAILED))
+    assert answer.has_data
+    assert calls(sim) == 3
+    assert sim.sim.throttled == 0
