@@ -13,8 +13,9 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.budget import CallBudget, Priority
@@ -45,12 +46,18 @@ MIN_REFRESH_AGE = 5.0
 #: How long a refresh lock lives without renewal: a dead replica's lock frees up this fast.
 LOCK_TTL = 20.0
 POLL_OTHERS = 0.1
+#: How long a peek may reuse the snapshot it last read without asking Redis: a burst of
+#: commands costs one round trip, and another replica's refresh shows within this time.
+PEEK_REUSE = 0.25
+_CACHED_TASKS = 256
 
 
 @dataclass(frozen=True, slots=True)
 class Peek:
     answer: Answer
     fresh: bool
+    #: The snapshot the answer came from: the same object means the same answer.
+    source: Snapshot = field(default_factory=Snapshot, compare=False)
 
 
 def answer_from(snap: Snapshot, request: LookupRequest, view: View | None) -> Answer:
@@ -91,6 +98,8 @@ class LookupService:
         self._auth_scope = auth_scope or budget_scope
         self._clock = clock
         self._inflight: dict[tuple[TaskRef, str], asyncio.Task[None]] = {}
+        self._recent: OrderedDict[TaskRef, tuple[float, Snapshot]] = OrderedDict()
+        self._answers: OrderedDict[LookupRequest, tuple[Snapshot, Answer]] = OrderedDict()
 
     def ref(self, request: LookupRequest) -> TaskRef:
         return TaskRef(
@@ -101,10 +110,37 @@ class LookupService:
 
     async def peek(self, request: LookupRequest) -> Peek:
         """The mirror's answer, no call: ``fresh`` when younger than ``fresh_seconds``."""
-        snap = await self._store.load(self.ref(request))
+        ref = self.ref(request)
+        snap = await self._recent_snapshot(ref)
         view = covering_view(snap, request.api_filter)
         fresh = is_fresh(view, now=self._clock(), max_age=self.fresh_seconds)
-        return Peek(answer=answer_from(snap, request, view), fresh=fresh)
+        return Peek(answer=self._answer(snap, request, view), fresh=fresh, source=snap)
+
+    async def _recent_snapshot(self, ref: TaskRef) -> Snapshot:
+        seen = self._recent.get(ref)
+        if seen is not None and time.monotonic() - seen[0] < PEEK_REUSE:
+            return seen[1]
+        snap = await self._store.load(ref)
+        self._remember(ref, snap)
+        return snap
+
+    def _remember(self, ref: TaskRef, snap: Snapshot) -> None:
+        self._recent[ref] = (time.monotonic(), snap)
+        self._recent.move_to_end(ref)
+        while len(self._recent) > _CACHED_TASKS:
+            self._recent.popitem(last=False)
+
+    def _answer(self, snap: Snapshot, request: LookupRequest, view: View | None) -> Answer:
+        # Filtering and sorting thousands of rows per command is the costly part of an ack;
+        # an answer stays valid as long as its snapshot object does.
+        cached = self._answers.get(request)
+        if cached is not None and cached[0] is snap:
+            return cached[1]
+        answer = answer_from(snap, request, view)
+        self._answers[request] = (snap, answer)
+        while len(self._answers) > _CACHED_TASKS:
+            self._answers.popitem(last=False)
+        return answer
 
     async def lookup(
         self, request: LookupRequest, *, priority: Priority = Priority.INTERACTIVE
@@ -264,6 +300,7 @@ class LookupService:
                 task_total=size,
             )
             if await self._store.save(ref, new, changes, expected=snap.generation):
+                self._remember(ref, new)
                 if changes:
                     logger.info("task %s: %d status changes", ref.task_id, len(changes))
                 return

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from bot.budget import Priority
 from bot.command import Help, Lookup, parse
 from bot.errors import BotError, CommandError
 from bot.lookup import MIN_REFRESH_AGE, LookupService, Peek
+from bot.mirror import Snapshot
 from bot.models import Answer, LookupRequest
 from bot.render import (
     ACTION_PAGE_PATTERN,
@@ -31,6 +33,7 @@ from bot.render import (
     ACTION_SHARE,
     Message,
     decode_action_value,
+    describe_age,
     render_answer,
     render_error,
     render_help,
@@ -48,6 +51,7 @@ GAVE_UP = (
     "This is the newest data there is; press Refresh later."
 )
 
+_CACHED_MESSAGES = 256
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 
 
@@ -73,6 +77,9 @@ class SlackHandlers:
         self._lookups = lookups
         self._clock = clock
         self._max_wait = max_wait
+        self._messages: OrderedDict[tuple[LookupRequest, str], tuple[Snapshot, Message]] = (
+            OrderedDict()
+        )
 
     async def on_command(
         self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond
@@ -92,7 +99,7 @@ class SlackHandlers:
         peek = await self._lookups.peek(request)
         now = self._clock()
         if peek.fresh:
-            await ack(**_payload(render_answer(peek.answer, now=now), response_type="ephemeral"))
+            await ack(**_payload(self._rendered(peek, now), response_type="ephemeral"))
             return
         notice = await self._pending_notice(request, now)
         await ack(
@@ -103,6 +110,19 @@ class SlackHandlers:
         # Someone with no answer at all needs a call more than someone looking at older data.
         priority = Priority.BACKGROUND if peek.answer.has_data else Priority.INTERACTIVE
         await self._deliver(respond, request, stale=peek.answer, page=0, priority=priority)
+
+    def _rendered(self, peek: Peek, now: float) -> Message:
+        """The first page of a fresh answer. A burst of the same question renders once: the
+        text only changes with the data or its age as shown ("42 s ago")."""
+        key = (peek.answer.request, describe_age(peek.answer.fetched_at, now))
+        cached = self._messages.get(key)
+        if cached is not None and cached[0] is peek.source:
+            return cached[1]
+        message = render_answer(peek.answer, now=now)
+        self._messages[key] = (peek.source, message)
+        while len(self._messages) > _CACHED_MESSAGES:
+            self._messages.popitem(last=False)
+        return message
 
     async def _pending_notice(self, request: LookupRequest, now: float) -> str:
         wait = await self._lookups.wait_estimate(request)

@@ -163,6 +163,11 @@ class RedisMirrorStore:
         self._remember(key, fields.get(b"meta"), snap)
         return snap
 
+    def last_known(self, ref: TaskRef) -> Snapshot | None:
+        """The snapshot this process last read or wrote for ``ref``, without asking Redis."""
+        cached = self._cache.get(keys.mirror(ref))
+        return cached[1] if cached is not None else None
+
     def _remember(self, key: str, meta: bytes | None, snap: Snapshot) -> None:
         self._cache[key] = (meta, snap)
         self._cache.move_to_end(key)
@@ -239,6 +244,10 @@ class MemoryMirrorStore:
 
     async def generation(self, ref: TaskRef) -> int:
         return self._snaps.get(ref, Snapshot()).generation
+
+    def seed(self, ref: TaskRef, snap: Snapshot) -> None:
+        """Start from ``snap`` unless this store already holds something for ``ref``."""
+        self._snaps.setdefault(ref, snap)
 
     async def load(self, ref: TaskRef) -> Snapshot:
         return self._snaps.get(ref, Snapshot())
@@ -319,7 +328,15 @@ class FailoverMirrorStore:
         return await self._call(lambda s: s.generation(ref))
 
     async def load(self, ref: TaskRef) -> Snapshot:
-        return await self._call(lambda s: s.load(ref))
+        return await self._call(lambda s: self._seeded(s, ref).load(ref))
+
+    def _seeded(self, store: MirrorStore, ref: TaskRef) -> MirrorStore:
+        # An outage should not forget what this process already knew about the task.
+        if store is self._fallback:
+            known = self._primary.last_known(ref)
+            if known is not None:
+                self._fallback.seed(ref, known)
+        return store
 
     async def save(
         self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change], *, expected: int

@@ -366,12 +366,12 @@ async def test_failover_to_memory_and_back(
     assert outage_warnings(caplog) == []
 
     redis_server.stop()
-    assert await store.load(REF) == Snapshot(), "answers from the (empty) in-process mirror"
-    local = big_snapshot(30, generation=1)
+    assert await store.load(REF) == shared, "what this process knew survives the outage"
+    local = big_snapshot(30, generation=2)
     flip = change("x", "failed", "finished")
-    assert await store.save(REF, local, [flip], expected=0)
+    assert await store.save(REF, local, [flip], expected=1)
     assert await store.load(REF) == local
-    assert await store.generation(REF) == 1
+    assert await store.generation(REF) == 2
     assert [c for _, c in await store.changes(REF)] == [flip]
     assert await store.lock(REF, "v", "me", 10)
     assert not await store.lock(REF, "v", "you", 10)
