@@ -14,12 +14,16 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot.command import parse_status, parse_types, validate_ep, validate_name, validate_task_id
 from bot.config import Settings
-from bot.errors import BotError, CommandError, ConfigError
+from bot.errors import BotError, CommandError, ConfigError, StoreError
 from bot.models import Answer, LookupRequest, SyncStatus
 from bot.table import age_text, format_table
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
@@ -76,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hss-sync-bot: {exc.variable}: {exc.problem}", file=sys.stderr)
         return EXIT_USAGE
+    except BotError as exc:
+        print(f"hss-sync-bot: {exc.user_message()}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR
 
@@ -104,10 +111,9 @@ def _reset_auth(settings: Settings) -> int:
     settings.require_hss()
 
     async def go() -> bool:
-        from bot.runtime import open_runtime
-
-        runtime = await open_runtime(settings)
+        runtime = await _open_runtime(settings)
         try:
+            await _require_redis(runtime)
             return await runtime.lookups.reset_auth()
         finally:
             await runtime.aclose()
@@ -115,6 +121,33 @@ def _reset_auth(settings: Settings) -> int:
     had = asyncio.run(go())
     print("HSS calls allowed again." if had else "No authentication lock was set.")
     return EXIT_OK
+
+
+async def _open_runtime(settings: Settings) -> Runtime:
+    from bot.runtime import open_runtime
+
+    try:
+        return await open_runtime(settings)
+    except OSError as exc:
+        if settings.redis_url is not None:
+            raise
+        # Without REDIS_URL the embedded Redis lives in the data dir: an unusable dir is a
+        # configuration problem, not a crash.
+        problem = f"cannot use {str(settings.data_dir)!r} for the embedded Redis: "
+        raise ConfigError("HSS_DATA_DIR", problem + (exc.strerror or str(exc))) from None
+
+
+async def _require_redis(runtime: Runtime) -> None:
+    from redis.exceptions import RedisError
+
+    # The lock lives in Redis; the in-process fallback would "clear" a copy nobody reads.
+    try:
+        await runtime.redis.ping()
+    except (RedisError, OSError) as exc:
+        raise StoreError(
+            f"Cannot reach Redis ({type(exc).__name__}), where the authentication lock is "
+            "kept; nothing was changed. Try again when Redis is back."
+        ) from None
 
 
 # --- query ---
@@ -141,6 +174,8 @@ def _query(args: argparse.Namespace) -> int:
     settings.require_hss()
     try:
         answer = asyncio.run(_fetch(settings, request))
+    except ConfigError:
+        raise
     except CommandError as exc:
         print(f"hss-sync-bot query: {exc.user_message()}", file=sys.stderr)
         return EXIT_USAGE
@@ -151,9 +186,7 @@ def _query(args: argparse.Namespace) -> int:
 
 
 async def _fetch(settings: Settings, request: LookupRequest) -> Answer:
-    from bot.runtime import open_runtime
-
-    runtime = await open_runtime(settings)
+    runtime = await _open_runtime(settings)
     try:
         peek = await runtime.lookups.peek(request)
         if peek.fresh:
@@ -172,11 +205,16 @@ async def _fetch(settings: Settings, request: LookupRequest) -> Answer:
 
 def _print_answer(answer: Answer, *, as_json: bool) -> int:
     rows = answer.registries
-    if as_json:
-        json.dump([r.as_api_dict() for r in rows], sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(format_table(rows))
+    try:
+        if as_json:
+            json.dump([r.as_api_dict() for r in rows], sys.stdout, ensure_ascii=False, indent=2)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(format_table(rows))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`| head`); point stdout at devnull so the exit flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     failed = sum(1 for r in rows if r.sync_status == SyncStatus.FAILED.value)
     age = age_text(answer.fetched_at, time.time())
     print(f"{len(rows)} registries, {failed} failed; data from {age}", file=sys.stderr)

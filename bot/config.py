@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from bot.errors import ConfigError
 from bot.models import EP_ID_MAX, PROJECT_ID_MAX
@@ -103,7 +104,8 @@ class Settings:
     enterprise_project_id: str | None = None
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(5, 60.0))
     fresh_seconds: float = 60.0
-    redis_url: str | None = None
+    #: May carry a password (redis://:pw@host), so it stays out of repr.
+    redis_url: str | None = field(default=None, repr=False)
     port: int = 3000
     data_dir: Path = field(default_factory=lambda: Path(".hss-sync-bot"))
     command_name: str = DEFAULT_COMMAND
@@ -251,5 +253,13 @@ def _redis_url(raw: str | None) -> str | None:
 
 
 def _check_url(name: str, value: str) -> None:
-    if not re.match(r"https?://[^\s/]+", value):
-        raise ConfigError(name, f"{value!r} is not an http(s) URL")
+    problem = f"{value!r} is not an http(s) URL such as https://host[:port][/path]"
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ConfigError(name, problem)
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a port that is not a number 0-65535
+    except ValueError:
+        raise ConfigError(name, problem) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(name, problem)

@@ -1,0 +1,641 @@
+"""``hss-sync-bot`` as people run it: the real console script in a subprocess.
+
+Each run gets a controlled environment (nothing inherited but ``PATH``) pointing at a
+simulator served by the test's event loop, so subprocesses are awaited with
+``asyncio.create_subprocess_exec``: a blocking ``subprocess.run`` would stall the simulator.
+Unless a test says otherwise the runs share the session's test Redis (flushed per test) through
+``REDIS_URL``. Every run is checked for tracebacks and for leaked secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.embedded_redis import EmbeddedRedis, probe, socket_path_for
+from bot.models import REGISTRY_TYPES, Registry, SyncStatus
+from bot.simdata import Query
+from bot.simulator import DEMO_AK, DEMO_PROJECT_ID, DEMO_SK, SimConfig, Simulator
+from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+
+API_FIELDS = ["registry_id", "registry_name", "registry_type", "sync_status", "failed_reason"]
+SECRET_VARIABLES = (
+    "CLOUD_SDK_SK",
+    "CLOUD_SDK_SECURITY_TOKEN",
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+)
+WRONG_SK = "SKwrong-but-still-secret-0000000000000000"
+TOKEN = "TEMPtoken-cli-test-security-token-0123456789"
+TASK = "task-cli"
+TASK_SIZE = 40
+BIG_TASK = "task-big"
+BIG_SIZE = 450  # three pages of 200
+RUN_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Run:
+    args: tuple[str, ...]
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def errors(self) -> list[str]:
+        return self.stderr.strip().splitlines()
+
+    def json(self) -> list[dict[str, str]]:
+        rows = json.loads(self.stdout)
+        assert isinstance(rows, list)
+        return rows
+
+
+def check_run(run: Run, env: Mapping[str, str]) -> Run:
+    """What must hold for every run, whatever it was asked to do."""
+    assert "Traceback" not in run.stderr, run.stderr
+    for name in SECRET_VARIABLES:
+        value = env.get(name)
+        if value:
+            assert value not in run.stdout, f"{name} leaked to stdout"
+            assert value not in run.stderr, f"{name} leaked to stderr"
+    return run
+
+
+async def run_cli(
+    args: Sequence[str], *, env: Mapping[str, str], cwd: Path, stdout: int = subprocess.PIPE
+) -> Run:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        *args,
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(RUN_TIMEOUT):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    run = Run(tuple(args), proc.returncode, (out or b"").decode(), err.decode())
+    return check_run(run, env)
+
+
+@dataclass
+class Cli:
+    """``await cli("query", TASK, VAR=value, OTHER=None)``: runs with the base environment,
+    a variable set to ``None`` removed."""
+
+    sim: RunningSim
+    env: dict[str, str]
+    cwd: Path
+    runs: list[Run] = field(default_factory=list)
+
+    async def __call__(self, *args: str, **overrides: str | None) -> Run:
+        env = {**self.env, **{k: v for k, v in overrides.items() if v is not None}}
+        for name in (k for k, v in overrides.items() if v is None):
+            env.pop(name, None)
+        run = await run_cli(args, env=env, cwd=self.cwd)
+        self.runs.append(run)
+        return run
+
+    @property
+    def calls(self) -> int:
+        """Requests that reached the simulator's API, whatever it answered."""
+        return sum(self.sim.sim.by_status.values())
+
+
+def base_env(sim: RunningSim, tmp_path: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HSS_ENDPOINT": sim.url,
+        "CLOUD_SDK_AK": TEST_AK,
+        "CLOUD_SDK_SK": TEST_SK,
+        "HSS_PROJECT_ID": TEST_PROJECT_ID,
+        "HSS_DATA_DIR": str(tmp_path / "data"),
+    }
+
+
+@pytest.fixture
+async def sim(make_hss_sim: MakeSim) -> RunningSim:
+    return await make_hss_sim(default_size=TASK_SIZE, task_sizes={BIG_TASK: BIG_SIZE})
+
+
+@pytest.fixture
+def cli(sim: RunningSim, redis: aioredis.Redis, redis_url: str, tmp_path: Path) -> Cli:
+    del redis  # flushes the shared test Redis before and after the test
+    return Cli(sim=sim, env={**base_env(sim, tmp_path), "REDIS_URL": redis_url}, cwd=tmp_path)
+
+
+@pytest.fixture
+def embedded_cli(sim: RunningSim, tmp_path: Path) -> Iterator[Cli]:
+    """No REDIS_URL: the CLI runs an embedded Redis in HSS_DATA_DIR; none may outlive a test."""
+    cli = Cli(sim=sim, env=base_env(sim, tmp_path), cwd=tmp_path)
+    data_dir = Path(cli.env["HSS_DATA_DIR"])
+    yield cli
+    leftovers = redis_server_pids(data_dir)
+    for pid in leftovers:  # only servers on this test's own data dir
+        os.kill(pid, 9)
+    assert not leftovers, "a redis-server outlived the CLI run"
+
+
+def redis_server_pids(data_dir: Path) -> list[int]:
+    """Live redis-server processes serving ``data_dir`` (their title names the socket)."""
+    needle = os.fsencode(socket_path_for(data_dir))
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"redis-server" in cmdline and needle in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def api_filter(
+    status: str | None = None, types: Sequence[str] = (), name: str | None = None
+) -> Query:
+    """An unpaged query of the simulator (``types`` spelled as the API spells them)."""
+    assert set(types) <= set(REGISTRY_TYPES)
+    return Query(
+        limit=1_000_000, sync_status=status, registry_types=frozenset(types), registry_name=name
+    )
+
+
+def expected(sim: Simulator, task_id: str, query: Query | None = None) -> list[Registry]:
+    """What HSS holds for the filter, by the simulator's own filtering."""
+    return sim.task(task_id).query(query or api_filter())[1]
+
+
+def by_id(rows: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
+    return sorted(rows, key=lambda r: r["registry_id"])
+
+
+def exit_for(rows: Sequence[Registry]) -> int:
+    return 3 if any(r.sync_status == SyncStatus.FAILED for r in rows) else 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+async def test_table_lists_every_registry_over_several_pages(cli: Cli) -> None:
+    rows = expected(cli.sim.sim, BIG_TASK)
+    failed = sum(r.sync_status == "failed" for r in rows)
+    assert len(rows) == BIG_SIZE and failed > 0
+
+    run = await cli("query", BIG_TASK)
+
+    assert run.code == 3
+    header, *lines = run.stdout.splitlines()
+    assert header.split()[:3] == ["STATUS", "NAME", "TYPE"]
+    assert len(lines) == BIG_SIZE
+    by_registry = {line.split()[3]: line.split() for line in lines}
+    assert len(by_registry) == BIG_SIZE
+    for row in rows:
+        status, name, type_ = by_registry[row.registry_id][:3]
+        assert (status, name, type_) == (row.sync_status, row.registry_name, row.registry_type)
+    assert run.errors[-1].startswith(f"{BIG_SIZE} registries, {failed} failed; data from ")
+
+
+def cells(text: str) -> int:
+    """Terminal cells: East Asian wide characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+async def test_table_stays_aligned_and_inert_with_hostile_text(
+    cli: Cli, make_hss_sim: MakeSim
+) -> None:
+    sim = await make_hss_sim(default_size=120, hostile=True)
+    victim = sim.sim.registries(TASK)[0].registry_id
+    reason = "\x1b[2J\x1b[31mred alert\x1b[0m\nsecond line\tand\rmore"
+    sim.sim.set_status(TASK, victim, "failed", reason)
+    rows = sim.sim.registries(TASK)
+    assert any(cells(r.registry_name) > len(r.registry_name) for r in rows)  # wide names
+
+    table = await cli("query", TASK, HSS_ENDPOINT=sim.url)
+    as_json = await cli("query", TASK, "--json", HSS_ENDPOINT=sim.url)
+
+    assert "\x1b" not in table.stdout and "\r" not in table.stdout and "\t" not in table.stdout
+    header, *lines = table.stdout.splitlines()
+    assert len(lines) == len(rows)
+    id_column = header.index("REGISTRY ID")
+    for line in lines:
+        match = re.search(r"\b[0-9a-f]{32}\b", line)
+        assert match, line
+        assert cells(line[: match.start()]) == id_column, line
+    (shown,) = [line for line in lines if victim in line]
+    assert shown.endswith("[2J [31mred alert [0m second line and more")  # one inert line
+    assert by_id(as_json.json()) == by_id([r.as_api_dict() for r in rows])  # exact text
+
+
+FILTERS: list[tuple[list[str], Query]] = [
+    ([], api_filter()),
+    (["failed"], api_filter("failed")),
+    (["FINISHED"], api_filter("finished")),
+    (["running"], api_filter("running")),
+    (["--type", "Harbor,jfrog"], api_filter(types=["Harbor", "Jfrog"])),
+    (["--name", "PROD"], api_filter(name="prod")),
+    (
+        ["failed", "--type", "SwrPrivate,SwrEnterprise,Other"],
+        api_filter("failed", ["SwrPrivate", "SwrEnterprise", "Other"]),
+    ),
+    (
+        ["finished", "--name", "swr", "--type", "SwrShared"],
+        api_filter("finished", ["SwrShared"], "swr"),
+    ),
+    (["--name", "no-such-registry"], api_filter(name="no-such-registry")),
+]
+
+
+@pytest.mark.parametrize(("argv", "flt"), FILTERS)
+@pytest.mark.parametrize("task_id", [TASK, BIG_TASK])
+async def test_json_matches_the_simulator(
+    cli: Cli, task_id: str, argv: list[str], flt: Query
+) -> None:
+    rows = expected(cli.sim.sim, task_id, flt)
+
+    run = await cli("query", task_id, *argv, "--json")
+
+    printed = run.json()
+    assert all(list(r) == API_FIELDS for r in printed)
+    assert by_id(printed) == by_id([r.as_api_dict() for r in rows])
+    assert run.code == exit_for(rows)
+
+
+async def test_exit_status_says_whether_printed_rows_failed(cli: Cli) -> None:
+    rows = expected(cli.sim.sim, TASK)
+    assert any(r.sync_status == "failed" for r in rows)
+    assert any(r.sync_status == "running" for r in rows)
+
+    assert (await cli("query", TASK)).code == 3
+    assert (await cli("query", TASK, "failed")).code == 3
+    assert (await cli("query", TASK, "finished")).code == 0
+    assert (await cli("query", TASK, "running", "--json")).code == 0
+    assert (await cli("query", TASK, "--name", "no-such-registry")).code == 0
+
+
+async def test_output_into_a_closed_pipe_is_no_crash(cli: Cli) -> None:
+    # `hss-sync-bot query ... | head -1`: the reader goes away before the output is written.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = await run_cli(
+            ("query", BIG_TASK, "--json"), env=cli.env, cwd=cli.cwd, stdout=write_end
+        )
+    finally:
+        os.close(write_end)
+    assert run.code == 3
+    assert run.errors[-1].startswith(f"{BIG_SIZE} registries")
+
+
+# --- bad usage and configuration ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["query", TASK, "bogus"], ['Unknown status "bogus"', "finished, running, failed"]),
+        (["query", TASK, "failed", "running"], ["unrecognized arguments: running"]),
+        (["query", TASK, "--type", "Quay"], ['Unknown registry type "Quay"', "Harbor"]),
+        (["query", TASK, "--type", ","], ["Harbor, Jfrog"]),
+        (["query", "t" * 65], ["too long", "at most 64"]),
+        (["query", ""], ["task id is empty"]),
+        (["query", "bad\x01id"], ["control characters"]),
+        (["query", TASK, "--name", ""], ["registry name"]),
+        (["query", TASK, "--name", "n" * 129], ["at most 128"]),
+        (["query", TASK, "--ep", " "], ["enterprise project id"]),
+        (["query", TASK, "--bogus"], ["unrecognized arguments: --bogus"]),
+        (["query"], ["required: task_id"]),
+        (["query", "--json"], ["required: task_id"]),
+        (["frobnicate"], ["invalid choice: 'frobnicate'"]),
+        ([], ["required: command"]),
+    ],
+)
+async def test_bad_usage_exits_2_with_one_line_and_no_call(
+    cli: Cli, argv: list[str], says: list[str]
+) -> None:
+    run = await cli(*argv)
+
+    assert run.code == 2
+    assert len(run.errors) == 1, run.stderr
+    for text in says:
+        assert text in run.errors[0]
+    assert run.stdout == ""
+    assert cli.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"CLOUD_SDK_AK": None}, "CLOUD_SDK_AK"),
+        ({"CLOUD_SDK_SK": None}, "CLOUD_SDK_SK"),
+        ({"HSS_PROJECT_ID": None}, "HSS_PROJECT_ID"),
+        ({"HSS_ENDPOINT": None}, "HSS_REGION"),
+        ({"HSS_ENDPOINT": None, "HSS_REGION": "mars-1"}, "HSS_REGION"),
+        ({"HSS_ENDPOINT": "http://127.0.0.1:abc"}, "HSS_ENDPOINT"),
+        ({"HSS_ENDPOINT": "127.0.0.1:8931"}, "HSS_ENDPOINT"),
+        ({"HSS_RATE_LIMIT": "abc"}, "HSS_RATE_LIMIT"),
+        ({"HSS_RATE_LIMIT": "0/60s"}, "HSS_RATE_LIMIT"),
+        ({"HSS_FRESH_SECONDS": "-5"}, "HSS_FRESH_SECONDS"),
+        ({"PORT": "x"}, "PORT"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"SLACK_APP_TOKEN": "xoxb-wrong-kind-of-token"}, "SLACK_APP_TOKEN"),
+        ({"HSS_PROJECT_ID": "p" * 257}, "HSS_PROJECT_ID"),
+    ],
+)
+@pytest.mark.parametrize("command", ["query", "reset-auth"])
+async def test_bad_configuration_exits_2_naming_the_variable(
+    cli: Cli, command: str, overrides: dict[str, str | None], variable: str
+) -> None:
+    args = ("query", TASK) if command == "query" else ("reset-auth",)
+
+    run = await cli(*args, **overrides)
+
+    assert run.code == 2
+    assert run.errors == [run.errors[0]]
+    assert run.errors[0].startswith(f"hss-sync-bot: {variable}: ")
+    assert cli.calls == 0
+
+
+async def test_unusable_data_dir_exits_2_naming_it(embedded_cli: Cli, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+
+    run = await embedded_cli("query", TASK, HSS_DATA_DIR=str(not_a_dir / "data"))
+
+    assert run.code == 2
+    assert len(run.errors) == 1
+    assert run.errors[0].startswith("hss-sync-bot: HSS_DATA_DIR: ")
+    assert embedded_cli.calls == 0
+
+
+async def test_usage_is_checked_before_configuration(cli: Cli) -> None:
+    run = await cli("query", TASK, "bogus", CLOUD_SDK_AK=None, HSS_RATE_LIMIT="abc")
+    assert run.code == 2
+    assert "Unknown status" in run.stderr
+
+
+# --- API and network errors --------------------------------------------------------------------
+
+
+async def test_wrong_sk_stops_calls_until_the_sk_is_fixed(cli: Cli) -> None:
+    run = await cli("query", TASK, CLOUD_SDK_SK=WRONG_SK)
+    assert run.code == 1
+    assert len(run.errors) == 1
+    assert "APIGW.0301" in run.stderr
+    assert re.search(r"Request id: [0-9a-f]{32}\.", run.stderr)
+    assert cli.sim.sim.auth_failures[TEST_AK] == 1
+
+    # Repeated 401s would lock the AK/SK at HSS: later runs with it refuse without calling.
+    again = await cli("query", TASK, CLOUD_SDK_SK=WRONG_SK)
+    assert again.code == 1 and "APIGW.0301" in again.stderr
+    assert cli.calls == 1
+
+    fixed = await cli("query", TASK, "--json")
+    assert fixed.code == exit_for(expected(cli.sim.sim, TASK))
+    assert len(fixed.json()) == TASK_SIZE
+    assert cli.calls == 2
+
+
+async def test_reset_auth_allows_calls_again_after_a_401(cli: Cli) -> None:
+    # The SK was rotated at IAM and our copy is stale, until IAM is put right.
+    cli.sim.sim.config = replace(cli.sim.sim.config, sk=WRONG_SK)
+    assert (await cli("query", TASK)).code == 1
+    cli.sim.sim.config = replace(cli.sim.sim.config, sk=TEST_SK)
+
+    locked = await cli("query", TASK)
+    assert locked.code == 1 and "APIGW.0301" in locked.stderr
+    assert cli.calls == 1
+
+    reset = await cli("reset-auth")
+    assert (reset.code, reset.stdout) == (0, "HSS calls allowed again.\n")
+
+    allowed = await cli("query", TASK, "--json")
+    assert allowed.code == exit_for(expected(cli.sim.sim, TASK))
+    assert len(allowed.json()) == TASK_SIZE
+    assert cli.calls == 2
+
+    idle = await cli("reset-auth")
+    assert (idle.code, idle.stdout) == (0, "No authentication lock was set.\n")
+
+
+async def test_unknown_task_exits_1(cli: Cli) -> None:
+    run = await cli("query", "missing-task", "failed")
+    assert run.code == 1
+    assert len(run.errors) == 1
+    assert "HSS.0011" in run.stderr and "Request id:" in run.stderr
+    assert run.stdout == ""
+
+
+async def test_unreachable_hss_exits_1(cli: Cli) -> None:
+    run = await cli("query", TASK, HSS_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    assert run.code == 1
+    assert len(run.errors) == 1
+    assert "could not reach HSS" in run.stderr
+    assert run.stdout == ""
+
+
+async def test_reset_auth_without_redis_fails_instead_of_pretending(cli: Cli) -> None:
+    # The lock lives in Redis; "clearing" an in-process copy would tell the operator nothing.
+    run = await cli("reset-auth", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert run.code == 1
+    assert run.errors[-1].startswith("hss-sync-bot: Cannot reach Redis")
+    assert run.stdout == ""
+
+
+# --- the mirror and the budget -----------------------------------------------------------------
+
+
+async def test_fresh_mirror_answers_without_a_call(cli: Cli) -> None:
+    first = await cli("query", TASK, "--json")
+    assert cli.calls == 1
+
+    again = await cli("query", TASK, "--json")
+    narrower = await cli("query", TASK, "failed", "--type", "Harbor,Jfrog,SwrPrivate", "--json")
+    assert cli.calls == 1
+    assert by_id(again.json()) == by_id(first.json())
+    wanted = expected(cli.sim.sim, TASK, api_filter("failed", ["Harbor", "Jfrog", "SwrPrivate"]))
+    assert by_id(narrower.json()) == by_id([r.as_api_dict() for r in wanted])
+
+    await cli("query", TASK, HSS_FRESH_SECONDS="0")
+    assert cli.calls == 2  # nothing is fresh enough now: one new call, not one per round
+
+
+async def test_embedded_redis_is_started_stopped_and_its_mirror_persists(
+    embedded_cli: Cli,
+) -> None:
+    data_dir = Path(embedded_cli.env["HSS_DATA_DIR"])
+
+    first = await embedded_cli("query", TASK, "--json")
+    started = [line for line in first.errors if "embedded Redis" in line]
+    assert len(started) == 1
+    assert "Started an embedded Redis" in started[0] and str(data_dir) in started[0]
+    assert probe(socket_path_for(data_dir)) is None
+    assert redis_server_pids(data_dir) == []
+    assert embedded_cli.calls == 1
+
+    second = await embedded_cli("query", TASK, "--json")
+    assert len([line for line in second.errors if "embedded Redis" in line]) == 1
+    assert embedded_cli.calls == 1  # answered from the mirror persisted in HSS_DATA_DIR
+    assert by_id(second.json()) == by_id(first.json())
+
+
+async def test_embedded_redis_of_another_process_is_used_and_left_running(
+    embedded_cli: Cli,
+) -> None:
+    server = EmbeddedRedis(data_dir=Path(embedded_cli.env["HSS_DATA_DIR"]), persistent=True)
+    await asyncio.to_thread(server.start)
+    try:
+        run = await embedded_cli("query", TASK)
+        using = [line for line in run.errors if "embedded Redis" in line]
+        assert len(using) == 1 and "already running" in using[0]
+        assert server.running and server.is_serving()
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@pytest.fixture
+async def strict_cli(cli: Cli, make_hss_sim: MakeSim) -> Cli:
+    """HSS at one call per 3 s, and the CLI told so: a second call must wait for its slot."""
+    sim = await make_hss_sim(default_size=TASK_SIZE, rate_limit=1, window=3.0)
+    env = {**cli.env, "HSS_ENDPOINT": sim.url, "HSS_RATE_LIMIT": "1/3s"}
+    return replace(cli, sim=sim, env=env, runs=[])
+
+
+async def test_budget_is_shared_by_runs_back_to_back(strict_cli: Cli) -> None:
+    started = time.monotonic()
+    first = await strict_cli("query", "task-a")
+    second = await strict_cli("query", "task-b")
+
+    assert {first.code, second.code} <= {0, 3}
+    assert "Waiting about" in second.stderr and "1/3s" in second.stderr
+    assert time.monotonic() - started >= 3.0
+    assert strict_cli.sim.sim.by_status == {200: 2}
+    assert strict_cli.sim.sim.throttled == 0
+
+
+async def test_budget_is_shared_by_parallel_runs(strict_cli: Cli) -> None:
+    runs = await asyncio.gather(*(strict_cli("query", f"task-{n}") for n in range(2)))
+
+    assert {run.code for run in runs} <= {0, 3}
+    assert strict_cli.sim.sim.by_status == {200: 2}
+    assert strict_cli.sim.sim.throttled == 0
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+async def test_temporary_credentials_never_show_even_in_debug_logs(
+    cli: Cli, make_hss_sim: MakeSim
+) -> None:
+    sim = await make_hss_sim(default_size=TASK_SIZE, security_token=TOKEN)
+    env = {"HSS_ENDPOINT": sim.url, "CLOUD_SDK_SECURITY_TOKEN": TOKEN, "LOG_LEVEL": "DEBUG"}
+
+    run = await cli("query", TASK, **env)  # check_run looks for SK and token in the output
+
+    assert run.code == exit_for(expected(sim.sim, TASK))
+    assert sim.sim.by_status == {200: 1}
+    assert "DEBUG" in run.stderr  # the logs were on and still showed nothing secret
+
+
+# --- help and the other subcommands ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--help"], ["query", "simulate", "reset-auth"]),
+        (["query", "--help"], ["task_id", "--type", "--name", "--ep", "--json"]),
+        (["simulate", "--help"], ["--port", "--rate-limit"]),
+    ],
+)
+async def test_help_exits_0(cli: Cli, argv: list[str], says: list[str]) -> None:
+    run = await cli(*argv)
+    assert run.code == 0
+    for text in says:
+        assert text in run.stdout
+
+
+async def test_simulate_refuses_unknown_flags(cli: Cli) -> None:
+    run = await cli("simulate", "--bogus")
+    assert run.code == 2
+    assert "unrecognized arguments: --bogus" in run.stderr
+
+
+@pytest.fixture
+async def simulate_process(tmp_path: Path) -> AsyncIterator[str]:
+    """``hss-sync-bot simulate --port 0`` as its own process; yields its URL."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "simulate",
+        "--port",
+        "0",
+        "--registries",
+        "15",
+        env={"PATH": os.environ.get("PATH", "")},
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(RUN_TIMEOUT):
+            banner = (await proc.stdout.readline()).decode()
+        match = re.search(r"on (http://\S+)", banner)
+        assert match, banner
+        yield match[1]
+    finally:
+        proc.terminate()
+        await proc.communicate()
+
+
+async def test_query_against_the_simulate_subcommand(
+    simulate_process: str, redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    del redis
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HSS_ENDPOINT": simulate_process,
+        "CLOUD_SDK_AK": DEMO_AK,
+        "CLOUD_SDK_SK": DEMO_SK,
+        "HSS_PROJECT_ID": DEMO_PROJECT_ID,
+        "REDIS_URL": redis_url,
+    }
+    run = await run_cli(("query", "demo-task", "--json"), env=env, cwd=tmp_path)
+
+    same_seed = Simulator(SimConfig(default_size=15))
+    rows = same_seed.registries("demo-task")
+    assert by_id(run.json()) == by_id([r.as_api_dict() for r in rows])
+    assert run.code == exit_for(rows)
