@@ -338,3 +338,14 @@ def test_budget_scope_is_stable_per_ak_and_does_not_reveal_it() -> None:
     assert other_sk.budget_scope == scope
     assert Settings.from_env({"CLOUD_SDK_AK": AK + "2"}).budget_scope != scope
     assert Settings.from_env({}).budget_scope == "anonymous"
+
+
+def test_auth_scope_belongs_to_the_ak_sk_pair() -> None:
+    settings = Settings.from_env({"CLOUD_SDK_AK": AK, "CLOUD_SDK_SK": SK})
+    scope = settings.auth_scope
+    assert scope == Settings.from_env({"CLOUD_SDK_AK": AK, "CLOUD_SDK_SK": f"{SK}\n"}).auth_scope
+    assert AK not in scope and SK not in scope
+    # Fixing either half of a rejected pair lifts its lock-out; the budget stays per AK.
+    assert Settings.from_env({"CLOUD_SDK_AK": AK, "CLOUD_SDK_SK": "fixed"}).auth_scope != scope
+    assert Settings.from_env({"CLOUD_SDK_AK": "AK2", "CLOUD_SDK_SK": SK}).auth_scope != scope
+    assert scope != settings.budget_scope
