@@ -99,6 +99,7 @@ class LookupService:
         self._clock = clock
         self._inflight: dict[tuple[TaskRef, str], asyncio.Task[None]] = {}
         self._recent: OrderedDict[TaskRef, tuple[float, Snapshot]] = OrderedDict()
+        self._loading: dict[TaskRef, asyncio.Future[Snapshot]] = {}
         self._answers: OrderedDict[LookupRequest, tuple[Snapshot, Answer]] = OrderedDict()
 
     def ref(self, request: LookupRequest) -> TaskRef:
@@ -120,7 +121,13 @@ class LookupService:
         seen = self._recent.get(ref)
         if seen is not None and time.monotonic() - seen[0] < PEEK_REUSE:
             return seen[1]
-        snap = await self._store.load(ref)
+        # Commands arrive in bursts: one read of Redis serves everyone waiting for it.
+        loading = self._loading.get(ref)
+        if loading is None:
+            loading = asyncio.ensure_future(self._store.load(ref))
+            self._loading[ref] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(ref, None))
+        snap = await asyncio.shield(loading)
         self._remember(ref, snap)
         return snap
 
