@@ -49,7 +49,8 @@ POLL_OTHERS = 0.1
 #: How long a peek may reuse the snapshot it last read without asking Redis: a burst of
 #: commands costs one round trip, and another replica's refresh shows within this time.
 PEEK_REUSE = 0.25
-_CACHED_TASKS = 256
+_CACHED_ANSWERS = 256
+_CACHED_ROWS = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +133,11 @@ class LookupService:
         return snap
 
     def _remember(self, ref: TaskRef, snap: Snapshot) -> None:
-        self._recent[ref] = (time.monotonic(), snap)
+        now = time.monotonic()
+        self._recent[ref] = (now, snap)
         self._recent.move_to_end(ref)
-        while len(self._recent) > _CACHED_TASKS:
+        # Oldest first: drop what no peek may reuse any more, so nothing big lingers here.
+        while self._recent and now - next(iter(self._recent.values()))[0] >= PEEK_REUSE:
             self._recent.popitem(last=False)
 
     def _answer(self, snap: Snapshot, request: LookupRequest, view: View | None) -> Answer:
@@ -145,7 +148,11 @@ class LookupService:
             return cached[1]
         answer = answer_from(snap, request, view)
         self._answers[request] = (snap, answer)
-        while len(self._answers) > _CACHED_TASKS:
+        self._answers.move_to_end(request)
+        while len(self._answers) > 1 and (
+            len(self._answers) > _CACHED_ANSWERS
+            or sum(len(a.registries) for _, a in self._answers.values()) > _CACHED_ROWS
+        ):
             self._answers.popitem(last=False)
         return answer
 

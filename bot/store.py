@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 CHUNK_ROWS = 5000
 CHANGES_MAXLEN = 10_000
 CACHE_TASKS = 64
+#: Decoded rows take about 400 bytes each in Python: bound the cache by rows, not tasks,
+#: so a few 100,000-registry tasks cannot grow a replica by gigabytes.
+CACHE_ROWS = 400_000
 
 T = TypeVar("T")
 
@@ -171,7 +174,10 @@ class RedisMirrorStore:
     def _remember(self, key: str, meta: bytes | None, snap: Snapshot) -> None:
         self._cache[key] = (meta, snap)
         self._cache.move_to_end(key)
-        while len(self._cache) > CACHE_TASKS:
+        while len(self._cache) > 1 and (
+            len(self._cache) > CACHE_TASKS
+            or sum(len(s.rows) for _, s in self._cache.values()) > CACHE_ROWS
+        ):
             self._cache.popitem(last=False)
 
     async def save(
