@@ -69,11 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(demo_main(args_list[1:]))
     args = build_parser().parse_args(args_list)
-    _configure_logging(verbose=args.command == "run")
+    request = None
+    if args.command == "query":
+        try:  # bad usage is reported before configuration, like argparse's own errors
+            request = request_from_args(args)
+        except CommandError as exc:
+            print(f"hss-sync-bot query: {exc.user_message()}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        if args.command == "query":
-            return _query(args)
         settings = Settings.from_os()
+        _configure_logging(settings.log_level or ("INFO" if args.command == "run" else "WARNING"))
+        if request is not None:
+            return _query(request, settings, as_json=args.json)
         if args.command == "run":
             return _run(settings)
         return _reset_auth(settings)
@@ -87,10 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _configure_logging(*, verbose: bool) -> None:
-    level = os.environ.get("LOG_LEVEL", "INFO" if verbose else "WARNING").upper()
+def _configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=level if level in logging.getLevelNamesMapping() else "INFO",
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -164,13 +170,7 @@ def request_from_args(args: argparse.Namespace) -> LookupRequest:
     )
 
 
-def _query(args: argparse.Namespace) -> int:
-    try:
-        request = request_from_args(args)
-    except CommandError as exc:
-        print(f"hss-sync-bot query: {exc.user_message()}", file=sys.stderr)
-        return EXIT_USAGE
-    settings = Settings.from_os()
+def _query(request: LookupRequest, settings: Settings, *, as_json: bool) -> int:
     settings.require_hss()
     try:
         answer = asyncio.run(_fetch(settings, request))
@@ -182,7 +182,7 @@ def _query(args: argparse.Namespace) -> int:
     except BotError as exc:
         print(f"hss-sync-bot query: {exc.user_message()}", file=sys.stderr)
         return EXIT_ERROR
-    return _print_answer(answer, as_json=args.json)
+    return _print_answer(answer, as_json=as_json)
 
 
 async def _fetch(settings: Settings, request: LookupRequest) -> Answer:

@@ -109,6 +109,8 @@ class Settings:
     port: int = 3000
     data_dir: Path = field(default_factory=lambda: Path(".hss-sync-bot"))
     command_name: str = DEFAULT_COMMAND
+    #: None: the command's own default (INFO for ``run``, WARNING for one-shot commands).
+    log_level: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -144,6 +146,7 @@ class Settings:
             port=_parse(env, "PORT", _port, 3000),
             data_dir=Path(env.get("HSS_DATA_DIR", ".hss-sync-bot")),
             command_name=_parse(env, "HSS_SLASH_COMMAND", _command_name, DEFAULT_COMMAND),
+            log_level=_parse(env, "LOG_LEVEL", _log_level, None),
         )
 
     @classmethod
@@ -238,6 +241,13 @@ def _port(raw: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError("expected a TCP port 0-65535")
     return value
+
+
+def _log_level(raw: str) -> str | None:
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
 
 
 def _command_name(raw: str) -> str:
