@@ -160,7 +160,7 @@ def tokenize(text: str) -> list[Word]:
     return builder.words
 
 
-# --- validating values (shared with button-value decoding in bot.render) -------------------
+# --- validating values (shared with button-value decoding in bot.action_value) -------------
 
 
 def _check_chars(what: str, value: str) -> None:

@@ -1,8 +1,9 @@
-"""HSS ListAssociateRegistries over httpx: validation, signing, retries, typed errors, paging.
+"""HSS ListAssociateRegistries over httpx: call budget, signing, timeouts, retries, paging.
 
 Every HTTP attempt (retries included) first takes a slot from the shared ``CallBudget``: HSS
-allows 5 calls a minute per IAM user, across every replica. Failures are translated here, at
-the boundary, into the ``HssError`` tree:
+allows 5 calls a minute per IAM user, across every replica. Parameters are checked (no call
+spent) and responses read by :mod:`bot.hss_wire`; every failure leaves this boundary as one of
+the ``HssError`` tree:
 
     401/403                 HssAuthError         never retried (5 failures lock the AK/SK)
     429                     HssThrottledError    retried after Retry-After; budget penalized
@@ -19,40 +20,17 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any
 
 import httpx
 
+from bot import hss_wire
 from bot.budget import CallBudget, Priority
-from bot.errors import (
-    CommandError,
-    HssAuthError,
-    HssError,
-    HssNotFoundError,
-    HssRequestError,
-    HssThrottledError,
-    HssUnavailableError,
-)
-from bot.models import (
-    EP_ID_MAX,
-    OFFSET_MAX,
-    PAGE_LIMIT_MAX,
-    PAGE_LIMIT_MIN,
-    PROJECT_ID_MAX,
-    REGISTRY_NAME_MAX,
-    REGISTRY_TYPES,
-    TASK_ID_MAX,
-    ApiFilter,
-    Registry,
-    RegistryPage,
-    SyncStatus,
-    TaskRef,
-)
-from bot.signer import Credentials, HssAuth, canonical_query, encoded_path
+from bot.errors import HssError, HssThrottledError, HssUnavailableError
+from bot.models import OFFSET_MAX, ApiFilter, Registry, RegistryPage, TaskRef
+from bot.signer import Credentials, HssAuth
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +40,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0, pool=3.0)
 DEFAULT_ATTEMPT_TIMEOUT = 15.0
 #: A Retry-After longer than this is not waited out in-line; the caller gets the 429.
 DEFAULT_MAX_RETRY_WAIT = 60.0
-#: Longest error text kept from a response body (gateways may send whole HTML pages).
-_MAX_ERROR_TEXT = 300
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -172,7 +148,7 @@ class HssClient:
         reuse it. Counting cannot see a move that keeps both numbers (one row leaves ahead
         of the cursor while another joins behind it); the next refresh corrects that.
         """
-        self._validate(task, flt, offset=0, limit=limit)
+        hss_wire.validate(task, flt, offset=0, limit=limit, project_id=self._project_id)
         calls = 0
         for round_no in (1, 2):
             sweep = _Sweep()
@@ -242,11 +218,9 @@ class HssClient:
         self, task: TaskRef, flt: ApiFilter, *, offset: int, limit: int, priority: Priority
     ) -> tuple[RegistryPage, int]:
         """One page and the number of HTTP attempts it took."""
-        self._validate(task, flt, offset=offset, limit=limit)
-        path = encoded_path(
-            ["v5", task.project_id, "image", "image-sync", "tasks", task.task_id, "registries"]
-        )
-        url = f"{self._endpoint}{path}?{canonical_query(_query(task, flt, offset, limit))}"
+        hss_wire.validate(task, flt, offset=offset, limit=limit, project_id=self._project_id)
+        target = hss_wire.request_target(task, flt, offset=offset, limit=limit)
+        url = f"{self._endpoint}{target}"
         for attempt in range(1, self._max_attempts + 1):
             if self._budget is not None:
                 await self._budget.acquire(priority)
@@ -285,7 +259,9 @@ class HssClient:
             response = await self._send(url)
             outcome = str(response.status_code)
             request_id = response.headers.get("X-Request-Id", "")
-            page = self._translate(response, offset=offset, limit=limit)
+            page = hss_wire.read_response(
+                response, offset=offset, limit=limit, secrets=self._secrets
+            )
             request_id = page.request_id
             return page
         except HssError as err:
@@ -320,56 +296,6 @@ class HssClient:
                 error_msg=f"could not reach HSS ({type(exc).__name__})",
             ) from exc
 
-    def _translate(self, response: httpx.Response, *, offset: int, limit: int) -> RegistryPage:
-        if response.is_success:
-            return _parse_page(response, offset=offset, limit=limit)
-        raise self._error_for(response)
-
-    def _error_for(self, response: httpx.Response) -> HssError:
-        status = response.status_code
-        body = _json_or_none(response)
-        fields = body if isinstance(body, dict) else {}
-        code = _text(fields.get("error_code")) or f"HTTP {status}"
-        msg = _text(fields.get("error_msg")) or response.reason_phrase or "no error message"
-        kwargs: dict[str, Any] = {
-            "error_code": self._scrub(code)[:_MAX_ERROR_TEXT],
-            "error_msg": self._scrub(msg)[:_MAX_ERROR_TEXT],
-            "request_id": response.headers.get("X-Request-Id") or _text(fields.get("request_id")),
-            "status": status,
-        }
-        if status in (401, 403):
-            return HssAuthError(**kwargs)
-        if status == 429:
-            return HssThrottledError(retry_after=_retry_after(response), **kwargs)
-        if status == 404 or code == "HSS.0011":
-            return HssNotFoundError(**kwargs)
-        if status >= 500:
-            return HssUnavailableError(**kwargs)
-        return HssRequestError(**kwargs)
-
-    def _scrub(self, text: str) -> str:
-        # A gateway may echo the Access key or a token back; never pass it on.
-        for secret in self._secrets:
-            text = text.replace(secret, "********")
-        return text
-
-    def _validate(self, task: TaskRef, flt: ApiFilter, *, offset: int, limit: int) -> None:
-        _check_text("project id", task.project_id, PROJECT_ID_MAX)
-        if task.project_id != self._project_id:
-            raise CommandError(
-                f"Project id {task.project_id!r} is not the project this bot is configured "
-                f"for ({self._project_id!r})."
-            )
-        _check_text("task id", task.task_id, TASK_ID_MAX)
-        if task.enterprise_project_id is not None:
-            _check_text("enterprise project id", task.enterprise_project_id, EP_ID_MAX)
-        if flt.registry_name is not None:
-            _check_text("registry name", flt.registry_name, REGISTRY_NAME_MAX)
-        _canonical_types(flt.registry_types)
-        _check_status(flt.sync_status)
-        _check_int("offset", offset, 0, OFFSET_MAX)
-        _check_int("limit", limit, PAGE_LIMIT_MIN, PAGE_LIMIT_MAX)
-
 
 class _Sweep:
     """What one pass over the pages saw."""
@@ -391,135 +317,6 @@ class _Sweep:
             # Later sightings win: they are newer. A row without an id cannot be matched,
             # so only an identical copy of it counts as a duplicate.
             self.rows[row.registry_id or row] = row
-
-
-# --- request building and validation (pure) ---
-
-
-def _query(task: TaskRef, flt: ApiFilter, offset: int, limit: int) -> list[tuple[str, str]]:
-    params = [("offset", str(offset)), ("limit", str(limit))]
-    if task.enterprise_project_id is not None:
-        params.append(("enterprise_project_id", task.enterprise_project_id))
-    if flt.registry_name is not None:
-        params.append(("registry_name", flt.registry_name))
-    types = _canonical_types(flt.registry_types)
-    if types:
-        params.append(("registry_type", types))
-    if flt.sync_status is not None:
-        params.append(("sync_status", SyncStatus(flt.sync_status).value))
-    return params
-
-
-def _check_text(what: str, value: object, maximum: int) -> None:
-    if not isinstance(value, str) or not 1 <= len(value) <= maximum:
-        got = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
-        raise CommandError(f"The {what} must be 1-{maximum} characters long (got {got}).")
-
-
-def _check_int(what: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise CommandError(
-            f"The {what} must be a whole number from {low} to {high:,} (got {value!r})."
-        )
-
-
-def _check_status(status: object) -> None:
-    accepted = [s.value for s in SyncStatus]
-    if status is not None and status not in accepted:
-        raise CommandError(f"Unknown sync status {status!r}; use one of {', '.join(accepted)}.")
-
-
-def _canonical_types(types: frozenset[str]) -> str:
-    """Comma-joined, sorted API spellings; registry types are matched case-insensitively."""
-    spelling = {t.lower(): t for t in REGISTRY_TYPES}
-    unknown = sorted(repr(t) for t in types if not isinstance(t, str) or t.lower() not in spelling)
-    if unknown:
-        raise CommandError(
-            f"Unknown registry type {', '.join(unknown)}; use any of {', '.join(REGISTRY_TYPES)}."
-        )
-    return ",".join(sorted({spelling[t.lower()] for t in types}))
-
-
-# --- response parsing (pure) ---
-
-
-def _malformed(why: str, response: httpx.Response) -> HssUnavailableError:
-    return HssUnavailableError(
-        error_code="MALFORMED_RESPONSE",
-        error_msg=f"HSS answered {response.status_code} but {why}",
-        request_id=response.headers.get("X-Request-Id", ""),
-        status=response.status_code,
-    )
-
-
-def _json_or_none(response: httpx.Response) -> object:
-    try:
-        return response.json()
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        return None
-
-
-def _parse_page(response: httpx.Response, *, offset: int, limit: int) -> RegistryPage:
-    body = _json_or_none(response)
-    if not isinstance(body, dict):
-        raise _malformed("the body is not a JSON object", response)
-    raw_rows = body.get("data_list")
-    if raw_rows is None:
-        raw_rows = []
-    if not isinstance(raw_rows, list) or not all(isinstance(r, dict) for r in raw_rows):
-        raise _malformed("data_list is not a list of objects", response)
-    rows = tuple(_registry(r) for r in raw_rows)
-    total = _total_num(body.get("total_num"), offset=offset, limit=limit, rows=len(rows))
-    if total is None:
-        raise _malformed("total_num is missing on a full page", response)
-    request_id = response.headers.get("X-Request-Id") or _text(body.get("request_id"))
-    return RegistryPage(total_num=total, registries=rows, request_id=request_id)
-
-
-def _total_num(raw: object, *, offset: int, limit: int, rows: int) -> int | None:
-    """``total_num`` as an int; when absent it is inferred only from a short (last) page."""
-    if isinstance(raw, str) and raw.strip().isdigit():
-        raw = int(raw)
-    if isinstance(raw, float) and raw.is_integer():
-        raw = int(raw)
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
-        return raw
-    # Without a count we only know where the list ends if this page came back short.
-    return offset + rows if rows < limit else None
-
-
-def _registry(raw: Mapping[str, object]) -> Registry:
-    return Registry(
-        registry_id=_text(raw.get("registry_id")),
-        registry_name=_text(raw.get("registry_name")),
-        registry_type=_text(raw.get("registry_type")),
-        sync_status=_text(raw.get("sync_status")),
-        failed_reason=_text(raw.get("failed_reason")),
-    )
-
-
-def _text(value: object) -> str:
-    """Strings as-is, numbers as their text, anything else (null, lists, objects) empty."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return ""
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds from ``Retry-After`` (delta-seconds or HTTP date); None when absent/invalid."""
-    raw = response.headers.get("Retry-After", "").strip()
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 __all__ = ["DEFAULT_TIMEOUT", "FetchResult", "HssClient"]

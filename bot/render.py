@@ -6,24 +6,25 @@ far inside Slack's limits whatever the data (see ``tests/test_render.py`` for th
 example): a page of ``PAGE_SIZE`` registries, each with its own 10,000-character reason,
 renders in under 30 blocks and about 8,000 characters.
 
-Button values carry the request and page as compact JSON (:func:`encode_action_value`);
-Slack hands them back untrusted, so :func:`decode_action_value` re-validates everything.
+Block builders and Slack's limits live in :mod:`bot.blocks`; button values in
+:mod:`bot.action_value`.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.command import USAGE, validate_request
+from bot.action_value import encode_action_value
+from bot.blocks import HEADER_MAX, button, context, header, pack, section
+from bot.command import USAGE
 from bot.errors import CommandError
 from bot.models import (
     REGISTRY_TYPES,
@@ -39,8 +40,6 @@ from bot.mrkdwn import code, escape_truncated, truncate
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 20
-#: Far beyond any real task (HSS offsets stop at 2,000,000); bounds decoded page numbers.
-MAX_PAGE = 100_000
 
 ACTION_PAGE = "hss_page"
 ACTION_PAGE_PREV = f"{ACTION_PAGE}_prev"
@@ -49,11 +48,6 @@ ACTION_PAGE_NEXT = f"{ACTION_PAGE}_next"
 ACTION_PAGE_PATTERN = re.compile(rf"^{ACTION_PAGE}_(prev|next)$")
 ACTION_REFRESH = "hss_refresh"
 ACTION_SHARE = "hss_share"
-
-# Slack's limits.
-HEADER_MAX = 150
-SECTION_MAX = 3000
-BUTTON_VALUE_MAX = 2000
 
 # Display budgets (escaped characters) for untrusted text.
 _NAME_SHOWN = 72
@@ -64,7 +58,6 @@ _NOTICE_SHOWN = 600
 _ERROR_SHOWN = 1500
 _FILTER_SHOWN = 60
 _FALLBACK_SHOWN = 300
-_SECTION_BUDGET = 2900
 
 _EMOJI = {
     SyncStatus.FAILED.value: ":x:",
@@ -78,9 +71,6 @@ _GROUP_TITLE = {1: "*Running*", 2: "*Status unknown*", 3: "*Finished*"}
 _DIGITS = re.compile(r"[0-9]+")
 _USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
 
-_VALUE_VERSION = 1
-_VALUE_KEYS = frozenset({"v", "t", "p", "s", "y", "n", "e"})
-
 
 @dataclass(frozen=True)
 class Message:
@@ -88,50 +78,6 @@ class Message:
 
     text: str
     blocks: list[dict[str, Any]]
-
-
-# --- small block builders ------------------------------------------------------------------
-
-
-def _header(text: str) -> dict[str, Any]:
-    # plain_text: Slack shows it literally (no mentions, no entities), only the length matters.
-    return {"type": "header", "text": {"type": "plain_text", "text": truncate(text, HEADER_MAX)}}
-
-
-def _section(mrkdwn: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn}}
-
-
-def _context(parts: Iterable[str]) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": p} for p in parts]}
-
-
-def _button(label: str, action_id: str, value: str, *, primary: bool = False) -> dict[str, Any]:
-    button: dict[str, Any] = {
-        "type": "button",
-        "text": {"type": "plain_text", "text": label},
-        "action_id": action_id,
-        "value": value,
-    }
-    if primary:
-        button["style"] = "primary"
-    return button
-
-
-def _pack(lines: Sequence[str]) -> list[dict[str, Any]]:
-    """Join already-escaped lines into as few sections as fit ``_SECTION_BUDGET`` each."""
-    sections: list[dict[str, Any]] = []
-    chunk: list[str] = []
-    size = 0
-    for line in lines:
-        if chunk and size + len(line) + 1 > _SECTION_BUDGET:
-            sections.append(_section("\n".join(chunk)))
-            chunk, size = [], 0
-        chunk.append(line)
-        size += len(line) + 1
-    if chunk:
-        sections.append(_section("\n".join(chunk)))
-    return sections
 
 
 # --- registries --------------------------------------------------------------------------
@@ -199,7 +145,7 @@ def _registry_blocks(
     groups = itertools.groupby(page, key=lambda r: (_rank(r), _reason(r) if _rank(r) == 0 else ""))
     for (rank, reason), members in groups:
         lines = [_group_title(rank, reason, counts), *(_registry_line(r) for r in members)]
-        blocks.extend(_pack(lines))
+        blocks.extend(pack(lines))
     return blocks
 
 
@@ -284,86 +230,6 @@ def _shared_by(user: str) -> str:
 # --- buttons -------------------------------------------------------------------------------
 
 
-def encode_action_value(request: LookupRequest, page: int) -> str:
-    """Compact JSON for a button value; at most ~1,100 characters for the longest request.
-
-    Raises :class:`CommandError` for a request the parser would not have produced.
-    """
-    validate_request(request)
-    doc: dict[str, Any] = {
-        "v": _VALUE_VERSION,
-        "t": request.task_id,
-        "p": min(max(page, 0), MAX_PAGE),
-    }
-    if request.status is not None:
-        doc["s"] = request.status.value
-    if request.types:
-        doc["y"] = [t for t in REGISTRY_TYPES if t in request.types]
-    if request.name is not None:
-        doc["n"] = request.name
-    if request.ep is not None:
-        doc["e"] = request.ep
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-
-
-_BAD_VALUE = "This button's data is out of date or damaged; run /hss-sync again."
-
-
-def _load(value: str) -> dict[str, Any]:
-    if not isinstance(value, str) or len(value) > BUTTON_VALUE_MAX:
-        raise CommandError(_BAD_VALUE)
-    try:
-        doc = json.loads(value)
-    except (ValueError, RecursionError):
-        raise CommandError(_BAD_VALUE) from None
-    if not isinstance(doc, dict) or doc.get("v") != _VALUE_VERSION or set(doc) - _VALUE_KEYS:
-        raise CommandError(_BAD_VALUE)
-    return doc
-
-
-def _optional_str(doc: dict[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    if value is not None and not isinstance(value, str):
-        raise CommandError(_BAD_VALUE)
-    return value
-
-
-def _types(doc: dict[str, Any]) -> frozenset[str]:
-    value = doc.get("y", [])
-    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-        raise CommandError(_BAD_VALUE)
-    if "y" in doc and not value:
-        raise CommandError(_BAD_VALUE)
-    return frozenset(value)
-
-
-def _status(doc: dict[str, Any]) -> SyncStatus | None:
-    value = _optional_str(doc, "s")
-    try:
-        return None if value is None else SyncStatus(value)
-    except ValueError:
-        raise CommandError(_BAD_VALUE) from None
-
-
-def decode_action_value(value: str) -> tuple[LookupRequest, int]:
-    """Inverse of :func:`encode_action_value`; raises :class:`CommandError` on anything else."""
-    doc = _load(value)
-    task_id, page = doc.get("t"), doc.get("p")
-    if not isinstance(task_id, str) or type(page) is not int or not 0 <= page <= MAX_PAGE:
-        raise CommandError(_BAD_VALUE)
-    request = LookupRequest(
-        task_id=task_id,
-        status=_status(doc),
-        types=_types(doc),
-        name=_optional_str(doc, "n"),
-        ep=_optional_str(doc, "e"),
-    )
-    try:
-        return validate_request(request), page
-    except CommandError as exc:
-        raise CommandError(_BAD_VALUE) from exc
-
-
 def _actions(answer: Answer, page: int, pages: int, shareable: bool) -> list[dict[str, Any]]:
     request = answer.request
     try:
@@ -371,19 +237,19 @@ def _actions(answer: Answer, page: int, pages: int, shareable: bool) -> list[dic
         buttons: list[dict[str, Any]] = []
         if page > 0:
             buttons.append(
-                _button("◀ Prev", ACTION_PAGE_PREV, encode_action_value(request, page - 1))
+                button("◀ Prev", ACTION_PAGE_PREV, encode_action_value(request, page - 1))
             )
         if page < pages - 1:
             buttons.append(
-                _button("Next ▶", ACTION_PAGE_NEXT, encode_action_value(request, page + 1))
+                button("Next ▶", ACTION_PAGE_NEXT, encode_action_value(request, page + 1))
             )
     except CommandError:
         # A request that never came from the parser: show the data, just without buttons.
         logger.warning("not rendering buttons for an invalid request")
         return []
-    buttons.append(_button("Refresh", ACTION_REFRESH, here))
+    buttons.append(button("Refresh", ACTION_REFRESH, here))
     if shareable:
-        buttons.append(_button("Share to channel", ACTION_SHARE, here, primary=True))
+        buttons.append(button("Share to channel", ACTION_SHARE, here, primary=True))
     return [{"type": "actions", "elements": buttons}]
 
 
@@ -409,15 +275,15 @@ def render_answer(
     page = min(max(page, 0), pages - 1)
     shown = ordered[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
 
-    blocks = [_header(f"HSS image sync · task {answer.request.task_id}")]
+    blocks = [header(f"HSS image sync · task {answer.request.task_id}")]
     if notice:
-        blocks.append(_section(f":information_source: {escape_truncated(notice, _NOTICE_SHOWN)}"))
+        blocks.append(section(f":information_source: {escape_truncated(notice, _NOTICE_SHOWN)}"))
     t = answer.totals
     if answer.has_data or any(n is not None for n in (t.failed, t.running, t.finished, t.size)):
-        blocks.append(_section(_totals_text(answer.totals)))
+        blocks.append(section(_totals_text(answer.totals)))
     blocks.append({"type": "divider"})
-    blocks.extend(_registry_blocks(shown, ordered) if shown else [_section(_empty_text(answer))])
-    blocks.append(_context(_context_parts(answer, page, pages, len(ordered), now, shared_by)))
+    blocks.extend(_registry_blocks(shown, ordered) if shown else [section(_empty_text(answer))])
+    blocks.append(context(_context_parts(answer, page, pages, len(ordered), now, shared_by)))
     blocks.extend(_actions(answer, page, pages, shareable))
     return Message(text=_fallback(answer, notice), blocks=blocks)
 
@@ -458,7 +324,7 @@ def render_help(command_name: str = "/hss-sync") -> Message:
         "HSS allows 5 calls a minute, so answers may come from recent data (its age is shown)."
     )
     title = truncate(f"{command_name} help", HEADER_MAX)
-    blocks = [_header(title), _section(body), _context([note])]
+    blocks = [header(title), section(body), context([note])]
     return Message(text=escape_truncated(title, _FALLBACK_SHOWN), blocks=blocks)
 
 
@@ -466,5 +332,5 @@ def render_error(text: str) -> Message:
     """A short ephemeral error reply; ``text`` is raw and gets escaped here."""
     shown = escape_truncated(text, _ERROR_SHOWN)
     return Message(
-        text=escape_truncated(text, _FALLBACK_SHOWN), blocks=[_section(f":warning: {shown}")]
+        text=escape_truncated(text, _FALLBACK_SHOWN), blocks=[section(f":warning: {shown}")]
     )

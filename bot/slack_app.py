@@ -21,6 +21,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.action_value import decode_action_value
 from bot.budget import Priority
 from bot.command import Help, Lookup, parse
 from bot.errors import BotError, CommandError
@@ -32,7 +33,6 @@ from bot.render import (
     ACTION_REFRESH,
     ACTION_SHARE,
     Message,
-    decode_action_value,
     describe_age,
     render_answer,
     render_error,

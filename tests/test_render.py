@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block, BlockElement
 
+from bot.action_value import decode_action_value, encode_action_value
 from bot.errors import CommandError
 from bot.models import (
     REGISTRY_TYPES,
@@ -30,9 +31,7 @@ from bot.render import (
     ACTION_SHARE,
     PAGE_SIZE,
     Message,
-    decode_action_value,
     describe_age,
-    encode_action_value,
     render_answer,
     render_error,
     render_help,
