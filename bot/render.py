@@ -16,7 +16,7 @@ import itertools
 import logging
 import math
 import re
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,7 +96,24 @@ def _natural(name: str) -> str:
     return _DIGITS.sub(lambda m: m.group().zfill(24), name.casefold())
 
 
+#: The display order of the last few answers, by identity of their registry tuple: paging a
+#: 100,000-registry answer must not sort it again for every click.
+_ORDER_MEMO: OrderedDict[int, tuple[Sequence[Registry], list[Registry]]] = OrderedDict()
+_ORDER_MEMO_SIZE = 32
+
+
 def _ordered(registries: Sequence[Registry]) -> list[Registry]:
+    memo = _ORDER_MEMO.get(id(registries))
+    if memo is not None and memo[0] is registries:
+        return memo[1]
+    ordered = _sort_for_display(registries)
+    _ORDER_MEMO[id(registries)] = (registries, ordered)  # holding it keeps the id unique
+    while len(_ORDER_MEMO) > _ORDER_MEMO_SIZE:
+        _ORDER_MEMO.popitem(last=False)
+    return ordered
+
+
+def _sort_for_display(registries: Sequence[Registry]) -> list[Registry]:
     """Failed first, the most common reason first (so groups stay together), then the rest."""
     counts = Counter(_reason(r) for r in registries if _rank(r) == 0)
 
