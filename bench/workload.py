@@ -5,13 +5,19 @@ simulated minutes, under HSS's real rule of 5 calls per 60 s. Time runs ``--fact
 faster (default 60: 5 calls per 1 s, data fresh for 1 s, 10 minutes in 10 s).
 
 * ours: the real bot (``bot.localstack``) driven by signed slash commands and button clicks;
-  first answer = the ack when it shows data, else the first ``response_url`` post with data;
-  fresh data = the ack when it carries no notice, else the replacement without a notice.
+  first reply = the ack of a command whatever it says, or a click's first ``response_url``
+  post; first answer = the ack when it shows data, else the first ``response_url`` post with
+  data; fresh data = the ack when it carries no notice, else the replacement without one.
 * naive: what the official SDK sample does, once per lookup: one synchronous
   ``HssClient.list_associate_registries`` (huaweicloudsdkhss) for the page asked, no cache,
   no retry, no budget, in threads, against a second simulator with the same config and seed.
 
-Run: ``.venv/bin/python -m bench.workload [--seed N] [--factor F]``; one figure per line.
+Calls are timestamped as the simulator receives them: ``calls_in_window`` counts those in
+the 10 simulated minutes (the budget allows at most 5 x minutes there), ``calls`` all of them
+until the last answer landed; ``calls_first_sim_s``/``calls_last_sim_s`` give their span.
+
+Run: ``.venv/bin/python -m bench.workload [--seed N] [--factor F] [--fresh-seconds S]``;
+one figure per line.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import dataclasses
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
@@ -37,11 +44,12 @@ from bench.common import INF, ResponseWatcher, emit, ms, percentile, quiet, rati
 from bot.localstack import Stack, local_stack
 from bot.models import REGISTRY_TYPES, Registry
 from bot.render import ACTION_PAGE_NEXT, PAGE_SIZE
-from bot.simulator import SimConfig, Simulator, start_simulator
+from bot.simulator import _ROUTE, SimConfig, SimRequest, SimResponse, Simulator, start_simulator
 from bot.slack_requests import SlackUser, button
 
+RATE_CALLS = 5
 REAL_WINDOW = 60.0  # HSS: 5 calls per 60 s per IAM user
-REAL_FRESH = 60.0  # the bot's default HSS_FRESH_SECONDS
+REAL_FRESH = 60.0  # the bot's default HSS_FRESH_SECONDS (``--fresh-seconds``)
 REAL_RESPONSE_URL_LIFE = 30 * 60.0  # Slack: a response_url works for 30 minutes
 TASK_SIZES = (20, 45, 90, 150, 200, 350, 700, 1200, 2000, 3000)
 TASK_WEIGHTS = (10, 8, 7, 6, 5, 4, 3, 3, 2, 2)
@@ -102,7 +110,9 @@ class Event:
 
 def sim_config(seed: int, factor: float) -> SimConfig:
     sizes = {f"sync-{chr(ord('a') + i)}": n for i, n in enumerate(TASK_SIZES)}
-    return SimConfig(seed=seed, rate_limit=5, window=REAL_WINDOW / factor, task_sizes=sizes)
+    return SimConfig(
+        seed=seed, rate_limit=RATE_CALLS, window=REAL_WINDOW / factor, task_sizes=sizes
+    )
 
 
 def _new_query(rng: random.Random, task: str, regs: Sequence[Registry]) -> Query:
@@ -157,20 +167,62 @@ def make_workload(
 
 @dataclass
 class Outcome:
+    reply: float = INF  # seconds to the first reply of any kind (ack, or a click's first post)
     first: float = INF  # seconds to the first answer with data
     fresh: float = INF  # seconds to fresh data (commands only)
     in_ack: bool = False
+    ack: str = ""  # commands: fresh | stale (data and a notice) | empty (no data)
     final: dict[str, Any] | None = None
     problem: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@dataclass(frozen=True)
+class Call:
+    at: float  # simulated seconds after the start of the workload
+    task: str
+    query: str
+    status: int
+
+
 @dataclass
 class Side:
     outcomes: list[Outcome]
-    calls: int
+    calls: list[Call]  # until the last answer landed
+    late_calls: int  # after the last answer landed, before shutdown
     throttled: int
     stats: dict[str, Any]
+
+
+class CallLog:
+    """Timestamps every API request the simulator handles (wraps its ``_handle``)."""
+
+    def __init__(self, sim: Simulator, factor: float) -> None:
+        self.calls: list[Call] = []
+        self.start = INF
+        self._factor = factor
+        handle = sim._handle
+
+        def logged(request: SimRequest, request_id: str) -> SimResponse:
+            at = (time.perf_counter() - self.start) * self._factor
+            match = _ROUTE.fullmatch(request.raw_path)
+            task = match[2] if match else request.raw_path
+            try:
+                response = handle(request, request_id)
+            except Exception as exc:  # a rejection (429, 401...) carries its response
+                status = getattr(getattr(exc, "response", None), "status", 0)
+                self.calls.append(Call(at, task, request.raw_query, status))
+                raise
+            self.calls.append(Call(at, task, request.raw_query, response.status))
+            return response
+
+        sim._handle = logged  # type: ignore[method-assign]
+
+    def split(self, end: float) -> tuple[list[Call], int]:
+        """Calls until ``end`` (perf_counter), and how many came after."""
+        cut = (end - self.start) * self._factor
+        before = [c for c in self.calls if c.at <= cut]
+        return before, len(self.calls) - len(before)
 
 
 def has_data(message: dict[str, Any]) -> bool:
@@ -207,8 +259,11 @@ class OurRun:
         reply = await self.users[ev.user].command_text(ev.query.text())
         t_ack = time.perf_counter()
         out.final = reply.body
+        out.reply = t_ack - t0
+        out.ack = "empty"
         if has_data(reply.body):
             out.first, out.in_ack = t_ack - t0, True
+            out.ack = "stale" if has_notice(reply.body) else "fresh"
             if not has_notice(reply.body):
                 out.fresh = t_ack - t0
                 return
@@ -239,6 +294,7 @@ class OurRun:
             out.problem = "no response_url post"
             return
         at, out.final = post
+        out.reply = at - t0
         if has_data(out.final):
             out.first = at - t0
 
@@ -252,18 +308,19 @@ def _notice_text(message: dict[str, Any]) -> str:
 
 
 async def run_ours(
-    config: SimConfig, events: Sequence[Event], *, factor: float, users: int
+    config: SimConfig, events: Sequence[Event], *, factor: float, users: int, fresh: float
 ) -> Side:
     env = {
         "HSS_RATE_LIMIT": f"{config.rate_limit}/{config.window:g}s",
-        "HSS_FRESH_SECONDS": f"{REAL_FRESH / factor:g}",
+        "HSS_FRESH_SECONDS": f"{fresh / factor:g}",
     }
     outcomes = [Outcome() for _ in events]
     async with AsyncExitStack() as exits:
         stack = await exits.enter_async_context(local_stack(sim_config=config, env=env))
         watcher = await exits.enter_async_context(ResponseWatcher(stack.standin))
         run = OurRun(stack, watcher, users=users, life=REAL_RESPONSE_URL_LIFE / factor)
-        start = time.perf_counter() + 0.2
+        log = CallLog(stack.sim, factor)
+        start = log.start = time.perf_counter() + 0.2
 
         async def one(ev: Event) -> None:
             await asyncio.sleep(max(0.0, start + ev.at / factor - time.perf_counter()))
@@ -277,16 +334,18 @@ async def run_ours(
                 out.done.set()
 
         await asyncio.gather(*(one(ev) for ev in events))
-        await asyncio.sleep(0.1)  # let refreshes still in flight land in the counters
+        end = time.perf_counter()
+        await asyncio.sleep(0.1)  # refreshes still in flight show as late calls
         sim = stack.sim
-        return Side(outcomes, sum(sim.calls.values()), sim.throttled, sim.stats())
+        calls, late = log.split(end)
+        return Side(outcomes, calls, late, sim.throttled, sim.stats())
 
 
 # --- the naive bot -----------------------------------------------------------------------------
 
 
 def _naive_call(client: HssClient, ev: Event) -> tuple[float, str]:
-    """One SDK call as the official sample makes it; (seconds if answered else inf, status)."""
+    """One SDK call as the official sample makes it; (seconds until it returned, status)."""
     q = ev.query
     request = ListAssociateRegistriesRequest(
         task_id=q.task,
@@ -300,14 +359,15 @@ def _naive_call(client: HssClient, ev: Event) -> tuple[float, str]:
     try:
         client.list_associate_registries(request)
     except sdk_errors.ClientRequestException as exc:
-        return INF, str(exc.status_code)
+        return time.perf_counter() - t0, str(exc.status_code)
     except sdk_errors.SdkException as exc:
-        return INF, type(exc).__name__
+        return time.perf_counter() - t0, type(exc).__name__
     return time.perf_counter() - t0, "200"
 
 
 async def run_naive(config: SimConfig, events: Sequence[Event], *, factor: float) -> Side:
     sim = Simulator(config)
+    log = CallLog(sim, factor)
     runner, url = await start_simulator(sim)
     creds = BasicCredentials(config.ak, config.sk, config.project_id)
     client = HssClient.new_builder().with_credentials(creds).with_endpoints([url]).build()
@@ -315,56 +375,97 @@ async def run_naive(config: SimConfig, events: Sequence[Event], *, factor: float
     loop = asyncio.get_running_loop()
     try:
         with ThreadPoolExecutor(max_workers=64) as pool:
-            start = time.perf_counter() + 0.2
+            start = log.start = time.perf_counter() + 0.2
 
             async def one(ev: Event) -> None:
                 await asyncio.sleep(max(0.0, start + ev.at / factor - time.perf_counter()))
                 elapsed, status = await loop.run_in_executor(pool, _naive_call, client, ev)
                 out = outcomes[ev.index]
-                out.first = out.fresh = elapsed
-                out.problem = "" if status == "200" else status
+                # An error could be shown at once (a reply); only a 200 is an answer.
+                out.reply = elapsed
+                if status == "200":
+                    out.first = out.fresh = elapsed
+                else:
+                    out.problem = status
 
             await asyncio.gather(*(one(ev) for ev in events))
+            end = time.perf_counter()
     finally:
         await runner.cleanup()
-    return Side(outcomes, sum(sim.calls.values()), sim.throttled, sim.stats())
+    calls, late = log.split(end)
+    return Side(outcomes, calls, late, sim.throttled, sim.stats())
 
 
 # --- report ------------------------------------------------------------------------------------
 
 
-def report_side(name: str, side: Side, events: Sequence[Event], factor: float) -> None:
+def report_side(
+    name: str, side: Side, events: Sequence[Event], factor: float, minutes: float
+) -> None:
     outs = side.outcomes
     commands = [o for o, e in zip(outs, events, strict=True) if e.after is None]
+    replies = [o.reply for o in outs]
     firsts = [o.first for o in outs]
     fresh = [o.fresh for o in commands]
+    in_window = [c for c in side.calls if c.at <= minutes * 60.0]
     p = f"workload.{name}"
     emit(f"{p}.answered_share", sum(f < INF for f in firsts) / len(outs))
+    emit(f"{p}.first_reply_p50_ms", ms(percentile(replies, 50)))
+    emit(f"{p}.first_reply_p99_ms", ms(percentile(replies, 99)))
     emit(f"{p}.first_answer_p50_ms", ms(percentile(firsts, 50)))
     emit(f"{p}.first_answer_p99_ms", ms(percentile(firsts, 99)))
+    emit(f"{p}.first_answer_p99_sim_s", percentile(firsts, 99) * factor)
     emit(f"{p}.fresh_share", sum(f < INF for f in fresh) / len(fresh))
     emit(f"{p}.fresh_p50_ms", ms(percentile(fresh, 50)))
     emit(f"{p}.fresh_p99_ms", ms(percentile(fresh, 99)))
     emit(f"{p}.fresh_p99_sim_s", percentile(fresh, 99) * factor)
-    emit(f"{p}.calls", side.calls)
+    emit(f"{p}.calls", len(side.calls))
+    emit(f"{p}.calls_in_window", len(in_window))
+    emit(f"{p}.calls_first_sim_s", min((c.at for c in side.calls), default=0.0))
+    emit(f"{p}.calls_last_sim_s", max((c.at for c in side.calls), default=0.0))
+    emit(f"{p}.calls_after_last_answer", side.late_calls)
     emit(f"{p}.throttled_429", side.throttled)
     if name == "ours":
         emit(f"{p}.first_answer_in_ack_share", sum(o.in_ack for o in outs) / len(outs))
+        for kind in ("fresh", "stale", "empty"):
+            emit(f"{p}.acks_{kind}", sum(o.ack == kind for o in commands))
         emit(f"{p}.max_calls_in_window", max(side.stats["max_in_window"].values(), default=0))
 
 
 def report(
-    events: Sequence[Event], ours: Side, naive: Side, factor: float, *, verbose: bool
+    events: Sequence[Event],
+    ours: Side,
+    naive: Side,
+    args: argparse.Namespace,
 ) -> None:
+    factor, minutes = args.factor, args.minutes
     kinds = {k: sum(e.kind == k for e in events) for k in ("new", "repeat", "page")}
-    print(f"# lookups={len(events)} kinds={json.dumps(kinds)} factor={factor:g}", flush=True)
-    report_side("ours", ours, events, factor)
-    report_side("naive", naive, events, factor)
-    emit("workload.calls_ratio_naive_over_ours", ratio(naive.calls, ours.calls))
-    if verbose:
+    ceiling = RATE_CALLS * minutes * 60.0 / REAL_WINDOW
+    print(
+        f"# lookups={len(events)} kinds={json.dumps(kinds)} factor={factor:g}"
+        f" fresh_seconds={args.fresh_seconds:g} (HSS_FRESH_SECONDS={args.fresh_seconds / factor:g})"
+        f" budget_ceiling_in_window={ceiling:g}",
+        flush=True,
+    )
+    report_side("ours", ours, events, factor, minutes)
+    report_side("naive", naive, events, factor, minutes)
+    emit("workload.calls_ratio_naive_over_ours", ratio(len(naive.calls), len(ours.calls)))
+    emit(
+        "workload.calls_in_window_ratio_naive_over_ours",
+        ratio(
+            sum(c.at <= minutes * 60.0 for c in naive.calls),
+            sum(c.at <= minutes * 60.0 for c in ours.calls),
+        ),
+    )
+    by_task = Counter(c.task for c in ours.calls)
+    print(f"# ours.calls_by_task {json.dumps(dict(sorted(by_task.items())))}", flush=True)
+    if args.verbose:
+        for call in ours.calls:
+            print(f"# call t={call.at:6.1f}s {call.status} {call.task} {call.query}")
         for ev, out in zip(events, ours.outcomes, strict=True):
             print(
                 f"# {ev.index:3d} t={ev.at:6.1f}s {ev.kind:6s} p{ev.page} {ev.query.text()!r:45s}"
+                f" ack={out.ack or '-':5s} reply={ms(out.reply):8.1f}ms"
                 f" first={ms(out.first):8.1f}ms fresh={ms(out.fresh):8.1f}ms {out.problem}"
             )
 
@@ -375,8 +476,10 @@ async def main_async(args: argparse.Namespace) -> None:
         config, seed=args.seed, users=args.users, lookups=args.lookups, minutes=args.minutes
     )
     naive = await run_naive(config, events, factor=args.factor)
-    ours = await run_ours(config, events, factor=args.factor, users=args.users)
-    report(events, ours, naive, args.factor, verbose=args.verbose)
+    ours = await run_ours(
+        config, events, factor=args.factor, users=args.users, fresh=args.fresh_seconds
+    )
+    report(events, ours, naive, args)
 
 
 def main() -> None:
@@ -386,6 +489,12 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--lookups", type=int, default=300)
     parser.add_argument("--minutes", type=float, default=10.0, help="simulated minutes")
+    parser.add_argument(
+        "--fresh-seconds",
+        type=float,
+        default=REAL_FRESH,
+        help="the bot's HSS_FRESH_SECONDS in real time (divided by --factor)",
+    )
     parser.add_argument("--verbose", action="store_true", help="one line per lookup, as #")
     args = parser.parse_args()
     quiet(["HuaweiCloud-SDK-HssClient"])
