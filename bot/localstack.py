@@ -73,14 +73,15 @@ async def local_stack(
         )
         runtime = await open_runtime(settings)
         stack.push_async_callback(runtime.aclose)
-        bolt = build_app(
+        slack = build_app(
             lookups=runtime.lookups,
             web_client=web_client(settings),
             signing_secret=SIGNING_SECRET,
             command_name=settings.command_name,
             max_wait=max_wait,
         )
-        runner, port = await start_http(build_web_app(bolt, runtime), host="127.0.0.1", port=0)
+        stack.push_async_callback(slack.aclose)
+        runner, port = await start_http(build_web_app(slack.app, runtime), host="127.0.0.1", port=0)
         stack.push_async_callback(runner.cleanup)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=30.0))
         user = SlackUser(

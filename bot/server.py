@@ -70,7 +70,7 @@ async def start_http(app: web.Application, *, host: str, port: int) -> tuple[web
 async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: S104
     """Run until SIGTERM/SIGINT."""
     runtime = await open_runtime(settings)
-    bolt = build_app(
+    slack = build_app(
         lookups=runtime.lookups,
         web_client=web_client(settings),
         signing_secret=None if settings.slack_app_token else _reveal(settings),
@@ -78,11 +78,11 @@ async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: 
     )
     socket_mode = settings.slack_app_token is not None
     runner, port = await start_http(
-        build_web_app(None if socket_mode else bolt, runtime), host=host, port=settings.port
+        build_web_app(None if socket_mode else slack.app, runtime), host=host, port=settings.port
     )
     handler: AsyncSocketModeHandler | None = None
     if settings.slack_app_token is not None:
-        handler = AsyncSocketModeHandler(bolt, settings.slack_app_token.reveal())
+        handler = AsyncSocketModeHandler(slack.app, settings.slack_app_token.reveal())
         await handler.connect_async()  # type: ignore[no-untyped-call]
         logger.info("connected to Slack in Socket Mode; health on port %d", port)
     else:
@@ -93,6 +93,7 @@ async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: 
         if handler is not None:
             await handler.close_async()  # type: ignore[no-untyped-call]
         await runner.cleanup()
+        await slack.aclose()
         await runtime.aclose()
 
 

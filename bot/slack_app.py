@@ -13,7 +13,8 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -77,9 +78,22 @@ class SlackHandlers:
         self._lookups = lookups
         self._clock = clock
         self._max_wait = max_wait
+        self._tasks: set[asyncio.Task[None]] = set()
         self._messages: OrderedDict[tuple[LookupRequest, str], tuple[Snapshot, Message]] = (
             OrderedDict()
         )
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run follow-up work after the listener returns (and Bolt sends the ack)."""
+        task = asyncio.create_task(_logged(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Shutdown: stop follow-ups still waiting (their response_url replies are lost)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def on_command(
         self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond
@@ -109,7 +123,7 @@ class SlackHandlers:
         )
         # Someone with no answer at all needs a call more than someone looking at older data.
         priority = Priority.BACKGROUND if peek.answer.has_data else Priority.INTERACTIVE
-        await self._deliver(respond, request, stale=peek.answer, page=0, priority=priority)
+        self._spawn(self._deliver(respond, request, stale=peek.answer, page=0, priority=priority))
 
     def _rendered(self, peek: Peek, now: float) -> Message:
         """The first page of a fresh answer. A burst of the same question renders once: the
@@ -156,15 +170,27 @@ class SlackHandlers:
     # --- buttons ---
 
     async def on_page(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        clicked = await self._clicked(ack, body, respond)
+        await ack()
+        self._spawn(self._show_page(body, respond))
+
+    async def on_refresh(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        self._spawn(self._refresh(body, respond))
+
+    async def on_share(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        self._spawn(self._share(body, respond))
+
+    async def _show_page(self, body: dict[str, Any], respond: AsyncRespond) -> None:
+        clicked = await self._clicked(body, respond)
         if clicked is None:
             return
         _, page, peek = clicked
         message = render_answer(peek.answer, page=page, now=self._clock())
         await respond(**_payload(message, response_type="ephemeral", replace_original=True))
 
-    async def on_refresh(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        clicked = await self._clicked(ack, body, respond)
+    async def _refresh(self, body: dict[str, Any], respond: AsyncRespond) -> None:
+        clicked = await self._clicked(body, respond)
         if clicked is None:
             return
         request, page, peek = clicked
@@ -177,8 +203,8 @@ class SlackHandlers:
         max_age = min(MIN_REFRESH_AGE, self._lookups.fresh_seconds)
         await self._deliver(respond, request, stale=peek.answer, page=page, max_age=max_age)
 
-    async def on_share(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        clicked = await self._clicked(ack, body, respond)
+    async def _share(self, body: dict[str, Any], respond: AsyncRespond) -> None:
+        clicked = await self._clicked(body, respond)
         if clicked is None:
             return
         _, page, peek = clicked
@@ -193,10 +219,9 @@ class SlackHandlers:
         await respond(**_payload(message, response_type="in_channel", replace_original=False))
 
     async def _clicked(
-        self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond
+        self, body: dict[str, Any], respond: AsyncRespond
     ) -> tuple[LookupRequest, int, Peek] | None:
-        """Ack a button, decode its value and read the mirror (no call); None if junk."""
-        await ack()
+        """Decode a button's value and read the mirror (no call); None if the value is junk."""
         decoded = await self._decode(body, respond)
         if decoded is None:
             return None
@@ -215,6 +240,24 @@ class SlackHandlers:
             return None
 
 
+@dataclass(frozen=True)
+class SlackBot:
+    app: AsyncApp
+    handlers: SlackHandlers
+
+    async def aclose(self) -> None:
+        await self.handlers.aclose()
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # a follow-up has no Bolt error handler above it: log it once
+        logger.exception("unhandled error after acknowledging a Slack request")
+
+
 async def _on_error(error: Exception, body: dict[str, Any]) -> None:
     # Listeners render BotErrors themselves; anything reaching here is a bug: log it once.
     logger.error("unhandled error in a Slack listener", exc_info=error)
@@ -228,13 +271,15 @@ def build_app(
     command_name: str,
     clock: Callable[[], float] = time.time,
     max_wait: float = MAX_WAIT,
-) -> AsyncApp:
+) -> SlackBot:
     """The Bolt app. ``signing_secret`` is None in Socket Mode (no HTTP requests to verify)."""
     app = AsyncApp(
         client=web_client,
         signing_secret=signing_secret,
         request_verification_enabled=signing_secret is not None,
-        process_before_response=False,
+        # The ack is sent when a listener returns; follow-up work runs in tasks we own
+        # (SlackHandlers._spawn), so no listener waits on Bolt's 10 ms ack polling.
+        process_before_response=True,
         raise_error_for_unhandled_request=False,
     )
     handlers = SlackHandlers(lookups=lookups, clock=clock, max_wait=max_wait)
@@ -243,4 +288,4 @@ def build_app(
     app.action(ACTION_REFRESH)(handlers.on_refresh)
     app.action(ACTION_SHARE)(handlers.on_share)
     app.error(_on_error)
-    return app
+    return SlackBot(app=app, handlers=handlers)
