@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot import keys  # noqa: E402
+from bot.sim_server import start_simulator  # noqa: E402
 from bot.simulator import (  # noqa: E402
     DEMO_AK,
     DEMO_PROJECT_ID,
@@ -51,7 +52,6 @@ from bot.simulator import (  # noqa: E402
     Faults,
     SimConfig,
     Simulator,
-    start_simulator,
 )
 
 TASK_ID = "big-task"

@@ -44,7 +44,8 @@ from bench.common import INF, ResponseWatcher, emit, ms, percentile, quiet, rati
 from bot.localstack import Stack, local_stack
 from bot.models import REGISTRY_TYPES, Registry
 from bot.render import ACTION_PAGE_NEXT, PAGE_SIZE
-from bot.simulator import _ROUTE, SimConfig, SimRequest, SimResponse, Simulator, start_simulator
+from bot.sim_server import start_simulator
+from bot.simulator import _ROUTE, SimConfig, SimRequest, SimResponse, Simulator
 from bot.slack_requests import SlackUser, button
 
 RATE_CALLS = 5

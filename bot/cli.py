@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # simulate and demo own their flags.
     if args_list[:1] == ["simulate"]:
-        from bot.simulator import cli_main as simulate_main
+        from bot.sim_server import cli_main as simulate_main
 
         return int(simulate_main(args_list[1:]))
     if args_list[:1] == ["demo"]:

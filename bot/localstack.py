@@ -17,7 +17,8 @@ from bot.config import Settings
 from bot.embedded_redis import EmbeddedRedis
 from bot.runtime import Runtime, open_runtime
 from bot.server import build_web_app, start_http, web_client
-from bot.simulator import SimConfig, Simulator, start_simulator
+from bot.sim_server import start_simulator
+from bot.simulator import SimConfig, Simulator
 from bot.slack_app import MAX_WAIT, build_app
 from bot.slack_requests import SlackUser
 from bot.slack_standin import SlackStandIn

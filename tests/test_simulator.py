@@ -16,8 +16,9 @@ from huaweicloudsdkcore.sdk_request import SdkRequest
 from huaweicloudsdkcore.signer.signer import Signer
 
 from bot import signer
+from bot.sim_server import cli_main
 from bot.simdata import HOSTILE_NAMES, Query, TaskData
-from bot.simulator import SimConfig, SimRequest, Simulator, cli_main
+from bot.simulator import SimConfig, SimRequest, Simulator
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
 
 Params = list[tuple[str, str]]
@@ -479,7 +480,7 @@ def test_cli_rejects_bad_flags(argv: list[str], capsys: pytest.CaptureFixture[st
 
 
 def test_cli_builds_config_from_flags() -> None:
-    from bot.simulator import _parser, config_from_args
+    from bot.sim_server import _parser, config_from_args
 
     args = _parser().parse_args(
         [

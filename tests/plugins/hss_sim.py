@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 
 from bot import signer
-from bot.simulator import SimConfig, Simulator, start_simulator
+from bot.sim_server import start_simulator
+from bot.simulator import SimConfig, Simulator
 
 TEST_AK = "AKTESTSIMULATOR00000"
 TEST_SK = "SKtestsimulator00000000000000000000000000"
