@@ -11,8 +11,14 @@ Rules shared by both implementations:
   fewer than ``reserve`` (default 1) slots free, so a person never queues behind the refresher.
 - A 429 from HSS (``penalize``) fills the window with phantom starts: nothing starts until
   ``retry_after`` (or, without one, a whole window) has passed.
-- Waiting sleeps until the reported wait (plus jitter), never polls in a tight loop; a waiter
-  that is cancelled or times out deregisters.
+- Interactive callers go first come, first served across processes: a caller starts only
+  while fewer live waiters arrived before it than slots are free (two free slots: the first
+  two may both go). A waiter keeps its arrival across its wake-ups, and a ``Ticket`` lets
+  several acquires (the pages of one fetch) share the arrival of the first.
+- Waiting sleeps until the reported wait (plus jitter), never polls in a tight loop. The
+  wait is until this caller's turn: with k waiters ahead, until the (k+1)-th slot frees,
+  so waiters wake one by one, not together. A waiter that is cancelled or times out
+  deregisters; one whose process died expires after its grace and stops holding others up.
 
 ``FailoverBudget`` keeps the bot usable while Redis is down: the budget is then enforced per
 process by a ``LocalCallBudget`` that has been shadowing this process's own starts.
@@ -47,60 +53,86 @@ T = TypeVar("T")
 BUDGET_LUA = """
 -- KEYS[1] = budget log: ZSET member = call id, score = start time (Redis clock, s)
 -- KEYS[2] = interactive waiters: ZSET member = waiter id, score = expiry (Redis clock, s)
+-- KEYS[3] = interactive queue: ZSET member = waiter id, score = arrival (Redis clock, s);
+--           the live members of KEYS[2] (one that expires there leaves both)
 -- ARGV[1] = mode: acquire | peek | penalize | note
 -- ARGV[2] = calls per window; ARGV[3] = window (s); ARGV[4] = call id (phantom id prefix)
 -- acquire:  ARGV[5] = priority (0 interactive, 1 background); ARGV[6] = waiter id ('' none);
---           ARGV[7] = waiter grace (s); ARGV[8] = slots background must leave free
+--           ARGV[7] = waiter grace (s); ARGV[8] = slots background must leave free;
+--           ARGV[9] = interactive arrival (Redis clock, s; '' = now); a waiter already
+--           queued keeps the arrival it was queued with
 -- penalize: ARGV[5] = seconds until the next call may start
 -- note:     ARGV[5..] = call id, age (s) pairs of starts Redis has not seen
--- returns {granted 0/1, wait (s) as a string, starts in the window}
+-- returns {granted 0/1, wait (s) as a string, starts in the window,
+--          arrival (s) as a string: the interactive caller's place in the queue, else ''}
+-- (acquire: the wait of this caller; otherwise the wait of a new interactive caller)
 if redis.replicate_commands then redis.replicate_commands() end
-local log, waiters = KEYS[1], KEYS[2]
+local log, waiters, queue = KEYS[1], KEYS[2], KEYS[3]
 local mode, limit, window, id = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
 redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', waiters, '-inf', now)) do
+  redis.call('ZREM', queue, dead)
+end
 redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
 
--- seconds until `needed` slots are free: starts leave the window oldest first
+-- seconds until `needed` slots are free: starts leave the window oldest first, and a slot
+-- needed beyond the window's calls is one taken (by a waiter ahead) a window earlier
 local function wait_for(needed)
-  local idx = redis.call('ZCARD', log) - limit + needed - 1
-  if idx < 0 then return 0 end
+  local rounds = math.floor((needed - 1) / limit)
+  local idx = redis.call('ZCARD', log) - limit + needed - rounds * limit - 1
+  if idx < 0 then return rounds * window end
   local entry = redis.call('ZRANGE', log, idx, idx, 'WITHSCORES')
-  return math.max(0, tonumber(entry[2]) + window - now)
+  return math.max(0, tonumber(entry[2]) + window - now) + rounds * window
 end
 
--- the key lives exactly as long as its newest entry matters
-local function expire(key, extra)
+-- the keys live exactly as long as the newest entry of the first matters
+local function expire(key, extra, also)
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   if last[2] then
-    redis.call('PEXPIREAT', key, math.ceil((tonumber(last[2]) + extra) * 1000))
+    local at = math.ceil((tonumber(last[2]) + extra) * 1000)
+    redis.call('PEXPIREAT', key, at)
+    if also then redis.call('PEXPIREAT', also, at) end
   end
 end
 
-local function reply(granted)
-  return {granted, string.format('%.6f', wait_for(1)), redis.call('ZCARD', log)}
+local function reply(granted, wait, arrival)
+  local place = arrival and string.format('%.6f', arrival) or ''
+  return {granted, string.format('%.6f', wait), redis.call('ZCARD', log), place}
+end
+
+-- an interactive caller goes when fewer waiters are ahead of it than slots are free
+local function interactive(waiter, arrival)
+  if waiter == '' then return wait_for(redis.call('ZCARD', queue) + 1), arrival end
+  redis.call('ZADD', queue, 'NX', arrival, waiter)
+  local ahead = redis.call('ZRANK', queue, waiter)
+  return wait_for(ahead + 1), tonumber(redis.call('ZSCORE', queue, waiter))
 end
 
 if mode == 'acquire' then
-  local waiter = ARGV[6]
-  local wait = wait_for(1)
-  if tonumber(ARGV[5]) ~= 0 then
+  local waiter, wait, arrival = ARGV[6], 0, nil
+  if tonumber(ARGV[5]) == 0 then
+    wait, arrival = interactive(waiter, math.min(tonumber(ARGV[9]) or now, now))
+  else
     wait = wait_for(1 + tonumber(ARGV[8]))
     if wait == 0 and redis.call('ZCARD', waiters) > 0 then wait = window / limit end
   end
   if wait > 0 then
     if waiter ~= '' then
       redis.call('ZADD', waiters, now + wait + tonumber(ARGV[7]), waiter)
-      expire(waiters, 0)
+      expire(waiters, 0, queue)
     end
-    return {0, string.format('%.6f', wait), redis.call('ZCARD', log)}
+    return reply(0, wait, arrival)
   end
   redis.call('ZADD', log, now, id)
   expire(log, window)
-  if waiter ~= '' then redis.call('ZREM', waiters, waiter) end
-  return reply(1)
+  if waiter ~= '' then
+    redis.call('ZREM', waiters, waiter)
+    redis.call('ZREM', queue, waiter)
+  end
+  return reply(1, 0, arrival)
 elseif mode == 'penalize' then
   local score = now + tonumber(ARGV[5]) - window
   -- starts older than the phantoms leave the window before them: they no longer matter
@@ -114,7 +146,7 @@ elseif mode == 'note' then
   end
   expire(log, window)
 end
-return reply(0)
+return reply(0, wait_for(redis.call('ZCARD', queue) + 1))
 """
 
 
@@ -123,10 +155,29 @@ class Priority(IntEnum):
     BACKGROUND = 1
 
 
+class Ticket:
+    """A place in the interactive queue that outlasts one ``acquire``.
+
+    Every interactive acquire holds one while it waits, so its retries keep its arrival.
+    Passing the same ticket to several acquires (the pages of one fetch) queues each of
+    them at the arrival of the first instead of at the back. Arrivals are kept per clock
+    (Redis's, this process's): a ticket may move from Redis to the fallback and back.
+    """
+
+    __slots__ = ("arrivals",)
+
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+
+
 @runtime_checkable
 class CallBudget(Protocol):
     async def acquire(
-        self, priority: Priority = Priority.INTERACTIVE, *, timeout: float | None = None
+        self,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        timeout: float | None = None,
+        ticket: Ticket | None = None,
     ) -> None: ...
 
     async def next_slot_in(self) -> float: ...
@@ -157,19 +208,28 @@ class _SlidingWindowBudget(ABC):
         self._jitter = min(0.05, limit.window / 100)
 
     async def acquire(
-        self, priority: Priority = Priority.INTERACTIVE, *, timeout: float | None = None
+        self,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        timeout: float | None = None,
+        ticket: Ticket | None = None,
     ) -> None:
-        await self.acquire_call(priority, timeout=timeout)
+        await self.acquire_call(priority, timeout=timeout, ticket=ticket)
 
     async def acquire_call(
-        self, priority: Priority = Priority.INTERACTIVE, *, timeout: float | None = None
+        self,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        timeout: float | None = None,
+        ticket: Ticket | None = None,
     ) -> str:
         """Like ``acquire``; returns the id the call start was logged under."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         call_id = _new_id()
         waiter = _new_id() if priority is Priority.INTERACTIVE else ""
+        place = Ticket() if ticket is None else ticket
         try:
-            while (wait := await self._attempt(priority, call_id, waiter)) > 0:
+            while (wait := await self._attempt(priority, call_id, waiter, place)) > 0:
                 await self._sleep(wait, deadline)
         except BaseException:
             if waiter:  # granted waiters are removed atomically; others must leave
@@ -178,7 +238,8 @@ class _SlidingWindowBudget(ABC):
         return call_id
 
     async def _sleep(self, wait: float, deadline: float | None) -> None:
-        # Nothing frees a slot early, so a wait beyond the deadline is already a timeout.
+        # The wait is until this caller's turn (waiters ahead leaving can only make it sooner
+        # by one slot each), so a wait beyond the deadline is already a timeout.
         if deadline is not None and wait > deadline - time.monotonic():
             raise BudgetTimeout(wait)
         await asyncio.sleep(max(0.001, wait + random.uniform(0.0, self._jitter)))
@@ -190,7 +251,9 @@ class _SlidingWindowBudget(ABC):
         return max(0, self.limit.calls - (await self._peek())[1])
 
     @abstractmethod
-    async def _attempt(self, priority: Priority, call_id: str, waiter: str) -> float:
+    async def _attempt(
+        self, priority: Priority, call_id: str, waiter: str, ticket: Ticket
+    ) -> float:
         """Start a call now (returns 0.0) or register ``waiter`` and return the wait."""
 
     @abstractmethod
@@ -198,7 +261,7 @@ class _SlidingWindowBudget(ABC):
 
     @abstractmethod
     async def _peek(self) -> tuple[float, int]:
-        """(seconds until an interactive call could start, starts in the window)."""
+        """(seconds until a new interactive call could start, starts in the window)."""
 
 
 class RedisCallBudget(_SlidingWindowBudget):
@@ -215,28 +278,38 @@ class RedisCallBudget(_SlidingWindowBudget):
     ) -> None:
         super().__init__(limit=limit, reserve=reserve)
         self._redis = redis
-        self._keys = [keys.budget_log(scope), keys.budget_waiters(scope)]
+        self._keys = [keys.budget_log(scope), keys.budget_waiters(scope), keys.budget_queue(scope)]
         # A waiter refreshes its entry each time it wakes; the grace covers a slow wake-up.
         self._grace = waiter_grace
         self._script = redis.register_script(BUDGET_LUA)
 
-    async def _run(self, mode: str, call_id: str, *args: str | float) -> tuple[bool, float, int]:
+    async def _run(
+        self, mode: str, call_id: str, *args: str | float
+    ) -> tuple[bool, float, int, float | None]:
         base: list[str | float] = [mode, self.limit.calls, self.limit.window, call_id]
-        granted, wait, count = await self._script(keys=self._keys, args=[*base, *args])
-        return bool(int(granted)), float(wait), int(count)
+        granted, wait, count, arrival = await self._script(keys=self._keys, args=[*base, *args])
+        return bool(int(granted)), float(wait), int(count), float(arrival) if arrival else None
 
-    async def _attempt(self, priority: Priority, call_id: str, waiter: str) -> float:
-        args = (int(priority), waiter, self._grace, self.reserve)
-        granted, wait, _ = await self._run("acquire", call_id, *args)
+    async def _attempt(
+        self, priority: Priority, call_id: str, waiter: str, ticket: Ticket
+    ) -> float:
+        arrival = ticket.arrivals.get("redis", "")
+        args = (int(priority), waiter, self._grace, self.reserve, arrival)
+        granted, wait, _, queued_at = await self._run("acquire", call_id, *args)
+        if queued_at is not None:
+            ticket.arrivals["redis"] = queued_at
         return 0.0 if granted else max(wait, 0.001)
 
     async def _leave(self, waiter: str) -> None:
-        # Best effort: if Redis is gone the entry expires on its own after its grace.
+        # Best effort: if Redis is gone the entries expire on their own after the grace.
         with contextlib.suppress(*REDIS_OUTAGE):
-            await self._redis.zrem(self._keys[1], waiter)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._keys[1], waiter)
+                pipe.zrem(self._keys[2], waiter)
+                await pipe.execute()
 
     async def _peek(self) -> tuple[float, int]:
-        _, wait, count = await self._run("peek", "")
+        _, wait, count, _ = await self._run("peek", "")
         return wait, count
 
     async def penalize(self, retry_after: float | None) -> None:
@@ -251,47 +324,74 @@ class LocalCallBudget(_SlidingWindowBudget):
     """The same budget for one process (asyncio-safe, not thread-safe)."""
 
     def __init__(
-        self, *, limit: RateLimit, clock: Callable[[], float] = time.monotonic, reserve: int = 1
+        self,
+        *,
+        limit: RateLimit,
+        clock: Callable[[], float] = time.monotonic,
+        reserve: int = 1,
+        waiter_grace: float = 2.0,
     ) -> None:
         super().__init__(limit=limit, reserve=reserve)
         self._clock = clock
+        self._grace = waiter_grace
         self._starts: list[tuple[float, str]] = []  # sorted by time; phantoms may be ahead
-        self._waiters: set[str] = set()
+        # Interactive waiters, in arrival order (ties by id, as in Redis), and their expiry.
+        self._queue: dict[str, tuple[float, str]] = {}
+        self._expiry: dict[str, float] = {}
 
     def _trim(self) -> float:
         now = self._clock()
         horizon = now - self.limit.window
         while self._starts and self._starts[0][0] <= horizon:
             self._starts.pop(0)
+        for waiter in [w for w, at in self._expiry.items() if at <= now]:
+            self._forget(waiter)
         return now
 
-    def _wait_for(self, needed: int, now: float) -> float:
-        idx = len(self._starts) - self.limit.calls + needed - 1
-        if idx < 0:
-            return 0.0
-        return max(0.0, self._starts[idx][0] + self.limit.window - now)
+    def _forget(self, waiter: str) -> None:
+        self._queue.pop(waiter, None)
+        self._expiry.pop(waiter, None)
 
-    async def _attempt(self, priority: Priority, call_id: str, waiter: str) -> float:
+    def _wait_for(self, needed: int, now: float) -> float:
+        rounds, needed = divmod(needed - 1, self.limit.calls)
+        idx = len(self._starts) - self.limit.calls + needed
+        if idx < 0:
+            return rounds * self.limit.window
+        return max(0.0, self._starts[idx][0] + self.limit.window - now) + rounds * self.limit.window
+
+    def _interactive_wait(self, waiter: str, ticket: Ticket, now: float) -> float:
+        if not waiter:
+            return self._wait_for(len(self._queue) + 1, now)
+        place = self._queue.setdefault(
+            waiter, (min(ticket.arrivals.get("local", now), now), waiter)
+        )
+        ticket.arrivals["local"] = place[0]
+        return self._wait_for(sum(other < place for other in self._queue.values()) + 1, now)
+
+    async def _attempt(
+        self, priority: Priority, call_id: str, waiter: str, ticket: Ticket
+    ) -> float:
         now = self._trim()
-        wait = self._wait_for(1, now)
-        if priority is Priority.BACKGROUND:
+        if priority is Priority.INTERACTIVE:
+            wait = self._interactive_wait(waiter, ticket, now)
+        else:
             wait = self._wait_for(1 + self.reserve, now)
-            if wait == 0 and self._waiters:
+            if wait == 0 and self._expiry:
                 wait = self.limit.window / self.limit.calls
         if wait > 0:
             if waiter:
-                self._waiters.add(waiter)
+                self._expiry[waiter] = now + wait + self._grace
             return wait
         self.record(call_id, now)
-        self._waiters.discard(waiter)
+        self._forget(waiter)
         return 0.0
 
     async def _leave(self, waiter: str) -> None:
-        self._waiters.discard(waiter)
+        self._forget(waiter)
 
     async def _peek(self) -> tuple[float, int]:
         now = self._trim()
-        return self._wait_for(1, now), len(self._starts)
+        return self._wait_for(len(self._queue) + 1, now), len(self._starts)
 
     async def penalize(self, retry_after: float | None) -> None:
         now = self._trim()
@@ -342,17 +442,22 @@ class FailoverBudget:
         return self._health.down
 
     async def acquire(
-        self, priority: Priority = Priority.INTERACTIVE, *, timeout: float | None = None
+        self,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        timeout: float | None = None,
+        ticket: Ticket | None = None,
     ) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        place = Ticket() if ticket is None else ticket  # a waiter keeps it through an outage
         call_id = await self._via_primary(
-            lambda: self._primary.acquire_call(priority, timeout=timeout)
+            lambda: self._primary.acquire_call(priority, timeout=timeout, ticket=place)
         )
         if isinstance(call_id, str):
             self._fallback.record(call_id)  # shadow it, in case Redis goes away within the window
             return
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        await self._fallback.acquire(priority, timeout=left)
+        await self._fallback.acquire(priority, timeout=left, ticket=place)
 
     async def next_slot_in(self) -> float:
         wait = await self._via_primary(self._primary.next_slot_in)

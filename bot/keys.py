@@ -32,8 +32,17 @@ def budget_log(scope: str) -> str:
 
 def budget_waiters(scope: str) -> str:
     """ZSET member=waiter id, score=expiry time (s). Interactive callers waiting for a slot;
-    background callers yield to any live entry. Entries expire if their owner dies."""
+    background callers yield to any live entry. Entries expire if their owner dies; the key
+    expires with its last entry."""
     return f"{PREFIX}:budget:{scope}:waiters"
+
+
+def budget_queue(scope: str) -> str:
+    """ZSET member=waiter id, score=arrival time (s). The live waiters of ``budget_waiters``
+    in arrival order, so slots go first come, first served across replicas (the expiry set
+    alone cannot keep order: it is rewritten on every wake-up). Trimmed with the waiters'
+    set; same TTL."""
+    return f"{PREFIX}:budget:{scope}:queue"
 
 
 def auth_lock(scope: str) -> str:

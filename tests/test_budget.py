@@ -17,11 +17,13 @@ import redis.asyncio as aioredis
 
 from bot import keys
 from bot.budget import (
+    BUDGET_LUA,
     CallBudget,
     FailoverBudget,
     LocalCallBudget,
     Priority,
     RedisCallBudget,
+    Ticket,
 )
 from bot.config import RateLimit
 from bot.embedded_redis import EmbeddedRedis
@@ -327,3 +329,175 @@ async def test_one_call_per_window_still_serves_background(new_budget: BudgetMak
     await budget.acquire(Priority.BACKGROUND, timeout=0)  # no slot is held back at 1/window
     with pytest.raises(BudgetTimeout):
         await budget.acquire(Priority.INTERACTIVE, timeout=0.1)
+
+
+# --- first come, first served ---
+
+ONE = RateLimit(1, 0.2)  # one slot per 0.2 s: every waiter has its own turn
+
+
+async def queue_up(
+    budgets: list[CallBudget], names: list[str], order: list[str]
+) -> list[asyncio.Task[float]]:
+    """Interactive waiters ``names``, arriving one after another across ``budgets``
+    (replicas); each appends its name to ``order`` and returns its grant time."""
+
+    async def wait(budget: CallBudget, name: str) -> float:
+        await budget.acquire()
+        order.append(name)
+        return time.monotonic()
+
+    tasks = []
+    for i, name in enumerate(names):
+        tasks.append(asyncio.create_task(wait(budgets[i % len(budgets)], name)))
+        await asyncio.sleep(0.02)  # registered (one script call) before the next one arrives
+    return tasks
+
+
+async def script_calls(redis: aioredis.Redis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(
+        int(v["calls"]) for k, v in stats.items() if k in {"cmdstat_evalsha", "cmdstat_eval"}
+    )
+
+
+async def test_interactive_waiters_are_served_in_arrival_order(new_budget: BudgetMaker) -> None:
+    replicas = [new_budget(limit=ONE) for _ in range(3)]
+    await fill(replicas[0], ONE)
+    started = time.monotonic()
+    order: list[str] = []
+    names = [f"w{i}" for i in range(6)]
+    times = await asyncio.gather(*await queue_up(replicas, names, order))
+    assert order == names
+    assert_sliding_window(times, ONE)
+    # Each is served at its turn: no slot goes unused while someone waits.
+    for turn, at in enumerate(times, start=1):
+        assert at - started == pytest.approx(turn * ONE.window, abs=TOL + 0.01 * turn)
+
+
+async def test_waiters_wake_one_by_one(redis: aioredis.Redis, redis_factory: RedisFactory) -> None:
+    replicas = [RedisCallBudget(redis_factory(), scope="s", limit=ONE) for _ in range(3)]
+    await fill(replicas[0], ONE)
+    before = await script_calls(redis)
+    order: list[str] = []
+    await asyncio.gather(*await queue_up(replicas, [f"w{i}" for i in range(6)], order))
+    # Each waiter: one registration, one grant, at most one early wake-up. Waking all
+    # waiters at every free slot would take 6 + (6 + 5 + 4 + 3 + 2 + 1) = 27 calls.
+    assert await script_calls(redis) - before <= 3 * 6
+
+
+async def test_the_wait_is_until_the_waiters_own_turn(redis: aioredis.Redis) -> None:
+    limit = RateLimit(2, 1.0)
+    script = redis.register_script(BUDGET_LUA)
+    budget_keys = [keys.budget_log("s"), keys.budget_waiters("s"), keys.budget_queue("s")]
+
+    async def acquire(waiter: str, arrival: float | str = "") -> tuple[bool, float, float]:
+        args = ["acquire", limit.calls, limit.window, f"call-{waiter}", 0, waiter, 2.0, 1, arrival]
+        granted, wait, _, queued_at = await script(keys=budget_keys, args=args)
+        return bool(granted), float(wait), float(queued_at)
+
+    # Two starts in the window; their slots free in 0.1 s and 0.5 s.
+    await RedisCallBudget(redis, scope="s", limit=limit).note_starts([("x", 0.9), ("y", 0.5)])
+    waits = [(await acquire(w))[1] for w in "abcd"]
+    # The 3rd and 4th waiters need slots the 1st and 2nd will take: a window later.
+    assert waits == pytest.approx([0.1, 0.5, 1.1, 1.5], abs=0.02)
+    arrival_a = await redis.zscore(keys.budget_queue("s"), "a")
+    _, wait, queued_at = await acquire("a")  # waking up again does not move it to the back
+    assert wait == pytest.approx(0.1, abs=0.02)
+    assert queued_at == pytest.approx(arrival_a, abs=1e-5)
+    assert await redis.zscore(keys.budget_queue("s"), "a") == arrival_a
+    # A caller that brings an earlier arrival (a ticket) goes before them all.
+    _, wait, _ = await acquire("e", arrival=arrival_a - 1)
+    assert wait == pytest.approx(0.1, abs=0.02)
+    assert (await acquire("a"))[1] == pytest.approx(0.5, abs=0.02)
+    assert await redis.zrange(keys.budget_queue("s"), 0, -1) == [b"e", b"a", b"b", b"c", b"d"]
+    assert await redis.pttl(keys.budget_queue("s")) > 0, "entries of dead waiters expire"
+
+
+async def test_two_free_slots_serve_the_first_two_waiters(redis: aioredis.Redis) -> None:
+    budget = RedisCallBudget(redis, scope="s", limit=RateLimit(2, 0.3))
+    await fill(budget, RateLimit(2, 0.3))
+    order: list[str] = []
+    tasks = await queue_up([budget], ["a", "b", "c"], order)
+    times = await asyncio.gather(*tasks)
+    assert sorted(order[:2]) == ["a", "b"] and order[2] == "c"  # a and b in either order
+    assert abs(times[1] - times[0]) < TOL, "the second waiter does not wait for the first"
+    assert times[2] - times[0] == pytest.approx(0.3, abs=TOL)
+
+
+async def test_a_cancelled_waiter_frees_its_place(new_budget: BudgetMaker) -> None:
+    budgets = [new_budget(limit=ONE) for _ in range(2)]
+    await fill(budgets[0], ONE)
+    started = time.monotonic()
+    order: list[str] = []
+    a, b, c = await queue_up(budgets, ["a", "b", "c"], order)
+    b.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await b
+    (d,) = await queue_up(budgets, ["d"], order)
+    await asyncio.gather(a, c, d)
+    assert order == ["a", "c", "d"]
+    # c was told its turn was the 3rd slot; it may not be served later than that.
+    assert c.result() - started < 3 * ONE.window + TOL
+
+
+async def test_queue_entries_leave_with_their_waiter(redis: aioredis.Redis) -> None:
+    budget = RedisCallBudget(redis, scope="s", limit=ONE)
+    await fill(budget, ONE)
+    order: list[str] = []
+    a, b = await queue_up([budget], ["a", "b"], order)
+    assert await redis.zcard(keys.budget_queue("s")) == 2
+    b.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await b
+    assert await redis.zcard(keys.budget_queue("s")) == 1
+    assert await redis.zcard(keys.budget_waiters("s")) == 1
+    await a
+    assert await redis.exists(keys.budget_queue("s"), keys.budget_waiters("s")) == 0
+
+
+async def test_a_dead_waiter_stops_blocking_after_its_grace(redis: aioredis.Redis) -> None:
+    budget = RedisCallBudget(redis, scope="s", limit=ONE)
+    await fill(budget, ONE)
+    seconds, micros = await redis.time()
+    now = seconds + micros / 1e6
+    # Another replica's waiter, first in the queue, whose process died: it never wakes up.
+    await redis.zadd(keys.budget_queue("s"), {"dead": now - 1.0})
+    await redis.zadd(keys.budget_waiters("s"), {"dead": now + 0.3})
+    started = time.monotonic()
+    await budget.acquire(timeout=2.0)
+    # It held the head of the queue until it expired, and not longer than a slot after.
+    assert 0.3 - TOL < time.monotonic() - started < 0.3 + ONE.window + TOL
+    assert await redis.zscore(keys.budget_queue("s"), "dead") is None
+
+
+async def test_a_ticket_keeps_the_place_of_the_first_page(new_budget: BudgetMaker) -> None:
+    budget = new_budget(limit=ONE)
+    order: list[str] = []
+    fetch = Ticket()
+    await budget.acquire(ticket=fetch)  # page 1 of a fetch
+    (question,) = await queue_up([budget], ["question"], order)
+    await budget.acquire(ticket=fetch)  # page 2 arrived after the question, goes before it
+    order.append("page 2")
+    await question
+    await budget.acquire()  # without a ticket: the back of the queue
+    assert order == ["page 2", "question"]
+
+
+async def test_mixed_load_keeps_the_window(new_budget: BudgetMaker) -> None:
+    limit = RateLimit(3, 0.3)
+    replicas = [new_budget(limit=limit) for _ in range(3)]
+    times: list[float] = []
+
+    async def take(budget: CallBudget, priority: Priority, count: int) -> None:
+        for _ in range(count):
+            await budget.acquire(priority)
+            times.append(time.monotonic())
+
+    await asyncio.gather(
+        *(take(b, Priority.BACKGROUND, 3) for b in replicas),
+        *(take(b, Priority.INTERACTIVE, 3) for b in replicas),
+        *(take(b, Priority.INTERACTIVE, 1) for b in replicas),
+    )
+    assert len(times) == 21
+    assert_sliding_window(times, limit)
