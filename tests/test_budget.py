@@ -17,7 +17,6 @@ import redis.asyncio as aioredis
 
 from bot import keys
 from bot.budget import (
-    BUDGET_LUA,
     CallBudget,
     FailoverBudget,
     LocalCallBudget,
@@ -25,6 +24,7 @@ from bot.budget import (
     RedisCallBudget,
     Ticket,
 )
+from bot.budget_script import BUDGET_LUA
 from bot.config import RateLimit
 from bot.embedded_redis import EmbeddedRedis
 from bot.errors import BudgetTimeout
