@@ -7,12 +7,12 @@ case-insensitive)::
     /hss-sync help                              -> Help()
     /hss-sync <task_id> [finished|running|failed] [type=T1,T2,...] [name=<registry>]
               [ep=<enterprise_project_id>]      -> Lookup(LookupRequest(...))
+    /hss-sync watch|unwatch|watches|mute|unmute ...   -> see bot.watch_command
 
 Words may be quoted with ``"..."`` (or the curly quotes that phones and macOS substitute) to
-hold spaces: ``name="prod harbor"``. Slack sends the text with ``&``, ``<``, ``>`` encoded as
-entities and wraps what it auto-links in ``<...>``: a link counts as the text the user typed
-(its label, else its URL); channels, users and other mentions are kept as :class:`SlackRef`
-tokens so a future ``watch <task> #channel`` can use them, and are refused by a lookup.
+hold spaces: ``name="prod harbor"``. Tokenizing (Slack's escaping, links, ``<#C1|ops>``
+references) and the checks on values live in :mod:`bot.words`; a lookup refuses channels and
+mentions.
 
 Sub-commands are dispatched on the first word through :data:`_SUBCOMMANDS`; a new one is a
 frozen dataclass, a ``_parse_x(words)`` function and a table entry. Any other first word is
@@ -25,35 +25,41 @@ accepted; echoed input is shortened so the message stays small.
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bot import watch_command
+from bot import words as _words
 from bot.errors import CommandError
-from bot.models import (
-    EP_ID_MAX,
-    REGISTRY_NAME_MAX,
-    REGISTRY_TYPES,
-    TASK_ID_MAX,
-    LookupRequest,
-    SyncStatus,
+from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
+from bot.watch_command import (
+    ListWatches,
+    Mute,
+    Unmute,
+    Unwatch,
+    Watch,
 )
-from bot.mrkdwn import truncate, unescape
+from bot.words import (
+    STATUSES_TEXT,
+    TYPES_TEXT,
+    SlackRef,
+    Word,
+    echo,
+    parse_status,
+    parse_types,
+    tokenize,
+    validate_ep,
+    validate_name,
+)
 
 USAGE = (
     "/hss-sync <task_id> [finished|running|failed] [type=Harbor,Jfrog,...] "
     "[name=<registry>] [ep=<enterprise_project_id>]"
 )
+#: Every form of the command, lookup first, for the help message.
+USAGES: tuple[str, ...] = (USAGE, *watch_command.USAGES)
 #: A task id, a status and three options.
 MAX_WORDS = 5
-_ECHO_MAX = 40
-_STATUSES = ", ".join(s.value for s in SyncStatus)
-_TYPES_BY_KEY = {t.casefold(): t for t in REGISTRY_TYPES}
-_TYPES_TEXT = ", ".join(REGISTRY_TYPES)
-_TOKEN_RE = re.compile(
-    r'(?P<space>\s+)|(?P<quote>["\u201c\u201d])|<(?P<ref>[^<>]*)>|(?P<text>[^\s"\u201c\u201d<]+|<)'
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,164 +74,11 @@ class Lookup:
     request: LookupRequest
 
 
-Command = Help | Lookup
-
-
-@dataclass(frozen=True, slots=True)
-class SlackRef:
-    """A ``<...>`` reference Slack inserted: ``kind`` is ``#`` (channel), ``@`` (user) or
-    ``!`` (special mention, user group, date); ``ident`` the id, ``label`` the shown text."""
-
-    kind: str
-    ident: str
-    label: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Word:
-    """One whitespace-separated word: unescaped, quotes removed; ``ref`` when it was a lone
-    Slack channel/user/special reference."""
-
-    text: str
-    ref: SlackRef | None = None
-
-
-def echo(value: str) -> str:
-    """User input shortened for quoting back in an error message."""
-    return truncate(value, _ECHO_MAX)
-
-
-# --- tokenizing ---------------------------------------------------------------------------
-
-
-def _link_text(inner: str) -> str | SlackRef:
-    """What a ``<inner>`` reference stands for: typed text for links, a ref otherwise."""
-    target, _, label = inner.partition("|")
-    if target[:1] in ("#", "@", "!"):
-        return SlackRef(kind=target[0], ident=unescape(target[1:]), label=unescape(label))
-    if label:
-        return unescape(label)
-    # Slack auto-links e-mail addresses as <mailto:a@b|a@b>; without a label keep the URL.
-    return unescape(target)
-
-
-class _WordBuilder:
-    """Accumulates the pieces of the current word while scanning."""
-
-    def __init__(self) -> None:
-        self.words: list[Word] = []
-        self.pieces: list[str | SlackRef] = []
-        self.started = False
-
-    def add(self, piece: str | SlackRef) -> None:
-        self.pieces.append(piece)
-        self.started = True
-
-    def flush(self) -> None:
-        if not self.started:
-            return
-        refs = [p for p in self.pieces if isinstance(p, SlackRef)]
-        text = "".join(p for p in self.pieces if isinstance(p, str))
-        if refs and (text or len(refs) > 1):
-            raise CommandError(
-                "A channel or mention must be a word of its own; "
-                "quote names that contain one, or write them without it."
-            )
-        self.words.append(Word(text=text, ref=refs[0] if refs else None))
-        self.pieces = []
-        self.started = False
-
-
-def tokenize(text: str) -> list[Word]:
-    """Split Slack command text into words, honouring quotes and ``<...>`` references."""
-    builder = _WordBuilder()
-    in_quote = False
-    for match in _TOKEN_RE.finditer(text):
-        kind = match.lastgroup
-        if kind == "space":
-            if in_quote:
-                builder.add(match.group())
-            else:
-                builder.flush()
-        elif kind == "quote":
-            in_quote = not in_quote
-            builder.started = True  # `name=""` is an empty value, not a missing one
-        elif kind == "ref":
-            builder.add(_link_text(match.group("ref")))
-        else:
-            builder.add(unescape(match.group()))
-    if in_quote:
-        raise CommandError('Unbalanced quote: close every " you open, e.g. name="my registry".')
-    builder.flush()
-    return builder.words
-
-
-# --- validating values (shared with button-value decoding in bot.action_value) -------------
-
-
-def _check_chars(what: str, value: str) -> None:
-    # Control characters and lone surrogates cannot be sent to HSS or shown sensibly.
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        raise CommandError(f"The {what} contains control characters; use printable text only.")
+Command = Help | Lookup | Watch | Unwatch | ListWatches | Mute | Unmute
 
 
 def validate_task_id(value: str) -> str:
-    if not value.strip():
-        raise CommandError(f"The task id is empty. Usage: {USAGE}")
-    if len(value) > TASK_ID_MAX:
-        raise CommandError(
-            f'Task id "{echo(value)}" is too long: at most {TASK_ID_MAX} characters.'
-        )
-    _check_chars("task id", value)
-    return value
-
-
-def validate_name(value: str) -> str:
-    if not value.strip():
-        raise CommandError('name= needs a registry name, e.g. name=harbor-prod or name="my reg".')
-    if len(value) > REGISTRY_NAME_MAX:
-        raise CommandError(
-            f'Registry name "{echo(value)}" is too long: at most {REGISTRY_NAME_MAX} characters.'
-        )
-    _check_chars("registry name", value)
-    return value
-
-
-def validate_ep(value: str) -> str:
-    if not value.strip():
-        raise CommandError("ep= needs an enterprise project id, e.g. ep=0 or ep=all_granted_eps.")
-    if len(value) > EP_ID_MAX:
-        raise CommandError(
-            f'Enterprise project id "{echo(value)}" is too long: at most {EP_ID_MAX} characters.'
-        )
-    _check_chars("enterprise project id", value)
-    return value
-
-
-def parse_status(value: str) -> SyncStatus:
-    try:
-        return SyncStatus(value.casefold())
-    except ValueError:
-        raise CommandError(f'Unknown status "{echo(value)}". Use one of {_STATUSES}.') from None
-
-
-def parse_types(items: Iterable[str]) -> frozenset[str]:
-    """Canonical registry types from case-insensitive names; empty items are skipped."""
-    types: set[str] = set()
-    for item in items:
-        key = item.strip().casefold()
-        if not key:
-            continue
-        canonical = _TYPES_BY_KEY.get(key)
-        if canonical is None:
-            raise CommandError(
-                f'Unknown registry type "{echo(item.strip())}". Use any of {_TYPES_TEXT}, '
-                "comma-separated."
-            )
-        types.add(canonical)
-    if not types:
-        raise CommandError(f"type= needs at least one of {_TYPES_TEXT}, comma-separated.")
-    return frozenset(types)
+    return _words.validate_task_id(value, usage=USAGE)
 
 
 # --- the lookup command ---------------------------------------------------------------------
@@ -288,7 +141,7 @@ def _option(draft: _Draft, word: str) -> None:
 
 def _status(draft: _Draft, word: str) -> None:
     if "status" in draft.seen:
-        raise CommandError(f'A second status "{echo(word)}": give at most one of {_STATUSES}.')
+        raise CommandError(f'A second status "{echo(word)}": give at most one of {STATUSES_TEXT}.')
     draft.seen.add("status")
     draft.status = parse_status(word)
 
@@ -332,9 +185,10 @@ def _parse_help(words: list[Word]) -> Command:
     return Help()
 
 
-#: First word (case-insensitive) -> parser of all words. Later: watch, unwatch, watches, ...
+#: First word (case-insensitive) -> parser of all words.
 _SUBCOMMANDS: dict[str, Callable[[list[Word]], Command]] = {
     "help": _parse_help,
+    **watch_command.PARSERS,
 }
 
 
@@ -352,12 +206,37 @@ def validate_request(request: LookupRequest) -> LookupRequest:
     """Apply the parser's checks to a request built elsewhere (e.g. from a button value)."""
     validate_task_id(request.task_id)
     if request.status is not None and not isinstance(request.status, SyncStatus):
-        raise CommandError(f"Unknown status. Use one of {_STATUSES}.")
+        raise CommandError(f"Unknown status. Use one of {STATUSES_TEXT}.")
     unknown = request.types - frozenset(REGISTRY_TYPES)
     if unknown:
-        raise CommandError(f"Unknown registry type. Use any of {_TYPES_TEXT}.")
+        raise CommandError(f"Unknown registry type. Use any of {TYPES_TEXT}.")
     if request.name is not None:
         validate_name(request.name)
     if request.ep is not None:
         validate_ep(request.ep)
     return request
+
+
+__all__ = [
+    "USAGE",
+    "USAGES",
+    "Command",
+    "CommandError",
+    "Help",
+    "ListWatches",
+    "Lookup",
+    "Mute",
+    "SlackRef",
+    "Unmute",
+    "Unwatch",
+    "Watch",
+    "Word",
+    "parse",
+    "parse_status",
+    "parse_types",
+    "tokenize",
+    "validate_ep",
+    "validate_name",
+    "validate_request",
+    "validate_task_id",
+]

@@ -29,6 +29,8 @@ HSS_REGIONS: frozenset[str] = frozenset(
 
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_COMMAND = "/hss-sync"
+DEFAULT_POLL_INTERVAL = 60.0
+MIN_POLL_INTERVAL = 1.0
 
 T = TypeVar("T")
 
@@ -111,6 +113,11 @@ class Settings:
     command_name: str = DEFAULT_COMMAND
     #: None: the command's own default (INFO for ``run``, WARNING for one-shot commands).
     log_level: str | None = None
+    #: A watched task is refreshed at most this often (the budget may make it rarer).
+    poll_interval_seconds: float = DEFAULT_POLL_INTERVAL
+    #: Slack user (U.../W...) and user-group (S...) ids allowed to change watches;
+    #: empty: anyone may.
+    watch_admins: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -147,6 +154,10 @@ class Settings:
             data_dir=Path(env.get("HSS_DATA_DIR", ".hss-sync-bot")),
             command_name=_parse(env, "HSS_SLASH_COMMAND", _command_name, DEFAULT_COMMAND),
             log_level=_parse(env, "LOG_LEVEL", _log_level, None),
+            poll_interval_seconds=_parse(
+                env, "POLL_INTERVAL_SECONDS", _poll_interval, DEFAULT_POLL_INTERVAL
+            ),
+            watch_admins=_parse(env, "HSS_WATCH_ADMINS", _slack_ids, frozenset()),
         )
 
     @classmethod
@@ -234,6 +245,27 @@ def _non_negative_float(raw: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError("expected a number of seconds, 0 or more")
     return value
+
+
+def _poll_interval(raw: str) -> float:
+    value = float(raw)
+    # Below a second would only spin: the budget allows a handful of calls a minute.
+    if not MIN_POLL_INTERVAL <= value < float("inf"):
+        raise ValueError(f"expected a number of seconds, {MIN_POLL_INTERVAL:g} or more")
+    return value
+
+
+def _slack_ids(raw: str) -> frozenset[str]:
+    ids = [item.strip() for item in raw.split(",")]
+    for item in ids:
+        # Names, e-mails or <@U...> mentions would silently match nobody and lock everyone
+        # out of watches (or, worse, look configured when they are not): refuse them.
+        if not re.fullmatch(r"[UWS][A-Z0-9]{2,30}", item):
+            raise ValueError(
+                f"{item!r} is not a Slack id; expected comma-separated user ids (U..., W...) "
+                "or user-group ids (S...), e.g. U024BE7LH,S0614TZR7"
+            )
+    return frozenset(ids)
 
 
 def _port(raw: str) -> int:

@@ -78,3 +78,32 @@ def known_tasks() -> str:
     """ZSET member = mirror key suffix, score = last lookup time. Which tasks people care
     about, for background refresh and housekeeping."""
     return f"{PREFIX}:tasks"
+
+
+# --- watches (channels subscribed to a task's flips); no TTLs: they must survive restarts ---
+
+
+def watch_channel(channel: str) -> str:
+    """HASH field = ``{project_id}:{task_id}`` (percent-encoded), value = JSON watch record.
+    One channel's watches: listed with one HGETALL, paused together in one MULTI. A channel
+    watches a task id at most once (ep is a property of the watch). Gone with its last
+    field."""
+    return f"{PREFIX}:watch:channel:{_part(channel)}"
+
+
+def watch_task(ref: TaskRef) -> str:
+    """SET of channel ids watching this task (project, ep, task id): who hears of a flip,
+    without reading every channel. Changed in the same MULTI as ``watch_channel``."""
+    return f"{PREFIX}:watch:task:{task_part(ref)}"
+
+
+def watched_tasks() -> str:
+    """SET member = JSON ``[project_id, task_id, ep]``: every task with at least one watch,
+    which the scheduler refreshes. JSON rather than the key suffix so that members decode
+    back to a ``TaskRef``."""
+    return f"{PREFIX}:watch:tasks"
+
+
+def watch_channels() -> str:
+    """SET of channel ids with at least one watch, for ``watches all`` and the App Home."""
+    return f"{PREFIX}:watch:channels"

@@ -7,9 +7,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.command import (
+    USAGE,
+    USAGES,
+    Command,
     Help,
+    ListWatches,
     Lookup,
+    Mute,
     SlackRef,
+    Unmute,
+    Unwatch,
+    Watch,
     Word,
     parse,
     tokenize,
@@ -160,7 +168,7 @@ def test_parse_raises_only_command_error(text: str) -> None:
     except CommandError as exc:
         assert exc.user_message()
     else:
-        assert isinstance(result, Help | Lookup)
+        assert isinstance(result, Command)
 
 
 _slackish = st.text(alphabet='<>&"|#@!= \u201cabcx=,', max_size=60)
@@ -195,6 +203,7 @@ def lookup_commands(draw: st.DrawFn) -> tuple[str, LookupRequest]:
     task_id = draw(
         _word(64)
         .filter(lambda s: s.casefold() not in {"help", "failed", "running", "finished"})
+        .filter(lambda s: s.casefold() not in {"watch", "unwatch", "watches", "mute", "unmute"})
         .filter(lambda s: s.partition("=")[0].casefold() not in {"type", "name", "ep"})
     )
     status = draw(st.none() | st.sampled_from(SyncStatus))
@@ -224,3 +233,142 @@ def lookup_commands(draw: st.DrawFn) -> tuple[str, LookupRequest]:
 def test_generated_commands_parse_to_their_request(case: tuple[str, LookupRequest]) -> None:
     text, request = case
     assert parse(text) == Lookup(request)
+
+
+# --- the watch sub-commands ----------------------------------------------------------------
+
+HARBOR = frozenset({"Harbor"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("watch t1", Watch("t1")),
+        ("WATCH t1", Watch("t1")),
+        ("watch t1 <#C123ABC|ops>", Watch("t1", channel="C123ABC")),
+        ("watch t1 <#C123ABC|>", Watch("t1", channel="C123ABC")),  # Slack may omit the name
+        ("watch t1 <#G0PRIV8|private>", Watch("t1", channel="G0PRIV8")),
+        ("watch t1 type=harbor", Watch("t1", types=HARBOR)),
+        (
+            'watch t1 TYPE=harbor,jfrog name="prod reg" ep=0 <#C1AB|ops>',
+            Watch("t1", "C1AB", frozenset({"Harbor", "Jfrog"}), "prod reg", "0"),
+        ),
+        ("watch t1 <#C1AB|ops> Name=a&amp;b", Watch("t1", "C1AB", name="a&b")),
+        ('watch "t 1"', Watch("t 1")),
+        ("unwatch t1", Unwatch("t1")),
+        ("unwatch t1 <#C1AB|ops>", Unwatch("t1", "C1AB")),
+        ("watches", ListWatches(all_channels=False)),
+        ("watches ALL", ListWatches(all_channels=True)),
+        ("mute t1", Mute("t1", 3600)),
+        ("mute t1 30m", Mute("t1", 1800)),
+        ("mute t1 1m", Mute("t1", 60)),
+        ("mute t1 24H", Mute("t1", 86400)),
+        ("mute t1 168h", Mute("t1", 7 * 86400)),
+        ("mute t1 7d", Mute("t1", 7 * 86400)),
+        ("mute t1 <#C1AB|ops> 2h", Mute("t1", 7200, "C1AB")),
+        ("mute t1 2h <#C1AB|ops>", Mute("t1", 7200, "C1AB")),
+        ("unmute t1", Unmute("t1")),
+        ("unmute t1 <#C1AB|ops>", Unmute("t1", "C1AB")),
+    ],
+)
+def test_watch_commands_accepted(text: str, expected: object) -> None:
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("watch", "watch needs a task id. Usage: /hss-sync watch <task_id>"),
+        ("unwatch", "unwatch needs a task id"),
+        ("mute", "mute needs a task id"),
+        ("unmute", "unmute needs a task id"),
+        ("watch <#C1AB|ops>", 'Start with the task id, before "#ops"'),
+        ("watch type=Harbor", 'Start with the task id, before "type=Harbor"'),
+        ("watch #ops", 'Start with the task id, before "#ops"'),
+        ("mute 1h", 'Start with the task id, before "1h"'),
+        ("watch t1 #ops", 'Slack did not send an id for "#ops". Type # and pick the channel'),
+        ("unwatch t1 #ops", "run the command in that channel without naming one"),
+        ("watch t1 <@U123>", '"@U123" is not a channel'),
+        ("watch t1 <!here>", '"!here" is not a channel'),
+        ("mute t1 <!subteam^S1|@ops>", "is not a channel"),
+        ("watch t1 <#X1|odd>", '"#odd" is not a channel Slack can name'),
+        ("watch t1 <#C1AB|a> <#C2AB|b>", "Name at most one channel"),
+        ("watch t1 failed", 'Unexpected "failed": after the task id, watch takes a #channel'),
+        ("watch t1 foo=1", 'Unexpected "foo=1"'),
+        ("watch t1 name=a NAME=b", "Option name= is given twice"),
+        ("watch t1 type=Docker", 'Unknown registry type "Docker"'),
+        ("watch t1 name=", "name= needs a registry name"),
+        ("watch t1 ep=", "ep= needs an enterprise project id"),
+        (f"watch {'x' * 65}", "at most 64"),
+        ('watch ""', "The task id is empty. Usage: /hss-sync watch"),
+        ("unwatch t1 extra", 'Unexpected "extra": unwatch takes a task id and optionally'),
+        ("unwatch t1 type=Harbor", 'Unexpected "type=Harbor"'),
+        ("unmute t1 1h", 'Unexpected "1h": unmute takes'),
+        ("watches mine", 'Unexpected "mine": use "watches" for this channel'),
+        ("watches all now", 'Unexpected "all"'),
+        ("watches <#C1AB|ops>", 'Unexpected "#channel"'),
+        ("mute t1 0m", 'A mute of "0m" is out of range: from 1m to 7d'),
+        ("mute t1 8d", "out of range"),
+        ("mute t1 169h", "out of range"),
+        ("mute t1 30", 'Unknown duration "30". Use minutes, hours or days such as 30m'),
+        ("mute t1 1.5h", "Unknown duration"),
+        ("mute t1 forever", "Unknown duration"),
+        ("mute t1 1h 2h", "Give at most one duration"),
+        ("mute t1 99999999h", "Unknown duration"),
+    ],
+)
+def test_watch_commands_rejected(text: str, message: str) -> None:
+    with pytest.raises(CommandError) as info:
+        parse(text)
+    assert message in str(info.value)
+    assert len(str(info.value)) < 400
+
+
+def test_lookup_and_help_are_unchanged_by_the_watch_commands() -> None:
+    assert parse("help watch") == Help()
+    assert parse("watched") == req("watched")  # only the exact word is a sub-command
+    with pytest.raises(CommandError, match="Usage: /hss-sync <task_id>"):
+        parse('""')
+    assert USAGES[0] == USAGE
+    assert all(u.startswith("/hss-sync ") for u in USAGES)
+
+
+_channel_ids = st.from_regex(r"C[A-Z0-9]{8,10}", fullmatch=True)
+
+
+@st.composite
+def watch_commands(draw: st.DrawFn) -> tuple[str, Watch]:
+    task_id = draw(
+        _word(64).filter(
+            lambda s: (
+                not s.startswith("#")
+                and s.partition("=")[0].casefold() not in {"type", "name", "ep"}
+            )
+        )
+    )
+    channel = draw(st.none() | _channel_ids)
+    types = draw(st.frozensets(st.sampled_from(REGISTRY_TYPES)))
+    name = draw(
+        st.none()
+        | st.text(_value_chars | st.just(" "), max_size=128).filter(lambda s: bool(s.strip()))
+    )
+    ep = draw(st.none() | _word(256))
+    words = []
+    if channel is not None:
+        label = draw(st.sampled_from(["", "ops", "team-alerts"]))
+        words.append(f"<#{channel}|{label}>")
+    if types:
+        words.append("type=" + ",".join(sorted(types)))
+    if name is not None:
+        words.append("name=" + _quoted(name))
+    if ep is not None:
+        words.append("ep=" + _quoted(ep))
+    order = draw(st.permutations(words))
+    text = " ".join(["watch", _quoted(task_id), *order])
+    return text, Watch(task_id=task_id, channel=channel, types=types, name=name, ep=ep)
+
+
+@given(watch_commands())
+def test_generated_watch_commands_parse_to_their_command(case: tuple[str, Watch]) -> None:
+    text, command = case
+    assert parse(text) == command

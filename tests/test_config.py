@@ -58,6 +58,8 @@ def test_defaults_from_an_empty_environment() -> None:
     assert s.port == 3000
     assert s.data_dir == Path(".hss-sync-bot")
     assert s.command_name == DEFAULT_COMMAND
+    assert s.poll_interval_seconds == 60.0
+    assert s.watch_admins == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -96,6 +98,16 @@ def test_defaults_from_an_empty_environment() -> None:
         ("HSS_RATE_LIMIT", " 1 / 2.5 s ", "rate_limit", RateLimit(1, 2.5)),
         ("HSS_FRESH_SECONDS", "0", "fresh_seconds", 0.0),
         ("HSS_FRESH_SECONDS", "2.5", "fresh_seconds", 2.5),
+        ("POLL_INTERVAL_SECONDS", "1", "poll_interval_seconds", 1.0),
+        ("POLL_INTERVAL_SECONDS", " 2.5 ", "poll_interval_seconds", 2.5),
+        ("POLL_INTERVAL_SECONDS", "300", "poll_interval_seconds", 300.0),
+        ("HSS_WATCH_ADMINS", "U024BE7LH", "watch_admins", frozenset({"U024BE7LH"})),
+        (
+            "HSS_WATCH_ADMINS",
+            " U024BE7LH, W0G7Z1V2N ,S0614TZR7,U024BE7LH",
+            "watch_admins",
+            frozenset({"U024BE7LH", "W0G7Z1V2N", "S0614TZR7"}),
+        ),
         ("REDIS_URL", "redis://127.0.0.1:6379/1", "redis_url", "redis://127.0.0.1:6379/1"),
         ("REDIS_URL", "rediss://cache.example:6380", "redis_url", "rediss://cache.example:6380"),
         ("REDIS_URL", "unix:///tmp/redis.sock", "redis_url", "unix:///tmp/redis.sock"),
@@ -114,7 +126,16 @@ def test_each_variable_is_read(name: str, value: str, attr: str, expected: Any) 
 
 @pytest.mark.parametrize(
     "name",
-    ["PORT", "HSS_RATE_LIMIT", "HSS_FRESH_SECONDS", "REDIS_URL", "HSS_REGION", "CLOUD_SDK_SK"],
+    [
+        "PORT",
+        "HSS_RATE_LIMIT",
+        "HSS_FRESH_SECONDS",
+        "REDIS_URL",
+        "HSS_REGION",
+        "CLOUD_SDK_SK",
+        "POLL_INTERVAL_SECONDS",
+        "HSS_WATCH_ADMINS",
+    ],
 )
 @pytest.mark.parametrize("blank", ["", "   "])
 def test_blank_values_count_as_unset(name: str, blank: str) -> None:
@@ -179,6 +200,21 @@ MALFORMED: list[tuple[str, str]] = [
     ("PORT", "65536"),
     ("PORT", "3000.5"),
     ("HSS_SLASH_COMMAND", "hss-sync"),
+    ("POLL_INTERVAL_SECONDS", "0"),
+    ("POLL_INTERVAL_SECONDS", "0.5"),
+    ("POLL_INTERVAL_SECONDS", "-60"),
+    ("POLL_INTERVAL_SECONDS", "1m"),
+    ("POLL_INTERVAL_SECONDS", "nan"),
+    ("POLL_INTERVAL_SECONDS", "inf"),
+    ("HSS_WATCH_ADMINS", "alice"),
+    ("HSS_WATCH_ADMINS", "@alice"),
+    ("HSS_WATCH_ADMINS", "<@U024BE7LH>"),
+    ("HSS_WATCH_ADMINS", "u024be7lh"),  # Slack ids are upper-case: this would match nobody
+    ("HSS_WATCH_ADMINS", "C0123ABCD"),  # a channel is not a person
+    ("HSS_WATCH_ADMINS", "B0123ABCD"),
+    ("HSS_WATCH_ADMINS", "U024BE7LH,,S0614TZR7"),
+    ("HSS_WATCH_ADMINS", "U024BE7LH,"),
+    ("HSS_WATCH_ADMINS", "U024BE7LH S0614TZR7"),
 ]
 
 
@@ -200,6 +236,19 @@ def test_malformed_value_names_its_variable(name: str, value: str) -> None:
 def test_rate_limit_error_says_what_is_accepted(raw: str, accepted: str) -> None:
     error = config_error({"HSS_RATE_LIMIT": raw})
     assert repr(raw) in error.problem
+    assert accepted in error.problem
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "accepted"),
+    [
+        ("POLL_INTERVAL_SECONDS", "0.5", "1 or more"),
+        ("HSS_WATCH_ADMINS", "U1X,alice", "user ids (U..., W...) or user-group ids (S...)"),
+    ],
+)
+def test_watch_settings_say_what_is_accepted(name: str, raw: str, accepted: str) -> None:
+    error = config_error({name: raw})
+    assert error.variable == name
     assert accepted in error.problem
 
 
