@@ -52,6 +52,10 @@ GAVE_UP = (
     "This is the newest data there is; press Refresh later."
 )
 
+WATCHES_NOT_YET = (
+    "Channel watches (watch, unwatch, watches, mute, unmute) are not available in this "
+    "version yet. Lookups work: /hss-sync <task_id> [failed|running|finished]."
+)
 _CACHED_MESSAGES = 256
 _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 
@@ -106,7 +110,10 @@ class SlackHandlers:
         if isinstance(parsed, Help):
             await ack(**_payload(render_help(str(command.get("command") or "/hss-sync"))))
             return
-        assert isinstance(parsed, Lookup)
+        if not isinstance(parsed, Lookup):
+            # Parsed already, but channel watches are not switched on in this version.
+            await ack(**_payload(render_error(WATCHES_NOT_YET), response_type="ephemeral"))
+            return
         await self._answer(ack, respond, parsed.request)
 
     async def _answer(self, ack: AsyncAck, respond: AsyncRespond, request: LookupRequest) -> None:

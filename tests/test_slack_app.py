@@ -150,6 +150,17 @@ async def test_bad_input_gets_an_ephemeral_reason_and_no_call(
     assert stack.standin.calls == [] or all(c.name == "auth.test" for c in stack.standin.calls)
 
 
+@pytest.mark.parametrize("text", ["watch t1", "watches", "mute t1 1h", "unwatch t1", "unmute t1"])
+async def test_watch_commands_say_they_are_not_available_yet(
+    make_stack: MakeStack, text: str
+) -> None:
+    stack = await make_stack()
+    reply = await stack.user.command_text(text)
+    assert reply.body["response_type"] == "ephemeral"
+    assert "not available in this version yet" in text_of(reply.body)
+    assert calls(stack) == 0
+
+
 async def test_help_lists_the_grammar(make_stack: MakeStack) -> None:
     stack = await make_stack()
     reply = await stack.user.command_text("help")
