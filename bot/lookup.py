@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -23,6 +24,7 @@ from bot.config import RateLimit
 from bot.errors import HssAuthError, StoreError
 from bot.hss_client import FetchResult, HssClient
 from bot.mirror import (
+    LARGE_SNAPSHOT,
     Snapshot,
     View,
     choose_view,
@@ -116,7 +118,8 @@ class LookupService:
         snap = await self._recent_snapshot(ref)
         view = covering_view(snap, request.api_filter)
         fresh = is_fresh(view, now=self._clock(), max_age=self.fresh_seconds)
-        return Peek(answer=self._answer(snap, request, view), fresh=fresh, source=snap)
+        answer = await self._answer(snap, request, view)
+        return Peek(answer=answer, fresh=fresh, source=snap)
 
     async def _recent_snapshot(self, ref: TaskRef) -> Snapshot:
         seen = self._recent.get(ref)
@@ -140,13 +143,16 @@ class LookupService:
         while self._recent and now - next(iter(self._recent.values()))[0] >= PEEK_REUSE:
             self._recent.popitem(last=False)
 
-    def _answer(self, snap: Snapshot, request: LookupRequest, view: View | None) -> Answer:
+    async def _answer(self, snap: Snapshot, request: LookupRequest, view: View | None) -> Answer:
         # Filtering and sorting thousands of rows per command is the costly part of an ack;
         # an answer stays valid as long as its snapshot object does.
         cached = self._answers.get(request)
         if cached is not None and cached[0] is snap:
             return cached[1]
-        answer = answer_from(snap, request, view)
+        if len(snap.rows) > LARGE_SNAPSHOT:
+            answer = await asyncio.to_thread(answer_from, snap, request, view)
+        else:
+            answer = answer_from(snap, request, view)
         self._answers[request] = (snap, answer)
         self._answers.move_to_end(request)
         while len(self._answers) > 1 and (
@@ -187,7 +193,7 @@ class LookupService:
                 break
             await self._shared_fetch(ref, snap, query, priority)
             snap = await self._store.load(ref)
-        return answer_from(snap, request, covering_view(snap, query))
+        return await self._answer(snap, request, covering_view(snap, query))
 
     async def wait_estimate(self, request: LookupRequest) -> float:
         """Seconds until a refresh of ``request`` is likely done, from budget and task size."""
@@ -304,7 +310,8 @@ class LookupService:
         # Another replica may save between our load and save: re-merge onto its snapshot.
         for _ in range(5):
             snap = await self._store.load(ref)
-            new, changes = merge(
+            merging = functools.partial(
+                merge,
                 snap,
                 flt,
                 result.registries,
@@ -313,6 +320,8 @@ class LookupService:
                 finished_at=result.finished_at,
                 task_total=size,
             )
+            big = len(snap.rows) + len(result.registries) > LARGE_SNAPSHOT
+            new, changes = await asyncio.to_thread(merging) if big else merging()
             if await self._store.save(ref, new, changes, expected=snap.generation):
                 self._remember(ref, new)
                 if changes:

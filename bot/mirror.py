@@ -27,6 +27,11 @@ from bot.models import (
 
 REMOVED = "removed"
 
+#: Work on snapshots bigger than this (merging, coding, sorting) runs in a worker thread:
+#: a 100,000-row task takes about a second of CPU, and the event loop must keep acking
+#: slash commands meanwhile. Smaller ones are not worth the thread hop.
+LARGE_SNAPSHOT = 2000
+
 #: Display order: what people look for first.
 _STATUS_ORDER = {
     SyncStatus.FAILED.value: 0,

@@ -10,6 +10,7 @@ so a lookup usually costs one small ``HGET``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import zlib
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from bot import keys
-from bot.mirror import Change, Row, Snapshot, View, parse_view_key, view_key
+from bot.mirror import LARGE_SNAPSHOT, Change, Row, Snapshot, View, parse_view_key, view_key
 from bot.models import UNKNOWN_STATUS, TaskRef
 from bot.redis_health import REDIS_OUTAGE, RedisHealth
 
@@ -162,7 +163,10 @@ class RedisMirrorStore:
             self._cache.move_to_end(key)
             return cached[1]
         fields = cast("dict[bytes, bytes]", await self._redis.hgetall(key))
-        snap = decode_snapshot(fields)
+        if sum(len(v) for v in fields.values()) > LARGE_SNAPSHOT * 40:  # ~40 B a row
+            snap = await asyncio.to_thread(decode_snapshot, fields)
+        else:
+            snap = decode_snapshot(fields)
         self._remember(key, fields.get(b"meta"), snap)
         return snap
 
@@ -184,7 +188,10 @@ class RedisMirrorStore:
         self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change], *, expected: int
     ) -> bool:
         key = keys.mirror(ref)
-        fields = encode_snapshot(snap)
+        if len(snap.rows) > LARGE_SNAPSHOT:
+            fields = await asyncio.to_thread(encode_snapshot, snap)
+        else:
+            fields = encode_snapshot(snap)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 await pipe.watch(key)
