@@ -74,12 +74,6 @@ def refresh_lock(ref: TaskRef, view: str) -> str:
     return f"{PREFIX}:refresh:{task_part(ref)}:{quote(view, safe='')}"
 
 
-def known_tasks() -> str:
-    """ZSET member = mirror key suffix, score = last lookup time. Which tasks people care
-    about, for background refresh and housekeeping."""
-    return f"{PREFIX}:tasks"
-
-
 # --- watches (channels subscribed to a task's flips); no TTLs: they must survive restarts ---
 
 
