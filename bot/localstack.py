@@ -22,6 +22,8 @@ from bot.simulator import SimConfig, Simulator
 from bot.slack_app import MAX_WAIT, build_app
 from bot.slack_requests import SlackUser
 from bot.slack_standin import SlackStandIn
+from bot.slack_watches import WatchCommands
+from bot.watches import WatchStore
 
 SIGNING_SECRET = "demo-signing-secret"  # noqa: S105 (a local demo value, not a credential)
 
@@ -43,6 +45,7 @@ async def local_stack(
     env: dict[str, str] | None = None,
     redis_url: str | None = None,
     max_wait: float = MAX_WAIT,
+    watches: bool = False,
 ) -> AsyncIterator[Stack]:
     """Redis (embedded unless ``redis_url``) + simulator + Slack stand-in + the bot over
     HTTP, all torn down after. ``env`` overrides the bot's settings."""
@@ -80,6 +83,14 @@ async def local_stack(
             signing_secret=SIGNING_SECRET,
             command_name=settings.command_name,
             max_wait=max_wait,
+            watch_commands=WatchCommands(
+                watches=WatchStore(runtime.redis),
+                lookups=runtime.lookups,
+                client=web_client(settings),
+                admins=settings.watch_admins,
+            )
+            if watches
+            else None,
         )
         stack.push_async_callback(slack.aclose)
         runner, port = await start_http(build_web_app(slack.app, runtime), host="127.0.0.1", port=0)

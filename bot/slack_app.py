@@ -39,6 +39,7 @@ from bot.render import (
     render_error,
     render_help,
 )
+from bot.slack_watches import WatchCommands
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,10 @@ class SlackHandlers:
         lookups: LookupService,
         clock: Callable[[], float] = time.time,
         max_wait: float = MAX_WAIT,
+        watch_commands: WatchCommands | None = None,
     ) -> None:
         self._lookups = lookups
+        self._watch_commands = watch_commands
         self._clock = clock
         self._max_wait = max_wait
         self._tasks: set[asyncio.Task[None]] = set()
@@ -110,11 +113,18 @@ class SlackHandlers:
         if isinstance(parsed, Help):
             await ack(**_payload(render_help(str(command.get("command") or "/hss-sync"))))
             return
-        if not isinstance(parsed, Lookup):
-            # Parsed already, but channel watches are not switched on in this version.
+        if isinstance(parsed, Lookup):
+            await self._answer(ack, respond, parsed.request)
+            return
+        if self._watch_commands is None:
+            # Parsed already, but channel watches are not switched on in this deployment.
             await ack(**_payload(render_error(WATCHES_NOT_YET), response_type="ephemeral"))
             return
-        await self._answer(ack, respond, parsed.request)
+
+        async def reply(message: Message) -> None:
+            await ack(**_payload(message, response_type="ephemeral"))
+
+        await self._watch_commands.handle(parsed, command, reply)
 
     async def _answer(self, ack: AsyncAck, respond: AsyncRespond, request: LookupRequest) -> None:
         peek = await self._lookups.peek(request)
@@ -278,6 +288,7 @@ def build_app(
     command_name: str,
     clock: Callable[[], float] = time.time,
     max_wait: float = MAX_WAIT,
+    watch_commands: WatchCommands | None = None,
 ) -> SlackBot:
     """The Bolt app. ``signing_secret`` is None in Socket Mode (no HTTP requests to verify)."""
     app = AsyncApp(
@@ -289,7 +300,9 @@ def build_app(
         process_before_response=True,
         raise_error_for_unhandled_request=False,
     )
-    handlers = SlackHandlers(lookups=lookups, clock=clock, max_wait=max_wait)
+    handlers = SlackHandlers(
+        lookups=lookups, clock=clock, max_wait=max_wait, watch_commands=watch_commands
+    )
     app.command(command_name)(handlers.on_command)
     app.action(ACTION_PAGE_PATTERN)(handlers.on_page)
     app.action(ACTION_REFRESH)(handlers.on_refresh)

@@ -80,6 +80,8 @@ class SlackStandIn:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
+        # Some methods (conversations.info, usergroups.users.list) are sent as GET.
+        app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/response/{ident}", self._response)
         app.router.add_get("/socket", self._socket)
         return app
@@ -161,6 +163,9 @@ class SlackStandIn:
                 "user_id": BOT_USER_ID,
                 "bot_id": "BHSSBOT01",
             }
+        if method == "conversations.info":
+            channel = {"id": body.get("channel", ""), "is_member": True, "is_archived": False}
+            return {"ok": True, "channel": channel}
         if method == "apps.connections.open":
             return {"ok": True, "url": self.url.replace("http://", "ws://") + "/socket"}
         if method in ("chat.postMessage", "chat.update"):
@@ -170,6 +175,8 @@ class SlackStandIn:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
+    if request.method == "GET":
+        return dict(request.query)
     raw = await request.text()
     if request.content_type == "application/json":
         parsed: dict[str, Any] = json.loads(raw) if raw else {}
