@@ -26,6 +26,7 @@ from bot.action_value import decode_action_value
 from bot.budget import Priority
 from bot.command import Help, Lookup, parse
 from bot.errors import BotError, CommandError
+from bot.home import ACTION_HOME_UNWATCH
 from bot.lookup import MIN_REFRESH_AGE, LookupService, Peek
 from bot.mirror import Snapshot
 from bot.models import Answer, LookupRequest
@@ -307,5 +308,8 @@ def build_app(
     app.action(ACTION_PAGE_PATTERN)(handlers.on_page)
     app.action(ACTION_REFRESH)(handlers.on_refresh)
     app.action(ACTION_SHARE)(handlers.on_share)
+    if watch_commands is not None:
+        app.event("app_home_opened")(watch_commands.on_home_opened)
+        app.action(ACTION_HOME_UNWATCH)(watch_commands.on_home_unwatch)
     app.error(_on_error)
     return SlackBot(app=app, handlers=handlers)

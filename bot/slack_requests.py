@@ -96,10 +96,31 @@ class SlackUser:
         }
         return await self._post(urlencode({"payload": json.dumps(payload)}), ident)
 
-    async def _post(self, body: str, ident: str, *, timestamp: int | None = None) -> Reply:
+    async def event(self, event: dict[str, Any]) -> Reply:
+        """An Events API delivery (JSON), e.g. ``{"type": "app_home_opened", ...}``."""
+        ident = f"evt{next(_counter)}"
+        envelope = {
+            "token": "legacy-unused",
+            "team_id": TEAM_ID,
+            "api_app_id": "A0HSSSYNC",
+            "type": "event_callback",
+            "event_id": f"Ev{ident}",
+            "event_time": int(time.time()),
+            "event": {"user": self.user_id, **event},
+        }
+        return await self._post(json.dumps(envelope), ident, content_type="application/json")
+
+    async def _post(
+        self,
+        body: str,
+        ident: str,
+        *,
+        timestamp: int | None = None,
+        content_type: str = "application/x-www-form-urlencoded",
+    ) -> Reply:
         ts = str(int(time.time()) if timestamp is None else timestamp)
         headers = {
-            "Content-Type": "application/x-www-form-urlencoded",
+            "Content-Type": content_type,
             "X-Slack-Request-Timestamp": ts,
             "X-Slack-Signature": str(self._verifier.generate_signature(timestamp=ts, body=body)),
         }

@@ -13,11 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import date_token
-from bot.errors import BotError
+from bot.errors import BotError, CommandError
+from bot.home import HomeRow, decode_home_value, render_home
 from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
 from bot.mrkdwn import code, escape
@@ -176,6 +178,39 @@ class WatchCommands:
 
     def _ref(self, task_id: str, ep: str | None = None) -> TaskRef:
         return self._lookups.ref(LookupRequest(task_id, ep=ep))
+
+    # --- the App Home tab ---
+
+    async def home_rows(self) -> list[HomeRow]:
+        rows = []
+        for w in await self._watches.all():
+            request = LookupRequest(w.task.task_id, ep=w.task.enterprise_project_id)
+            answer = (await self._lookups.peek(request)).answer
+            rows.append(HomeRow(watch=w, fetched_at=answer.fetched_at, totals=answer.totals))
+        return rows
+
+    async def publish_home(self, user: str, notice: str | None = None) -> None:
+        view = render_home(await self.home_rows(), notice=notice)
+        await self._client.views_publish(user_id=user, view=view)
+
+    async def on_home_opened(self, event: dict[str, Any]) -> None:
+        if event.get("tab", "home") == "home":
+            await self.publish_home(str(event.get("user", "")))
+
+    async def on_home_unwatch(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        user = str(body.get("user", {}).get("id", ""))
+        if not await self.allowed(user):
+            await self.publish_home(user, notice=self.refusal())
+            return
+        try:
+            actions = body.get("actions") or [{}]
+            task, channel = decode_home_value(str(actions[0].get("value", "")))
+        except CommandError as exc:
+            await self.publish_home(user, notice=exc.user_message())
+            return
+        await self._watches.remove(task=task, channel=channel)
+        await self.publish_home(user)
 
     # --- who may, and where ---
 

@@ -132,3 +132,39 @@ async def test_hostile_names_in_watch_filters_are_inert(make_stack: MakeStack) -
     stack = await make_stack()
     said = await command(stack, f'watch {TASK} name="<!channel> <https://x|y>"')
     assert "<!channel>" not in said and "<https://x" not in said
+
+
+async def test_app_home_lists_watches_and_unwatches(make_stack: MakeStack) -> None:
+    stack = await make_stack()
+    await command(stack, f"watch {TASK} type=Harbor")
+    reply = await stack.user.event({"type": "app_home_opened", "tab": "home"})
+    assert reply.status == 200
+    [published] = stack.standin.api("views.publish")
+    assert published.body["user_id"] == stack.user.user_id
+    view = published.body["view"]
+    view = json.loads(view) if isinstance(view, str) else view
+    assert view["type"] == "home" and TASK in text_of(view)
+    unwatch = next(
+        b["accessory"] for b in view["blocks"] if b.get("accessory", {}).get("type") == "button"
+    )
+    await stack.user.click({**unwatch, "block_id": "home"})
+    assert await WatchStore(stack.runtime.redis).all() == []
+    again = stack.standin.api("views.publish")[-1].body["view"]
+    again = json.loads(again) if isinstance(again, str) else again
+    assert "No task is watched yet" in text_of(again)
+
+
+async def test_app_home_unwatch_checks_permission(make_stack: MakeStack) -> None:
+    stack = await make_stack(env={"HSS_WATCH_ADMINS": "U0ADMIN001"})
+    await command(stack, f"watch {TASK}", user="U0ADMIN001")
+    stack.user.user_id = "U0SOMEONE1"
+    await stack.user.event({"type": "app_home_opened", "tab": "home"})
+    view = stack.standin.api("views.publish")[-1].body["view"]
+    view = json.loads(view) if isinstance(view, str) else view
+    unwatch = next(
+        b["accessory"] for b in view["blocks"] if b.get("accessory", {}).get("type") == "button"
+    )
+    await stack.user.click({**unwatch, "block_id": "home"})
+    assert len(await WatchStore(stack.runtime.redis).all()) == 1
+    refused = stack.standin.api("views.publish")[-1].body["view"]
+    assert "Only the watch admins" in (refused if isinstance(refused, str) else json.dumps(refused))
