@@ -101,3 +101,22 @@ def watched_tasks() -> str:
 def watch_channels() -> str:
     """SET of channel ids with at least one watch, for ``watches all`` and the App Home."""
     return f"{PREFIX}:watch:channels"
+
+
+# --- alerts (the alerting pipeline's progress and one incident per channel and task) ---
+
+
+def alert_cursor(ref: TaskRef) -> str:
+    """STRING: id of the last ``mirror_changes(ref)`` entry the alerting pipeline handled.
+    WATCHed and set in the MULTI that queues the alerts, so each entry alerts once across
+    replicas. No TTL: losing it would replay the stream's backlog as new flips."""
+    return f"{PREFIX}:alert:cursor:{task_part(ref)}"
+
+
+def alert_state(channel: str, ref: TaskRef) -> str:
+    """HASH ``incident`` (JSON), ``history`` (JSON failure times), ``opened_at``, ``acked_by``
+    (Acknowledge button), ``parent_ts`` (set by the outbox sender once the alert is posted).
+    One channel's incident for one task, re-rendered whole on every change. No TTL: an open
+    incident may last days; one older than its watch is ignored, so a re-watch starts fresh.
+    (Slack channel ids are upper case, so no channel id collides with ``cursor``.)"""
+    return f"{PREFIX}:alert:{_part(channel)}:{task_part(ref)}"
