@@ -120,3 +120,47 @@ def alert_state(channel: str, ref: TaskRef) -> str:
     incident may last days; one older than its watch is ignored, so a re-watch starts fresh.
     (Slack channel ids are upper case, so no channel id collides with ``cursor``.)"""
     return f"{PREFIX}:alert:{_part(channel)}:{task_part(ref)}"
+
+
+# --- outbox (alerts waiting for Slack); no TTLs unless said: an item is deleted once sent ---
+
+
+def outbox(channel: str) -> str:
+    """STREAM of items for one channel (fields kind, alert, text, blocks, dedup), oldest first.
+    Added in the alerting's MULTI; an entry is XDELed only after Slack took it, so a sender
+    that dies mid-send loses nothing (the next one sends it again: at most one duplicate)."""
+    return f"{PREFIX}:outbox:{_part(channel)}"
+
+
+def outbox_channels() -> str:
+    """SET of channel ids whose stream may hold items: what the senders scan. Added with every
+    item; removed (by a script that checks the stream is empty) once a channel drains."""
+    return f"{PREFIX}:outbox:channels"
+
+
+def outbox_lease(channel: str) -> str:
+    """STRING lock token (``redis.asyncio.lock.Lock``), PX = lease timeout (~10 s), renewed
+    while sending: one sender per channel across replicas, so items go out in order. A dead
+    replica's lease expires by itself and another takes the channel over."""
+    return f"{PREFIX}:outbox:lease:{_part(channel)}"
+
+
+def outbox_not_before(channel: str) -> str:
+    """STRING time (s) before which nothing is sent to the channel: the pace (~1 message a
+    second), a 429's Retry-After, or a back-off; shared so every replica keeps to it.
+    PX = the wait plus an hour: it only has to outlive the wait."""
+    return f"{PREFIX}:outbox:not-before:{_part(channel)}"
+
+
+def outbox_parked() -> str:
+    """HASH field = channel id, value = Slack's permanent error (``channel_not_found``...).
+    A parked channel keeps its items but gets nothing until resumed. No TTL: people have to
+    fix the channel first."""
+    return f"{PREFIX}:outbox:parked"
+
+
+def outbox_sent(dedup: str) -> str:
+    """STRING ``1``, EX one day: the item with this dedup id was delivered. Written with the
+    XDEL, so an item queued twice (a caller retrying an EXEC that had in fact succeeded) is
+    skipped instead of posted again."""
+    return f"{PREFIX}:outbox:sent:{_part(dedup)}"
