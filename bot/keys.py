@@ -164,3 +164,13 @@ def outbox_sent(dedup: str) -> str:
     XDEL, so an item queued twice (a caller retrying an EXEC that had in fact succeeded) is
     skipped instead of posted again."""
     return f"{PREFIX}:outbox:sent:{_part(dedup)}"
+
+
+# --- scheduler (background refreshes of watched tasks) ---
+
+
+def scheduler_lease(ref: TaskRef) -> str:
+    """STRING lease token (``redis.asyncio.lock.Lock``), PX = the poll interval, extended
+    while the refresh runs. One replica refreshes a watched task at a time; a dead replica's
+    lease expires by itself, so its task is taken over within two poll intervals."""
+    return f"{PREFIX}:scheduler:lease:{task_part(ref)}"
