@@ -155,6 +155,16 @@ def _listed(title: str, flips: Sequence[Flip], limit: int, what: str) -> list[st
 # --- the channel message ---------------------------------------------------------------------
 
 
+def resolution(incident: Incident) -> str:
+    """How a resolved incident ended: a removed registry never counts as recovered."""
+    kinds = {f.kind for f in incident.latest.values()}
+    if FlipKind.RECOVERY in kinds:
+        return "All recovered"  # removed ones are listed apart, as not recoveries
+    if kinds == {FlipKind.REMOVED}:
+        return "All removed from the task"
+    return "Nothing failing any more"
+
+
 def _summary(incident: Incident, scope: LookupRequest, totals: Totals | None) -> str:
     failing = len(incident.failing)
     counts = [
@@ -164,7 +174,7 @@ def _summary(incident: Incident, scope: LookupRequest, totals: Totals | None) ->
     ]
     parts = [f":x: *{_plural(failing)}* failing"] if failing or not incident.resolved else []
     if incident.resolved and incident.latest:
-        parts.append(":white_check_mark: *All recovered*")
+        parts.append(f":white_check_mark: *{resolution(incident)}*")
     for kind, emoji, label in counts:
         n = len(incident.of_kind(kind))
         if n:
@@ -232,7 +242,7 @@ def _buttons(scope: LookupRequest, *, ack: bool, muted: bool, more: bool) -> lis
 def _fallback(task_id: str, incident: Incident) -> str:
     failing = incident.failing
     if incident.resolved:
-        raw = f"HSS sync task {task_id}: all recovered"
+        raw = f"HSS sync task {task_id}: {resolution(incident).lower()}"
     else:
         groups = group_by_reason(failing)
         top = f" ({groups[0][0]})" if groups and groups[0][0] else ""
@@ -258,7 +268,7 @@ def render_alert(
     ``acked_by`` is the Slack user id who acknowledged; ``muted_until`` an epoch time (shown
     while in the future); ``totals`` the task's current counts, when known.
     """
-    title = "All recovered" if incident.resolved and incident.latest else "Sync failures"
+    title = resolution(incident) if incident.resolved and incident.latest else "Sync failures"
     blocks = [header(f"{title} · task {scope.task_id}")]
     blocks.append(section(_summary(incident, scope, totals)))
     failing, hidden = _failing_lines(incident, FAILED_LINES)

@@ -201,9 +201,6 @@ async def test_removed_is_never_recovered(
     assert "Removed from the task" in body(update)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="alerts.render_alert titles an all-removed incident 'All recovered'"
-)
 async def test_all_removed_is_not_shown_as_recovered(
     redis: aioredis.Redis, watches: WatchStore, pipeline: AlertPipeline, clock: Clock
 ) -> None:
