@@ -203,7 +203,8 @@ class _Item:
     dedup: str
 
 
-def _scope(watch: Watch) -> LookupRequest:
+def scope_of(watch: Watch) -> LookupRequest:
+    """The lookup a watch stands for: its task and filters (alert buttons reuse it)."""
     ref = watch.task
     return LookupRequest(
         task_id=ref.task_id, types=watch.types, name=watch.name, ep=ref.enterprise_project_id
@@ -328,7 +329,7 @@ class AlertPipeline:
             return []
         alert_key = keys.alert_state(watch.channel, ref)
         parent = render_alert(
-            _scope(watch),
+            scope_of(watch),
             incident,
             now=now,
             acked_by=step.state.acked_by,

@@ -22,8 +22,7 @@ from bot.simulator import SimConfig, Simulator
 from bot.slack_app import MAX_WAIT, build_app
 from bot.slack_requests import SlackUser
 from bot.slack_standin import SlackStandIn
-from bot.slack_watches import WatchCommands
-from bot.watches import WatchStore
+from bot.workers import Workers, build_workers
 
 SIGNING_SECRET = "demo-signing-secret"  # noqa: S105 (a local demo value, not a credential)
 
@@ -36,6 +35,8 @@ class Stack:
     standin: SlackStandIn
     runtime: Runtime
     user: SlackUser
+    #: The scheduler, alert pipeline and outbox sender, when started with ``watches=True``.
+    workers: Workers | None = None
 
 
 @asynccontextmanager
@@ -46,6 +47,7 @@ async def local_stack(
     redis_url: str | None = None,
     max_wait: float = MAX_WAIT,
     watches: bool = False,
+    send_interval: float = 1.0,
 ) -> AsyncIterator[Stack]:
     """Redis (embedded unless ``redis_url``) + simulator + Slack stand-in + the bot over
     HTTP, all torn down after. ``env`` overrides the bot's settings."""
@@ -77,20 +79,18 @@ async def local_stack(
         )
         runtime = await open_runtime(settings)
         stack.push_async_callback(runtime.aclose)
+        workers = build_workers(runtime, settings, min_interval=send_interval) if watches else None
+        if workers is not None:
+            workers.start()
+            stack.push_async_callback(workers.aclose)
         slack = build_app(
             lookups=runtime.lookups,
             web_client=web_client(settings),
             signing_secret=SIGNING_SECRET,
             command_name=settings.command_name,
             max_wait=max_wait,
-            watch_commands=WatchCommands(
-                watches=WatchStore(runtime.redis),
-                lookups=runtime.lookups,
-                client=web_client(settings),
-                admins=settings.watch_admins,
-            )
-            if watches
-            else None,
+            watch_commands=workers.commands if workers else None,
+            alert_buttons=workers.buttons if workers else None,
         )
         stack.push_async_callback(slack.aclose)
         runner, port = await start_http(build_web_app(slack.app, runtime), host="127.0.0.1", port=0)
@@ -103,4 +103,4 @@ async def local_stack(
             http=http,
             command=settings.command_name,
         )
-        yield Stack(sim=sim, standin=standin, runtime=runtime, user=user)
+        yield Stack(sim=sim, standin=standin, runtime=runtime, user=user, workers=workers)

@@ -21,6 +21,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.config import Settings
 from bot.runtime import Runtime, open_runtime
 from bot.slack_app import build_app
+from bot.workers import build_workers
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,15 @@ async def start_http(app: web.Application, *, host: str, port: int) -> tuple[web
 async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: S104
     """Run until SIGTERM/SIGINT."""
     runtime = await open_runtime(settings)
+    workers = build_workers(runtime, settings)
+    workers.start()
     slack = build_app(
         lookups=runtime.lookups,
         web_client=web_client(settings),
         signing_secret=None if settings.slack_app_token else _reveal(settings),
         command_name=settings.command_name,
+        watch_commands=workers.commands,
+        alert_buttons=workers.buttons,
     )
     socket_mode = settings.slack_app_token is not None
     runner, port = await start_http(
@@ -94,6 +99,7 @@ async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: 
             await handler.close_async()  # type: ignore[no-untyped-call]
         await runner.cleanup()
         await slack.aclose()
+        await workers.aclose()
         await runtime.aclose()
 
 

@@ -23,6 +23,7 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.action_value import decode_action_value
+from bot.alerts import ACTION_PATTERN as ALERT_ACTIONS
 from bot.budget import Priority
 from bot.command import Help, Lookup, parse
 from bot.errors import BotError, CommandError
@@ -40,6 +41,7 @@ from bot.render import (
     render_error,
     render_help,
 )
+from bot.slack_alerts import AlertButtons
 from bot.slack_watches import WatchCommands
 
 logger = logging.getLogger(__name__)
@@ -290,6 +292,7 @@ def build_app(
     clock: Callable[[], float] = time.time,
     max_wait: float = MAX_WAIT,
     watch_commands: WatchCommands | None = None,
+    alert_buttons: AlertButtons | None = None,
 ) -> SlackBot:
     """The Bolt app. ``signing_secret`` is None in Socket Mode (no HTTP requests to verify)."""
     app = AsyncApp(
@@ -308,6 +311,8 @@ def build_app(
     app.action(ACTION_PAGE_PATTERN)(handlers.on_page)
     app.action(ACTION_REFRESH)(handlers.on_refresh)
     app.action(ACTION_SHARE)(handlers.on_share)
+    if alert_buttons is not None:
+        app.action(ALERT_ACTIONS)(alert_buttons.on_action)
     if watch_commands is not None:
         app.event("app_home_opened")(watch_commands.on_home_opened)
         app.action(ACTION_HOME_UNWATCH)(watch_commands.on_home_unwatch)

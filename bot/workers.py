@@ -1,0 +1,93 @@
+"""What a replica runs besides answering Slack: the scheduler (refreshes watched tasks), the
+alert pipeline (mirror changes -> alerts) and the outbox sender (alerts -> Slack), plus the
+Slack handlers that need them. Every replica runs all three; Redis leases and transactions
+keep them from doing the same work twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from bot.alerting import AlertPipeline
+from bot.config import Settings
+from bot.outbox import OutboxSender, web_client
+from bot.runtime import Runtime
+from bot.scheduler import Scheduler
+from bot.slack_alerts import AlertButtons
+from bot.slack_watches import WatchCommands
+from bot.watches import WatchStore
+
+logger = logging.getLogger(__name__)
+
+#: How long shutdown waits for in-flight refreshes and deliveries.
+STOP_GRACE = 10.0
+
+
+@dataclass
+class Workers:
+    watches: WatchStore
+    commands: WatchCommands
+    buttons: AlertButtons
+    scheduler: Scheduler
+    pipeline: AlertPipeline
+    sender: OutboxSender
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        for name, worker in (
+            ("scheduler", self.scheduler),
+            ("alerts", self.pipeline),
+            ("outbox", self.sender),
+        ):
+            self._tasks.append(asyncio.create_task(worker.run(self._stop), name=name))
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=STOP_GRACE)
+        for task in pending:
+            logger.warning(
+                "%s did not stop within %.0f s; cancelling it", task.get_name(), STOP_GRACE
+            )
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def build_workers(runtime: Runtime, settings: Settings, *, min_interval: float = 1.0) -> Workers:
+    """``min_interval``: seconds between two messages to one channel (Slack allows ~1)."""
+    assert settings.slack_bot_token is not None
+    watches = WatchStore(runtime.redis)
+    slack = web_client(token=settings.slack_bot_token.reveal(), base_url=settings.slack_api_url)
+
+    async def on_permanent(channel: str, reason: str) -> None:
+        # A revoked token is the whole workspace's problem, not one channel's.
+        channels = await watches.channels() if reason == "token_revoked" else [channel]
+        for each in channels:
+            await watches.pause(each, reason)
+        logger.warning("paused the watches of %d channel(s): %s", len(channels), reason)
+
+    commands = WatchCommands(
+        watches=watches, lookups=runtime.lookups, client=slack, admins=settings.watch_admins
+    )
+    return Workers(
+        watches=watches,
+        commands=commands,
+        buttons=AlertButtons(
+            redis=runtime.redis, watches=watches, lookups=runtime.lookups, commands=commands
+        ),
+        scheduler=Scheduler(
+            lookups=runtime.lookups,
+            watches=watches,
+            redis=runtime.redis,
+            poll_interval=settings.poll_interval_seconds,
+        ),
+        pipeline=AlertPipeline(runtime.redis, watches=watches),
+        sender=OutboxSender(
+            runtime.redis, slack=slack, on_permanent=on_permanent, min_interval=min_interval
+        ),
+    )

@@ -1,0 +1,124 @@
+"""Watches end to end in one process: a watch typed in Slack, the scheduler refreshing the
+task through the budget, a registry flipping in the simulator, the alert posted through the
+outbox to the Slack stand-in, the recovery in its thread, and the buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from bot.alerts import ACTION_ACK, ACTION_MUTE_1H
+from bot.localstack import Stack, local_stack
+from bot.simulator import SimConfig
+from bot.slack_requests import button
+from bot.slack_standin import Call
+from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
+
+TASK = "task-alerts"
+
+
+@pytest.fixture
+async def stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Stack]:
+    config = SimConfig(
+        ak=TEST_AK, sk=TEST_SK, project_id=TEST_PROJECT_ID, rate_limit=1000, task_sizes={TASK: 30}
+    )
+    env = {"POLL_INTERVAL_SECONDS": "1", "HSS_RATE_LIMIT": "1000/60s"}
+    async with local_stack(
+        sim_config=config, env=env, redis_url=redis_url, watches=True, send_interval=0.05
+    ) as running:
+        yield running
+
+
+def posts(stack: Stack, channel: str) -> list[Call]:
+    return [c for c in stack.standin.api("chat.postMessage") if c.body.get("channel") == channel]
+
+
+def text_of(call: Call) -> str:
+    return json.dumps(call.body, ensure_ascii=False)
+
+
+async def wait_calls(stack: Stack, method: str, count: int, timeout: float = 15.0) -> list[Call]:
+    await stack.standin.wait_for(
+        lambda cs: len([c for c in cs if c.kind == "api" and c.name == method]) >= count, timeout
+    )
+    return stack.standin.api(method)
+
+
+def blocks_message(call: Call) -> dict[str, Any]:
+    blocks = call.body.get("blocks")
+    return {"blocks": json.loads(blocks) if isinstance(blocks, str) else blocks}
+
+
+async def test_a_flip_is_alerted_once_and_its_recovery_goes_to_the_thread(stack: Stack) -> None:
+    channel = stack.user.channel_id
+    reply = await stack.user.command_text(f"watch {TASK}")
+    assert "Watching task" in json.dumps(reply.body)
+    # The scheduler's first refresh is the baseline: existing failures are not alerted.
+    baseline_failed = [r for r in stack.sim.registries(TASK) if r.sync_status == "failed"]
+    victim = next(r for r in stack.sim.registries(TASK) if r.sync_status == "finished")
+    await _until_refreshed(stack)
+    stack.sim.set_status(TASK, victim.registry_id, "failed", "disk <full> & <!channel>")
+
+    [alert] = await wait_calls(stack, "chat.postMessage", 1)
+    assert alert.body["channel"] == channel
+    body = text_of(alert)
+    assert victim.registry_name in body
+    assert "<!channel>" not in body and "&lt;full&gt;" in body
+    assert not any(r.registry_name in body for r in baseline_failed)
+
+    stack.sim.set_status(TASK, victim.registry_id, "finished")
+    await wait_calls(stack, "chat.postMessage", 2)
+    await wait_calls(stack, "chat.update", 1)
+    thread = posts(stack, channel)[1]
+    assert thread.body.get("thread_ts") == "1700000000.000001"
+    assert "recovered" in text_of(thread)
+    assert len(posts(stack, channel)) == 2  # one alert and one thread line, nothing twice
+
+    click = await stack.user.click(button(blocks_message(alert), ACTION_ACK))
+    assert click.status == 200
+    updates = await wait_calls(stack, "chat.update", 2)
+    assert stack.user.user_id in text_of(updates[-1])
+
+
+async def test_a_muted_watch_posts_nothing(stack: Stack) -> None:
+    await stack.user.command_text(f"watch {TASK}")
+    await stack.user.command_text(f"mute {TASK} 1h")
+    await _until_refreshed(stack)
+    victim = next(r for r in stack.sim.registries(TASK) if r.sync_status == "finished")
+    stack.sim.set_status(TASK, victim.registry_id, "failed", "boom")
+    await _until_refreshed(stack, after_calls=sum(stack.sim.calls.values()))
+    await _drain(stack)
+    assert stack.standin.api("chat.postMessage") == []
+
+
+async def test_mute_button_mutes_the_watch(stack: Stack) -> None:
+    await stack.user.command_text(f"watch {TASK}")
+    await _until_refreshed(stack)
+    victim = next(r for r in stack.sim.registries(TASK) if r.sync_status == "finished")
+    stack.sim.set_status(TASK, victim.registry_id, "failed", "boom")
+    [alert] = await wait_calls(stack, "chat.postMessage", 1)
+    await stack.user.click(button(blocks_message(alert), ACTION_MUTE_1H))
+    update = (await wait_calls(stack, "chat.update", 1))[-1]
+    assert "Muted until" in text_of(update) or "muted until" in text_of(update).lower()
+    assert stack.workers is not None
+    [watch] = await stack.workers.watches.of_channel(stack.user.channel_id)
+    assert watch.muted_until is not None
+
+
+async def _until_refreshed(stack: Stack, after_calls: int | None = None) -> None:
+    """Wait until the scheduler has fetched the task (again, when ``after_calls`` is given)."""
+    base = sum(stack.sim.calls.values()) if after_calls is None else after_calls
+    for _ in range(300):
+        if sum(stack.sim.calls.values()) > base:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the scheduler never refreshed the task")
+
+
+async def _drain(stack: Stack) -> None:
+    await asyncio.sleep(1.0)  # the alert pipeline and the outbox run every few hundred ms
