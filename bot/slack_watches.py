@@ -92,8 +92,12 @@ class WatchCommands:
         client: AsyncWebClient,
         admins: frozenset[str],
         clock: Callable[[], float] = time.time,
+        on_watch: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._watches = watches
+        # Watching again in a channel whose alerts were parked (the bot was removed, say)
+        # means people fixed it: let the outbox send there again.
+        self._on_watch = on_watch
         self._lookups = lookups
         self._client = client
         self._admins = admins
@@ -155,6 +159,8 @@ class WatchCommands:
         record, created = await self._watches.add(
             task=ref, channel=channel, created_by=user, types=cmd.types, name=cmd.name
         )
+        if self._on_watch is not None:
+            await self._on_watch(channel)
         verb = "Watching" if created else "Updated the watch of"
         baseline = await self._baseline(cmd)
         return _text(

@@ -71,8 +71,19 @@ def build_workers(runtime: Runtime, settings: Settings, *, min_interval: float =
             await watches.pause(each, reason)
         logger.warning("paused the watches of %d channel(s): %s", len(channels), reason)
 
+    sender = OutboxSender(
+        runtime.redis, slack=slack, on_permanent=on_permanent, min_interval=min_interval
+    )
+
+    async def resume(channel: str) -> None:
+        await sender.resume(channel)
+
     commands = WatchCommands(
-        watches=watches, lookups=runtime.lookups, client=slack, admins=settings.watch_admins
+        watches=watches,
+        lookups=runtime.lookups,
+        client=slack,
+        admins=settings.watch_admins,
+        on_watch=resume,
     )
     return Workers(
         watches=watches,
@@ -87,7 +98,5 @@ def build_workers(runtime: Runtime, settings: Settings, *, min_interval: float =
             poll_interval=settings.poll_interval_seconds,
         ),
         pipeline=AlertPipeline(runtime.redis, watches=watches),
-        sender=OutboxSender(
-            runtime.redis, slack=slack, on_permanent=on_permanent, min_interval=min_interval
-        ),
+        sender=sender,
     )

@@ -16,7 +16,7 @@ from bot.alerts import ACTION_ACK, ACTION_MUTE_1H
 from bot.localstack import Stack, local_stack
 from bot.simulator import SimConfig
 from bot.slack_requests import button
-from bot.slack_standin import Call
+from bot.slack_standin import Call, Scripted
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 
 TASK = "task-alerts"
@@ -122,3 +122,26 @@ async def _until_refreshed(stack: Stack, after_calls: int | None = None) -> None
 
 async def _drain(stack: Stack) -> None:
     await asyncio.sleep(1.0)  # the alert pipeline and the outbox run every few hundred ms
+
+
+async def test_a_channel_the_bot_left_pauses_the_watch_until_watched_again(stack: Stack) -> None:
+    await stack.user.command_text(f"watch {TASK}")
+    await _until_refreshed(stack)
+    stack.standin.fail_next(
+        "chat.postMessage", Scripted(body={"ok": False, "error": "not_in_channel"})
+    )
+    victim = next(r for r in stack.sim.registries(TASK) if r.sync_status == "finished")
+    stack.sim.set_status(TASK, victim.registry_id, "failed", "boom")
+    await wait_calls(stack, "chat.postMessage", 1)  # refused by Slack
+    assert stack.workers is not None
+    for _ in range(100):
+        [watch] = await stack.workers.watches.of_channel(stack.user.channel_id)
+        if watch.paused_reason:
+            break
+        await asyncio.sleep(0.05)
+    assert watch.paused_reason == "not_in_channel"
+    listed = json.dumps((await stack.user.command_text("watches")).body)
+    assert "paused (not_in_channel)" in listed
+    await stack.user.command_text(f"watch {TASK}")  # someone invited the bot back
+    delivered = await wait_calls(stack, "chat.postMessage", 2)
+    assert victim.registry_name in text_of(delivered[-1])
