@@ -333,6 +333,10 @@ def render_help(command_name: str = "/hss-sync") -> Message:
                 f"filter by registry type ({', '.join(REGISTRY_TYPES)})",
             ),
             example('task-42 name="prod harbor" ep=0', "one registry, in enterprise project `0`"),
+            "*Alerts in a channel:*",
+            example("watch task-42 #ops type=Harbor", "tell #ops when a Harbor registry fails"),
+            example("watches all", "what is watched, in every channel"),
+            example("mute task-42 24h", "quiet for a day (`unmute` to undo); `unwatch` to stop"),
             example("help", "this help"),
         ]
     )
