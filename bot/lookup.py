@@ -45,8 +45,10 @@ logger = logging.getLogger(__name__)
 
 #: A Refresh click within this many seconds of the last fetch costs nothing.
 MIN_REFRESH_AGE = 5.0
-#: How long a refresh lock lives without renewal: a dead replica's lock frees up this fast.
-LOCK_TTL = 20.0
+#: How long a refresh lock lives without renewal (its owner renews it every third of this):
+#: a replica that dies mid-fetch frees the view this fast. Short, because watched tasks are
+#: taken over within two poll intervals; a stall longer than this costs a duplicate fetch.
+LOCK_TTL = 6.0
 POLL_OTHERS = 0.1
 #: How long a peek may reuse the snapshot it last read without asking Redis: a burst of
 #: commands costs one round trip, and another replica's refresh shows within this time.

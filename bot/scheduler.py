@@ -15,8 +15,8 @@ Leases: ``redis.asyncio.lock.Lock`` on ``keys.scheduler_lease(ref)``, taken with
 blocking, timeout ``poll_interval``, extended every third of that while the refresh runs,
 released after it. A replica that dies leaves a lease that expires within one poll interval;
 the others' loops wake when it expires, so its task is taken over within two. (One that dies
-mid-fetch also leaves the lookup service's view lock, ``lookup.LOCK_TTL`` = 20 s: below a
-10 s poll interval that lock, not the lease, bounds the takeover.)
+mid-fetch also leaves the lookup service's view lock, ``lookup.LOCK_TTL`` = 6 s: below a
+3 s poll interval that lock, not the lease, bounds the takeover.)
 
 Errors: an ``HssError``/``BudgetTimeout`` is logged once per task (until the task refreshes
 again) and that task waits ``poll_interval`` before its next try while the others go on. An

@@ -40,7 +40,7 @@ CHANNEL_B = "C0REPLICA2"
 #: The simulator's limit, and the bot's HSS_RATE_LIMIT: generous, so the budget never paces.
 RATE_LIMIT = 1000
 #: Long enough for the outbox's 1 message/s per channel, a lease or two to expire, and a
-#: killed replica's fetch lock (lookup.LOCK_TTL, 20 s) should it die mid-fetch.
+#: killed replica's fetch lock (lookup.LOCK_TTL) should it die mid-fetch.
 ALERT_TIMEOUT = 30.0
 
 
@@ -470,7 +470,7 @@ async def test_a_replica_killed_mid_refresh_is_taken_over(cluster: Cluster) -> N
     assert killed_at - fetch_started < 7.0, "the fetch was over before the kill"
     sim.sim.set_faults(latency_ms=0)
 
-    # The dead replica's fetch lock (lookup.LOCK_TTL, 20 s), not its 1 s scheduler lease,
+    # The dead replica's fetch lock (lookup.LOCK_TTL), not its 1 s scheduler lease,
     # bounds the takeover at this short poll interval (see bot.scheduler's docstring).
     [alert] = await wait_posts(standin, CHANNEL_A, 1, timeout=LOCK_TTL + 15.0)
     takeover = time.monotonic() - killed_at
