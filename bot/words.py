@@ -134,37 +134,29 @@ def _check_chars(what: str, value: str) -> None:
         raise CommandError(f"The {what} contains control characters; use printable text only.")
 
 
-def validate_task_id(value: str, *, usage: str = "") -> str:
+def _validate_text(value: str, *, what: str, maximum: int, empty: str) -> str:
+    """Non-blank, at most ``maximum`` characters, printable: what every text value needs."""
     if not value.strip():
-        raise CommandError("The task id is empty." + (f" Usage: {usage}" if usage else ""))
-    if len(value) > TASK_ID_MAX:
-        raise CommandError(
-            f'Task id "{echo(value)}" is too long: at most {TASK_ID_MAX} characters.'
-        )
-    _check_chars("task id", value)
+        raise CommandError(empty)
+    if len(value) > maximum:
+        raise CommandError(f'{what} "{echo(value)}" is too long: at most {maximum} characters.')
+    _check_chars(what.lower(), value)
     return value
+
+
+def validate_task_id(value: str, *, usage: str = "") -> str:
+    empty = "The task id is empty." + (f" Usage: {usage}" if usage else "")
+    return _validate_text(value, what="Task id", maximum=TASK_ID_MAX, empty=empty)
 
 
 def validate_name(value: str) -> str:
-    if not value.strip():
-        raise CommandError('name= needs a registry name, e.g. name=harbor-prod or name="my reg".')
-    if len(value) > REGISTRY_NAME_MAX:
-        raise CommandError(
-            f'Registry name "{echo(value)}" is too long: at most {REGISTRY_NAME_MAX} characters.'
-        )
-    _check_chars("registry name", value)
-    return value
+    empty = 'name= needs a registry name, e.g. name=harbor-prod or name="my reg".'
+    return _validate_text(value, what="Registry name", maximum=REGISTRY_NAME_MAX, empty=empty)
 
 
 def validate_ep(value: str) -> str:
-    if not value.strip():
-        raise CommandError("ep= needs an enterprise project id, e.g. ep=0 or ep=all_granted_eps.")
-    if len(value) > EP_ID_MAX:
-        raise CommandError(
-            f'Enterprise project id "{echo(value)}" is too long: at most {EP_ID_MAX} characters.'
-        )
-    _check_chars("enterprise project id", value)
-    return value
+    empty = "ep= needs an enterprise project id, e.g. ep=0 or ep=all_granted_eps."
+    return _validate_text(value, what="Enterprise project id", maximum=EP_ID_MAX, empty=empty)
 
 
 def parse_status(value: str) -> SyncStatus:
