@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from bot.command import parse_status, parse_types, validate_ep, validate_name, validate_task_id
 from bot.config import Settings
-from bot.errors import BotError, CommandError, ConfigError, StoreError
+from bot.errors import BotError, CommandError, ConfigError, ConfigErrors, StoreError
 from bot.models import Answer, LookupRequest, SyncStatus
 from bot.table import age_text, format_table
 
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"hss-sync-bot query: {exc.user_message()}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        settings = Settings.from_os()
+        settings = _settings(args.command)
         _configure_logging(settings.log_level or ("INFO" if args.command == "run" else "WARNING"))
         if request is not None:
             return _query(request, settings, as_json=args.json)
@@ -85,13 +85,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(settings)
         return _reset_auth(settings)
     except ConfigError as exc:
-        print(f"hss-sync-bot: {exc.variable}: {exc.problem}", file=sys.stderr)
+        for each in exc.problems if isinstance(exc, ConfigErrors) else [exc]:
+            print(f"hss-sync-bot: {each.variable}: {each.problem}", file=sys.stderr)
         return EXIT_USAGE
     except BotError as exc:
         print(f"hss-sync-bot: {exc.user_message()}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR
+
+
+def _settings(command: str) -> Settings:
+    """The settings, or every problem with them at once: malformed values and, for the
+    command at hand, missing ones."""
+    return Settings.for_command(os.environ, hss=True, slack=command == "run")
 
 
 def _configure_logging(level: str) -> None:

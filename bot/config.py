@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, ConfigErrors
 from bot.models import EP_ID_MAX, PROJECT_ID_MAX
 
 HSS_REGIONS: frozenset[str] = frozenset(
@@ -33,6 +33,12 @@ DEFAULT_POLL_INTERVAL = 60.0
 MIN_POLL_INTERVAL = 1.0
 
 T = TypeVar("T")
+
+#: A "missing" problem is moot when one of these variables is already reported malformed.
+_SAME_SETTING: dict[str, set[str]] = {
+    "HSS_REGION": {"HSS_REGION", "HSS_ENDPOINT"},
+    "SLACK_SIGNING_SECRET": {"SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"},
+}
 
 
 class Secret:
@@ -121,44 +127,86 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Parse every variable; raise ``ConfigError`` (``ConfigErrors`` when several are
+        wrong) naming each one at fault."""
+        settings, problems = cls.parse(environ)
+        raise_all(problems)
+        return settings
+
+    @classmethod
+    def parse(cls, environ: Mapping[str, str]) -> tuple[Settings, list[ConfigError]]:
+        """Settings with defaults in place of malformed values, and every problem found:
+        an operator fixes a broken deployment in one round, not one variable per restart."""
         env = {k: v for k, v in environ.items() if v.strip() != ""}
+        problems: list[ConfigError] = []
+
+        def check(read: Callable[[], T], default: T) -> T:
+            try:
+                return read()
+            except ConfigError as exc:
+                problems.append(exc)
+                return default
+
         secret = _secret_getter(env)
-        endpoint = env.get("HSS_ENDPOINT")
-        if endpoint is not None:
-            _check_url("HSS_ENDPOINT", endpoint)
-        region = env.get("HSS_REGION")
-        if region is not None and region not in HSS_REGIONS and endpoint is None:
-            raise ConfigError(
-                "HSS_REGION",
-                f"unknown region {region!r}; use one of HSS's regions "
-                "(for example ap-southeast-1) or set HSS_ENDPOINT",
-            )
-        slack_api_url = env.get("SLACK_API_URL", DEFAULT_SLACK_API_URL)
-        _check_url("SLACK_API_URL", slack_api_url)
-        return cls(
+        endpoint = check(lambda: _endpoint(env), None)
+        region = check(lambda: _region(env, endpoint), None)
+        slack_api_url = check(
+            lambda: _check_url("SLACK_API_URL", env.get("SLACK_API_URL", DEFAULT_SLACK_API_URL)),
+            DEFAULT_SLACK_API_URL,
+        )
+        settings = cls(
             slack_bot_token=secret("SLACK_BOT_TOKEN"),
             slack_signing_secret=secret("SLACK_SIGNING_SECRET"),
-            slack_app_token=_app_token(secret("SLACK_APP_TOKEN")),
+            slack_app_token=check(lambda: _app_token(secret("SLACK_APP_TOKEN")), None),
             slack_api_url=slack_api_url if slack_api_url.endswith("/") else slack_api_url + "/",
             ak=secret("CLOUD_SDK_AK"),
             sk=secret("CLOUD_SDK_SK"),
             security_token=secret("CLOUD_SDK_SECURITY_TOKEN"),
-            project_id=_bounded(env, "HSS_PROJECT_ID", PROJECT_ID_MAX),
+            project_id=check(lambda: _bounded(env, "HSS_PROJECT_ID", PROJECT_ID_MAX), None),
             region=region,
             endpoint=endpoint.rstrip("/") if endpoint else None,
-            enterprise_project_id=_bounded(env, "HSS_ENTERPRISE_PROJECT_ID", EP_ID_MAX),
-            rate_limit=_parse(env, "HSS_RATE_LIMIT", RateLimit.parse, RateLimit(5, 60.0)),
-            fresh_seconds=_parse(env, "HSS_FRESH_SECONDS", _non_negative_float, 60.0),
-            redis_url=_redis_url(env.get("REDIS_URL")),
-            port=_parse(env, "PORT", _port, 3000),
-            data_dir=Path(env.get("HSS_DATA_DIR", ".hss-sync-bot")),
-            command_name=_parse(env, "HSS_SLASH_COMMAND", _command_name, DEFAULT_COMMAND),
-            log_level=_parse(env, "LOG_LEVEL", _log_level, None),
-            poll_interval_seconds=_parse(
-                env, "POLL_INTERVAL_SECONDS", _poll_interval, DEFAULT_POLL_INTERVAL
+            enterprise_project_id=check(
+                lambda: _bounded(env, "HSS_ENTERPRISE_PROJECT_ID", EP_ID_MAX), None
             ),
-            watch_admins=_parse(env, "HSS_WATCH_ADMINS", _slack_ids, frozenset()),
+            rate_limit=check(
+                lambda: _parse(env, "HSS_RATE_LIMIT", RateLimit.parse, RateLimit(5, 60.0)),
+                RateLimit(5, 60.0),
+            ),
+            fresh_seconds=check(
+                lambda: _parse(env, "HSS_FRESH_SECONDS", _non_negative_float, 60.0), 60.0
+            ),
+            redis_url=check(lambda: _redis_url(env.get("REDIS_URL")), None),
+            port=check(lambda: _parse(env, "PORT", _port, 3000), 3000),
+            data_dir=Path(env.get("HSS_DATA_DIR", ".hss-sync-bot")),
+            command_name=check(
+                lambda: _parse(env, "HSS_SLASH_COMMAND", _command_name, DEFAULT_COMMAND),
+                DEFAULT_COMMAND,
+            ),
+            log_level=check(lambda: _parse(env, "LOG_LEVEL", _log_level, None), None),
+            poll_interval_seconds=check(
+                lambda: _parse(env, "POLL_INTERVAL_SECONDS", _poll_interval, DEFAULT_POLL_INTERVAL),
+                DEFAULT_POLL_INTERVAL,
+            ),
+            watch_admins=check(
+                lambda: _parse(env, "HSS_WATCH_ADMINS", _slack_ids, frozenset()), frozenset()
+            ),
         )
+        return settings, problems
+
+    @classmethod
+    def for_command(cls, environ: Mapping[str, str], *, hss: bool, slack: bool) -> Settings:
+        """``from_env`` plus what the command needs, every problem reported at once. A
+        malformed value is not reported a second time as missing."""
+        settings, problems = cls.parse(environ)
+        needed = (settings.hss_problems() if hss else []) + (
+            settings.slack_problems() if slack else []
+        )
+        named = {p.variable for p in problems}
+        for missing in needed:
+            if not named & _SAME_SETTING.get(missing.variable, {missing.variable}):
+                problems.append(missing)
+        raise_all(problems)
+        return settings
 
     @classmethod
     def from_os(cls) -> Settings:
@@ -173,26 +221,44 @@ class Settings:
         domain = "myhuaweicloud.eu" if self.region == "eu-west-101" else "myhuaweicloud.com"
         return f"https://hss.{self.region}.{domain}"
 
+    def hss_problems(self) -> list[ConfigError]:
+        """What is missing to call HSS."""
+        problems = [
+            ConfigError(name, "missing; it is required to call HSS")
+            for name, value in (
+                ("CLOUD_SDK_AK", self.ak),
+                ("CLOUD_SDK_SK", self.sk),
+                ("HSS_PROJECT_ID", self.project_id),
+            )
+            if value is None
+        ]
+        if self.endpoint is None and self.region is None:
+            problems.append(ConfigError("HSS_REGION", "missing; set HSS_REGION (or HSS_ENDPOINT)"))
+        return problems
+
+    def slack_problems(self) -> list[ConfigError]:
+        """What is missing to serve Slack."""
+        problems = []
+        if self.slack_bot_token is None:
+            problems.append(
+                ConfigError("SLACK_BOT_TOKEN", "missing; the bot token (xoxb-...) is required")
+            )
+        if self.slack_app_token is None and self.slack_signing_secret is None:
+            problems.append(
+                ConfigError(
+                    "SLACK_SIGNING_SECRET",
+                    "missing; required in HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)",
+                )
+            )
+        return problems
+
     def require_hss(self) -> None:
         """Raise ``ConfigError`` unless everything needed to call HSS is set."""
-        for name, value in (
-            ("CLOUD_SDK_AK", self.ak),
-            ("CLOUD_SDK_SK", self.sk),
-            ("HSS_PROJECT_ID", self.project_id),
-        ):
-            if value is None:
-                raise ConfigError(name, "missing; it is required to call HSS")
-        _ = self.hss_endpoint
+        raise_all(self.hss_problems())
 
     def require_slack(self) -> None:
         """Raise ``ConfigError`` unless everything needed to serve Slack is set."""
-        if self.slack_bot_token is None:
-            raise ConfigError("SLACK_BOT_TOKEN", "missing; the bot token (xoxb-...) is required")
-        if self.slack_app_token is None and self.slack_signing_secret is None:
-            raise ConfigError(
-                "SLACK_SIGNING_SECRET",
-                "missing; required in HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)",
-            )
+        raise_all(self.slack_problems())
 
     @property
     def budget_scope(self) -> str:
@@ -207,6 +273,31 @@ class Settings:
             f"{self.ak.reveal() if self.ak else ''}:{self.sk.reveal() if self.sk else ''}"
         )
         return pair.fingerprint()
+
+
+def raise_all(problems: list[ConfigError]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigErrors(problems)
+
+
+def _endpoint(env: Mapping[str, str]) -> str | None:
+    endpoint = env.get("HSS_ENDPOINT")
+    if endpoint is not None:
+        _check_url("HSS_ENDPOINT", endpoint)
+    return endpoint
+
+
+def _region(env: Mapping[str, str], endpoint: str | None) -> str | None:
+    region = env.get("HSS_REGION")
+    if region is not None and region not in HSS_REGIONS and endpoint is None:
+        raise ConfigError(
+            "HSS_REGION",
+            f"unknown region {region!r}; use one of HSS's regions "
+            "(for example ap-southeast-1) or set HSS_ENDPOINT",
+        )
+    return region
 
 
 def _secret_getter(env: Mapping[str, str]) -> Callable[[str], Secret | None]:
@@ -294,7 +385,7 @@ def _redis_url(raw: str | None) -> str | None:
     return raw
 
 
-def _check_url(name: str, value: str) -> None:
+def _check_url(name: str, value: str) -> str:
     problem = f"{value!r} is not an http(s) URL such as https://host[:port][/path]"
     if any(ch.isspace() or not ch.isprintable() for ch in value):
         raise ConfigError(name, problem)
@@ -305,3 +396,4 @@ def _check_url(name: str, value: str) -> None:
         raise ConfigError(name, problem) from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(name, problem)
+    return value

@@ -2,6 +2,7 @@
 
     BotError                      every error here carries a sentence for users
     ├── ConfigError               bad or missing setting: exit 2 at start-up
+    │   └── ConfigErrors          several at once, each listed
     ├── CommandError              bad slash-command or CLI input: ephemeral reply / exit 2
     ├── StoreError                Redis failed in a way we cannot route around
     ├── BudgetTimeout             no HSS call slot within the caller's deadline
@@ -33,6 +34,16 @@ class ConfigError(BotError):
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
         self.problem = problem
+
+
+class ConfigErrors(ConfigError):
+    """Several settings are wrong at once; ``problems`` lists each (the first is also this
+    error's own ``variable`` and ``problem``)."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        super().__init__(problems[0].variable, problems[0].problem)
+        self.problems = problems
+        self.args = ("; ".join(str(p) for p in problems),)
 
 
 class CommandError(BotError):

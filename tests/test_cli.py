@@ -386,6 +386,22 @@ async def test_bad_configuration_exits_2_naming_the_variable(
     assert cli.calls == 0
 
 
+async def test_run_reports_every_configuration_problem_at_once(cli: Cli) -> None:
+    run = await cli(
+        "run", PORT="x", HSS_RATE_LIMIT="abc", CLOUD_SDK_SK=None, SLACK_SIGNING_SECRET=None
+    )
+
+    assert run.code == 2
+    assert [line.split(":")[1].strip() for line in run.errors] == [
+        "HSS_RATE_LIMIT",
+        "PORT",
+        "CLOUD_SDK_SK",
+        "SLACK_BOT_TOKEN",
+        "SLACK_SIGNING_SECRET",
+    ]
+    assert cli.calls == 0
+
+
 async def test_unusable_data_dir_exits_2_naming_it(embedded_cli: Cli, tmp_path: Path) -> None:
     not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("")

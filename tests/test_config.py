@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bot.config import DEFAULT_COMMAND, DEFAULT_SLACK_API_URL, RateLimit, Secret, Settings
-from bot.errors import ConfigError
+from bot.errors import ConfigError, ConfigErrors
 
 AK = "AKCONFIGTEST00000001"
 SK = "SKconfig-test-secret-0000000000000000001"
@@ -401,3 +401,62 @@ def test_auth_scope_belongs_to_the_ak_sk_pair() -> None:
     assert Settings.from_env({"CLOUD_SDK_AK": AK, "CLOUD_SDK_SK": "fixed"}).auth_scope != scope
     assert Settings.from_env({"CLOUD_SDK_AK": "AK2", "CLOUD_SDK_SK": SK}).auth_scope != scope
     assert scope != settings.budget_scope
+
+
+# --- every problem at once -----------------------------------------------------------------
+
+
+def test_every_malformed_variable_is_reported_at_once() -> None:
+    env = {**FULL_ENV, "PORT": "x", "HSS_RATE_LIMIT": "abc", "REDIS_URL": "localhost:6379"}
+
+    error = config_error(env)
+
+    assert isinstance(error, ConfigErrors)
+    assert [p.variable for p in error.problems] == ["HSS_RATE_LIMIT", "REDIS_URL", "PORT"]
+    for secret in SECRETS:
+        assert secret not in str(error)
+
+
+def test_one_problem_is_a_plain_config_error() -> None:
+    error = config_error({**FULL_ENV, "PORT": "x"})
+
+    assert type(error) is ConfigError
+    assert error.variable == "PORT"
+
+
+def test_for_command_adds_what_the_command_needs_to_what_is_malformed() -> None:
+    env = {"PORT": "x", "SLACK_APP_TOKEN": "xoxb-not-an-app-token"}
+
+    with pytest.raises(ConfigErrors) as info:
+        Settings.for_command(env, hss=True, slack=True)
+
+    # The malformed app token is not also reported as a missing signing secret.
+    assert [p.variable for p in info.value.problems] == [
+        "SLACK_APP_TOKEN",
+        "PORT",
+        "CLOUD_SDK_AK",
+        "CLOUD_SDK_SK",
+        "HSS_PROJECT_ID",
+        "HSS_REGION",
+        "SLACK_BOT_TOKEN",
+    ]
+
+
+def test_for_command_reports_a_malformed_value_once_not_also_as_missing() -> None:
+    env = {**FULL_ENV, "HSS_ENDPOINT": "127.0.0.1:1", "HSS_PROJECT_ID": "p" * 300}
+    del env["HSS_REGION"]
+
+    with pytest.raises(ConfigErrors) as info:
+        Settings.for_command(env, hss=True, slack=False)
+
+    assert [p.variable for p in info.value.problems] == ["HSS_ENDPOINT", "HSS_PROJECT_ID"]
+
+
+def test_for_command_asks_only_for_what_the_command_needs() -> None:
+    hss_only = {k: v for k, v in FULL_ENV.items() if not k.startswith("SLACK_")}
+
+    assert Settings.for_command(hss_only, hss=True, slack=False).ak == Secret(AK)
+    with pytest.raises(ConfigError) as info:
+        Settings.for_command(hss_only, hss=True, slack=True)
+    assert isinstance(info.value, ConfigErrors)
+    assert {p.variable for p in info.value.problems} == {"SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"}
