@@ -35,6 +35,7 @@ import uuid
 from abc import ABC, abstractmethod
 from bisect import insort
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from enum import IntEnum
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -88,6 +89,12 @@ class CallBudget(Protocol):
     async def calls_left(self) -> int: ...
 
 
+#: Called when this context's caller is granted a call slot: a fetch whose HSS call has begun
+#: is worth finishing at shutdown (its slot is spent, its answer may hold a flip), one still
+#: waiting for a slot is not.
+on_grant: ContextVar[Callable[[], None] | None] = ContextVar("on_grant", default=None)
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -136,6 +143,8 @@ class _SlidingWindowBudget(ABC):
             if waiter:  # granted waiters are removed atomically; others must leave
                 await self._leave(waiter)
             raise
+        if (granted := on_grant.get()) is not None:
+            granted()
         return call_id
 
     async def _sleep(self, wait: float, deadline: float | None) -> None:

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.budget import CallBudget, Priority
+from bot import metrics
+from bot.budget import CallBudget, Priority, on_grant
 from bot.config import RateLimit
-from bot.errors import HssAuthError, StoreError
+from bot.errors import BotError, HssAuthError, StoreError
 from bot.hss_client import FetchResult, HssClient
 from bot.mirror import (
     LARGE_SNAPSHOT,
@@ -103,6 +104,8 @@ class LookupService:
         self._auth_scope = auth_scope or budget_scope
         self._clock = clock
         self._inflight: dict[tuple[TaskRef, str], asyncio.Task[None]] = {}
+        #: In-flight fetches whose HSS call has begun (``drain`` finishes these).
+        self._calling: set[tuple[TaskRef, str]] = set()
         self._recent: OrderedDict[TaskRef, tuple[float, Snapshot]] = OrderedDict()
         self._loading: dict[TaskRef, asyncio.Future[Snapshot]] = {}
         self._answers: OrderedDict[LookupRequest, tuple[Snapshot, Answer]] = OrderedDict()
@@ -167,10 +170,19 @@ class LookupService:
     async def lookup(
         self, request: LookupRequest, *, priority: Priority = Priority.INTERACTIVE
     ) -> Answer:
+        """Peek, and refresh unless fresh: one lookup, logged and counted as one."""
+        started = time.monotonic()
         peek = await self.peek(request)
         if peek.fresh:
+            note_lookup(peek.answer, "fresh", started=started, now=self._clock())
             return peek.answer
-        return await self.refresh(request, priority=priority)
+        try:
+            answer = await self.refresh(request, priority=priority)
+        except BotError as exc:
+            note_lookup(peek.answer, "failed", started=started, now=self._clock(), error=exc)
+            raise
+        note_lookup(answer, "refreshed", started=started, now=self._clock())
+        return answer
 
     async def refresh(
         self,
@@ -206,12 +218,28 @@ class LookupService:
         spacing = self._limit.window / self._limit.calls
         return await self._budget.next_slot_in() + (calls - 1) * spacing
 
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: let the fetches whose HSS call has begun finish and save (for up to
+        ``timeout`` s: the call is paid for and its answer may hold a flip), and stop those
+        still waiting for a call slot, which another replica or the next start will make."""
+        calling = [t for k, t in self._inflight.items() if k in self._calling]
+        for key, task in list(self._inflight.items()):
+            if key not in self._calling:
+                task.cancel()
+        if calling:
+            await asyncio.wait(calling, timeout=timeout)
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Stop fetches nobody will wait for any more (on shutdown)."""
         tasks = list(self._inflight.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def auth_lock(self) -> dict[str, Any] | None:
+        """The authentication lock-out in force (error code, HSS request id, when), if any."""
+        return await self._store.get_auth_lock(self._auth_scope)
 
     async def reset_auth(self) -> bool:
         """Operator action: allow calls again after an authentication failure."""
@@ -228,7 +256,13 @@ class LookupService:
         key = (ref, view_key(flt))
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._fetch_once(key, ref, snap, query, flt, priority))
+            # The fetch task inherits this hook: it marks the fetch as calling HSS once the
+            # budget grants its first slot (see ``drain``).
+            hook = on_grant.set(functools.partial(self._calling.add, key))
+            try:
+                task = asyncio.create_task(self._fetch_once(key, ref, snap, query, flt, priority))
+            finally:
+                on_grant.reset(hook)
             self._inflight[key] = task
             task.add_done_callback(_retrieve_exception)
         await asyncio.shield(task)
@@ -249,6 +283,7 @@ class LookupService:
             # not "join" this finished one.
             if self._inflight.get(key) is asyncio.current_task():
                 del self._inflight[key]
+                self._calling.discard(key)
 
     async def _locked_fetch(
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
@@ -340,6 +375,42 @@ class LookupService:
                 request_id=str(info.get("request_id", "")),
                 status=int(info.get("status", 401)),
             )
+
+
+def note_lookup(
+    answer: Answer,
+    outcome: str,
+    *,
+    started: float,
+    now: float,
+    error: BaseException | None = None,
+) -> None:
+    """One log line and one count per lookup a person asked for, when its last answer is
+    shown. ``outcome`` is one of ``metrics.LOOKUP_OUTCOMES``; ``started`` is monotonic."""
+    request = answer.request
+    age = None if answer.fetched_at is None else max(0.0, now - answer.fetched_at)
+    ms = (time.monotonic() - started) * 1000
+    status = request.status.value if request.status is not None else "all"
+    why = getattr(error, "error_code", None) or (type(error).__name__ if error else None)
+    metrics.LOOKUPS.labels(outcome).inc()
+    logger.info(
+        "lookup task=%r status=%s -> %s%s, data age %s, %.0f ms",
+        request.task_id,
+        status,
+        outcome,
+        f" ({why})" if why else "",
+        "none" if age is None else f"{age:.0f} s",
+        ms,
+        extra={
+            "event": "lookup",
+            "task": request.task_id,
+            "status_filter": status,
+            "outcome": outcome,
+            "error": why,
+            "age_s": None if age is None else round(age, 1),
+            "ms": round(ms, 1),
+        },
+    )
 
 
 def _retrieve_exception(task: asyncio.Task[None]) -> None:

@@ -221,3 +221,43 @@ async def test_waiting_for_the_budget_does_not_make_a_fetch_stale(
     assert answer.has_data
     assert calls(sim) == 3
     assert sim.sim.throttled == 0
+
+
+async def test_drain_finishes_a_fetch_whose_call_began_and_drops_one_still_waiting(
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+) -> None:
+    sim = await make_hss_sim(task_sizes={"a": 30, "b": 30}, faults=Faults(latency_ms=1000.0))
+    # One call a minute: "b" waits for a slot the whole test.
+    rt = await make_runtime(sim, HSS_RATE_LIMIT="1/60s")
+    calling = asyncio.create_task(rt.lookups.refresh(LookupRequest("a")))
+    await asyncio.sleep(0.3)  # "a" holds the only slot; its call is in flight
+    waiting = asyncio.create_task(rt.lookups.refresh(LookupRequest("b")))
+    await asyncio.sleep(0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    await rt.lookups.drain(timeout=5.0)
+
+    assert loop.time() - started < 3.0  # not the minute "b" would wait for a slot
+    done, _ = await asyncio.wait({calling, waiting}, timeout=1.0)
+    assert calling in done and waiting in done
+    assert {r.registry_name for r in calling.result().registries} == names(sim, "a")
+    assert waiting.cancelled()
+    assert (await rt.lookups.peek(LookupRequest("a"))).answer.has_data
+    assert not (await rt.lookups.peek(LookupRequest("b"))).answer.has_data
+    assert calls(sim) == 1
+
+
+async def test_drain_gives_up_on_a_call_that_outlasts_its_timeout(
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+) -> None:
+    sim = await make_hss_sim(task_sizes={"a": 30}, faults=Faults(latency_ms=5000.0))
+    rt = await make_runtime(sim)
+    calling = asyncio.create_task(rt.lookups.refresh(LookupRequest("a")))
+    await asyncio.sleep(0.3)
+
+    await rt.lookups.drain(timeout=0.5)
+
+    await asyncio.wait({calling}, timeout=1.0)
+    assert calling.cancelled()
+    assert not (await rt.lookups.peek(LookupRequest("a"))).answer.has_data
