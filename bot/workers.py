@@ -44,15 +44,19 @@ class Workers:
         ):
             self._tasks.append(asyncio.create_task(worker.run(self._stop), name=name))
 
-    async def aclose(self) -> None:
+    def stop(self) -> None:
+        """Take no new work: the scheduler starts no refresh, the outbox no new round."""
         self._stop.set()
+
+    async def aclose(self, timeout: float = STOP_GRACE) -> None:
+        """``stop``, and wait up to ``timeout`` s for the work in hand (a round of deliveries,
+        an alert transaction) to finish; leases are released on the way out."""
+        self.stop()
         if not self._tasks:
             return
-        _, pending = await asyncio.wait(self._tasks, timeout=STOP_GRACE)
+        _, pending = await asyncio.wait(self._tasks, timeout=max(0.0, timeout))
         for task in pending:
-            logger.warning(
-                "%s did not stop within %.0f s; cancelling it", task.get_name(), STOP_GRACE
-            )
+            logger.warning("%s did not stop in time; cancelling it", task.get_name())
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*pending, return_exceptions=True)
