@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from bot import keys, outbox
+from bot import keys, metrics, outbox
 from bot.alerts import render_alert, render_thread_line
 from bot.errors import StoreError
 from bot.flips import AlertPlan, Flip, FlipKind, Incident, accumulate, classify, update_history
@@ -249,7 +249,7 @@ class AlertPipeline:
             return 0
         stored = {w.channel: await self._state(pipe, state_keys[w.channel], w) for w in watches}
         states = {channel: state or AlertState() for channel, state in stored.items()}
-        items, changed, reopened = self._process(ref, watches, states, entries)
+        items, changed, reopened, flips = self._process(ref, watches, states, entries)
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(cursor_key, entries[-1][0])
         for channel in (c for c, state in stored.items() if state is None):
@@ -267,8 +267,10 @@ class AlertPipeline:
                 text=item.message.text,
                 blocks=item.message.blocks,
                 dedup=item.dedup,
+                task=ref.task_id,
             )
         await pipe.execute()
+        _note_flips(ref, flips)  # only now: a lost race re-reads the same entries
         await self._note_alerts(ref, {i.channel for i in items})
         return len(items)
 
@@ -286,12 +288,14 @@ class AlertPipeline:
         watches: list[Watch],
         states: dict[str, AlertState],
         entries: list[Entry],
-    ) -> tuple[list[_Item], set[str], set[str]]:
+    ) -> tuple[list[_Item], set[str], set[str], list[Flip]]:
         """Every refresh through every watch, updating ``states`` in place; the items, the
-        channels whose state changed, and those that opened a new incident."""
+        channels whose state changed, those that opened a new incident, and the flips some
+        watch saw (each once, however many watches saw it)."""
         items: list[_Item] = []
         changed: set[str] = set()
         reopened: set[str] = set()
+        flips: dict[tuple[str, float, FlipKind], Flip] = {}
         now = self._clock()
         for refresh in refreshes(entries):
             at, last_id = refresh[0][1].at, refresh[-1][0]
@@ -299,17 +303,19 @@ class AlertPipeline:
             for watch in watches:
                 if at < watch.created_at:
                     continue  # the watch's baseline
-                step = self._step(watch, states[watch.channel], changes, at, now)
+                step, plan = self._step(watch, states[watch.channel], changes, at, now)
+                for flip in plan.in_order():
+                    flips.setdefault((flip.registry_id, flip.at, flip.kind), flip)
                 states[watch.channel] = step.state
                 changed.add(watch.channel)
                 if step.post:
                     reopened.add(watch.channel)
                 items += self._items(watch, ref, step, last_id, now)
-        return items, changed, reopened
+        return items, changed, reopened, list(flips.values())
 
     def _step(
         self, watch: Watch, state: AlertState, changes: list[Change], at: float, now: float
-    ) -> Step:
+    ) -> tuple[Step, AlertPlan]:
         incident = state.incident
         plan = classify(
             changes,
@@ -320,7 +326,7 @@ class AlertPipeline:
             now=at,
         )
         state = replace(state, history=update_history(state.history, plan.all_failures(), at))
-        return advance(state, plan, now=now, loud=watch.alerts(now))
+        return advance(state, plan, now=now, loud=watch.alerts(now)), plan
 
     @staticmethod
     def _items(watch: Watch, ref: TaskRef, step: Step, last_id: str, now: float) -> list[_Item]:
@@ -386,6 +392,39 @@ class AlertPipeline:
         reply = await self._redis.xread(streams, count=1, block=BLOCK_MS)  # type: ignore[arg-type]
         found = reply.items() if isinstance(reply, dict) else reply or []
         return [by_stream[_text(stream)] for stream, _ in found]
+
+
+#: The status a flip of each kind went to (a flip keeps only where it came from).
+_NEW_STATUS = {
+    FlipKind.FAILURE: "failed",
+    FlipKind.RECOVERY: "finished",
+    FlipKind.RETRY: "running",
+    FlipKind.REMOVED: "removed",
+}
+
+
+def _note_flips(ref: TaskRef, flips: Sequence[Flip]) -> None:
+    """One log line and one count per flip."""
+    for flip in flips:
+        metrics.FLIPS.labels(flip.kind.value).inc()
+        new = _NEW_STATUS[flip.kind]
+        logger.info(
+            "flip task=%r registry %s (%s): %s -> %s",
+            ref.task_id,
+            flip.registry_id,
+            flip.name,
+            flip.old or "?",
+            new,
+            extra={
+                "event": "flip",
+                "task": ref.task_id,
+                "registry_id": flip.registry_id,
+                "registry": flip.name,
+                "old": flip.old or None,
+                "new": new,
+                "kind": flip.kind.value,
+            },
+        )
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from bot import logs
 from bot.command import parse_status, parse_types, validate_ep, validate_name, validate_task_id
 from bot.config import Settings
 from bot.errors import BotError, CommandError, ConfigError, ConfigErrors, StoreError
@@ -78,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
     try:
         settings = _settings(args.command)
-        _configure_logging(settings.log_level or ("INFO" if args.command == "run" else "WARNING"))
+        level = settings.log_level or ("INFO" if args.command == "run" else "WARNING")
+        _configure_logging(level, logs.secret_values(settings))
         if request is not None:
             return _query(request, settings, as_json=args.json)
         if args.command == "run":
@@ -101,14 +103,10 @@ def _settings(command: str) -> Settings:
     return Settings.for_command(os.environ, hss=True, slack=command == "run")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # The one line saying an embedded Redis is in use is always worth seeing.
-    logging.getLogger("bot.embedded_redis").setLevel(logging.INFO)
+def _configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+    """JSON lines on stderr (plain text on a terminal), with ``secrets`` masked in every
+    line whatever logged them (see ``bot.logs``)."""
+    logs.configure(level, stream=sys.stderr, secrets=secrets)
 
 
 def _run(settings: Settings) -> int:

@@ -23,10 +23,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import httpx
 
-from bot import hss_wire
+from bot import hss_wire, metrics
 from bot.budget import CallBudget, Priority
 from bot.errors import HssError, HssThrottledError, HssUnavailableError
 from bot.models import OFFSET_MAX, ApiFilter, Registry, RegistryPage, TaskRef
@@ -223,7 +224,12 @@ class HssClient:
         url = f"{self._endpoint}{target}"
         for attempt in range(1, self._max_attempts + 1):
             if self._budget is not None:
+                asked = time.monotonic()
                 await self._budget.acquire(priority)
+                # Measured here, by the caller: one sample per granted call, whichever budget
+                # (shared, in-process, failing over between them) granted it.
+                wait = time.monotonic() - asked
+                metrics.BUDGET_WAIT.labels(priority.name.lower()).observe(wait)
             sent_at = time.time()
             try:
                 page = await self._attempt(url, task, offset=offset, limit=limit, attempt=attempt)
@@ -253,34 +259,65 @@ class HssClient:
         self, url: str, task: TaskRef, *, offset: int, limit: int, attempt: int
     ) -> RegistryPage:
         started = time.monotonic()
-        outcome = "error"
-        request_id = ""
+        call = _CallOutcome()
         try:
             response = await self._send(url)
-            outcome = str(response.status_code)
-            request_id = response.headers.get("X-Request-Id", "")
+            call.status = response.status_code
+            call.request_id = response.headers.get("X-Request-Id", "")
             page = hss_wire.read_response(
                 response, offset=offset, limit=limit, secrets=self._secrets
             )
-            request_id = page.request_id
+            call.request_id = page.request_id
             return page
         except HssError as err:
-            request_id = err.request_id or request_id
-            outcome = f"{outcome} {err.error_code}"
+            call.request_id = err.request_id or call.request_id
+            call.error_code = err.error_code
+            raise
+        except asyncio.CancelledError:
+            call.error_code = "CANCELLED"  # the slot is spent all the same: count it
             raise
         finally:
-            logger.info(
-                "HSS GET registries task=%r offset=%d limit=%d -> %s in %.0f ms "
-                "(attempt %d/%d, request id %s)",
-                task.task_id,
-                offset,
-                limit,
-                outcome,
-                (time.monotonic() - started) * 1000,
-                attempt,
-                self._max_attempts,
-                request_id or "-",
-            )
+            self._log_call(url, task, offset, limit, attempt, call, time.monotonic() - started)
+
+    def _log_call(
+        self,
+        url: str,
+        task: TaskRef,
+        offset: int,
+        limit: int,
+        attempt: int,
+        call: _CallOutcome,
+        seconds: float,
+    ) -> None:
+        """One line and one count per HTTP attempt. The query is left out of ``path``: it
+        only repeats task, offset and limit, and a URL is where credentials would sit if a
+        gateway ever wanted them there."""
+        status = metrics.hss_status_label(call.status, call.error_code)
+        metrics.HSS_CALLS.labels(status).inc()
+        shown = " ".join(part for part in (str(call.status or ""), call.error_code) if part)
+        logger.info(
+            "HSS GET registries task=%r offset=%d limit=%d -> %s in %.0f ms "
+            "(attempt %d/%d, HSS request id %s)",
+            task.task_id,
+            offset,
+            limit,
+            shown or "error",
+            seconds * 1000,
+            attempt,
+            self._max_attempts,
+            call.request_id or "-",
+            extra={
+                "event": "hss_call",
+                "method": "GET",
+                "path": urlsplit(url).path,
+                "task": task.task_id,
+                "status": status,
+                "error_code": call.error_code or None,
+                "ms": round(seconds * 1000, 1),
+                "attempt": attempt,
+                "hss_request_id": call.request_id or None,
+            },
+        )
 
     async def _send(self, url: str) -> httpx.Response:
         try:
@@ -295,6 +332,15 @@ class HssClient:
                 error_code="NETWORK",
                 error_msg=f"could not reach HSS ({type(exc).__name__})",
             ) from exc
+
+
+@dataclass(slots=True)
+class _CallOutcome:
+    """What one HTTP attempt got, filled in as it goes."""
+
+    status: int | None = None
+    error_code: str = ""
+    request_id: str = ""
 
 
 class _Sweep:

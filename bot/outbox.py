@@ -43,7 +43,7 @@ from redis.exceptions import LockError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import keys
+from bot import keys, metrics
 from bot.redis_health import REDIS_OUTAGE
 from bot.watches import PAUSE_REASONS
 
@@ -74,9 +74,11 @@ return 0
 
 
 def web_client(*, token: str, base_url: str, timeout: int = 5) -> AsyncWebClient:
-    """A client for the sender: no retry handlers (the sender retries, per channel) and a
-    timeout well inside the lease."""
-    return AsyncWebClient(token=token, base_url=base_url, timeout=timeout, retry_handlers=[])
+    """A client for the sender: no retry handlers (the sender retries, per channel; the one
+    handler only counts 429s) and a timeout well inside the lease."""
+    return AsyncWebClient(
+        token=token, base_url=base_url, timeout=timeout, retry_handlers=[metrics.CountSlack429()]
+    )
 
 
 async def enqueue(
@@ -88,10 +90,11 @@ async def enqueue(
     text: str,
     blocks: list[dict[str, Any]] | None,
     dedup: str,
+    task: str = "",
 ) -> str | None:
     """Queue an item for ``channel``. Given a pipeline (after ``multi()``), the commands join
     the caller's transaction and None is returned; given a client, they run in their own
-    ``MULTI`` and the stream entry id is returned."""
+    ``MULTI`` and the stream entry id is returned. ``task`` (the task id) is for logs."""
     if kind not in KINDS:
         raise ValueError(f"unknown outbox item kind {kind!r}")
     fields: dict[Any, Any] = {
@@ -101,6 +104,8 @@ async def enqueue(
         "blocks": json.dumps(blocks or [], separators=(",", ":")),
         "dedup": dedup,
     }
+    if task:
+        fields["task"] = task
     if isinstance(target, Pipeline):
         if target.watching and not target.explicit_transaction:
             raise ValueError("enqueue into a WATCHing pipeline only after multi()")
@@ -138,6 +143,7 @@ class Item:
     text: str
     blocks: list[dict[str, Any]]
     dedup: str
+    task: str = ""
 
     @classmethod
     def decode(cls, entry: tuple[Any, Any]) -> Item:
@@ -151,12 +157,27 @@ class Item:
             f.get("text", ""),
             blocks,
             f.get("dedup", ""),
+            f.get("task", ""),
         )
+
+
+def _alert(channel: str, item: Item, result: str, **more: object) -> dict[str, object]:
+    """The structured fields of an alert's log line (``result`` in metrics.ALERT_RESULTS)."""
+    return {
+        "event": "alert",
+        "channel": channel,
+        "task": item.task or None,
+        "kind": item.kind,
+        "item": item.id,
+        "result": result,
+        **more,
+    }
 
 
 @dataclass(slots=True)
 class Stats:
-    """Counters for /metrics: delivered, transient retries, dropped or parked, 429s."""
+    """This sender's counts: delivered, transient retries, dropped or parked, 429s
+    (``bot.metrics`` counts the same events for the whole process)."""
 
     sent: int = 0
     retried: int = 0
@@ -369,7 +390,15 @@ class OutboxSender:
         await self._commit(channel, item, post_ts=ts if kind == "post" else None, pace=True)
         self._attempts.pop(channel, None)
         self.stats.sent += 1
-        logger.info("outbox: %s %s %s: sent", channel, item.kind, item.id)
+        metrics.ALERTS.labels("sent").inc()
+        logger.info(
+            "outbox: %s %s %s: sent (task %s)",
+            channel,
+            item.kind,
+            item.id,
+            item.task or "-",
+            extra=_alert(channel, item, "sent"),
+        )
         return True
 
     async def _call(self, channel: str, item: Item, kind: str, parent: str | None) -> str:
@@ -391,12 +420,14 @@ class OutboxSender:
             wait = _retry_after(exc.response.headers)
             await self._hold(channel, self._clock() + max(wait, self._min_interval))
             self.stats.throttled += 1
+            metrics.ALERTS.labels("retried").inc()
             logger.warning(
                 "outbox: %s %s %s: rate limited, channel waits %.1f s",
                 channel,
                 item.kind,
                 item.id,
                 wait,
+                extra=_alert(channel, item, "retried", error="ratelimited", wait_s=wait),
             )
             return False
         if error in PERMANENT:
@@ -406,8 +437,14 @@ class OutboxSender:
             await self._retry_later(channel, item, error or f"HTTP {status}")
             return False
         self.stats.failed += 1
+        metrics.ALERTS.labels("failed").inc()
         logger.error(
-            "outbox: %s %s %s: dropped, Slack refused it: %s", channel, item.kind, item.id, error
+            "outbox: %s %s %s: dropped, Slack refused it: %s",
+            channel,
+            item.kind,
+            item.id,
+            error,
+            extra=_alert(channel, item, "failed", error=error),
         )
         await self._commit(channel, item, post_ts=None, pace=True)
         return True
@@ -415,7 +452,15 @@ class OutboxSender:
     async def _park(self, channel: str, item: Item, error: str) -> None:
         await self._redis.hset(keys.outbox_parked(), channel, error)
         self.stats.failed += 1
-        logger.warning("outbox: %s %s %s: %s; channel parked", channel, item.kind, item.id, error)
+        metrics.ALERTS.labels("failed").inc()
+        logger.warning(
+            "outbox: %s %s %s: %s; channel parked",
+            channel,
+            item.kind,
+            item.id,
+            error,
+            extra=_alert(channel, item, "failed", error=error, parked=True),
+        )
         try:
             await self._on_permanent(channel, error)
         except Exception:
@@ -427,6 +472,7 @@ class OutboxSender:
         delay = min(self._backoff * 2 ** (attempt - 1), self._max_backoff)
         await self._hold(channel, self._clock() + delay)
         self.stats.retried += 1
+        metrics.ALERTS.labels("retried").inc()
         logger.warning(
             "outbox: %s %s %s: %s, retry %d in %.1f s",
             channel,
@@ -435,6 +481,7 @@ class OutboxSender:
             why,
             attempt,
             delay,
+            extra=_alert(channel, item, "retried", error=why, wait_s=delay),
         )
 
     async def _hold(self, channel: str, until: float) -> None:

@@ -39,7 +39,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
-from bot import keys
+from bot import keys, logs
 from bot.budget import Priority
 from bot.errors import BudgetTimeout, HssAuthError, HssError, StoreError
 from bot.lookup import LookupService
@@ -217,9 +217,11 @@ class Scheduler:
 
     async def _refresh(self, cand: _Candidate) -> TaskRef | None:
         try:
-            await self._lookups.refresh(
-                cand.request, priority=Priority.BACKGROUND, max_age=self.poll_interval
-            )
+            # Its own request id: the HSS calls of one background refresh read as one story.
+            with logs.request_scope(logs.new_request_id("bg-")):
+                await self._lookups.refresh(
+                    cand.request, priority=Priority.BACKGROUND, max_age=self.poll_interval
+                )
         except HssAuthError as exc:
             self._idle_for_auth(exc)
             return None

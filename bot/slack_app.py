@@ -20,15 +20,18 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import logs, metrics
 from bot.action_value import decode_action_value
 from bot.alerts import ACTION_PATTERN as ALERT_ACTIONS
 from bot.budget import Priority
 from bot.command import Help, Lookup, parse
 from bot.errors import BotError, CommandError
 from bot.home import ACTION_HOME_UNWATCH
-from bot.lookup import MIN_REFRESH_AGE, LookupService, Peek
+from bot.lookup import MIN_REFRESH_AGE, LookupService, Peek, note_lookup
 from bot.mirror import Snapshot
 from bot.models import Answer, LookupRequest
 from bot.render import (
@@ -130,10 +133,12 @@ class SlackHandlers:
         await self._watch_commands.handle(parsed, command, reply)
 
     async def _answer(self, ack: AsyncAck, respond: AsyncRespond, request: LookupRequest) -> None:
+        started = time.monotonic()
         peek = await self._lookups.peek(request)
         now = self._clock()
         if peek.fresh:
             await ack(**_payload(self._rendered(peek, now), response_type="ephemeral"))
+            note_lookup(peek.answer, "fresh", started=started, now=now)
             return
         notice = await self._pending_notice(request, now)
         await ack(
@@ -143,7 +148,11 @@ class SlackHandlers:
         )
         # Someone with no answer at all needs a call more than someone looking at older data.
         priority = Priority.BACKGROUND if peek.answer.has_data else Priority.INTERACTIVE
-        self._spawn(self._deliver(respond, request, stale=peek.answer, page=0, priority=priority))
+        self._spawn(
+            self._deliver(
+                respond, request, stale=peek.answer, page=0, priority=priority, started=started
+            )
+        )
 
     def _rendered(self, peek: Peek, now: float) -> Message:
         """The first page of a fresh answer. A burst of the same question renders once: the
@@ -173,18 +182,23 @@ class SlackHandlers:
         page: int,
         max_age: float | None = None,
         priority: Priority = Priority.INTERACTIVE,
+        started: float | None = None,
     ) -> None:
-        """Refresh, then replace the pending message with the fresh answer or the error."""
+        """Refresh, then replace the pending message with the fresh answer or the error.
+        ``started`` (monotonic): when the person asked, for the lookup's log line."""
+        started = time.monotonic() if started is None else started
         try:
             async with asyncio.timeout(self._max_wait):
                 answer = await self._lookups.refresh(request, priority=priority, max_age=max_age)
             message = render_answer(answer, page=page, now=self._clock())
+            note_lookup(answer, "refreshed", started=started, now=self._clock())
         except BotError as exc:
-            logger.info("lookup of task %s failed: %s", request.task_id, type(exc).__name__)
             message = render_answer(stale, page=page, now=self._clock(), notice=exc.user_message())
+            note_lookup(stale, "failed", started=started, now=self._clock(), error=exc)
         except TimeoutError:
             # response_url expires after 30 minutes: say so rather than go silent.
             message = render_answer(stale, page=page, now=self._clock(), notice=GAVE_UP)
+            note_lookup(stale, "gave_up", started=started, now=self._clock())
         await respond(**_payload(message, response_type="ephemeral", replace_original=True))
 
     # --- buttons ---
@@ -210,6 +224,7 @@ class SlackHandlers:
         await respond(**_payload(message, response_type="ephemeral", replace_original=True))
 
     async def _refresh(self, body: dict[str, Any], respond: AsyncRespond) -> None:
+        started = time.monotonic()
         clicked = await self._clicked(body, respond)
         if clicked is None:
             return
@@ -221,7 +236,9 @@ class SlackHandlers:
             await respond(**_payload(message, response_type="ephemeral", replace_original=True))
         # Data younger than this is what a refresh would fetch anyway: clicks cost nothing.
         max_age = min(MIN_REFRESH_AGE, self._lookups.fresh_seconds)
-        await self._deliver(respond, request, stale=peek.answer, page=page, max_age=max_age)
+        await self._deliver(
+            respond, request, stale=peek.answer, page=page, max_age=max_age, started=started
+        )
 
     async def _share(self, body: dict[str, Any], respond: AsyncRespond) -> None:
         clicked = await self._clicked(body, respond)
@@ -260,6 +277,44 @@ class SlackHandlers:
             return None
 
 
+class ObservedApp(AsyncApp):
+    """Bolt's app, with every request given a request id and its ack timed. HTTP and Socket
+    Mode both dispatch through here; with ``process_before_response`` the listener has
+    returned (and so called ``ack``) when dispatch does."""
+
+    async def async_dispatch(self, req: AsyncBoltRequest) -> BoltResponse:
+        kind, details = describe_request(req.body)
+        started = time.perf_counter()
+        # Tasks the listener spawns copy this context: their lines carry the same id.
+        with logs.request_scope(logs.new_request_id()):
+            try:
+                return await super().async_dispatch(req)
+            finally:
+                seconds = time.perf_counter() - started
+                metrics.ACK_SECONDS.labels(kind).observe(seconds)
+                logger.debug(
+                    "slack %s acked in %.0f ms",
+                    kind,
+                    seconds * 1000,
+                    extra={"event": "ack", "kind": kind, "ms": round(seconds * 1000, 1), **details},
+                )
+
+
+def describe_request(body: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The ack histogram's ``kind`` (one of ``metrics.ACK_KINDS``) and a few fields that say
+    what the request was, for its debug line."""
+    if "command" in body:
+        fields = {"command": str(body["command"]), "text": str(body.get("text", ""))[:120]}
+        return "command", {**fields, "user": str(body.get("user_id", ""))}
+    if body.get("type") == "block_actions":
+        action = (body.get("actions") or [{}])[0]
+        user = str((body.get("user") or {}).get("id", ""))
+        return "action", {"action_id": str(action.get("action_id", "")), "user": user}
+    if body.get("type") == "event_callback":
+        return "event", {"event_type": str((body.get("event") or {}).get("type", ""))}
+    return "other", {}
+
+
 @dataclass(frozen=True)
 class SlackBot:
     app: AsyncApp
@@ -295,7 +350,7 @@ def build_app(
     alert_buttons: AlertButtons | None = None,
 ) -> SlackBot:
     """The Bolt app. ``signing_secret`` is None in Socket Mode (no HTTP requests to verify)."""
-    app = AsyncApp(
+    app = ObservedApp(
         client=web_client,
         signing_secret=signing_secret,
         request_verification_enabled=signing_secret is not None,
