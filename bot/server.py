@@ -1,5 +1,7 @@
-"""The bot's HTTP side (aiohttp): ``POST /slack/events`` into Bolt, ``GET /healthz``; and the
-Socket Mode connection when ``SLACK_APP_TOKEN`` is set (health is still served on PORT)."""
+"""The bot's HTTP side (aiohttp): ``POST /slack/events`` into Bolt, ``GET /healthz`` (alive),
+``GET /readyz`` (ready for traffic, see :mod:`bot.health`), ``GET /metrics`` (Prometheus);
+and the Socket Mode connection when ``SLACK_APP_TOKEN`` is set (the same health, readiness
+and metrics endpoints are still served on PORT)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import signal
 from contextlib import suppress
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -18,9 +21,12 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import health, metrics
 from bot.config import Settings
+from bot.health import Readiness, SlackAuth
 from bot.runtime import Runtime, open_runtime
 from bot.slack_app import build_app
+from bot.watches import WatchStore
 from bot.workers import build_workers
 
 logger = logging.getLogger(__name__)
@@ -34,13 +40,24 @@ def web_client(settings: Settings) -> AsyncWebClient:
         token=settings.slack_bot_token.reveal(),
         base_url=settings.slack_api_url,
         retry_handlers=[
+            metrics.CountSlack429(),  # first: it only counts, and must see every answer
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
             AsyncRateLimitErrorRetryHandler(max_retry_count=3),
         ],
     )
 
 
-def build_web_app(bolt: AsyncApp | None, runtime: Runtime) -> web.Application:
+def build_web_app(
+    bolt: AsyncApp | None, runtime: Runtime, *, readiness: Readiness | None = None
+) -> web.Application:
+    """The HTTP endpoints; ``bolt`` None in Socket Mode. Without ``readiness``, Slack's
+    ``auth.test`` is checked through ``bolt``'s client (not at all without ``bolt``)."""
+    if readiness is None:
+        slack = SlackAuth(bolt.client) if bolt is not None else None
+        readiness = Readiness(redis=runtime.redis, lookups=runtime.lookups, slack=slack)
+    checks = readiness
+    watches = WatchStore(runtime.redis)
+
     async def events(request: web.Request) -> web.Response:
         assert bolt is not None
         return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
@@ -54,10 +71,24 @@ def build_web_app(bolt: AsyncApp | None, runtime: Runtime) -> web.Application:
             redis_ok = False
         return web.json_response({"ok": True, "redis": "up" if redis_ok else "down"})
 
+    async def readyz(request: web.Request) -> web.Response:
+        status, body = health.body(await checks.results())
+        return web.json_response(body, status=status)
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        live = await metrics.read_live(redis=runtime.redis, budget=runtime.budget, watches=watches)
+        response = web.Response(body=metrics.render(live))
+        # The classic text format, which every Prometheus reads (generate_latest writes it;
+        # aiohttp's content_type= would refuse the version parameter).
+        response.headers["Content-Type"] = CONTENT_TYPE_PLAIN_0_0_4
+        return response
+
     app = web.Application()
     if bolt is not None:
         app.router.add_post("/slack/events", events)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)
     return app
 
 
@@ -82,8 +113,15 @@ async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: 
         alert_buttons=workers.buttons,
     )
     socket_mode = settings.slack_app_token is not None
+    slack_auth = SlackAuth(slack.app.client)
+    await slack_auth.check()  # a failure is logged, and /readyz reports it until it passes
+    readiness = Readiness(
+        redis=runtime.redis, lookups=runtime.lookups, slack=slack_auth, settings=settings
+    )
     runner, port = await start_http(
-        build_web_app(None if socket_mode else slack.app, runtime), host=host, port=settings.port
+        build_web_app(None if socket_mode else slack.app, runtime, readiness=readiness),
+        host=host,
+        port=settings.port,
     )
     handler: AsyncSocketModeHandler | None = None
     if settings.slack_app_token is not None:

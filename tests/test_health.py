@@ -1,0 +1,279 @@
+"""``/healthz`` and ``/readyz``: readiness as a pure function, then over HTTP on a real Redis
+(stopped and started again), the Slack stand-in refusing ``auth.test``, and a real HSS
+authentication lock-out; and ``hss-sync-bot run`` in Socket Mode serving them on PORT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bot.config import Settings
+from bot.embedded_redis import EmbeddedRedis
+from bot.errors import HssAuthError
+from bot.health import CheckResults, Readiness, SlackAuth, body, readiness
+from bot.models import LookupRequest
+from bot.runtime import Runtime, open_runtime
+from bot.server import build_web_app, start_http, web_client
+from bot.slack_standin import Scripted, SlackStandIn
+from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.test_run import bot_env, free_port, run_bot, wait_healthy
+
+SIGNING = "logs-test-signing-secret"
+BOT_TOKEN = "xoxb-logs-test-token"
+WRONG_SK = "wrong-secret-key"
+
+
+# --- pure ------------------------------------------------------------------------------------
+
+
+def test_ready_when_every_check_passed() -> None:
+    assert readiness(CheckResults()) == (True, [])
+    status, doc = body(CheckResults())
+    assert status == 200
+    assert doc == {
+        "ready": True,
+        "checks": {"config": "ok", "redis": "ok", "slack": "ok", "hss_auth": "ok"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("results", "reason"),
+    [
+        (CheckResults(config="SLACK_BOT_TOKEN"), "configuration invalid: SLACK_BOT_TOKEN"),
+        (CheckResults(redis="ConnectionError"), "redis unreachable (ConnectionError)"),
+        (CheckResults(slack="invalid_auth"), "slack auth.test failed (invalid_auth)"),
+        (CheckResults(hss_auth="APIGW.0301"), "hss authentication locked out after APIGW.0301"),
+    ],
+)
+def test_each_failed_check_is_a_reason(results: CheckResults, reason: str) -> None:
+    ready, reasons = readiness(results)
+    assert not ready
+    assert len(reasons) == 1 and reasons[0].startswith(reason)
+    status, doc = body(results)
+    assert status == 503 and doc["ready"] is False and doc["reasons"] == reasons
+
+
+def test_every_failure_is_reported_at_once() -> None:
+    ready, reasons = readiness(
+        CheckResults(config="X", redis="timeout", slack="timeout", hss_auth="APIGW.0301")
+    )
+    assert not ready and len(reasons) == 4
+
+
+# --- over HTTP -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[SlackStandIn]:
+    slack = SlackStandIn()
+    await slack.start()
+    yield slack
+    await slack.stop()
+
+
+def settings_for(sim: RunningSim, slack: SlackStandIn, redis_url: str, **env: str) -> Settings:
+    return Settings.from_env(
+        {
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING,
+            "SLACK_API_URL": f"{slack.url}/api/",
+            "CLOUD_SDK_AK": TEST_AK,
+            "CLOUD_SDK_SK": TEST_SK,
+            "HSS_PROJECT_ID": TEST_PROJECT_ID,
+            "HSS_ENDPOINT": sim.url,
+            "REDIS_URL": redis_url,
+            **env,
+        }
+    )
+
+
+Serve = Callable[..., Awaitable[tuple[Runtime, str]]]
+
+
+@pytest.fixture
+async def serve(standin: SlackStandIn, hss_sim: RunningSim) -> AsyncIterator[Serve]:
+    """``await serve(redis_url, **env)``: a runtime and the bot's web app (Socket Mode's,
+    without /slack/events) with readiness checking Slack through the stand-in; (runtime,
+    base URL)."""
+    async with AsyncExitStack() as exits:
+
+        async def start(redis_url: str, **env: str) -> tuple[Runtime, str]:
+            settings = settings_for(hss_sim, standin, redis_url, **env)
+            runtime = await open_runtime(settings)
+            exits.push_async_callback(runtime.aclose)
+            client = web_client(settings)
+            auth = SlackAuth(client, retry_failed=0.0)
+            checks = Readiness(
+                redis=runtime.redis, lookups=runtime.lookups, slack=auth, settings=settings
+            )
+            app = build_web_app(None, runtime, readiness=checks)
+            runner, port = await start_http(app, host="127.0.0.1", port=0)
+            exits.push_async_callback(runner.cleanup)
+            return runtime, f"http://127.0.0.1:{port}"
+
+        yield start
+
+
+async def get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        return await http.get(url)
+
+
+def assert_no_secrets(text: str) -> None:
+    for secret in (TEST_SK, TEST_AK, BOT_TOKEN, SIGNING, WRONG_SK):
+        assert secret not in text
+
+
+async def test_readyz_is_200_when_everything_is_up(
+    serve: Serve, redis_url: str, redis: object
+) -> None:
+    _, url = await serve(redis_url)
+    response = await get(f"{url}/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "ready": True,
+        "checks": {"config": "ok", "redis": "ok", "slack": "ok", "hss_auth": "ok"},
+    }
+    alive = await get(f"{url}/healthz")
+    assert alive.status_code == 200 and alive.json()["ok"] is True
+
+
+async def test_readyz_turns_503_when_redis_stops_and_200_when_it_is_back(
+    serve: Serve, redis_server: EmbeddedRedis
+) -> None:
+    _, url = await serve(redis_server.url)
+    assert (await get(f"{url}/readyz")).status_code == 200
+
+    await asyncio.to_thread(redis_server.stop)
+    down = await get(f"{url}/readyz")
+    assert down.status_code == 503
+    assert down.json()["ready"] is False
+    [reason] = down.json()["reasons"]
+    assert reason.startswith("redis unreachable (")
+    assert_no_secrets(down.text)
+    assert redis_server.url not in down.text  # no connection details either
+    # Alive all the same: the bot still answers from its in-process fallback.
+    assert (await get(f"{url}/healthz")).json() == {"ok": True, "redis": "down"}
+
+    await asyncio.to_thread(redis_server.start)
+    back = await poll_status(f"{url}/readyz", 200)
+    assert back.json()["ready"] is True
+
+
+async def poll_status(url: str, status: int, timeout: float = 10.0) -> httpx.Response:
+    """GET ``url`` until it answers ``status`` (a client reconnects on its next command)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        response = await get(url)
+        if response.status_code == status or loop.time() > deadline:
+            return response
+        await asyncio.sleep(0.1)
+
+
+async def test_readyz_is_503_while_slack_refuses_auth_test(
+    serve: Serve, redis_url: str, redis: object, standin: SlackStandIn
+) -> None:
+    refused = Scripted(200, {"ok": False, "error": "invalid_auth"})
+    standin.fail_next("auth.test", refused)
+    _, url = await serve(redis_url)
+
+    response = await get(f"{url}/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["reasons"] == ["slack auth.test failed (invalid_auth)"]
+    assert response.json()["checks"]["slack"] == "invalid_auth"
+    assert_no_secrets(response.text)
+    # A failed check is tried again by the next probe (retry_failed=0 here): Slack is back.
+    again = await get(f"{url}/readyz")
+    assert again.status_code == 200
+    assert len(standin.api("auth.test")) == 2
+
+
+async def test_a_passed_slack_check_is_not_repeated_by_every_probe(
+    serve: Serve, redis_url: str, redis: object, standin: SlackStandIn
+) -> None:
+    _, url = await serve(redis_url)
+    for _ in range(3):
+        assert (await get(f"{url}/readyz")).status_code == 200
+    assert len(standin.api("auth.test")) == 1
+
+
+async def test_readyz_is_503_while_hss_authentication_is_locked_out(
+    serve: Serve, redis_url: str, redis: object
+) -> None:
+    runtime, url = await serve(redis_url, CLOUD_SDK_SK=WRONG_SK)
+    with pytest.raises(HssAuthError):
+        await runtime.lookups.refresh(LookupRequest("task-locked"))
+
+    locked = await get(f"{url}/readyz")
+
+    assert locked.status_code == 503
+    [reason] = locked.json()["reasons"]
+    assert reason.startswith("hss authentication locked out after APIGW.0301")
+    assert "reset-auth" in reason
+    assert_no_secrets(locked.text)
+    assert await runtime.lookups.reset_auth()
+    assert (await get(f"{url}/readyz")).status_code == 200
+
+
+async def test_slack_auth_reports_an_unreachable_slack_as_a_code(standin: SlackStandIn) -> None:
+    url = standin.url
+    await standin.stop()
+    client = web_client(
+        Settings.from_env({"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_API_URL": f"{url}/api/"})
+    )
+    auth = SlackAuth(client, timeout=5.0)
+    error = await auth.check()
+    assert error is not None and " " not in error
+    assert auth.error == error
+
+
+# --- the real process ------------------------------------------------------------------------
+
+
+async def test_run_in_socket_mode_serves_readyz_and_metrics_on_port(
+    make_hss_sim: MakeSim, standin: SlackStandIn, redis_url: str, redis: object
+) -> None:
+    sim = await make_hss_sim(task_sizes={"t": 40})
+    port = free_port()
+    proc = await run_bot(
+        bot_env(
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_APP_TOKEN="xapp-1-socket-test",
+            SLACK_API_URL=f"{standin.url}/api/",
+            CLOUD_SDK_AK=TEST_AK,
+            CLOUD_SDK_SK=TEST_SK,
+            HSS_PROJECT_ID=TEST_PROJECT_ID,
+            HSS_ENDPOINT=sim.url,
+            REDIS_URL=redis_url,
+            PORT=str(port),
+        )
+    )
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+        ready = await get(f"http://127.0.0.1:{port}/readyz")
+        scraped = await get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+    assert ready.status_code == 200, ready.text
+    assert len(standin.api("auth.test")) >= 1  # checked at start-up
+    assert scraped.status_code == 200
+    names = {f.name for f in text_string_to_metric_families(scraped.text)}
+    assert {"hss_sync_lookups", "hss_sync_redis_up", "hss_sync_budget_calls_left"} <= names
+    log = stderr.decode()
+    assert_no_secrets(log)
+    assert "xapp-1-socket-test" not in log
+    lines = log.splitlines()
+    assert lines, "the bot logs at INFO by default"
+    for line in lines:  # stderr is a pipe, not a terminal: JSON lines
+        doc = json.loads(line)
+        assert {"ts", "level", "logger", "msg"} <= doc.keys()
