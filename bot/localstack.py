@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from bot.sim_server import start_simulator
 from bot.simulator import SimConfig, Simulator
 from bot.slack_app import MAX_WAIT, build_app
 from bot.slack_requests import SlackUser
-from bot.slack_standin import SlackStandIn
+from bot.slack_standin import Channel, SlackStandIn
 from bot.workers import Workers, build_workers
 
 SIGNING_SECRET = "demo-signing-secret"  # noqa: S105 (a local demo value, not a credential)
@@ -48,9 +48,11 @@ async def local_stack(
     max_wait: float = MAX_WAIT,
     watches: bool = False,
     send_interval: float = 1.0,
+    channels: Sequence[Channel] = (),
 ) -> AsyncIterator[Stack]:
     """Redis (embedded unless ``redis_url``) + simulator + Slack stand-in + the bot over
-    HTTP, all torn down after. ``env`` overrides the bot's settings."""
+    HTTP, all torn down after. ``env`` overrides the bot's settings; ``channels`` are named
+    in the stand-in, and the user's ``#name`` in command text becomes Slack's reference."""
     async with AsyncExitStack() as stack:
         if redis_url is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hss-demo-")))
@@ -61,7 +63,7 @@ async def local_stack(
         sim = Simulator(sim_config)
         sim_runner, sim_url = await start_simulator(sim)
         stack.push_async_callback(sim_runner.cleanup)
-        standin = SlackStandIn()
+        standin = SlackStandIn(channels)
         await standin.start()
         stack.push_async_callback(standin.stop)
         settings = Settings.from_env(
@@ -102,5 +104,6 @@ async def local_stack(
             response_base=f"{standin.url}/response",
             http=http,
             command=settings.command_name,
+            channels={c.name: c.id for c in channels},
         )
         yield Stack(sim=sim, standin=standin, runtime=runtime, user=user, workers=workers)

@@ -86,11 +86,16 @@ async def _flip(request: web.Request) -> web.Response:
     sim: Simulator = request.app[SIM_KEY]
     payload = await _json_body(request)
     task_id = str(payload.get("task_id", ""))
+    registry = payload.get("registry", payload.get("registry_id"))
     try:
-        if "registry_id" in payload:
+        if registry is not None:
+            reason = payload.get("reason")
             changed = [
                 sim.set_status(
-                    task_id, payload["registry_id"], payload["status"], payload.get("reason")
+                    task_id,
+                    str(registry),
+                    str(payload.get("status", "")),
+                    None if reason is None else str(reason),
                 )
             ]
         else:

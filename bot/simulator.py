@@ -9,7 +9,8 @@ Control endpoints under ``/_sim/`` (served by ``bot.sim_server``) need no signat
     POST /_sim/faults  {"latency_ms", "error_rate", "throttle_rate", "malformed_rate",
                         "timeout_seconds", "queue": [503, 429, "malformed", "timeout", 200]}
     POST /_sim/limit   {"rate_limit", "window", "retry_after"}
-    POST /_sim/flip    {"task_id", "registry_id", "status", "reason"} or {"task_id", "count"}
+    POST /_sim/flip    {"task_id", "registry", "status", "reason"} or {"task_id", "count"}
+                       ("registry": an id or an exact name; "registry_id" also works)
     POST /_sim/shift   {"task_id", "insert": n, "remove": n, "at": row}
 
 Order of checks, as at the real gateway: route, signature (401), project (403), rate limit
@@ -36,7 +37,7 @@ from urllib.parse import unquote
 
 from bot import signer
 from bot.models import PROJECT_ID_MAX, TASK_ID_MAX, Registry
-from bot.simdata import STATUSES, InvalidParameter, TaskData, parse_query, seeded_rng
+from bot.simdata import STATUSES, InvalidParameter, Query, TaskData, parse_query, seeded_rng
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,18 @@ class SimResponse:
     body: bytes
     headers: Mapping[str, str]
     delay: float = 0.0  # seconds the server waits before answering
+
+
+class UnknownRegistry(KeyError):
+    """A task has no registry with that id or name."""
+
+    def __init__(self, task_id: str, registry: str) -> None:
+        super().__init__(task_id, registry)
+        self.task_id = task_id
+        self.registry = registry
+
+    def __str__(self) -> str:
+        return f"task {self.task_id!r} has no registry with id or name {self.registry!r}"
 
 
 class _Reject(Exception):
@@ -197,15 +210,39 @@ class Simulator:
     def registries(self, task_id: str) -> list[Registry]:
         return self.task(task_id).registries()
 
+    def task_ids(self) -> list[str]:
+        """Every task the simulator has data for or a configured size of, sorted."""
+        return sorted(self._tasks.keys() | self.config.task_sizes.keys())
+
+    def find_registry(self, task_id: str, registry: str) -> Registry:
+        """The registry of ``task_id`` with this id or exactly this name (any case).
+
+        Raises ``UnknownRegistry`` (a ``KeyError``) when there is none: names are what people
+        type at the demo's prompt, ids what scripts copy from the API.
+        """
+        data = self.task(task_id)
+        row = data.row_of(registry) if len(registry) == 32 else None
+        if row is not None:
+            return data.registry_at(row)
+        # The name search the API uses (a substring, any case), then only the exact name.
+        _, candidates = data.query(Query(limit=max(1, len(data)), registry_name=registry))
+        wanted = registry.casefold()
+        for found in candidates:
+            if found.registry_name.casefold() == wanted:
+                return found
+        raise UnknownRegistry(task_id, registry)
+
     def set_status(
-        self, task_id: str, registry_id: str, status: str, reason: str | None = None
+        self, task_id: str, registry: str, status: str, reason: str | None = None
     ) -> Registry:
+        """Give one registry (by id or exact name) ``status``; ``reason`` is its failed
+        reason (None: the seeded one). Takes effect for the next API call."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}")
         data = self.task(task_id)
-        row = data.row_of(registry_id)
-        if row is None:
-            raise KeyError(registry_id)
+        row = data.row_of(self.find_registry(task_id, registry).registry_id)
+        if row is None:  # pragma: no cover (find_registry has just found it)
+            raise UnknownRegistry(task_id, registry)
         return data.set_status(row, status, reason)
 
     def flip(self, task_id: str, count: int = 1) -> list[Registry]:

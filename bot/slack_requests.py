@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -20,6 +22,8 @@ from slack_sdk.signature import SignatureVerifier
 from bot.slack_standin import TEAM_ID
 
 _counter = itertools.count(1)
+#: ``#name`` as a word of its own (Slack's channel names: lower case, digits, - and _).
+_CHANNEL_NAME = re.compile(r"(?<![\w<|])#([a-z0-9][a-z0-9_-]{0,79})(?![\w-])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +49,12 @@ class SlackUser:
         user_id: str = "U0DEMO0001",
         channel_id: str = "C0DEMO0001",
         command: str = "/hss-sync",
+        channels: Mapping[str, str] | None = None,
     ) -> None:
         self._events = bot_url.rstrip("/") + "/slack/events"
+        #: Channel names the workspace knows, name -> id: ``#name`` in command text is sent
+        #: as ``<#id|name>``, as Slack does for a command that escapes channels.
+        self.channels = dict(channels or {})
         self._verifier = SignatureVerifier(signing_secret)
         self._response_base = response_base.rstrip("/")
         self._http = http
@@ -64,23 +72,45 @@ class SlackUser:
             "user_id": self.user_id,
             "user_name": "demo.user",
             "command": self.command,
-            "text": _slack_escape(text),
+            "text": self._channel_refs(_slack_escape(text)),
             "response_url": f"{self._response_base}/{ident}",
             "trigger_id": f"trigger.{ident}",
             "api_app_id": "A0HSSSYNC",
         }
         return await self._post(urlencode(form), ident)
 
-    async def click(self, button: dict[str, Any]) -> Reply:
-        """Click a button element taken from a message the bot sent."""
+    def _channel_refs(self, text: str) -> str:
+        def ref(match: re.Match[str]) -> str:
+            ident = self.channels.get(match[1])
+            return match[0] if ident is None else f"<#{ident}|{match[1]}>"
+
+        return _CHANNEL_NAME.sub(ref, text)
+
+    def _name_of(self, channel: str) -> str:
+        return next((name for name, ident in self.channels.items() if ident == channel), "demo")
+
+    async def click(
+        self,
+        button: dict[str, Any],
+        *,
+        channel_id: str | None = None,
+        message_ts: str | None = None,
+    ) -> Reply:
+        """Click a button element taken from a message the bot sent: by default an
+        ephemeral answer in this user's channel; with ``message_ts``, the message with that
+        ts in ``channel_id`` (an alert in a channel, say)."""
         ident = f"act{next(_counter)}"
+        channel = channel_id or self.channel_id
+        container: dict[str, Any] = {"type": "message", "is_ephemeral": message_ts is None}
+        if message_ts is not None:
+            container["message_ts"] = message_ts
         payload = {
             "type": "block_actions",
             "team": {"id": TEAM_ID, "domain": "standin"},
             "user": {"id": self.user_id, "username": "demo.user", "team_id": TEAM_ID},
             "api_app_id": "A0HSSSYNC",
-            "container": {"type": "message", "is_ephemeral": True},
-            "channel": {"id": self.channel_id, "name": "demo"},
+            "container": container,
+            "channel": {"id": channel, "name": self._name_of(channel)},
             "trigger_id": f"trigger.{ident}",
             "response_url": f"{self._response_base}/{ident}",
             "actions": [
@@ -159,3 +189,25 @@ def button(message: dict[str, Any], action_prefix: str) -> dict[str, Any]:
         if str(b.get("action_id", "")).startswith(action_prefix):
             return b
     raise LookupError(f"no button {action_prefix!r} in the message")
+
+
+def button_labelled(message: dict[str, Any], label: str) -> dict[str, Any]:
+    """The button a person means by ``label``: the one whose text is it, else the only one
+    whose text starts with it (any case; arrows, emoji and punctuation ignored).
+
+    Raises LookupError saying which buttons there are, or which ones ``label`` fits.
+    """
+    wanted = _words(label)
+    found = buttons(message)
+    named = [b for b in found if _words(b["text"]["text"]) == wanted]
+    starting = [b for b in found if _words(b["text"]["text"]).startswith(wanted)] if wanted else []
+    if named or len(starting) == 1:
+        return (named or starting)[0]
+    shown = " ".join(f"[{b['text']['text']}]" for b in starting or found)
+    if starting:
+        raise LookupError(f"{label!r} fits more than one button: {shown}")
+    raise LookupError(f"no button {label!r}; there are {shown}" if found else "no buttons")
+
+
+def _words(text: str) -> str:
+    return " ".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -32,6 +32,8 @@ class Call:
     name: str  # method name, or the response_url id
     body: dict[str, Any]
     headers: dict[str, str]
+    #: What the stand-in answered (a Web API call's JSON, e.g. the ``ts`` of a new message).
+    answer: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +43,22 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A channel the stand-in knows by name (``conversations.info`` answers with it)."""
+
+    id: str
+    name: str
+    is_member: bool = True
+    is_archived: bool = False
+
+
 class SlackStandIn:
-    def __init__(self) -> None:
+    def __init__(self, channels: Sequence[Channel] = ()) -> None:
         self.calls: list[Call] = []
+        #: Channels by id; any other id is answered as a channel the bot is in, so tests
+        #: need not declare every channel they use.
+        self.channels = {c.id: c for c in channels}
         self._scripted: dict[str, list[Scripted]] = {}
         self._ts = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -66,6 +81,12 @@ class SlackStandIn:
 
     def responses(self, ident: str) -> list[Call]:
         return [c for c in self.calls if c.kind == "response" and c.name == ident]
+
+    async def calls_after(self, seen: int, timeout: float | None = None) -> list[Call]:
+        """The calls recorded after the first ``seen``, waiting until there is one."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.calls) > seen), timeout)
+            return self.calls[seen:]
 
     async def wait_for(
         self, predicate: Callable[[list[Call]], bool], timeout: float = 10.0
@@ -140,12 +161,10 @@ class SlackStandIn:
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
         body = await _body(request)
-        await self._record(Call("api", method, body, _headers(request)))
         scripted = self._scripted.get(method)
-        if scripted:
-            s = scripted.pop(0)
-            return web.json_response(s.body, status=s.status, headers=s.headers)
-        return web.json_response(self._ok(method, body))
+        s = scripted.pop(0) if scripted else Scripted(body=self._ok(method, body))
+        await self._record(Call("api", method, body, _headers(request), s.body))
+        return web.json_response(s.body, status=s.status, headers=s.headers)
 
     async def _response(self, request: web.Request) -> web.Response:
         body = await _body(request)
@@ -164,7 +183,14 @@ class SlackStandIn:
                 "bot_id": "BHSSBOT01",
             }
         if method == "conversations.info":
-            channel = {"id": body.get("channel", ""), "is_member": True, "is_archived": False}
+            ident = str(body.get("channel", ""))
+            known = self.channels.get(ident, Channel(ident, ident.lower()))
+            channel = {
+                "id": ident,
+                "name": known.name,
+                "is_member": known.is_member,
+                "is_archived": known.is_archived,
+            }
             return {"ok": True, "channel": channel}
         if method == "apps.connections.open":
             return {"ok": True, "url": self.url.replace("http://", "ws://") + "/socket"}

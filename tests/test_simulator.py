@@ -363,6 +363,61 @@ async def test_flip_one_registry_over_http(hss_sim: RunningSim) -> None:
         assert page[7]["failed_reason"] == "镜像同步失败: 权限不足 <b>&</b>"
 
 
+def test_set_status_by_name_or_id_shows_in_the_next_answer() -> None:
+    sim = Simulator(SimConfig(seed=3, task_sizes={"t": 40}))
+    target = next(r for r in sim.registries("t") if r.sync_status == "finished")
+    by_name = sim.set_status("t", target.registry_name.upper(), "failed", "disk <full> & gone")
+    assert (by_name.registry_id, by_name.sync_status) == (target.registry_id, "failed")
+    assert sim.find_registry("t", target.registry_id).failed_reason == "disk <full> & gone"
+    _, failed = sim.task("t").query(Query(limit=40, sync_status="failed"))
+    assert target.registry_id in {r.registry_id for r in failed}
+
+    back = sim.set_status("t", target.registry_id, "finished")
+    assert (back.sync_status, back.failed_reason) == ("finished", "")
+    # Without a reason a failure gets the seeded one, as the API would report it.
+    assert sim.set_status("t", target.registry_name, "failed").failed_reason
+
+
+def test_set_status_refuses_unknown_registries_and_statuses() -> None:
+    sim = Simulator(SimConfig(task_sizes={"t": 40}))
+    name = sim.registries("t")[0].registry_name
+    with pytest.raises(KeyError, match="has no registry with id or name 'nope'"):
+        sim.set_status("t", "nope", "failed")
+    with pytest.raises(KeyError):  # a part of a name is not the name
+        sim.find_registry("t", name[:-1])
+    with pytest.raises(KeyError):
+        sim.set_status("t", "0" * 32, "failed")
+    with pytest.raises(ValueError, match="finished, running, failed"):
+        sim.set_status("t", name, "broken")
+    assert sim.find_registry("t", name).sync_status == sim.registries("t")[0].sync_status
+
+
+def test_task_ids_lists_configured_and_used_tasks() -> None:
+    sim = Simulator(SimConfig(task_sizes={"b": 3, "a": 5}))
+    assert sim.task_ids() == ["a", "b"]
+    sim.registries("c")
+    assert sim.task_ids() == ["a", "b", "c"]
+
+
+async def test_flip_by_registry_name_over_http(hss_sim: RunningSim) -> None:
+    target = hss_sim.sim.registries("t")[3]
+    flip = {"task_id": "t", "registry": target.registry_name, "status": "running"}
+    async with httpx.AsyncClient() as control:
+        changed = await control.post(f"{hss_sim.url}/_sim/flip", json=flip)
+        unknown = await control.post(
+            f"{hss_sim.url}/_sim/flip", json={**flip, "registry": "no-such-registry"}
+        )
+        no_status = await control.post(
+            f"{hss_sim.url}/_sim/flip", json={"task_id": "t", "registry": target.registry_name}
+        )
+    assert changed.json()["changed"][0]["registry_id"] == target.registry_id
+    assert changed.json()["changed"][0]["sync_status"] == "running"
+    assert unknown.status_code == 400 and "no-such-registry" in unknown.text
+    assert no_status.status_code == 400 and "status must be one of" in no_status.text
+    page = (await get(hss_sim, "t", [("limit", "10")])).json()["data_list"]
+    assert page[3]["sync_status"] == "running"
+
+
 async def test_insert_shifts_rows_between_pages(hss_sim: RunningSim) -> None:
     first = (await get(hss_sim, "t", [("limit", "10")])).json()
     async with httpx.AsyncClient() as control:
