@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from bot.errors import ConfigError, ConfigErrors
 from bot.models import EP_ID_MAX, PROJECT_ID_MAX
+from bot.redis_url import parse_redis_url
 
 HSS_REGIONS: frozenset[str] = frozenset(
     """cn-north-1 cn-north-2 cn-north-4 cn-north-9 cn-north-11 cn-north-12 cn-southwest-2
@@ -380,8 +381,11 @@ def _command_name(raw: str) -> str:
 
 
 def _redis_url(raw: str | None) -> str | None:
-    if raw is not None and not re.match(r"(redis|rediss|unix)://", raw):
-        raise ConfigError("REDIS_URL", "must start with redis://, rediss:// or unix://")
+    if raw is not None:
+        try:
+            parse_redis_url(raw)
+        except ValueError as exc:
+            raise ConfigError("REDIS_URL", str(exc)) from None
     return raw
 
 

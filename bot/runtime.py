@@ -8,9 +8,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from bot.budget import FailoverBudget, LocalCallBudget, RedisCallBudget
 from bot.config import Settings
@@ -18,6 +20,7 @@ from bot.embedded_redis import EmbeddedRedis, ensure_embedded_redis
 from bot.hss_client import HssClient
 from bot.lookup import LookupService
 from bot.redis_health import RedisHealth
+from bot.redis_url import DirectUrl, parse_redis_url
 from bot.signer import Credentials
 from bot.store import FailoverMirrorStore, MemoryMirrorStore, RedisMirrorStore
 
@@ -41,12 +44,50 @@ class Runtime:
             await asyncio.to_thread(self.embedded.stop)
 
 
+class _SentinelMaster(aioredis.Redis):
+    """The master's client from ``Sentinel.master_for``: closing it also closes the
+    connections to the sentinels, which redis-py leaves open for the caller to close."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            pool = self.connection_pool
+            if isinstance(pool, SentinelConnectionPool):
+                await pool.sentinel_manager.aclose()
+
+
 def redis_client(url: str) -> aioredis.Redis:
+    """A client for ``REDIS_URL`` (see ``bot.redis_url``); through Sentinel it asks for the
+    master's address on every new connection, so it follows a failover by itself."""
     # Short timeouts: a dead Redis must turn into the in-process fallback quickly, not hang
-    # a slash command past Slack's 3-second ack.
-    return aioredis.Redis.from_url(
-        url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=15
+    # a slash command past Slack's 3-second ack. Sentinels get them too: each new connection
+    # to the master first asks them where it is.
+    timeouts: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    target = parse_redis_url(url)
+    if isinstance(target, DirectUrl):
+        return aioredis.Redis.from_url(target.url, health_check_interval=15, **timeouts)
+    tls: dict[str, Any] = {"ssl": True} if target.tls else {}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs={
+            "username": target.sentinel_username,
+            "password": target.password,
+            **timeouts,
+            **tls,
+        },
     )
+    master: aioredis.Redis = sentinel.master_for(
+        target.service_name,
+        redis_class=_SentinelMaster,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        health_check_interval=15,
+        **timeouts,
+        **tls,
+    )
+    return master
 
 
 async def open_runtime(
