@@ -106,31 +106,45 @@ async def test_run_serves_http_answers_a_command_and_stops_on_sigterm(
     assert SECRET not in stderr.decode()
 
 
+COMPLETE = {
+    "CLOUD_SDK_AK": "a",
+    "CLOUD_SDK_SK": "b",
+    "HSS_PROJECT_ID": "p",
+    "HSS_REGION": "ap-southeast-1",
+    "SLACK_BOT_TOKEN": "xoxb-run-test",
+    "SLACK_SIGNING_SECRET": "run-test-secret",
+}
+
+
 @pytest.mark.parametrize(
-    ("env", "variable"),
+    ("env", "variables"),
     [
-        ({}, "CLOUD_SDK_AK"),
         (
-            {
-                "CLOUD_SDK_AK": "a",
-                "CLOUD_SDK_SK": "b",
-                "HSS_PROJECT_ID": "p",
-                "HSS_REGION": "ap-southeast-1",
-            },
-            "SLACK_BOT_TOKEN",
+            {},
+            [
+                "CLOUD_SDK_AK",
+                "CLOUD_SDK_SK",
+                "HSS_PROJECT_ID",
+                "HSS_REGION",
+                "SLACK_BOT_TOKEN",
+                "SLACK_SIGNING_SECRET",
+            ],
         ),
-        ({"PORT": "http"}, "PORT"),
-        ({"SLACK_APP_TOKEN": "xoxb-not-an-app-token"}, "SLACK_APP_TOKEN"),
+        ({**COMPLETE, "SLACK_BOT_TOKEN": ""}, ["SLACK_BOT_TOKEN"]),
+        ({**COMPLETE, "PORT": "http"}, ["PORT"]),
+        ({**COMPLETE, "SLACK_APP_TOKEN": "xoxb-not-an-app-token"}, ["SLACK_APP_TOKEN"]),
+        ({**COMPLETE, "PORT": "http", "CLOUD_SDK_SK": ""}, ["PORT", "CLOUD_SDK_SK"]),
     ],
 )
-async def test_run_refuses_bad_configuration_in_one_line(
-    env: dict[str, str], variable: str
+async def test_run_refuses_bad_configuration_one_line_per_problem(
+    env: dict[str, str], variables: list[str]
 ) -> None:
     proc = await run_bot(bot_env(**env))
     _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     lines = stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and variable in lines[0], lines
+    assert [line.split(":")[1].strip() for line in lines] == variables, lines
+    assert all(line.startswith("hss-sync-bot: ") for line in lines)
     assert "Traceback" not in stderr.decode()
 
 
