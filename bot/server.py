@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from contextlib import suppress
 
 from aiohttp import web
@@ -25,9 +26,10 @@ from bot import health, metrics
 from bot.config import Settings
 from bot.health import Readiness, SlackAuth
 from bot.runtime import Runtime, open_runtime
-from bot.slack_app import build_app
+from bot.slack_app import SlackBot, build_app
+from bot.socket_mode import socket_mode_handler
 from bot.watches import WatchStore
-from bot.workers import build_workers
+from bot.workers import STOP_GRACE, Workers, build_workers
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: 
     )
     handler: AsyncSocketModeHandler | None = None
     if settings.slack_app_token is not None:
-        handler = AsyncSocketModeHandler(slack.app, settings.slack_app_token.reveal())
+        handler = socket_mode_handler(slack.app, settings.slack_app_token)
         await handler.connect_async()  # type: ignore[no-untyped-call]
         logger.info("connected to Slack in Socket Mode; health on port %d", port)
     else:
@@ -133,12 +135,30 @@ async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: 
     try:
         await _until_stopped()
     finally:
-        if handler is not None:
-            await handler.close_async()  # type: ignore[no-untyped-call]
-        await runner.cleanup()
-        await slack.aclose()
-        await workers.aclose()
-        await runtime.aclose()
+        await _shut_down(runtime, workers, slack, handler, runner)
+
+
+async def _shut_down(
+    runtime: Runtime,
+    workers: Workers,
+    slack: SlackBot,
+    handler: AsyncSocketModeHandler | None,
+    runner: web.AppRunner,
+) -> None:
+    """Within ``STOP_GRACE``: take no new work (Slack's connection closed first, so it sends
+    to another replica), finish the HSS calls already made and the deliveries in hand, and
+    release leases, so that nothing is lost and other replicas take over at once."""
+    deadline = time.monotonic() + STOP_GRACE
+    if handler is not None:
+        await handler.close_async()  # type: ignore[no-untyped-call]
+    workers.stop()
+    # Answers to commands acked before the signal still go out if their fetch finishes.
+    await runtime.lookups.drain(timeout=deadline - time.monotonic() - 1.0)
+    await workers.aclose(timeout=deadline - time.monotonic())
+    await slack.aclose()
+    await runner.cleanup()
+    await runtime.aclose()
+    logger.info("stopped")
 
 
 def _reveal(settings: Settings) -> str | None:

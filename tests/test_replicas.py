@@ -26,10 +26,12 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from bot import keys
 from bot.lookup import LOCK_TTL
-from bot.models import Registry
+from bot.models import Registry, TaskRef
 from bot.slack_requests import SlackUser
 from bot.slack_standin import Call, Scripted, SlackStandIn
+from bot.store import RedisMirrorStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
 
 TASK = "task-replicas"
@@ -479,3 +481,37 @@ async def test_a_replica_killed_mid_refresh_is_taken_over(cluster: Cluster) -> N
     await settle(sim)
     assert len(posts(standin, CHANNEL_A)) == 1
     assert survivor.proc.returncode is None
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_during_a_refresh_finishes_it_and_loses_no_alert(
+    cluster: Cluster, redis: aioredis.Redis
+) -> None:
+    sim, standin = cluster.sim, cluster.standin
+    [stopping] = await cluster.start(1)
+    await watch(cluster.user(stopping, CHANNEL_A), sim)
+    await wait_refreshes(sim, 1)
+    # Slow answers, and a flip that every call arriving from now on reports.
+    sim.sim.set_faults(latency_ms=3000)
+    [victim] = healthy_registries(sim, 1)
+    sim.sim.set_status(TASK, victim.registry_id, "failed", "disk full")
+    await wait_refreshes(sim, 1)
+    call_arrived = time.monotonic()
+
+    code = await stopping.stop(signal.SIGTERM)
+    stopped_after = time.monotonic() - call_arrived
+
+    assert code == 0
+    assert stopped_after < 10.0, f"took {stopped_after:.1f} s to stop"
+    # The refresh in flight was finished and saved, not abandoned, and its lease is free.
+    ref = TaskRef(TEST_PROJECT_ID, TASK)
+    snap = await RedisMirrorStore(redis).load(ref)
+    assert snap.rows[victim.registry_id].status == "failed"
+    assert await redis.exists(keys.scheduler_lease(ref)) == 0
+    # Whether the stopping replica posted the alert or left it queued, it arrives once.
+    sim.sim.set_faults(latency_ms=0)
+    await cluster.start(1)
+    [alert] = await wait_posts(standin, CHANNEL_A, 1)
+    assert victim.registry_name in text_of(alert)
+    await settle(sim)
+    assert len(posts(standin, CHANNEL_A)) == 1
