@@ -53,6 +53,7 @@ SECRETS: tuple[str, ...] = (
     "xoxb-not-an-app-token",
     "xoxb-wrong-kind-of-token",  # test_cli
     "run-test-signing-secret",  # test_run
+    "run-test-secret",
     "xoxb-run-test",
     "xapp-run-test",
     "replica-test-signing-secret",  # test_replicas
