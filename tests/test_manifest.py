@@ -58,7 +58,7 @@ SCOPES: dict[str, frozenset[str]] = {
 #: Calls the libraries make for us -> (module, class whose use implies the call).
 IMPLICIT_CALLS: dict[str, tuple[str, str]] = {
     "auth.test": ("slack_app.py", "AsyncApp("),
-    "apps.connections.open": ("server.py", "AsyncSocketModeHandler("),
+    "apps.connections.open": ("socket_mode.py", "AsyncSocketModeHandler("),
 }
 
 
