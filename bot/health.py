@@ -63,11 +63,15 @@ class CheckResults:
     redis: str | None = None
     slack: str | None = None
     hss_auth: str | None = None
+    #: SIGTERM received: finishing work in hand; send new traffic elsewhere.
+    stopping: bool = False
 
 
 def readiness(results: CheckResults) -> tuple[bool, list[str]]:
     """(ready, the reasons it is not), pure."""
     reasons = []
+    if results.stopping:
+        reasons.append("shutting down")
     if results.config is not None:
         reasons.append(f"configuration invalid: {results.config}")
     if results.redis is not None:
@@ -90,6 +94,7 @@ def body(results: CheckResults) -> tuple[int, dict[str, Any]]:
         "redis": results.redis or "ok",
         "slack": results.slack or "ok",
         "hss_auth": results.hss_auth or "ok",
+        "shutdown": "stopping" if results.stopping else "no",
     }
     if ready:
         return 200, {"ready": True, "checks": checks}
@@ -186,13 +191,19 @@ class Readiness:
         self.slack = slack
         self._config = config_problem(settings) if settings is not None else None
         self._redis_timeout = redis_timeout
+        #: Set when shutdown begins; ``/readyz`` then answers 503 until the listener closes.
+        self.stopping = False
 
     async def results(self) -> CheckResults:
         redis_error, slack_error = await asyncio.gather(self._ping(), self._slack())
         # With Redis down the lock cannot be read: that outage is the reason already.
         hss_auth = await self._hss_lock() if redis_error is None else None
         return CheckResults(
-            config=self._config, redis=redis_error, slack=slack_error, hss_auth=hss_auth
+            config=self._config,
+            redis=redis_error,
+            slack=slack_error,
+            hss_auth=hss_auth,
+            stopping=self.stopping,
         )
 
     async def _ping(self) -> str | None:

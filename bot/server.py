@@ -135,6 +135,7 @@ async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: 
     try:
         await _until_stopped()
     finally:
+        readiness.stopping = True
         await _shut_down(runtime, workers, slack, handler, runner)
 
 

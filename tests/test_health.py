@@ -39,7 +39,13 @@ def test_ready_when_every_check_passed() -> None:
     assert status == 200
     assert doc == {
         "ready": True,
-        "checks": {"config": "ok", "redis": "ok", "slack": "ok", "hss_auth": "ok"},
+        "checks": {
+            "config": "ok",
+            "redis": "ok",
+            "slack": "ok",
+            "hss_auth": "ok",
+            "shutdown": "no",
+        },
     }
 
 
@@ -50,6 +56,7 @@ def test_ready_when_every_check_passed() -> None:
         (CheckResults(redis="ConnectionError"), "redis unreachable (ConnectionError)"),
         (CheckResults(slack="invalid_auth"), "slack auth.test failed (invalid_auth)"),
         (CheckResults(hss_auth="APIGW.0301"), "hss authentication locked out after APIGW.0301"),
+        (CheckResults(stopping=True), "shutting down"),
     ],
 )
 def test_each_failed_check_is_a_reason(results: CheckResults, reason: str) -> None:
@@ -62,9 +69,11 @@ def test_each_failed_check_is_a_reason(results: CheckResults, reason: str) -> No
 
 def test_every_failure_is_reported_at_once() -> None:
     ready, reasons = readiness(
-        CheckResults(config="X", redis="timeout", slack="timeout", hss_auth="APIGW.0301")
+        CheckResults(
+            config="X", redis="timeout", slack="timeout", hss_auth="APIGW.0301", stopping=True
+        )
     )
-    assert not ready and len(reasons) == 4
+    assert not ready and len(reasons) == 5
 
 
 # --- over HTTP -------------------------------------------------------------------------------
@@ -139,7 +148,13 @@ async def test_readyz_is_200_when_everything_is_up(
     assert response.status_code == 200, response.text
     assert response.json() == {
         "ready": True,
-        "checks": {"config": "ok", "redis": "ok", "slack": "ok", "hss_auth": "ok"},
+        "checks": {
+            "config": "ok",
+            "redis": "ok",
+            "slack": "ok",
+            "hss_auth": "ok",
+            "shutdown": "no",
+        },
     }
     alive = await get(f"{url}/healthz")
     assert alive.status_code == 200 and alive.json()["ok"] is True

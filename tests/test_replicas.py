@@ -498,9 +498,17 @@ async def test_sigterm_during_a_refresh_finishes_it_and_loses_no_alert(
     await wait_refreshes(sim, 1)
     call_arrived = time.monotonic()
 
+    stopping.proc.send_signal(signal.SIGTERM)
+    # While it finishes the refresh it still listens, and tells load balancers to look away.
+    ready = await cluster.http.get(f"{stopping.url}/readyz", timeout=2.0)
+    while ready.status_code == 200 and time.monotonic() - call_arrived < 2.0:
+        await asyncio.sleep(0.02)  # the signal is handled between two requests
+        ready = await cluster.http.get(f"{stopping.url}/readyz", timeout=2.0)
     code = await stopping.stop(signal.SIGTERM)
     stopped_after = time.monotonic() - call_arrived
 
+    assert ready.status_code == 503
+    assert "shutting down" in ready.json()["reasons"]
     assert code == 0
     assert stopped_after < 10.0, f"took {stopped_after:.1f} s to stop"
     # The refresh in flight was finished and saved, not abandoned, and its lease is free.
