@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 from bot.config import Secret, Settings
 
@@ -107,11 +107,21 @@ def secret_values(settings: Settings) -> list[str]:
         v.reveal() for f in fields(settings) if isinstance(v := getattr(settings, f.name), Secret)
     ]
     if settings.redis_url:
-        with contextlib.suppress(ValueError):
-            password = urlsplit(settings.redis_url).password
-            if password:
-                values.append(password)
+        values += redis_passwords(settings.redis_url)
     return values
+
+
+def redis_passwords(url: str) -> list[str]:
+    """The password in a Redis URL, as written and percent-decoded. Read by hand, not with
+    ``urlsplit``: a password pasted unencoded (with '/', '#' or '@') would come out cut
+    short, and its rest would be logged."""
+    match = re.match(r"^[A-Za-z0-9+.-]+://(.*)@", url)  # greedy: up to the last '@'
+    if match is None:
+        return []
+    _, colon, password = match.group(1).partition(":")
+    if not colon or not password:
+        return []
+    return sorted({password, unquote(password)})
 
 
 class RedactingFilter(logging.Filter):

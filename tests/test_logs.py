@@ -338,3 +338,20 @@ async def test_cli_query_logs_json_lines_with_no_secret(
     assert any(d.get("event") == "hss_call" and d.get("status") == "200" for d in docs)
     # Only the last line, the CLI's own summary for people, is not a log record.
     assert len(docs) == len(text.splitlines()) - 1
+
+
+@pytest.mark.parametrize(
+    ("url", "passwords"),
+    [
+        ("redis://:plain-password@localhost:6379/0", ["plain-password"]),
+        ("redis://user:pw%2Fwith%40chars@localhost/0", ["pw%2Fwith%40chars", "pw/with@chars"]),
+        # Pasted unencoded: urlsplit would stop at the '/' and leave the rest unmasked.
+        ("redis://:pw/with#odd@chars@localhost:6379/0", ["pw/with#odd@chars"]),
+        ("redis+sentinel://:sentinel-pw@s1:26379,s2/mymaster/0", ["sentinel-pw"]),
+        ("redis://user@localhost/0", []),
+        ("redis://localhost:6379/0", []),
+        ("unix:///tmp/redis.sock", []),
+    ],
+)
+def test_the_whole_redis_password_is_registered(url: str, passwords: list[str]) -> None:
+    assert logs.redis_passwords(url) == sorted(passwords)
