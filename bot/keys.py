@@ -126,7 +126,8 @@ def alert_state(channel: str, ref: TaskRef) -> str:
 
 
 def outbox(channel: str) -> str:
-    """STREAM of items for one channel (fields kind, alert, text, blocks, dedup), oldest first.
+    """STREAM of items for one channel (fields kind, alert, text, blocks, dedup, and task for the
+    alert log line), oldest first.
     Added in the alerting's MULTI; an entry is XDELed only after Slack took it, so a sender
     that dies mid-send loses nothing (the next one sends it again: at most one duplicate)."""
     return f"{PREFIX}:outbox:{_part(channel)}"
