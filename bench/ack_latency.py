@@ -11,7 +11,7 @@ HTTP client, the same signed requests for all; rounds of the three are interleav
 rotated each round) so machine noise hits all alike. Figures are the HTTP round trip of
 the ack as the client sees it, one per line.
 
-Run: ``.venv/bin/python -m bench.ack_latency [--rounds N] [--concurrency 50]``.
+Run: ``.venv/bin/python -m bench.ack_latency [--rounds N] [--concurrency 50] [--log]``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import itertools
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -35,6 +36,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bench.common import emit, ms, percentile, quiet, ratio
+from bot import logs
 from bot.localstack import SIGNING_SECRET, Stack, local_stack
 from bot.server import start_http
 from bot.simulator import SimConfig
@@ -218,8 +220,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--log",
+        action="store_true",
+        help="log as `run` does (INFO, JSON lines, secrets masked) into a discarded stream, "
+        "to include the cost of the log lines in the figures",
+    )
     args = parser.parse_args()
-    quiet()
+    if args.log:
+        logs.configure("INFO", stream=open(os.devnull, "w"), json_lines=True)  # noqa: SIM115
+    else:
+        quiet()
     report(asyncio.run(run(args.rounds, args.concurrency)), args.concurrency)
 
 
