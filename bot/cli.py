@@ -106,7 +106,7 @@ def _settings(command: str) -> Settings:
 def _configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     """JSON lines on stderr (plain text on a terminal), with ``secrets`` masked in every
     line whatever logged them (see ``bot.logs``)."""
-    logs.configure(level, stream=sys.stderr, secrets=secrets)
+    logs.configure(level, stream=sys.stderr, secrets=secrets, queued=True)
 
 
 def _run(settings: Settings) -> int:

@@ -15,9 +15,12 @@ Only :func:`configure` touches the logging tree (called by the CLI).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 import uuid
@@ -211,25 +214,53 @@ class _BotHandler(logging.StreamHandler[TextIO]):
     """Marks the handler :func:`configure` installed, so configuring again replaces it."""
 
 
+class _QueuedBotHandler(logging.handlers.QueueHandler):
+    """Formats (request id, masking) in the thread that logs, whose context holds the
+    request id, and hands the finished line to a writer thread: a slow terminal or a
+    back-pressured log pipe then never stalls the event loop (measured: a terminal doubled
+    the ack p99, bench/RESULTS.md section 6)."""
+
+    def __init__(self, out: TextIO) -> None:
+        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        super().__init__(lines)
+        writer = logging.StreamHandler(out)
+        writer.setFormatter(logging.Formatter("%(message)s"))
+        self._listener: logging.handlers.QueueListener | None = logging.handlers.QueueListener(
+            lines, writer
+        )
+        self._listener.start()
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        """Write what is queued and end the writer thread (idempotent)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+
+
 def configure(
     level: str,
     *,
     stream: TextIO | None = None,
     json_lines: bool | None = None,
     secrets: Iterable[str] = (),
+    queued: bool = False,
 ) -> logging.Handler:
     """Send every log record to ``stream`` (stderr): JSON lines unless it is a terminal
-    (``json_lines`` decides otherwise), request ids stamped, ``secrets`` masked."""
+    (``json_lines`` decides otherwise), request ids stamped, ``secrets`` masked; written by
+    a thread of its own when ``queued`` (see ``_QueuedBotHandler``)."""
     out = sys.stderr if stream is None else stream
     if json_lines is None:
         json_lines = not _is_terminal(out)
-    handler = _BotHandler(out)
+    handler: logging.Handler = _QueuedBotHandler(out) if queued else _BotHandler(out)
     handler.addFilter(RequestIdFilter())
     handler.addFilter(RedactingFilter(Redactor(secrets)))
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _BotHandler)]:
+    for old in [h for h in root.handlers if isinstance(h, _BotHandler | _QueuedBotHandler)]:
         root.removeHandler(old)
+        if isinstance(old, _QueuedBotHandler):
+            old.stop()
     root.addHandler(handler)
     root.setLevel(level)
     # The one line saying an embedded Redis is in use is always worth seeing.

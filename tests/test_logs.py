@@ -8,8 +8,10 @@ import asyncio
 import io
 import json
 import logging
+import logging.handlers
 import re
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,43 @@ def test_configure_writes_json_lines_to_a_pipe_and_text_to_a_terminal() -> None:
     assert handler not in logging.getLogger().handlers
     assert "DEBUG bot.tests.configure: now at DEBUG" in terminal.getvalue()
     assert not terminal.getvalue().lstrip().startswith("{")
+
+
+class WriterThreads(io.StringIO):
+    """A pipe that notes which thread wrote each line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[str] = set()
+
+    def write(self, text: str) -> int:
+        self.threads.add(threading.current_thread().name)
+        return super().write(text)
+
+
+@pytest.mark.usefixtures("logging_state")
+def test_queued_logging_writes_the_same_lines_from_a_thread_of_its_own() -> None:
+    pipe = WriterThreads()
+    logger = logging.getLogger("bot.tests.queued")
+
+    handler = logs.configure("INFO", stream=pipe, queued=True)
+    with logs.request_scope("r2"):
+        logger.info("first", extra={"event": "lookup", "task": "t"})
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logger.exception("second")
+    logger.info("third")
+    assert isinstance(handler, logging.handlers.QueueHandler)
+    handler.stop()  # type: ignore[attr-defined]
+
+    lines = [json.loads(line) for line in pipe.getvalue().splitlines()]
+    assert [line["msg"] for line in lines] == ["first", "second", "third"]
+    assert [line.get("request_id") for line in lines] == ["r2", "r2", None]
+    assert lines[0]["event"] == "lookup" and lines[0]["task"] == "t"
+    assert "RuntimeError: boom" in lines[1]["exc"]
+    assert threading.current_thread().name not in pipe.threads
+    handler.stop()  # type: ignore[attr-defined]  # a second stop is harmless
 
 
 # --- a slash command's request id, down to the HSS call -------------------------------------
