@@ -11,7 +11,8 @@ HTTP client, the same signed requests for all; rounds of the three are interleav
 rotated each round) so machine noise hits all alike. Figures are the HTTP round trip of
 the ack as the client sees it, one per line.
 
-Run: ``.venv/bin/python -m bench.ack_latency [--rounds N] [--concurrency 50] [--log]``.
+Run: ``.venv/bin/python -m bench.ack_latency [--rounds N] [--concurrency 50]
+[--log off|devnull|stderr|stderr-queued]``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import itertools
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -222,15 +224,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument(
         "--log",
-        action="store_true",
-        help="log as `run` does (INFO, JSON lines, secrets masked) into a discarded stream, "
-        "to include the cost of the log lines in the figures",
+        choices=("off", "devnull", "stderr", "stderr-queued"),
+        default="off",
+        help="log as `run` does (INFO, JSON lines, secrets masked): into a discarded stream, "
+        "to stderr written by the event loop's thread, or to stderr through the writer "
+        "thread `run` uses (redirect stderr to a file)",
     )
     args = parser.parse_args()
-    if args.log:
+    if args.log == "off":
+        quiet()
+    elif args.log == "devnull":
         logs.configure("INFO", stream=open(os.devnull, "w"), json_lines=True)  # noqa: SIM115
     else:
-        quiet()
+        logs.configure(
+            "INFO", stream=sys.stderr, json_lines=True, queued=args.log == "stderr-queued"
+        )
     report(asyncio.run(run(args.rounds, args.concurrency)), args.concurrency)
 
 

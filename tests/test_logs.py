@@ -228,6 +228,36 @@ def test_queued_logging_writes_the_same_lines_from_a_thread_of_its_own() -> None
     handler.stop()  # type: ignore[attr-defined]  # a second stop is harmless
 
 
+class StuckPipe(io.StringIO):
+    """A log sink that stops taking writes until ``unblock`` is set (a full pipe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unblock = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.unblock.wait(10)
+        return super().write(text)
+
+
+@pytest.mark.usefixtures("logging_state")
+def test_queued_logging_does_not_wait_for_a_stuck_sink() -> None:
+    pipe = StuckPipe()
+    logger = logging.getLogger("bot.tests.stuck")
+    handler = logs.configure("INFO", stream=pipe, queued=True)
+
+    caller = threading.Thread(target=lambda: [logger.info("line %d", n) for n in range(3)])
+    caller.start()
+    caller.join(timeout=2.0)
+    stuck_meanwhile = caller.is_alive()
+    pipe.unblock.set()
+    handler.stop()  # type: ignore[attr-defined]
+
+    assert not stuck_meanwhile
+    msgs = [json.loads(line)["msg"] for line in pipe.getvalue().splitlines()]
+    assert msgs == ["line 0", "line 1", "line 2"]
+
+
 # --- a slash command's request id, down to the HSS call -------------------------------------
 
 
