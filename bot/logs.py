@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import unquote
 
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+
 from bot.config import Secret, Settings
 
 MASK = "********"
@@ -268,7 +270,21 @@ def configure(
     if logging.getLevelName(level) != logging.DEBUG:
         # httpx logs every request at INFO; our HSS call line already says all of it.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Bolt warns at every start that it prefers our client to SLACK_BOT_TOKEN: we build the
+    # client from that very token (for its retries and base URL), so there is nothing to do.
+    bolt = logging.getLogger("slack_bolt.AsyncApp")
+    if not any(isinstance(f, _DropMessage) for f in bolt.filters):
+        bolt.addFilter(_DropMessage(warning_client_prioritized_and_token_skipped()))
     return handler
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -424,3 +424,19 @@ async def test_cli_query_logs_json_lines_with_no_secret(
 )
 def test_the_whole_redis_password_is_registered(url: str, passwords: list[str]) -> None:
     assert logs.redis_passwords(url) == sorted(passwords)
+
+
+@pytest.mark.usefixtures("logging_state")
+def test_bolts_client_over_token_warning_is_dropped_and_nothing_else() -> None:
+    from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+
+    pipe = io.StringIO()
+    logs.configure("INFO", stream=pipe)
+    bolt = logging.getLogger("slack_bolt.AsyncApp")
+
+    bolt.warning(warning_client_prioritized_and_token_skipped())
+    bolt.warning("a warning worth reading")
+
+    assert [json.loads(line)["msg"] for line in pipe.getvalue().splitlines()] == [
+        "a warning worth reading"
+    ]
