@@ -137,15 +137,7 @@ def _reset_auth(settings: Settings) -> int:
 async def _open_runtime(settings: Settings) -> Runtime:
     from bot.runtime import open_runtime
 
-    try:
-        return await open_runtime(settings)
-    except OSError as exc:
-        if settings.redis_url is not None:
-            raise
-        # Without REDIS_URL the embedded Redis lives in the data dir: an unusable dir is a
-        # configuration problem, not a crash.
-        problem = f"cannot use {str(settings.data_dir)!r} for the embedded Redis: "
-        raise ConfigError("HSS_DATA_DIR", problem + (exc.strerror or str(exc))) from None
+    return await open_runtime(settings)
 
 
 async def _require_redis(runtime: Runtime) -> None:

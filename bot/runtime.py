@@ -17,6 +17,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from bot.budget import FailoverBudget, LocalCallBudget, RedisCallBudget
 from bot.config import Settings
 from bot.embedded_redis import EmbeddedRedis, ensure_embedded_redis
+from bot.errors import ConfigError
 from bot.hss_client import HssClient
 from bot.lookup import LookupService
 from bot.redis_health import RedisHealth
@@ -101,7 +102,17 @@ async def open_runtime(
     if settings.redis_url is not None:
         url = settings.redis_url
     else:
-        url, embedded = await asyncio.to_thread(ensure_embedded_redis, settings.data_dir)
+        try:
+            url, embedded = await asyncio.to_thread(ensure_embedded_redis, settings.data_dir)
+        except OSError as exc:
+            # Without REDIS_URL the embedded Redis lives in the data dir: an unusable dir
+            # (read-only, not a directory) is a configuration problem, not a crash.
+            raise ConfigError(
+                "HSS_DATA_DIR",
+                f"cannot use {str(settings.data_dir)!r} for the embedded Redis: "
+                f"{exc.strerror or exc}; set HSS_DATA_DIR to a writable directory or "
+                "REDIS_URL to a Redis server",
+            ) from None
     redis = redis_client(url)
     scope = settings.budget_scope
     limit = settings.rate_limit.padded()

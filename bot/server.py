@@ -10,6 +10,7 @@ import logging
 import signal
 import time
 from contextlib import suppress
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
@@ -24,6 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import health, metrics
 from bot.config import Settings
+from bot.errors import ConfigError
 from bot.health import Readiness, SlackAuth
 from bot.runtime import Runtime, open_runtime
 from bot.slack_app import SlackBot, build_app
@@ -101,12 +103,55 @@ async def start_http(app: web.Application, *, host: str, port: int) -> tuple[web
     return runner, int(runner.addresses[0][1])
 
 
+@dataclass
+class _Parts:
+    """What start-up got to: shutdown stops exactly these, however far it got."""
+
+    runtime: Runtime | None = None
+    workers: Workers | None = None
+    slack: SlackBot | None = None
+    readiness: Readiness | None = None
+    runner: web.AppRunner | None = None
+    handler: AsyncSocketModeHandler | None = None
+
+
 async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: S104
-    """Run until SIGTERM/SIGINT."""
-    runtime = await open_runtime(settings)
-    workers = build_workers(runtime, settings)
+    """Run until SIGTERM/SIGINT. The signals are heard from the first moment: one during
+    start-up (a Socket Mode connection Slack keeps refusing, a slow ``auth.test``) ends it
+    and shuts down what had started; so does a start-up failure, which is then raised."""
+    stop = _stop_on_signals()
+    parts = _Parts()
+    try:
+        starting = asyncio.create_task(_start(settings, host, parts))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.wait({starting})
+        elif starting.exception() is None:
+            await stopping
+        stopping.cancel()
+        if not starting.cancelled() and (error := starting.exception()) is not None:
+            raise error
+    finally:
+        logger.info("stopping")
+        if parts.readiness is not None:
+            parts.readiness.stopping = True
+        await _shut_down(parts)
+
+
+async def _start(settings: Settings, host: str, parts: _Parts) -> None:
+    opening = asyncio.ensure_future(open_runtime(settings))
+    try:
+        parts.runtime = runtime = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        # Stopped while an embedded Redis starts in a thread: let it finish, so that
+        # shutdown stops it rather than leaving it running.
+        parts.runtime = await opening
+        raise
+    parts.workers = workers = build_workers(runtime, settings)
     workers.start()
-    slack = build_app(
+    parts.slack = slack = build_app(
         lookups=runtime.lookups,
         web_client=web_client(settings),
         signing_secret=None if settings.slack_app_token else _reveal(settings),
@@ -117,48 +162,44 @@ async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: 
     socket_mode = settings.slack_app_token is not None
     slack_auth = SlackAuth(slack.app.client)
     await slack_auth.check()  # a failure is logged, and /readyz reports it until it passes
-    readiness = Readiness(
+    parts.readiness = readiness = Readiness(
         redis=runtime.redis, lookups=runtime.lookups, slack=slack_auth, settings=settings
     )
-    runner, port = await start_http(
-        build_web_app(None if socket_mode else slack.app, runtime, readiness=readiness),
-        host=host,
-        port=settings.port,
-    )
-    handler: AsyncSocketModeHandler | None = None
+    app = build_web_app(None if socket_mode else slack.app, runtime, readiness=readiness)
+    try:
+        parts.runner, port = await start_http(app, host=host, port=settings.port)
+    except OSError as exc:
+        raise ConfigError(
+            "PORT", f"cannot listen on {host}:{settings.port}: {exc.strerror or exc}"
+        ) from None
     if settings.slack_app_token is not None:
-        handler = socket_mode_handler(slack.app, settings.slack_app_token)
-        await handler.connect_async()  # type: ignore[no-untyped-call]
+        parts.handler = socket_mode_handler(slack.app, settings.slack_app_token)
+        await parts.handler.connect_async()  # type: ignore[no-untyped-call]
         logger.info("connected to Slack in Socket Mode; health on port %d", port)
     else:
         logger.info("serving Slack requests on http://%s:%d/slack/events", host, port)
-    try:
-        await _until_stopped()
-    finally:
-        readiness.stopping = True
-        await _shut_down(runtime, workers, slack, handler, runner)
 
 
-async def _shut_down(
-    runtime: Runtime,
-    workers: Workers,
-    slack: SlackBot,
-    handler: AsyncSocketModeHandler | None,
-    runner: web.AppRunner,
-) -> None:
+async def _shut_down(parts: _Parts) -> None:
     """Within ``STOP_GRACE``: take no new work (Slack's connection closed first, so it sends
     to another replica), finish the HSS calls already made and the deliveries in hand, and
     release leases, so that nothing is lost and other replicas take over at once."""
     deadline = time.monotonic() + STOP_GRACE
-    if handler is not None:
-        await handler.close_async()  # type: ignore[no-untyped-call]
-    workers.stop()
-    # Answers to commands acked before the signal still go out if their fetch finishes.
-    await runtime.lookups.drain(timeout=deadline - time.monotonic() - 1.0)
-    await workers.aclose(timeout=deadline - time.monotonic())
-    await slack.aclose()
-    await runner.cleanup()
-    await runtime.aclose()
+    if parts.handler is not None:
+        await parts.handler.close_async()  # type: ignore[no-untyped-call]
+    if parts.workers is not None:
+        parts.workers.stop()
+    if parts.runtime is not None:
+        # Answers to commands acked before the signal still go out if their fetch finishes.
+        await parts.runtime.lookups.drain(timeout=deadline - time.monotonic() - 1.0)
+    if parts.workers is not None:
+        await parts.workers.aclose(timeout=deadline - time.monotonic())
+    if parts.slack is not None:
+        await parts.slack.aclose()
+    if parts.runner is not None:
+        await parts.runner.cleanup()
+    if parts.runtime is not None:
+        await parts.runtime.aclose()
     logger.info("stopped")
 
 
@@ -166,11 +207,10 @@ def _reveal(settings: Settings) -> str | None:
     return settings.slack_signing_secret.reveal() if settings.slack_signing_secret else None
 
 
-async def _until_stopped() -> None:
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("stopping")
+    return stop

@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from bot.slack_requests import SlackUser
 from bot.slack_standin import SlackStandIn
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim
+from tests.test_cli import redis_server_pids
 
 SECRET = "run-test-signing-secret"
 
@@ -200,3 +202,89 @@ async def test_run_in_socket_mode_acks_over_the_websocket(
         _, stderr = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, stderr.decode()[-2000:]
     assert "xapp-run-test" not in stderr.decode()
+
+
+# --- start-up: failures and signals --------------------------------------------------------
+
+
+def embedded_env(tmp_path: Path, sim_url: str, **extra: str) -> dict[str, str]:
+    """A complete configuration with no REDIS_URL: the bot starts an embedded Redis in
+    ``tmp_path``, which must not outlive it whatever happens at start-up."""
+    return bot_env(
+        SLACK_BOT_TOKEN="xoxb-run-test",
+        SLACK_SIGNING_SECRET=SECRET,
+        CLOUD_SDK_AK=TEST_AK,
+        CLOUD_SDK_SK=TEST_SK,
+        HSS_PROJECT_ID=TEST_PROJECT_ID,
+        HSS_ENDPOINT=sim_url,
+        HSS_DATA_DIR=str(tmp_path / "data"),
+        **extra,
+    )
+
+
+def no_redis_left(tmp_path: Path) -> None:
+    leftovers = redis_server_pids(tmp_path / "data")
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert not leftovers, "the embedded redis-server outlived the bot"
+
+
+async def test_a_port_in_use_is_one_line_and_exit_2(
+    make_hss_sim: MakeSim, standin: SlackStandIn, tmp_path: Path
+) -> None:
+    sim = await make_hss_sim()
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = embedded_env(tmp_path, sim.url, PORT=str(port), SLACK_API_URL=f"{standin.url}/api/")
+        proc = await run_bot(env)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+
+    errors = [line for line in stderr.decode().splitlines() if line.startswith("hss-sync-bot:")]
+    assert proc.returncode == 2
+    assert errors == [errors[0]] and errors[0].startswith("hss-sync-bot: PORT: cannot listen")
+    assert "Traceback" not in stderr.decode()
+    no_redis_left(tmp_path)
+
+
+async def test_an_unusable_data_dir_is_one_line_and_exit_2(
+    make_hss_sim: MakeSim, tmp_path: Path
+) -> None:
+    sim = await make_hss_sim()
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    env = {**embedded_env(tmp_path, sim.url), "HSS_DATA_DIR": str(not_a_dir / "data")}
+
+    proc = await run_bot(env)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+
+    errors = [line for line in stderr.decode().splitlines() if line.startswith("hss-sync-bot:")]
+    assert proc.returncode == 2
+    assert len(errors) == 1 and errors[0].startswith("hss-sync-bot: HSS_DATA_DIR: cannot use")
+    assert "Traceback" not in stderr.decode()
+
+
+async def test_sigterm_while_slack_is_unreachable_at_start_up_stops_cleanly(
+    make_hss_sim: MakeSim, tmp_path: Path
+) -> None:
+    sim = await make_hss_sim()
+    # Nobody listens there: auth.test is retried, then Socket Mode retries for ever.
+    env = embedded_env(
+        tmp_path,
+        sim.url,
+        PORT=str(free_port()),
+        SLACK_APP_TOKEN="xapp-run-test",
+        SLACK_API_URL=f"http://127.0.0.1:{free_port()}/api/",
+    )
+    proc = await run_bot(env)
+    await asyncio.sleep(2.0)
+    assert proc.returncode is None, "it gave up by itself"
+
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+
+    assert proc.returncode == 0
+    assert "Traceback" not in stderr.decode()
+    assert '"stopped"' in stderr.decode()
+    no_redis_left(tmp_path)
