@@ -365,14 +365,21 @@ class AlertPipeline:
         stream after its cursor, and :meth:`run_once` each task that has some."""
         tasks: list[TaskRef] = []
         tasks_at = -TASKS_EVERY
+        redis_down = False
         while not stop.is_set():
             try:
                 if time.monotonic() - tasks_at >= TASKS_EVERY:
                     tasks, tasks_at = await self._watches.watched_tasks(), time.monotonic()
                 for ref in await self._ready(tasks):
                     await self.run_once(ref)
+                if redis_down:
+                    redis_down = False
+                    logger.info("alerting resumed: Redis answers again")
             except _LOOP_ERRORS as exc:
-                logger.warning("alerting paused, Redis is not answering: %s", exc)
+                # Once per outage: the loop retries every second.
+                if not redis_down:
+                    logger.warning("alerting paused, Redis is not answering: %s", exc)
+                redis_down = True
                 await _wait(stop, 1.0)
             except Exception:
                 logger.exception("alerting failed; trying again in a second")

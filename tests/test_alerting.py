@@ -21,6 +21,7 @@ from bot.alerting import (
     encode_incident,
     refreshes,
 )
+from bot.embedded_redis import EmbeddedRedis
 from bot.flips import AlertPlan, Flip, FlipKind, Incident
 from bot.mirror import REMOVED, Change
 from bot.models import TaskRef
@@ -470,6 +471,34 @@ async def test_run_loop_wakes_on_new_entries(
         stop.set()
         await asyncio.wait_for(loop, 5)
     assert kinds(await outbox(redis)) == ["post", "update", "thread"]
+
+
+async def test_a_redis_outage_is_logged_once_and_its_end_once(
+    redis_server: EmbeddedRedis,
+    redis_factory: RedisFactory,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = redis_factory(redis_server.url)
+    own_watches = WatchStore(client, clock=clock)
+    await watch(own_watches)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(AlertPipeline(client, watches=own_watches, clock=clock).run(stop))
+    try:
+        await asyncio.sleep(0.2)
+        redis_server.stop()
+        await asyncio.sleep(3.5)  # the loop retries every second meanwhile
+        redis_server.start()
+        for _ in range(100):
+            if "alerting resumed" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(loop, 5)
+    lines = [r.getMessage() for r in caplog.records if r.name == "bot.alerting"]
+    assert len([m for m in lines if m.startswith("alerting paused")]) == 1
+    assert len([m for m in lines if m.startswith("alerting resumed")]) == 1
 
 
 # --- pure parts ------------------------------------------------------------------------------
