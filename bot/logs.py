@@ -82,9 +82,28 @@ class RequestIdFilter(logging.Filter):
 # --- secrets ---
 
 
+#: Credentials in every request Slack sends, which no setting names: the verification
+#: ``token`` and the ``response_url`` that can post for 30 minutes. Bolt logs a request's raw
+#: body when its signature check fails (a wrong SLACK_SIGNING_SECRET: every request), so
+#: they are masked by shape, as a form field, a JSON field, URL-encoded JSON (an
+#: interaction's ``payload=``) and as a bare hooks.slack.com URL.
+_SLACK_CREDENTIALS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\b(token|response_url)=[^&\s\"']+"), rf"\1={MASK}"),
+    (re.compile(r'"(token|response_url)"\s*:\s*"[^"]*"'), rf'"\1": "{MASK}"'),
+    (
+        re.compile(
+            r"%22(token|response_url)%22%3A%22(?:%(?!22)[0-9A-Fa-f]{2}|[^%&\s\"'])*",
+            re.IGNORECASE,
+        ),
+        rf"%22\1%22%3A%22{MASK}",
+    ),
+    (re.compile(r"hooks\.slack\.com/[^\s\"'&]+"), f"hooks.slack.com/{MASK}"),
+)
+
+
 class Redactor:
-    """Masks known secret values in text; longest first, so a secret containing another
-    is masked whole."""
+    """Masks known secret values in text, longest first so a secret containing another is
+    masked whole, and Slack's per-request credentials by their shape."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
@@ -97,12 +116,16 @@ class Redactor:
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def redact(self, text: str) -> str:
-        if self._pattern is None:
-            return text
-        return self._pattern.sub(MASK, text)
+        if self._pattern is not None:
+            text = self._pattern.sub(MASK, text)
+        for shape, masked in _SLACK_CREDENTIALS:
+            text = shape.sub(masked, text)
+        return text
 
     def found_in(self, text: str) -> bool:
-        return self._pattern is not None and self._pattern.search(text) is not None
+        if self._pattern is not None and self._pattern.search(text) is not None:
+            return True
+        return any(shape.search(text) for shape, _ in _SLACK_CREDENTIALS)
 
 
 def secret_values(settings: Settings) -> list[str]:

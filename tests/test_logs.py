@@ -12,6 +12,7 @@ import logging.handlers
 import re
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -440,3 +441,80 @@ def test_bolts_client_over_token_warning_is_dropped_and_nothing_else() -> None:
     assert [json.loads(line)["msg"] for line in pipe.getvalue().splitlines()] == [
         "a warning worth reading"
     ]
+
+
+COMMAND_BODY = (
+    "token=gIkuvaNzQIHg97ATvDxqgjtO&team_id=T0001&command=%2Fhss-sync&text=t1+failed"
+    "&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2F1234%2F5678&trigger_id=1.2.3"
+)
+ACTION_BODY = (
+    "payload=%7B%22type%22%3A%22block_actions%22%2C%22token%22%3A%22gIkuvaNzQIHg97ATvDxqgjtO"
+    "%22%2C%22response_url%22%3A%22https%3A%5C%2F%5C%2Fhooks.slack.com%5C%2Factions%5C%2F1%5C"
+    "%2F2%22%2C%22user%22%3A%7B%22id%22%3A%22U1%22%7D%7D"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (f"body: {COMMAND_BODY}", ["team_id=T0001", "command=%2Fhss-sync", "trigger_id=1.2.3"]),
+        (f"body: {ACTION_BODY}", ["block_actions", "%22user%22"]),
+        (
+            '{"token": "gIkuvaNzQIHg97ATvDxqgjtO", "response_url": '
+            '"https://hooks.slack.com/commands/1/2", "user_id": "U1"}',
+            ['"user_id": "U1"'],
+        ),
+        ("posted to https://hooks.slack.com/commands/1/2 then", ["posted to", "then"]),
+    ],
+)
+def test_slacks_request_credentials_are_masked_by_shape(text: str, kept: list[str]) -> None:
+    redactor = logs.Redactor()
+
+    masked = redactor.redact(text)
+
+    assert redactor.found_in(text)
+    assert "gIkuvaNzQIHg97ATvDxqgjtO" not in masked
+    assert "1234" not in masked and "%2F1%5C" not in masked and "commands/1/2" not in masked
+    for part in kept:
+        assert part in masked
+
+
+def test_ordinary_lines_are_left_alone() -> None:
+    text = "paused the watches of 1 channel(s): token_revoked; lookup task='t' status=failed"
+    assert logs.Redactor().redact(text) == text
+    assert not logs.Redactor().found_in(text)
+
+
+async def test_bolts_log_of_a_badly_signed_request_is_masked() -> None:
+    from slack_bolt.async_app import AsyncApp
+    from slack_bolt.request.async_request import AsyncBoltRequest
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from bot.localstack import SIGNING_SECRET
+
+    app = AsyncApp(signing_secret=SIGNING_SECRET, client=AsyncWebClient(token="xoxb-socket-test"))
+    records: list[logging.LogRecord] = []
+    capture = logging.Handler(logging.DEBUG)
+    capture.addFilter(logs.RedactingFilter(logs.Redactor()))
+    capture.emit = records.append  # type: ignore[method-assign]
+    bolt_logger = logging.getLogger("slack_bolt")
+    bolt_logger.addHandler(capture)
+    try:
+        response = await app.async_dispatch(
+            AsyncBoltRequest(
+                body=COMMAND_BODY,
+                headers={
+                    "x-slack-request-timestamp": [str(int(time.time()))],
+                    "x-slack-signature": ["v0=0000"],
+                    "content-type": ["application/x-www-form-urlencoded"],
+                },
+            )
+        )
+    finally:
+        bolt_logger.removeHandler(capture)
+
+    assert response.status == 401
+    logged = "\n".join(r.getMessage() for r in records)
+    assert "command=%2Fhss-sync" in logged  # Bolt did log the body
+    assert "gIkuvaNzQIHg97ATvDxqgjtO" not in logged
+    assert "hooks.slack.com%2Fcommands%2F1234" not in logged
