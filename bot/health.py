@@ -22,7 +22,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,8 @@ class CheckResults:
     hss_auth: str | None = None
     #: SIGTERM received: finishing work in hand; send new traffic elsewhere.
     stopping: bool = False
+    #: Socket Mode only: Slack's WebSocket is not (or no longer) connected.
+    socket_down: bool = False
 
 
 def readiness(results: CheckResults) -> tuple[bool, list[str]]:
@@ -78,6 +80,8 @@ def readiness(results: CheckResults) -> tuple[bool, list[str]]:
         reasons.append(f"redis unreachable ({results.redis})")
     if results.slack is not None:
         reasons.append(f"slack auth.test failed ({results.slack})")
+    if results.socket_down:
+        reasons.append("slack socket mode not connected (see the log for why)")
     if results.hss_auth is not None:
         reasons.append(
             f"hss authentication locked out after {results.hss_auth}; fix the credentials "
@@ -95,6 +99,7 @@ def body(results: CheckResults) -> tuple[int, dict[str, Any]]:
         "slack": results.slack or "ok",
         "hss_auth": results.hss_auth or "ok",
         "shutdown": "stopping" if results.stopping else "no",
+        "socket_mode": "down" if results.socket_down else "ok",
     }
     if ready:
         return 200, {"ready": True, "checks": checks}
@@ -193,6 +198,8 @@ class Readiness:
         self._redis_timeout = redis_timeout
         #: Set when shutdown begins; ``/readyz`` then answers 503 until the listener closes.
         self.stopping = False
+        #: Socket Mode: whether Slack's WebSocket is up (None in HTTP mode: nothing to ask).
+        self.socket_connected: Callable[[], Awaitable[bool]] | None = None
 
     async def results(self) -> CheckResults:
         redis_error, slack_error = await asyncio.gather(self._ping(), self._slack())
@@ -204,7 +211,16 @@ class Readiness:
             slack=slack_error,
             hss_auth=hss_auth,
             stopping=self.stopping,
+            socket_down=await self._socket_down(),
         )
+
+    async def _socket_down(self) -> bool:
+        if self.socket_connected is None:
+            return False
+        try:
+            return not await self.socket_connected()
+        except Exception:  # a client in the middle of reconnecting: not connected
+            return True
 
     async def _ping(self) -> str | None:
         try:

@@ -174,6 +174,7 @@ async def _start(settings: Settings, host: str, parts: _Parts) -> None:
         ) from None
     if settings.slack_app_token is not None:
         parts.handler = socket_mode_handler(slack.app, settings.slack_app_token)
+        readiness.socket_connected = parts.handler.client.is_connected
         await parts.handler.connect_async()  # type: ignore[no-untyped-call]
         logger.info("connected to Slack in Socket Mode; health on port %d", port)
     else:

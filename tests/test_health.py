@@ -45,6 +45,7 @@ def test_ready_when_every_check_passed() -> None:
             "slack": "ok",
             "hss_auth": "ok",
             "shutdown": "no",
+            "socket_mode": "ok",
         },
     }
 
@@ -57,6 +58,7 @@ def test_ready_when_every_check_passed() -> None:
         (CheckResults(slack="invalid_auth"), "slack auth.test failed (invalid_auth)"),
         (CheckResults(hss_auth="APIGW.0301"), "hss authentication locked out after APIGW.0301"),
         (CheckResults(stopping=True), "shutting down"),
+        (CheckResults(socket_down=True), "slack socket mode not connected"),
     ],
 )
 def test_each_failed_check_is_a_reason(results: CheckResults, reason: str) -> None:
@@ -70,10 +72,15 @@ def test_each_failed_check_is_a_reason(results: CheckResults, reason: str) -> No
 def test_every_failure_is_reported_at_once() -> None:
     ready, reasons = readiness(
         CheckResults(
-            config="X", redis="timeout", slack="timeout", hss_auth="APIGW.0301", stopping=True
+            config="X",
+            redis="timeout",
+            slack="timeout",
+            hss_auth="APIGW.0301",
+            stopping=True,
+            socket_down=True,
         )
     )
-    assert not ready and len(reasons) == 5
+    assert not ready and len(reasons) == 6
 
 
 # --- over HTTP -------------------------------------------------------------------------------
@@ -154,6 +161,7 @@ async def test_readyz_is_200_when_everything_is_up(
             "slack": "ok",
             "hss_auth": "ok",
             "shutdown": "no",
+            "socket_mode": "ok",
         },
     }
     alive = await get(f"{url}/healthz")

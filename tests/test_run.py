@@ -222,6 +222,18 @@ def embedded_env(tmp_path: Path, sim_url: str, **extra: str) -> dict[str, str]:
     )
 
 
+async def poll_readyz(port: int, timeout: float) -> httpx.Response:
+    """The first /readyz answer once the bot listens (start-up keeps trying Slack)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient() as http:
+        while True:
+            try:
+                return await http.get(f"http://127.0.0.1:{port}/readyz", timeout=5.0)
+            except httpx.TransportError:
+                assert asyncio.get_running_loop().time() < deadline, "never listened"
+                await asyncio.sleep(0.1)
+
+
 def no_redis_left(tmp_path: Path) -> None:
     leftovers = redis_server_pids(tmp_path / "data")
     for pid in leftovers:
@@ -278,8 +290,10 @@ async def test_sigterm_while_slack_is_unreachable_at_start_up_stops_cleanly(
         SLACK_API_URL=f"http://127.0.0.1:{free_port()}/api/",
     )
     proc = await run_bot(env)
-    await asyncio.sleep(2.0)
+    ready = await poll_readyz(int(env["PORT"]), timeout=15.0)
     assert proc.returncode is None, "it gave up by itself"
+    assert ready.status_code == 503
+    assert "slack socket mode not connected (see the log for why)" in ready.json()["reasons"]
 
     proc.send_signal(signal.SIGTERM)
     _, stderr = await asyncio.wait_for(proc.communicate(), 15)
