@@ -64,7 +64,11 @@ def build_web_app(
 
     async def events(request: web.Request) -> web.Response:
         assert bolt is not None
-        return await to_aiohttp_response(await bolt.async_dispatch(await to_bolt_request(request)))
+        try:
+            bolt_request = await to_bolt_request(request)
+        except ValueError:  # a body that is not JSON or form data: not from Slack
+            return web.Response(status=400, text="bad request")
+        return await to_aiohttp_response(await bolt.async_dispatch(bolt_request))
 
     async def healthz(request: web.Request) -> web.Response:
         # The bot answers even with Redis down (in-process fallback), so Redis is reported,

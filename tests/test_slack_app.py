@@ -307,3 +307,22 @@ async def test_an_answer_that_cannot_come_in_time_says_so(make_stack: MakeStack)
     answer = await followup(stack, reply, timeout=5.0)
     assert GAVE_UP.split(":")[0] in text_of(answer)
     assert calls(stack) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [("{", "application/json"), ("\xff\xfe", "application/x-www-form-urlencoded")],
+)
+async def test_a_body_that_is_not_slacks_is_a_400_not_an_error(
+    make_stack: MakeStack, caplog: pytest.LogCaptureFixture, body: str, content_type: str
+) -> None:
+    stack = await make_stack()
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            stack.user._events,
+            content=body.encode("latin-1"),
+            headers={"Content-Type": content_type},
+        )
+
+    assert response.status_code in (400, 401)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
