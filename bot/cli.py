@@ -38,7 +38,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hss-sync-bot", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser = _Parser(
+        prog="hss-sync-bot",
+        description=__doc__.splitlines()[0].replace("``", "") if __doc__ else "",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("run", help="serve Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)")
     q = sub.add_parser("query", help="print the registries of an image-sync task")

@@ -332,15 +332,23 @@ def _parse(env: Mapping[str, str], name: str, parse: Callable[[str], T], default
         raise ConfigError(name, f"{raw!r} is not valid: {exc}") from None
 
 
+def _number(raw: str, kind: Callable[[str], T], expected: str) -> T:
+    """``kind(raw)``, with our own words instead of Python's ("invalid literal for int()")."""
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ValueError(expected) from None
+
+
 def _non_negative_float(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw, float, "expected a number of seconds, 0 or more")
     if not value >= 0 or value == float("inf"):
         raise ValueError("expected a number of seconds, 0 or more")
     return value
 
 
 def _poll_interval(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw, float, f"expected a number of seconds, {MIN_POLL_INTERVAL:g} or more")
     # Below a second would only spin: the budget allows a handful of calls a minute.
     if not MIN_POLL_INTERVAL <= value < float("inf"):
         raise ValueError(f"expected a number of seconds, {MIN_POLL_INTERVAL:g} or more")
@@ -361,7 +369,7 @@ def _slack_ids(raw: str) -> frozenset[str]:
 
 
 def _port(raw: str) -> int:
-    value = int(raw)
+    value = _number(raw, int, "expected a TCP port 0-65535")
     if not 0 <= value <= 65535:
         raise ValueError("expected a TCP port 0-65535")
     return value
