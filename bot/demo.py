@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TextIO
 
-from bot.demo_view import Feed, Printer, is_channel_post, message_of
+from bot.demo_view import Feed, OutputClosed, Printer, is_channel_post, message_of
 from bot.localstack import Stack, local_stack
 from bot.models import Registry
 from bot.simulator import SimConfig
@@ -207,7 +207,16 @@ NAMES = {HERE.id: HERE.name, ALERTS.id: ALERTS.name, "U0DEMO0001": "demo.user"}
 
 
 async def run_demo(out: TextIO, *, as_json: bool, interactive: bool = False) -> int:
+    """Play the session (or the prompt) on ``out``; the exit status. When nobody reads
+    ``out`` any more (``demo | head``), everything is torn down and the status is 0."""
     printer = Printer(out, as_json=as_json, names=NAMES)
+    try:
+        return await _run(printer, interactive=interactive)
+    except OutputClosed:  # the stack is stopped by the time it gets here
+        return 0
+
+
+async def _run(printer: Printer, *, interactive: bool) -> int:
     started = time.perf_counter()
     async with demo_stack() as stack:
         printer.line(intro(stack))
@@ -215,7 +224,9 @@ async def run_demo(out: TextIO, *, as_json: bool, interactive: bool = False) -> 
         if interactive:
             from bot.demo_prompt import Prompt
 
-            prompt = Prompt(stack, printer, feed, poll_seconds=POLL_SECONDS, alerts=ALERTS.name)
+            prompt = Prompt(
+                stack, printer, feed, poll_seconds=POLL_SECONDS, alerts=ALERTS.name, here=HERE.name
+            )
             return await prompt.run()
         try:
             with _cancelled_by(signal.SIGTERM):

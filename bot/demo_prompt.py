@@ -19,14 +19,16 @@ import shlex
 import signal
 import sys
 import threading
+import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 
 from bot.demo_view import Feed, Printer
 from bot.localstack import Stack
-from bot.models import Registry
+from bot.models import LookupRequest, Registry
 from bot.simdata import STATUSES
 from bot.slack_requests import button_labelled
 
@@ -34,6 +36,8 @@ from bot.slack_requests import button_labelled
 _NAMES_SHOWN = 8
 #: The longest ``wait``, in seconds.
 _WAIT_MAX = 120.0
+#: How long after a ``watch`` the prompt looks out for the first fetch of the task.
+_BASELINE_WAIT = 180.0
 _FLIP_USAGE = "flip <task> <registry> failed [reason]  or  flip <task> <registry> finished|running"
 
 
@@ -131,12 +135,13 @@ def _wait(rest: str) -> Wait:
     return Wait(seconds)
 
 
-def help_text(command: str, poll_seconds: float, alerts_channel: str) -> str:
+def help_text(command: str, poll_seconds: float, alerts_channel: str, here: str) -> str:
     rows = [
         ("Type a slash command, or just the text after it:", ""),
         (f"{command} daily-sync failed", "look up a task (any task id works: the simulator"),
         ("", "makes its registries up; each new task costs a call)"),
         (f"watch daily-sync #{alerts_channel}", f"alerts for daily-sync in #{alerts_channel}"),
+        ("watches all", f"every channel's watches (plain `watches`: only #{here}'s)"),
         (f"{command} help", "the bot's own help"),
         ("The demo's own commands:", ""),
         ("flip <task> <registry> failed [reason]", "make a registry fail in HSS (the simulator)"),
@@ -157,23 +162,37 @@ def help_text(command: str, poll_seconds: float, alerts_channel: str) -> str:
 
 class Prompt:
     def __init__(
-        self, stack: Stack, printer: Printer, feed: Feed, *, poll_seconds: float, alerts: str
+        self,
+        stack: Stack,
+        printer: Printer,
+        feed: Feed,
+        *,
+        poll_seconds: float,
+        alerts: str,
+        here: str,
     ) -> None:
         self.stack = stack
         self.printer = printer
         self.feed = feed
         self.poll_seconds = poll_seconds
+        #: The channel the demo's watch posts to, and the one the user types in (names).
         self.alerts = alerts
+        self.here = here
         self._tty = False
         self._interrupted = asyncio.Event()
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        #: Tasks printing on their own (the feed, baseline notices); cancelled at the end.
+        self._background: set[asyncio.Task[None]] = set()
+        self._started = time.monotonic()
 
     def help(self) -> str:
-        return help_text(self.stack.user.command, self.poll_seconds, self.alerts)
+        return help_text(self.stack.user.command, self.poll_seconds, self.alerts, self.here)
 
     async def run(self, stdin: TextIO | None = None) -> int:
-        """Read and act on lines until quit, end of input or Ctrl-C; always 0."""
+        """Read and act on lines until quit, end of input or Ctrl-C; always 0. Raises
+        ``OutputClosed`` when the output's reader went away."""
         loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        lines = self._lines
         stream = stdin or sys.stdin
         # A prompt only for a person: piped input is echoed instead, as a transcript.
         self._tty = self.printer.is_tty and stream.isatty()
@@ -187,7 +206,7 @@ class Prompt:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, interrupt)
         self.printer.line(self.help())
-        follower = asyncio.create_task(self.feed.follow())
+        self._spawn(self.feed.follow())
         try:
             while True:
                 self.printer.prompt("hss> " if self._tty else None)
@@ -197,13 +216,31 @@ class Prompt:
                     break
         finally:
             self.printer.prompt(None)
-            follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
+            for task in self._background:
+                task.cancel()
+            outcomes = await asyncio.gather(*self._background, return_exceptions=True)
             for signum in _QUIT_SIGNALS:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(signum)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):  # OutputClosed, most likely
+                raise outcome
         self.printer.line("\nbye: stopping the bot, the simulator and Redis")
         return 0
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        """Run ``job`` beside the prompt; if it fails (OutputClosed: nobody reads any more)
+        the prompt ends, and ``run`` raises what it raised."""
+        task = asyncio.create_task(job)
+        self._background.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self._lines.put_nowait(None)
+            elif not task.cancelled():
+                self._background.discard(task)
+
+        task.add_done_callback(done)
 
     async def handle(self, line: str) -> bool:
         """Act on one line; False when it asks to quit. Never raises for bad input."""
@@ -244,6 +281,51 @@ class Prompt:
             self.printer.line(f"  ! the bot answered HTTP {reply.status}")
             return
         self.feed.ack(reply)
+        words = text.lower().split()
+        if words[:1] == ["watch"] and len(words) > 1:
+            await self._after_watch(text.split()[1])
+        elif words == ["watches"]:
+            self.printer.note(
+                f"`watches` lists #{self.here}'s watches; `watches all` lists every channel's "
+                f"(the demo's alerts go to #{self.alerts})"
+            )
+
+    async def _after_watch(self, task_id: str) -> None:
+        """Say when a flip will alert: only once the bot has fetched the task (its first
+        background refresh after the watch is the baseline unless a lookup got there first)."""
+        if task_id not in await self._watched():
+            return  # the bot said no, and why
+        if await self._has_baseline(task_id):
+            self.printer.note(
+                f"the bot already has every registry of {task_id}: a flip now shows up as an "
+                f"alert after the next background refresh (every {self.poll_seconds:g} s, budget "
+                "allowing)"
+            )
+        else:
+            self.printer.note(
+                f"the first background refresh of {task_id} takes the baseline, in seconds (up "
+                "to a minute if the budget is spent): flip after it, or the flip is part of the "
+                "baseline and no alert comes; a line here says when"
+            )
+            self._spawn(self._announce_baseline(task_id))
+        self.printer.note(f"`watches all` lists the watch (plain `watches`: #{self.here}'s only)")
+
+    async def _has_baseline(self, task_id: str) -> bool:
+        """Whether the bot's mirror holds every registry of the task (a full fetch)."""
+        peek = await self.stack.runtime.lookups.peek(LookupRequest(task_id))
+        return peek.answer.has_data
+
+    async def _announce_baseline(self, task_id: str) -> None:
+        deadline = time.monotonic() + _BASELINE_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            if await self._has_baseline(task_id):
+                at = time.monotonic() - self._started
+                self.printer.note(
+                    f"the bot fetched {task_id} (at +{at:.0f} s): that is the watch's baseline; "
+                    "a flip now shows up as an alert"
+                )
+                return
 
     async def _click(self, label: str) -> None:
         if self.feed.last_buttons is None:
@@ -274,12 +356,20 @@ class Prompt:
         self.printer.note(
             f"in HSS, {changed.registry_name} of {flip.task_id} is now {changed.sync_status}{why}"
         )
-        self.printer.note(await self._when_seen(flip.task_id))
+        self.printer.note(await self._when_seen(flip.task_id, changed))
 
-    async def _when_seen(self, task_id: str) -> str:
-        if task_id in await self._watched():
-            return "the bot sees it at its next background refresh of the task"
-        return f"nobody watches {task_id}: `watch {task_id} #{self.alerts}` to be alerted"
+    async def _when_seen(self, task_id: str, changed: Registry) -> str:
+        if task_id not in await self._watched():
+            return f"nobody watches {task_id}: `watch {task_id} #{self.alerts}` to be alerted"
+        peek = await self.stack.runtime.lookups.peek(LookupRequest(task_id))
+        row = peek.source.rows.get(changed.registry_id)
+        if row is None or not row.known_status:
+            # A registry the mirror sees for the first time is a baseline, not a change.
+            return (
+                f"the bot has not fetched {changed.registry_name} yet: its next refresh takes "
+                "this status as the baseline (no alert); flips after that refresh alert"
+            )
+        return "the bot sees it at its next background refresh of the task"
 
     async def _watched(self) -> set[str]:
         workers = self.stack.workers

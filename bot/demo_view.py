@@ -4,11 +4,18 @@
 itself), bold only on a terminal. ``Feed`` follows the Slack stand-in's recorded calls and
 prints each message the bot sent (``response_url`` answers, channel posts, thread replies,
 in-place updates) in the order they arrived.
+
+When the reader goes away (``demo | head``: the pipe's far end closed), the first write that
+fails points the stream's file descriptor at ``os.devnull`` (so that Python's flush at exit
+cannot fail again) and raises :class:`OutputClosed`, which ends the demo, torn down, with 0.
+Every later write raises it again and writes nothing, whichever task it comes from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -40,6 +47,10 @@ def is_channel_post(call: Call, channel: str, *, thread: str | None = None) -> b
     return call.body.get("channel") == channel and call.body.get("thread_ts") == thread
 
 
+class OutputClosed(Exception):
+    """Nobody reads the demo's output any more (a closed pipe): stop, tear down, exit 0."""
+
+
 class Printer:
     def __init__(
         self, out: TextIO, *, as_json: bool, names: Mapping[str, str] | None = None
@@ -50,6 +61,12 @@ class Printer:
         self.names = dict(names or {})
         self._tty = out.isatty()
         self._prompt: str | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once a write found the reader gone; later writes raise OutputClosed."""
+        return self._closed
 
     @property
     def is_tty(self) -> bool:
@@ -60,14 +77,35 @@ class Printer:
         arrives meanwhile replaces the prompt's line and shows the prompt again under it."""
         self._prompt = text if self._tty else None
         if self._prompt:
-            self._out.write(self._prompt)
-            self._out.flush()
+            self._emit(self._prompt)
 
     def _write(self, text: str) -> None:
         if self._prompt:
             text = f"\r\033[K{text}{self._prompt}"
-        self._out.write(text)
-        self._out.flush()
+        self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        if self._closed:
+            raise OutputClosed
+        try:
+            self._out.write(text)
+            self._out.flush()
+        except BrokenPipeError:  # EPIPE: the reader closed its end
+            self._closed = True
+            self._to_devnull()
+            raise OutputClosed from None
+
+    def _to_devnull(self) -> None:
+        """Point the stream's descriptor at os.devnull: what is still buffered (and Python's
+        flush of stdout at exit) goes nowhere instead of failing again (the Python docs'
+        advice for SIGPIPE). A stream without a descriptor has nothing to flush at exit."""
+        with contextlib.suppress(OSError, ValueError):
+            fd = self._out.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, fd)
+            finally:
+                os.close(devnull)
 
     def line(self, text: str = "") -> None:
         self._write(text + "\n")

