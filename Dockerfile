@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-
 # Base images are pinned by patch tag and by the digest of the tag's multi-platform index, as
 # docker-library/repo-info recorded it for python:3.11.15-* (built 2026-08-05); the digests were
 # not re-checked against the registry from the machine that wrote this. Bump tag and digest
@@ -27,8 +25,10 @@ LABEL org.opencontainers.image.title="hss-sync-bot" \
       org.opencontainers.image.base.digest="sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3"
 # Numeric ids so that runtimes checking "non-root" (Kubernetes runAsNonRoot) can verify it
 # without reading /etc/passwd. The data dir holds the embedded Redis when REDIS_URL is unset.
-RUN groupadd --system --gid 10001 hss \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/hss-sync-bot \
+# Not --system (whose ids stop at 999); --no-log-init keeps a high uid from growing a
+# sparse lastlog into the image.
+RUN groupadd --gid 10001 hss \
+    && useradd --no-log-init --uid 10001 --gid 10001 --home-dir /var/lib/hss-sync-bot \
         --no-create-home --shell /usr/sbin/nologin hss \
     && install -d -o 10001 -g 10001 -m 0700 /var/lib/hss-sync-bot
 # Owned by root: the bot cannot rewrite its own code.
