@@ -130,18 +130,19 @@ async def serve(settings: Settings, *, host: str = "0.0.0.0") -> None:  # noqa: 
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():
+            logger.info("stopping during start-up")
             starting.cancel()
             await asyncio.wait({starting})
         elif starting.exception() is None:
             await stopping
+            logger.info("stopping")
         stopping.cancel()
         if not starting.cancelled() and (error := starting.exception()) is not None:
             raise error
     finally:
-        logger.info("stopping")
         if parts.readiness is not None:
             parts.readiness.stopping = True
-        await _shut_down(parts)
+        await _shut_down(parts, stop)
 
 
 async def _start(settings: Settings, host: str, parts: _Parts) -> None:
@@ -185,7 +186,7 @@ async def _start(settings: Settings, host: str, parts: _Parts) -> None:
         logger.info("serving Slack requests on http://%s:%d/slack/events", host, port)
 
 
-async def _shut_down(parts: _Parts) -> None:
+async def _shut_down(parts: _Parts, stop: asyncio.Event) -> None:
     """Within ``STOP_GRACE``: take no new work (Slack's connection closed first, so it sends
     to another replica), finish the HSS calls already made and the deliveries in hand, and
     release leases, so that nothing is lost and other replicas take over at once."""
@@ -205,7 +206,8 @@ async def _shut_down(parts: _Parts) -> None:
         await parts.runner.cleanup()
     if parts.runtime is not None:
         await parts.runtime.aclose()
-    logger.info("stopped")
+    if stop.is_set():
+        logger.info("stopped")
 
 
 def _reveal(settings: Settings) -> str | None:
