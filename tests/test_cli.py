@@ -655,3 +655,18 @@ async def test_query_against_the_simulate_subcommand(
     rows = same_seed.registries("demo-task")
     assert by_id(run.json()) == by_id([r.as_api_dict() for r in rows])
     assert run.code == exit_for(rows)
+
+
+async def test_query_logs_one_lookup_line_per_run(cli: Cli) -> None:
+    first = await cli("query", TASK, "failed", LOG_LEVEL="INFO")
+    again = await cli("query", TASK, "failed", LOG_LEVEL="INFO")
+
+    def lookups(run: Run) -> list[dict[str, object]]:
+        lines = [json.loads(line) for line in run.errors if line.startswith("{")]
+        return [line for line in lines if line.get("event") == "lookup"]
+
+    assert first.code == again.code == 3
+    [refreshed] = lookups(first)
+    [fresh] = lookups(again)
+    assert (refreshed["task"], refreshed["status_filter"]) == (TASK, "failed")
+    assert (refreshed["outcome"], fresh["outcome"]) == ("refreshed", "fresh")
