@@ -161,17 +161,28 @@ class Item:
         )
 
 
-def _alert(channel: str, item: Item, result: str, **more: object) -> dict[str, object]:
-    """The structured fields of an alert's log line (``result`` in metrics.ALERT_RESULTS)."""
-    return {
-        "event": "alert",
-        "channel": channel,
-        "task": item.task or None,
-        "kind": item.kind,
-        "item": item.id,
-        "result": result,
-        **more,
-    }
+def _note_alert(
+    level: int, channel: str, item: Item, result: str, what: str, **more: object
+) -> None:
+    """Count one delivery outcome (``result`` in metrics.ALERT_RESULTS) and log its line."""
+    metrics.ALERTS.labels(result).inc()
+    logger.log(
+        level,
+        "outbox: %s %s %s: %s",
+        channel,
+        item.kind,
+        item.id,
+        what,
+        extra={
+            "event": "alert",
+            "channel": channel,
+            "task": item.task or None,
+            "kind": item.kind,
+            "item": item.id,
+            "result": result,
+            **more,
+        },
+    )
 
 
 @dataclass(slots=True)
@@ -390,15 +401,7 @@ class OutboxSender:
         await self._commit(channel, item, post_ts=ts if kind == "post" else None, pace=True)
         self._attempts.pop(channel, None)
         self.stats.sent += 1
-        metrics.ALERTS.labels("sent").inc()
-        logger.info(
-            "outbox: %s %s %s: sent (task %s)",
-            channel,
-            item.kind,
-            item.id,
-            item.task or "-",
-            extra=_alert(channel, item, "sent"),
-        )
+        _note_alert(logging.INFO, channel, item, "sent", f"sent (task {item.task or '-'})")
         return True
 
     async def _call(self, channel: str, item: Item, kind: str, parent: str | None) -> str:
@@ -420,14 +423,14 @@ class OutboxSender:
             wait = _retry_after(exc.response.headers)
             await self._hold(channel, self._clock() + max(wait, self._min_interval))
             self.stats.throttled += 1
-            metrics.ALERTS.labels("retried").inc()
-            logger.warning(
-                "outbox: %s %s %s: rate limited, channel waits %.1f s",
+            _note_alert(
+                logging.WARNING,
                 channel,
-                item.kind,
-                item.id,
-                wait,
-                extra=_alert(channel, item, "retried", error="ratelimited", wait_s=wait),
+                item,
+                "retried",
+                f"rate limited, channel waits {wait:.1f} s",
+                error="ratelimited",
+                wait_s=wait,
             )
             return False
         if error in PERMANENT:
@@ -437,14 +440,13 @@ class OutboxSender:
             await self._retry_later(channel, item, error or f"HTTP {status}")
             return False
         self.stats.failed += 1
-        metrics.ALERTS.labels("failed").inc()
-        logger.error(
-            "outbox: %s %s %s: dropped, Slack refused it: %s",
+        _note_alert(
+            logging.ERROR,
             channel,
-            item.kind,
-            item.id,
-            error,
-            extra=_alert(channel, item, "failed", error=error),
+            item,
+            "failed",
+            f"dropped, Slack refused it: {error}",
+            error=error,
         )
         await self._commit(channel, item, post_ts=None, pace=True)
         return True
@@ -452,14 +454,14 @@ class OutboxSender:
     async def _park(self, channel: str, item: Item, error: str) -> None:
         await self._redis.hset(keys.outbox_parked(), channel, error)
         self.stats.failed += 1
-        metrics.ALERTS.labels("failed").inc()
-        logger.warning(
-            "outbox: %s %s %s: %s; channel parked",
+        _note_alert(
+            logging.WARNING,
             channel,
-            item.kind,
-            item.id,
-            error,
-            extra=_alert(channel, item, "failed", error=error, parked=True),
+            item,
+            "failed",
+            f"{error}; channel parked",
+            error=error,
+            parked=True,
         )
         try:
             await self._on_permanent(channel, error)
@@ -472,16 +474,14 @@ class OutboxSender:
         delay = min(self._backoff * 2 ** (attempt - 1), self._max_backoff)
         await self._hold(channel, self._clock() + delay)
         self.stats.retried += 1
-        metrics.ALERTS.labels("retried").inc()
-        logger.warning(
-            "outbox: %s %s %s: %s, retry %d in %.1f s",
+        _note_alert(
+            logging.WARNING,
             channel,
-            item.kind,
-            item.id,
-            why,
-            attempt,
-            delay,
-            extra=_alert(channel, item, "retried", error=why, wait_s=delay),
+            item,
+            "retried",
+            f"{why}, retry {attempt} in {delay:.1f} s",
+            error=why,
+            wait_s=delay,
         )
 
     async def _hold(self, channel: str, until: float) -> None:
