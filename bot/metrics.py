@@ -175,30 +175,25 @@ def live_families(live: Live) -> list[Metric]:
         "hss_sync_redis_up", "1 if Redis answered this scrape, else 0.", value=int(live.redis_up)
     )
     out: list[Metric] = [up]
-    if live.calls_left is not None:
-        out.append(
-            GaugeMetricFamily(
-                "hss_sync_budget_calls_left",
-                "HSS calls that could start now within the shared budget (all replicas).",
-                value=live.calls_left,
-            )
-        )
-    if live.outbox_depth is not None:
-        out.append(
-            GaugeMetricFamily(
-                "hss_sync_outbox_depth",
-                "Alert messages waiting in the outbox (every channel, parked ones included).",
-                value=live.outbox_depth,
-            )
-        )
-    if live.parked_channels is not None:
-        out.append(
-            GaugeMetricFamily(
-                "hss_sync_outbox_parked_channels",
-                "Channels whose alerts are held after a permanent Slack error.",
-                value=live.parked_channels,
-            )
-        )
+    for name, doc, value in (
+        (
+            "hss_sync_budget_calls_left",
+            "HSS calls that could start now within the shared budget (all replicas).",
+            live.calls_left,
+        ),
+        (
+            "hss_sync_outbox_depth",
+            "Alert messages waiting in the outbox (every channel, parked ones included).",
+            live.outbox_depth,
+        ),
+        (
+            "hss_sync_outbox_parked_channels",
+            "Channels whose alerts are held after a permanent Slack error.",
+            live.parked_channels,
+        ),
+    ):
+        if value is not None:
+            out.append(GaugeMetricFamily(name, doc, value=value))
     if live.redis_up:
         ages = GaugeMetricFamily(
             "hss_sync_mirror_age_seconds",
