@@ -23,7 +23,7 @@ from bot.runtime import Runtime, open_runtime
 from bot.server import build_web_app, start_http, web_client
 from bot.slack_standin import Scripted, SlackStandIn
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
-from tests.test_run import bot_env, free_port, run_bot, wait_healthy
+from tests.test_run import free_port, hss_env, run_bot, wait_healthy
 
 SIGNING = "logs-test-signing-secret"
 BOT_TOKEN = "xoxb-logs-test-token"
@@ -268,14 +268,11 @@ async def test_run_in_socket_mode_serves_readyz_and_metrics_on_port(
     sim = await make_hss_sim(task_sizes={"t": 40})
     port = free_port()
     proc = await run_bot(
-        bot_env(
+        hss_env(
+            sim.url,
             SLACK_BOT_TOKEN=BOT_TOKEN,
             SLACK_APP_TOKEN="xapp-1-socket-test",
             SLACK_API_URL=f"{standin.url}/api/",
-            CLOUD_SDK_AK=TEST_AK,
-            CLOUD_SDK_SK=TEST_SK,
-            HSS_PROJECT_ID=TEST_PROJECT_ID,
-            HSS_ENDPOINT=sim.url,
             REDIS_URL=redis_url,
             PORT=str(port),
         )

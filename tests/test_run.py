@@ -40,6 +40,17 @@ def bot_env(**extra: str) -> dict[str, str]:
     return {**keep, "PYTHONUNBUFFERED": "1", **extra}
 
 
+def hss_env(sim_url: str, **extra: str) -> dict[str, str]:
+    """``bot_env`` with the test simulator's credentials and endpoint."""
+    return bot_env(
+        CLOUD_SDK_AK=TEST_AK,
+        CLOUD_SDK_SK=TEST_SK,
+        HSS_PROJECT_ID=TEST_PROJECT_ID,
+        HSS_ENDPOINT=sim_url,
+        **extra,
+    )
+
+
 async def run_bot(env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -73,14 +84,11 @@ async def test_run_serves_http_answers_a_command_and_stops_on_sigterm(
     sim = await make_hss_sim(task_sizes={"t": 40})
     port = free_port()
     proc = await run_bot(
-        bot_env(
+        hss_env(
+            sim.url,
             SLACK_BOT_TOKEN="xoxb-run-test",
             SLACK_SIGNING_SECRET=SECRET,
             SLACK_API_URL=f"{standin.url}/api/",
-            CLOUD_SDK_AK=TEST_AK,
-            CLOUD_SDK_SK=TEST_SK,
-            HSS_PROJECT_ID=TEST_PROJECT_ID,
-            HSS_ENDPOINT=sim.url,
             REDIS_URL=redis_url,
             PORT=str(port),
         )
@@ -156,14 +164,11 @@ async def test_run_in_socket_mode_acks_over_the_websocket(
     sim = await make_hss_sim(task_sizes={"t": 40})
     port = free_port()
     proc = await run_bot(
-        bot_env(
+        hss_env(
+            sim.url,
             SLACK_BOT_TOKEN="xoxb-run-test",
             SLACK_APP_TOKEN="xapp-run-test",
             SLACK_API_URL=f"{standin.url}/api/",
-            CLOUD_SDK_AK=TEST_AK,
-            CLOUD_SDK_SK=TEST_SK,
-            HSS_PROJECT_ID=TEST_PROJECT_ID,
-            HSS_ENDPOINT=sim.url,
             REDIS_URL=redis_url,
             PORT=str(port),
         )
@@ -210,13 +215,10 @@ async def test_run_in_socket_mode_acks_over_the_websocket(
 def embedded_env(tmp_path: Path, sim_url: str, **extra: str) -> dict[str, str]:
     """A complete configuration with no REDIS_URL: the bot starts an embedded Redis in
     ``tmp_path``, which must not outlive it whatever happens at start-up."""
-    return bot_env(
+    return hss_env(
+        sim_url,
         SLACK_BOT_TOKEN="xoxb-run-test",
         SLACK_SIGNING_SECRET=SECRET,
-        CLOUD_SDK_AK=TEST_AK,
-        CLOUD_SDK_SK=TEST_SK,
-        HSS_PROJECT_ID=TEST_PROJECT_ID,
-        HSS_ENDPOINT=sim_url,
         HSS_DATA_DIR=str(tmp_path / "data"),
         **extra,
     )
