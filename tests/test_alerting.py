@@ -27,23 +27,16 @@ from bot.mirror import REMOVED, Change
 from bot.models import TaskRef
 from bot.watches import WatchStore
 from tests.plugins.redis_server import RedisFactory
+from tests.support import Clock
 
 T1 = TaskRef(project_id="p", task_id="t1")
 T2 = TaskRef(project_id="p", task_id="t2", enterprise_project_id="ep0")
 C1, C2 = "C0001", "C0002"
 
 
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1_000_000.0)
 
 
 @pytest.fixture

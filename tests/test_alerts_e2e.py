@@ -13,24 +13,17 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.alerts import ACTION_ACK, ACTION_MUTE_1H
-from bot.localstack import Stack, local_stack
-from bot.simulator import SimConfig
+from bot.localstack import Stack
 from bot.slack_requests import button
 from bot.slack_standin import Call, Scripted
-from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
+from tests.support import alerting_stack
 
 TASK = "task-alerts"
 
 
 @pytest.fixture
 async def stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Stack]:
-    config = SimConfig(
-        ak=TEST_AK, sk=TEST_SK, project_id=TEST_PROJECT_ID, rate_limit=1000, task_sizes={TASK: 30}
-    )
-    env = {"POLL_INTERVAL_SECONDS": "1", "HSS_RATE_LIMIT": "1000/60s"}
-    async with local_stack(
-        sim_config=config, env=env, redis_url=redis_url, watches=True, send_interval=0.05
-    ) as running:
+    async with alerting_stack(redis_url, TASK) as running:
         yield running
 
 

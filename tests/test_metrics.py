@@ -20,17 +20,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot import metrics
 from bot.config import Settings
 from bot.embedded_redis import EmbeddedRedis
-from bot.localstack import Stack, local_stack
+from bot.localstack import Stack
 from bot.metrics import Live, hss_status_label, render
 from bot.models import TaskRef
 from bot.runtime import Runtime, open_runtime
 from bot.server import build_web_app, start_http, web_client
-from bot.simulator import SimConfig
 from bot.slack_app import build_app
 from bot.slack_requests import SlackUser
 from bot.slack_standin import Scripted, SlackStandIn
 from bot.watches import WatchStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim
+from tests.support import alerting_stack
 
 SIGNING = "logs-test-signing-secret"
 BOT_TOKEN = "xoxb-logs-test-token"
@@ -231,13 +231,7 @@ async def test_metrics_during_a_redis_outage(
 
 @pytest.fixture
 async def alert_stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Stack]:
-    config = SimConfig(
-        ak=TEST_AK, sk=TEST_SK, project_id=TEST_PROJECT_ID, rate_limit=1000, task_sizes={TASK: 30}
-    )
-    env = {"POLL_INTERVAL_SECONDS": "1", "HSS_RATE_LIMIT": "1000/60s"}
-    async with local_stack(
-        sim_config=config, env=env, redis_url=redis_url, watches=True, send_interval=0.05
-    ) as running:
+    async with alerting_stack(redis_url, TASK) as running:
         yield running
 
 

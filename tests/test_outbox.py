@@ -21,16 +21,9 @@ from bot.embedded_redis import EmbeddedRedis
 from bot.outbox import Item, Kind, OutboxSender, enqueue, parent_ts, web_client
 from bot.slack_standin import Call, Scripted, SlackStandIn
 from tests.plugins.redis_server import RedisFactory
+from tests.support import Clock
 
 ALERT = "hss:alert:C1:p:-:t1"
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class TimedStandIn(SlackStandIn):

@@ -13,18 +13,11 @@ from bot.errors import StoreError
 from bot.models import TaskRef
 from bot.watches import Watch, WatchStore, may_change_watches
 from tests.plugins.redis_server import RedisFactory
+from tests.support import Clock
 
 T1 = TaskRef(project_id="p", task_id="t1")
 T2 = TaskRef(project_id="p", task_id="t2")
 T1_EP0 = TaskRef(project_id="p", task_id="t1", enterprise_project_id="0")
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
