@@ -113,8 +113,6 @@ def _configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
 
 
 def _run(settings: Settings) -> int:
-    settings.require_hss()
-    settings.require_slack()
     from bot.server import serve
 
     asyncio.run(serve(settings))
@@ -122,8 +120,6 @@ def _run(settings: Settings) -> int:
 
 
 def _reset_auth(settings: Settings) -> int:
-    settings.require_hss()
-
     async def go() -> bool:
         runtime = await _open_runtime(settings)
         try:
@@ -171,7 +167,6 @@ def request_from_args(args: argparse.Namespace) -> LookupRequest:
 
 
 def _query(request: LookupRequest, settings: Settings, *, as_json: bool) -> int:
-    settings.require_hss()
     try:
         answer = asyncio.run(_fetch(settings, request))
     except ConfigError:

@@ -33,7 +33,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
-from bot.errors import ConfigError, StoreError
+from bot.errors import StoreError
 from bot.lookup import LookupService
 from bot.redis_health import REDIS_OUTAGE
 
@@ -108,12 +108,8 @@ def body(results: CheckResults) -> tuple[int, dict[str, Any]]:
 
 def config_problem(settings: Settings) -> str | None:
     """The variable a ``run`` cannot do without, if one is missing."""
-    try:
-        settings.require_hss()
-        settings.require_slack()
-    except ConfigError as exc:
-        return exc.variable
-    return None
+    problems = settings.hss_problems() + settings.slack_problems()
+    return problems[0].variable if problems else None
 
 
 class SlackAuth:
