@@ -38,11 +38,11 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bench.common import emit, ms, percentile, quiet, ratio
-from bot import logs
-from bot.localstack import SIGNING_SECRET, Stack, local_stack
-from bot.server import start_http
-from bot.simulator import SimConfig
-from bot.slack_requests import SlackUser
+from bot.ops import logs
+from bot.ops.server import start_http
+from bot.sandbox.localstack import SIGNING_SECRET, Stack, local_stack
+from bot.sandbox.simulator import SimConfig
+from bot.sandbox.slack_requests import SlackUser
 
 WARM_TASK = "warm-task"
 WARM_TEXTS = (

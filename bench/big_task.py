@@ -43,9 +43,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot import keys  # noqa: E402
-from bot.sim_server import start_simulator  # noqa: E402
-from bot.simulator import (  # noqa: E402
+from bot.sandbox.sim_server import start_simulator  # noqa: E402
+from bot.sandbox.simulator import (  # noqa: E402
     DEMO_AK,
     DEMO_PROJECT_ID,
     DEMO_SK,
@@ -53,6 +52,7 @@ from bot.simulator import (  # noqa: E402
     SimConfig,
     Simulator,
 )
+from bot.storage import keys  # noqa: E402
 
 TASK_ID = "big-task"
 RESULT_PREFIX = "RESULT "
@@ -202,7 +202,7 @@ def bot_settings(sim_url: str, redis_url: str, data_dir: Path) -> Any:
 
 
 async def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from bot.embedded_redis import EmbeddedRedis
+    from bot.storage.embedded import EmbeddedRedis
 
     with tempfile.TemporaryDirectory(prefix="big-task-") as tmp:
         server = EmbeddedRedis(data_dir=Path(tmp) / "redis", persistent=False)

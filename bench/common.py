@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from bot.slack_standin import SlackStandIn
+from bot.sandbox.slack_standin import SlackStandIn
 
 INF = math.inf
 

@@ -1,6 +1,6 @@
 """Flip-to-alert latency with 50 watched tasks under HSS's 5 calls / 60 s, time-compressed.
 
-The real bot (``bot.localstack`` with ``watches=True``: scheduler, alert pipeline and outbox
+The real bot (``bot.sandbox.localstack`` with ``watches=True``: scheduler, alert pipeline and outbox
 sender in one process, embedded Redis, the HSS simulator and the Slack stand-in) watches 50
 tasks of mixed sizes (20 to 5,000 registries), each from its own channel, typed as
 ``/hss-sync watch <task>`` there. Time runs ``--factor`` times faster (default 60: the
@@ -54,13 +54,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import INF, emit, percentile, quiet, ratio
-from bot import keys
-from bot.localstack import Stack, local_stack
 from bot.mirror import view_key
 from bot.models import PAGE_LIMIT_MAX, ApiFilter, LookupRequest, TaskRef
-from bot.simulator import _ROUTE, SimConfig, SimRequest, SimResponse, Simulator
-from bot.slack_standin import Call
-from bot.store import RedisMirrorStore, decode_meta
+from bot.sandbox.localstack import Stack, local_stack
+from bot.sandbox.simulator import _ROUTE, SimConfig, SimRequest, SimResponse, Simulator
+from bot.sandbox.slack_standin import Call
+from bot.storage import keys
+from bot.storage.mirror_store import RedisMirrorStore, decode_meta
 
 RATE_CALLS = 5
 REAL_WINDOW = 60.0  # HSS: 5 calls per 60 s per IAM user

@@ -7,10 +7,10 @@ Redis memory per watched registry, ours against a naive one-field-per-registry h
 A private embedded Redis (non-persistent, unix socket, temp dir) and the bot's own client
 settings (``runtime.redis_client``, 1 s socket timeout) for ours; the peers get a client with
 redis-py's defaults (no timeout: their ``HGETALL`` of 100,000 fields takes longer). Rows come
-from ``bot.simdata.TaskData`` (32-hex ids, names like ``harbor-prod-00042``, six types, about
-80/10/10 % finished/running/failed with reasons). Each round flips ``--flip-share`` of the rows
-to another status, builds the fetched ``Registry`` list (not timed: that is the fetch), then
-every side updates from it in turn:
+from ``bot.sandbox.simdata.TaskData`` (32-hex ids, names like ``harbor-prod-00042``, six
+types, about 80/10/10 % finished/running/failed with reasons). Each round flips
+``--flip-share`` of the rows to another status, builds the fetched ``Registry`` list (not
+timed: that is the fetch), then every side updates from it in turn:
 
 * ``ours``: ``store.load`` -> ``mirror.merge`` (in a worker thread above ``LARGE_SNAPSHOT``,
   as ``LookupService._merge_save`` does) -> ``store.save`` (zlib-chunked snapshot in one hash,
@@ -55,11 +55,16 @@ sys.path.insert(0, str(ROOT))
 import redis.asyncio as aioredis  # noqa: E402
 
 from bench.common import emit, ratio  # noqa: E402
-from bot import keys  # noqa: E402
 from bot.mirror import LARGE_SNAPSHOT, Snapshot, merge  # noqa: E402
 from bot.models import ApiFilter, Registry, TaskRef  # noqa: E402
-from bot.simdata import TaskData  # noqa: E402
-from bot.store import CHANGES_MAXLEN, RedisMirrorStore, decode_snapshot, encode_snapshot  # noqa: E402
+from bot.sandbox.simdata import TaskData  # noqa: E402
+from bot.storage import keys  # noqa: E402
+from bot.storage.mirror_store import (  # noqa: E402
+    CHANGES_MAXLEN,
+    RedisMirrorStore,
+    decode_snapshot,
+    encode_snapshot,
+)
 
 TARGET_PER_S = 100_000
 PIPE_BATCH = 5000
@@ -307,8 +312,8 @@ def profile_pure(size: int, flip_share: float) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from bot.embedded_redis import EmbeddedRedis
     from bot.runtime import redis_client
+    from bot.storage.embedded import EmbeddedRedis
 
     with tempfile.TemporaryDirectory(prefix="mirror-tp-") as tmp:
         server = EmbeddedRedis(data_dir=Path(tmp) / "redis", persistent=False)

@@ -4,7 +4,7 @@
 simulated minutes, under HSS's real rule of 5 calls per 60 s. Time runs ``--factor`` times
 faster (default 60: 5 calls per 1 s, data fresh for 1 s, 10 minutes in 10 s).
 
-* ours: the real bot (``bot.localstack``) driven by signed slash commands and button clicks;
+* ours: the real bot (``bot.sandbox.localstack``) driven by signed slash commands and button clicks;
   first reply = the ack of a command whatever it says, or a click's first ``response_url``
   post; first answer = the ack when it shows data, else the first ``response_url`` post with
   data; fresh data = the ack when it carries no notice, else the replacement without one.
@@ -41,12 +41,12 @@ from huaweicloudsdkcore.exceptions import exceptions as sdk_errors
 from huaweicloudsdkhss.v5 import HssClient, ListAssociateRegistriesRequest
 
 from bench.common import INF, ResponseWatcher, emit, ms, percentile, quiet, ratio
-from bot.localstack import Stack, local_stack
 from bot.models import REGISTRY_TYPES, Registry
-from bot.render import ACTION_PAGE_NEXT, PAGE_SIZE
-from bot.sim_server import start_simulator
-from bot.simulator import _ROUTE, SimConfig, SimRequest, SimResponse, Simulator
-from bot.slack_requests import SlackUser, button
+from bot.sandbox.localstack import Stack, local_stack
+from bot.sandbox.sim_server import start_simulator
+from bot.sandbox.simulator import _ROUTE, SimConfig, SimRequest, SimResponse, Simulator
+from bot.sandbox.slack_requests import SlackUser, button
+from bot.slack.render import ACTION_PAGE_NEXT, PAGE_SIZE
 
 RATE_CALLS = 5
 REAL_WINDOW = 60.0  # HSS: 5 calls per 60 s per IAM user

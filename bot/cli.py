@@ -16,11 +16,17 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from bot import logs
-from bot.command import parse_status, parse_types, validate_ep, validate_name, validate_task_id
 from bot.config import Settings
 from bot.errors import BotError, CommandError, ConfigError, ConfigErrors, StoreError
 from bot.models import Answer, LookupRequest, SyncStatus
+from bot.ops import logs
+from bot.slack.command import (
+    parse_status,
+    parse_types,
+    validate_ep,
+    validate_name,
+    validate_task_id,
+)
 from bot.table import age_text, format_table
 
 if TYPE_CHECKING:
@@ -65,11 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # simulate and demo own their flags.
     if args_list[:1] == ["simulate"]:
-        from bot.sim_server import cli_main as simulate_main
+        from bot.sandbox.sim_server import cli_main as simulate_main
 
         return int(simulate_main(args_list[1:]))
     if args_list[:1] == ["demo"]:
-        from bot.demo import main as demo_main
+        from bot.sandbox.demo import main as demo_main
 
         return int(demo_main(args_list[1:]))
     args = build_parser().parse_args(args_list)
@@ -108,12 +114,12 @@ def _settings(command: str) -> Settings:
 
 def _configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     """JSON lines on stderr (plain text on a terminal), with ``secrets`` masked in every
-    line whatever logged them (see ``bot.logs``)."""
+    line whatever logged them (see ``bot.ops.logs``)."""
     logs.configure(level, stream=sys.stderr, secrets=secrets, queued=True)
 
 
 def _run(settings: Settings) -> int:
-    from bot.server import serve
+    from bot.ops.server import serve
 
     asyncio.run(serve(settings))
     return EXIT_OK

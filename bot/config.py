@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from bot.errors import ConfigError, ConfigErrors
 from bot.models import EP_ID_MAX, PROJECT_ID_MAX
-from bot.redis_url import parse_redis_url
+from bot.storage.redis_url import parse_redis_url
 
 HSS_REGIONS: frozenset[str] = frozenset(
     """cn-north-1 cn-north-2 cn-north-4 cn-north-9 cn-north-11 cn-north-12 cn-southwest-2

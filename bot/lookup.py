@@ -19,11 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot import metrics
-from bot.budget import CallBudget, Priority, on_grant
 from bot.config import RateLimit
 from bot.errors import BotError, HssAuthError, StoreError
-from bot.hss_client import FetchResult, HssClient
+from bot.hss.budget import CallBudget, Priority, on_grant
+from bot.hss.client import FetchResult, HssClient
 from bot.mirror import (
     LARGE_SNAPSHOT,
     Snapshot,
@@ -40,7 +39,8 @@ from bot.mirror import (
     view_key,
 )
 from bot.models import PAGE_LIMIT_MAX, Answer, ApiFilter, LookupRequest, TaskRef
-from bot.store import MirrorStore
+from bot.ops import metrics
+from bot.storage.mirror_store import MirrorStore
 
 logger = logging.getLogger(__name__)
 

@@ -14,16 +14,16 @@ import httpx
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-from bot.budget import FailoverBudget, LocalCallBudget, RedisCallBudget
 from bot.config import Settings
-from bot.embedded_redis import EmbeddedRedis, ensure_embedded_redis
 from bot.errors import ConfigError
-from bot.hss_client import HssClient
+from bot.hss.budget import FailoverBudget, LocalCallBudget, RedisCallBudget
+from bot.hss.client import HssClient
+from bot.hss.signer import Credentials
 from bot.lookup import LookupService
-from bot.redis_health import RedisHealth
-from bot.redis_url import DirectUrl, parse_redis_url
-from bot.signer import Credentials
-from bot.store import FailoverMirrorStore, MemoryMirrorStore, RedisMirrorStore
+from bot.storage.embedded import EmbeddedRedis, ensure_embedded_redis
+from bot.storage.mirror_store import FailoverMirrorStore, MemoryMirrorStore, RedisMirrorStore
+from bot.storage.outage import RedisHealth
+from bot.storage.redis_url import DirectUrl, parse_redis_url
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class _SentinelMaster(aioredis.Redis):
 
 
 def redis_client(url: str) -> aioredis.Redis:
-    """A client for ``REDIS_URL`` (see ``bot.redis_url``); through Sentinel it asks for the
+    """A client for ``REDIS_URL`` (see ``bot.storage.redis_url``); through Sentinel it asks for the
     master's address on every new connection, so it follows a failover by itself."""
     # Short timeouts: a dead Redis must turn into the in-process fallback quickly, not hang
     # a slash command past Slack's 3-second ack. Sentinels get them too: each new connection

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from bot.localstack import Stack, local_stack
-from bot.simulator import SimConfig
+from bot.sandbox.localstack import Stack, local_stack
+from bot.sandbox.simulator import SimConfig
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot import keys
-from bot.alerting import (
+from bot.alerting.flips import AlertPlan, Flip, FlipKind, Incident
+from bot.alerting.pipeline import (
     AlertPipeline,
     AlertState,
     advance,
@@ -21,11 +21,11 @@ from bot.alerting import (
     encode_incident,
     refreshes,
 )
-from bot.embedded_redis import EmbeddedRedis
-from bot.flips import AlertPlan, Flip, FlipKind, Incident
 from bot.mirror import REMOVED, Change
 from bot.models import TaskRef
-from bot.watches import WatchStore
+from bot.storage import keys
+from bot.storage.embedded import EmbeddedRedis
+from bot.storage.watch_store import WatchStore
 from tests.plugins.redis_server import RedisFactory
 from tests.support import Clock
 
@@ -489,7 +489,7 @@ async def test_a_redis_outage_is_logged_once_and_its_end_once(
     finally:
         stop.set()
         await asyncio.wait_for(loop, 5)
-    lines = [r.getMessage() for r in caplog.records if r.name == "bot.alerting"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "bot.alerting.pipeline"]
     assert len([m for m in lines if m.startswith("alerting paused")]) == 1
     assert len([m for m in lines if m.startswith("alerting resumed")]) == 1
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block
 
-from bot.alerts import (
+from bot.alerting.flips import AlertPlan, Flip, FlipKind, Incident, accumulate
+from bot.alerting.message import (
     ACTION_ACK,
     ACTION_ALL,
     ACTION_DETAILS,
@@ -27,9 +28,8 @@ from bot.alerts import (
     render_thread_line,
 )
 from bot.errors import CommandError
-from bot.flips import AlertPlan, Flip, FlipKind, Incident, accumulate
 from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus, Totals
-from bot.render import Message
+from bot.slack.render import Message
 from tests.test_render import HOSTILE, HOSTILE_RAW, _check_block, _printable, _requests, _texts
 
 NOW = 1_764_000_000.0

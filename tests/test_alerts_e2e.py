@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.alerts import ACTION_ACK, ACTION_MUTE_1H
-from bot.localstack import Stack
-from bot.slack_requests import button
-from bot.slack_standin import Call, Scripted
+from bot.alerting.message import ACTION_ACK, ACTION_MUTE_1H
+from bot.sandbox.localstack import Stack
+from bot.sandbox.slack_requests import button
+from bot.sandbox.slack_standin import Call, Scripted
 from tests.support import alerting_stack
 
 TASK = "task-alerts"

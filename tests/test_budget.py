@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from bot import keys
-from bot.budget import (
+from bot.config import RateLimit
+from bot.errors import BudgetTimeout
+from bot.hss.budget import (
     CallBudget,
     FailoverBudget,
     LocalCallBudget,
@@ -24,10 +25,9 @@ from bot.budget import (
     RedisCallBudget,
     Ticket,
 )
-from bot.budget_script import BUDGET_LUA
-from bot.config import RateLimit
-from bot.embedded_redis import EmbeddedRedis
-from bot.errors import BudgetTimeout
+from bot.hss.budget_script import BUDGET_LUA
+from bot.storage import keys
+from bot.storage.embedded import EmbeddedRedis
 from tests.plugins.redis_server import RedisFactory
 
 TOL = 0.05
@@ -217,7 +217,7 @@ async def test_failover_keeps_limiting_and_recovers(
     redis_factory: RedisFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.redis_health")
+    caplog.set_level(logging.INFO, logger="bot.storage.outage")
     client = redis_factory(redis_server.url)
     primary = RedisCallBudget(client, scope="s", limit=FAST)
     budget = FailoverBudget(primary, LocalCallBudget(limit=FAST), probe_interval=0.1)

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from bot.embedded_redis import EmbeddedRedis, probe, socket_path_for
 from bot.models import REGISTRY_TYPES, Registry, SyncStatus
-from bot.simdata import Query
-from bot.simulator import DEMO_AK, DEMO_PROJECT_ID, DEMO_SK, SimConfig, Simulator
+from bot.sandbox.simdata import Query
+from bot.sandbox.simulator import DEMO_AK, DEMO_PROJECT_ID, DEMO_SK, SimConfig, Simulator
+from bot.storage.embedded import EmbeddedRedis, probe, socket_path_for
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
 
 API_FIELDS = ["registry_id", "registry_name", "registry_type", "sync_status", "failed_reason"]

@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.command import (
+from bot.errors import CommandError
+from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
+from bot.slack.command import (
     USAGE,
     USAGES,
     Command,
@@ -23,9 +25,7 @@ from bot.command import (
     tokenize,
     validate_request,
 )
-from bot.errors import CommandError
-from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
-from bot.mrkdwn import escape
+from bot.slack.text import escape
 
 F = SyncStatus.FAILED
 

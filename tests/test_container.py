@@ -400,7 +400,7 @@ def test_build_context_holds_only_what_the_build_copies(
     assert sources
     for source in sources:
         files = [source] if (ROOT / source).is_file() else []
-        files += [p.relative_to(ROOT).as_posix() for p in (ROOT / source).glob("*.py")]
+        files += [p.relative_to(ROOT).as_posix() for p in (ROOT / source).rglob("*.py")]
         assert files, f"COPY {source}: nothing there"
         for path in files:
             assert not excluded(path, rules), f"{path} is copied but ignored"
@@ -486,7 +486,7 @@ def _readme_table() -> set[str]:
 
 def test_only_config_reads_the_environment() -> None:
     # What the parity test below relies on: other modules hand os.environ to Settings at most.
-    for path in sorted((ROOT / "bot").glob("*.py")):
+    for path in sorted((ROOT / "bot").rglob("*.py")):
         if path != CONFIG:
             text = path.read_text(encoding="utf-8")
             found = re.search(r"environ\s*(\[|\.get\b)|\bgetenv\b", text)

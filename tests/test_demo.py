@@ -23,16 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from bot.demo import ALERTS, FLIP_REASON, TASK, sim_config
-from bot.demo_view import OutputClosed, Printer
-from bot.simulator import Simulator
+from bot.sandbox.demo import ALERTS, FLIP_REASON, TASK, sim_config
+from bot.sandbox.demo_view import OutputClosed, Printer
+from bot.sandbox.simulator import Simulator
 
 #: The console script pyproject.toml installs beside this interpreter (``.venv/bin``): the
 #: one place the tests build the demo's command.
 DEMO = (str(Path(sys.executable).with_name("hss-sync-bot")), "demo")
 #: The scripted session takes about 13 s; the issue allows a minute.
 DEMO_LIMIT = 60.0
-#: The registry the script fails and recovers: the first finished one, as bot.demo picks it.
+#: The registry the script fails and recovers: the first finished one, as bot.sandbox.demo picks it.
 VICTIM = next(r for r in Simulator(sim_config()).registries(TASK) if r.sync_status == "finished")
 #: Settings a user may have exported: the demo must use none of them.
 FOREIGN_ENV = {

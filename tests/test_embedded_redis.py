@@ -12,8 +12,8 @@ import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
 
-from bot.embedded_redis import EmbeddedRedis, ensure_embedded_redis, socket_path_for
 from bot.errors import StoreError
+from bot.storage.embedded import EmbeddedRedis, ensure_embedded_redis, socket_path_for
 
 
 def _server_pid(url: str) -> int:
@@ -75,7 +75,7 @@ def test_persistence_across_restart(tmp_path: Path) -> None:
 def test_second_ensure_reuses_running_server(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.embedded_redis")
+    caplog.set_level(logging.INFO, logger="bot.storage.embedded")
     url, owner = ensure_embedded_redis(tmp_path)
     assert owner is not None
     try:
@@ -85,7 +85,7 @@ def test_second_ensure_reuses_running_server(
         assert _server_pid(url2) == owner._process.pid  # type: ignore[union-attr]
     finally:
         owner.stop()
-    lines = [r for r in caplog.records if r.name == "bot.embedded_redis"]
+    lines = [r for r in caplog.records if r.name == "bot.storage.embedded"]
     assert len(lines) == 2, "one INFO line per ensure call"
     assert all(r.levelno == logging.INFO for r in lines)
     assert "Started" in lines[0].getMessage() and str(tmp_path) in lines[0].getMessage()
@@ -97,7 +97,7 @@ _CHILD = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import redis
-    from bot.embedded_redis import ensure_embedded_redis
+    from bot.storage.embedded import ensure_embedded_redis
     url, owner = ensure_embedded_redis(Path(sys.argv[1]))
     with redis.Redis.from_url(url) as client:
         pid = int(client.info("server")["process_id"])

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.flips import (
+from bot.alerting.flips import (
     FLAP_WINDOW,
     AlertPlan,
     Flip,

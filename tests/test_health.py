@@ -15,13 +15,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.config import Settings
-from bot.embedded_redis import EmbeddedRedis
 from bot.errors import HssAuthError
-from bot.health import CheckResults, Readiness, SlackAuth, body, readiness
 from bot.models import LookupRequest
+from bot.ops.health import CheckResults, Readiness, SlackAuth, body, readiness
+from bot.ops.server import build_web_app, start_http, web_client
 from bot.runtime import Runtime, open_runtime
-from bot.server import build_web_app, start_http, web_client
-from bot.slack_standin import Scripted, SlackStandIn
+from bot.sandbox.slack_standin import Scripted, SlackStandIn
+from bot.storage.embedded import EmbeddedRedis
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
 from tests.test_run import free_port, hss_env, run_bot, wait_healthy
 

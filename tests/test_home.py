@@ -8,9 +8,9 @@ import pytest
 from slack_sdk.models.blocks import Block
 
 from bot.errors import CommandError
-from bot.home import HOME_ROWS, HomeRow, decode_home_value, encode_home_value, render_home
 from bot.models import TaskRef, Totals
-from bot.watches import Watch
+from bot.slack.home import HOME_ROWS, HomeRow, decode_home_value, encode_home_value, render_home
+from bot.storage.watch_store import Watch
 
 REF = TaskRef("p" * 32, "task-1", "0")
 

@@ -23,7 +23,6 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from bot.budget import CallBudget, LocalCallBudget, Priority, RedisCallBudget
 from bot.config import RateLimit
 from bot.errors import (
     CommandError,
@@ -34,11 +33,12 @@ from bot.errors import (
     HssThrottledError,
     HssUnavailableError,
 )
-from bot.hss_client import FetchResult, HssClient
+from bot.hss.budget import CallBudget, LocalCallBudget, Priority, RedisCallBudget
+from bot.hss.client import FetchResult, HssClient
+from bot.hss.signer import Credentials
 from bot.models import REGISTRY_TYPES, ApiFilter, Registry, SyncStatus, TaskRef
-from bot.signer import Credentials
-from bot.simdata import Query, parse_query
-from bot.simulator import Faults, Simulator, parse_raw_query
+from bot.sandbox.simdata import Query, parse_query
+from bot.sandbox.simulator import Faults, Simulator, parse_raw_query
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
 
 TOKEN = "TEMPtoken-0123456789-secret-security-token"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from bot.server import build_web_app
-from bot.workers import STOP_GRACE
+from bot.ops.server import build_web_app
+from bot.ops.workers import STOP_GRACE
 from tests.test_manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot import logs
 from bot.config import Settings
-from bot.localstack import Stack, local_stack
-from bot.simulator import SimConfig
+from bot.ops import logs
+from bot.sandbox.localstack import Stack, local_stack
+from bot.sandbox.simulator import SimConfig
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim
 from tests.plugins.log_secrets import SECRETS, SecretDetector, find_secrets
 
@@ -152,7 +152,7 @@ def test_every_secret_of_the_settings_is_registered() -> None:
 def logging_state() -> Iterator[None]:
     """Put back what ``logs.configure`` changes on the process's loggers."""
     root = logging.getLogger()
-    names = ("httpx", "bot.embedded_redis")
+    names = ("httpx", "bot.storage.embedded")
     saved = (root.level, list(root.handlers), {n: logging.getLogger(n).level for n in names})
     yield
     level, handlers, levels = saved
@@ -365,7 +365,7 @@ def test_every_secret_literal_of_the_tests_is_in_the_checked_list() -> None:
     """A secret added to a test (or to the demo's defaults) without adding it to
     ``SECRETS`` would go unchecked; values under 6 characters are not secrets anyone
     could recognise in a log (and the bot does not mask them either)."""
-    sources = sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "bot").glob("*.py"))
+    sources = sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "bot").rglob("*.py"))
     found = {
         (m.group(1), path.name)
         for path in sources
@@ -490,7 +490,7 @@ async def test_bolts_log_of_a_badly_signed_request_is_masked() -> None:
     from slack_bolt.request.async_request import AsyncBoltRequest
     from slack_sdk.web.async_client import AsyncWebClient
 
-    from bot.localstack import SIGNING_SECRET
+    from bot.sandbox.localstack import SIGNING_SECRET
 
     app = AsyncApp(signing_secret=SIGNING_SECRET, client=AsyncWebClient(token="xoxb-socket-test"))
     records: list[logging.LogRecord] = []

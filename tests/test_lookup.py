@@ -15,7 +15,7 @@ from bot.errors import HssAuthError, HssUnavailableError
 from bot.mirror import REMOVED
 from bot.models import UNKNOWN_STATUS, LookupRequest, SyncStatus
 from bot.runtime import Runtime, open_runtime
-from bot.simulator import Faults
+from bot.sandbox.simulator import Faults
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
 
 MakeRuntime = Callable[..., Awaitable[Runtime]]

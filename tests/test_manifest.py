@@ -34,12 +34,12 @@ from typing import Any
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import command
 from bot.config import DEFAULT_COMMAND
+from bot.slack import command
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifest.yaml"
-SOURCES = sorted((ROOT / "bot").glob("*.py"))
+SOURCES = sorted((ROOT / "bot").rglob("*.py"))
 
 #: Web API method -> bot scopes it needs (api.slack.com/methods/<method>).
 SCOPES: dict[str, frozenset[str]] = {
@@ -57,8 +57,8 @@ SCOPES: dict[str, frozenset[str]] = {
 
 #: Calls the libraries make for us -> (module, class whose use implies the call).
 IMPLICIT_CALLS: dict[str, tuple[str, str]] = {
-    "auth.test": ("slack_app.py", "AsyncApp("),
-    "apps.connections.open": ("socket_mode.py", "AsyncSocketModeHandler("),
+    "auth.test": ("slack/app.py", "AsyncApp("),
+    "apps.connections.open": ("slack/socket_mode.py", "AsyncSocketModeHandler("),
 }
 
 
@@ -283,7 +283,7 @@ def handled_events() -> set[str]:
 
 def registers(kind: str) -> bool:
     """Whether the Bolt app registers any ``app.<kind>(...)`` listener."""
-    return re.search(rf"\bapp\.{kind}\(", _no_comments(source("slack_app.py"))) is not None
+    return re.search(rf"\bapp\.{kind}\(", _no_comments(source("slack/app.py"))) is not None
 
 
 def test_the_slash_command_is_the_one_the_parser_answers() -> None:

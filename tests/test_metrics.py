@@ -17,18 +17,18 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import metrics
 from bot.config import Settings
-from bot.embedded_redis import EmbeddedRedis
-from bot.localstack import Stack
-from bot.metrics import Live, hss_status_label, render
 from bot.models import TaskRef
+from bot.ops import metrics
+from bot.ops.metrics import Live, hss_status_label, render
+from bot.ops.server import build_web_app, start_http, web_client
 from bot.runtime import Runtime, open_runtime
-from bot.server import build_web_app, start_http, web_client
-from bot.slack_app import build_app
-from bot.slack_requests import SlackUser
-from bot.slack_standin import Scripted, SlackStandIn
-from bot.watches import WatchStore
+from bot.sandbox.localstack import Stack
+from bot.sandbox.slack_requests import SlackUser
+from bot.sandbox.slack_standin import Scripted, SlackStandIn
+from bot.slack.app import build_app
+from bot.storage.embedded import EmbeddedRedis
+from bot.storage.watch_store import WatchStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim
 from tests.support import alerting_stack
 

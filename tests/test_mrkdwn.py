@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.mrkdwn import (
+from bot.slack.text import (
     BACKTICK_LOOKALIKE,
     ELLIPSIS,
     code,

@@ -16,10 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 
-from bot import keys
-from bot.embedded_redis import EmbeddedRedis
-from bot.outbox import Item, Kind, OutboxSender, enqueue, parent_ts, web_client
-from bot.slack_standin import Call, Scripted, SlackStandIn
+from bot.alerting.outbox import Item, Kind, OutboxSender, enqueue, parent_ts, web_client
+from bot.sandbox.slack_standin import Call, Scripted, SlackStandIn
+from bot.storage import keys
+from bot.storage.embedded import EmbeddedRedis
 from tests.plugins.redis_server import RedisFactory
 from tests.support import Clock
 

@@ -29,11 +29,11 @@ from redis.asyncio.sentinel import (
     SentinelManagedSSLConnection,
 )
 
-from bot.budget import RedisCallBudget
 from bot.config import RateLimit, Settings
 from bot.errors import ConfigError
-from bot.redis_url import DirectUrl, SentinelUrl, parse_redis_url
+from bot.hss.budget import RedisCallBudget
 from bot.runtime import redis_client
+from bot.storage.redis_url import DirectUrl, SentinelUrl, parse_redis_url
 
 T = TypeVar("T")
 

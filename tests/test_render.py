@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block, BlockElement
 
-from bot.action_value import decode_action_value, encode_action_value
 from bot.errors import CommandError
 from bot.models import (
     REGISTRY_TYPES,
@@ -23,7 +22,8 @@ from bot.models import (
     SyncStatus,
     Totals,
 )
-from bot.render import (
+from bot.slack.action_value import decode_action_value, encode_action_value
+from bot.slack.render import (
     ACTION_PAGE_NEXT,
     ACTION_PAGE_PATTERN,
     ACTION_PAGE_PREV,

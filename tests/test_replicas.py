@@ -26,12 +26,12 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from bot import keys
 from bot.lookup import LOCK_TTL
 from bot.models import Registry, TaskRef
-from bot.slack_requests import SlackUser
-from bot.slack_standin import Call, Scripted, SlackStandIn
-from bot.store import RedisMirrorStore
+from bot.sandbox.slack_requests import SlackUser
+from bot.sandbox.slack_standin import Call, Scripted, SlackStandIn
+from bot.storage import keys
+from bot.storage.mirror_store import RedisMirrorStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
 
 TASK = "task-replicas"
@@ -473,7 +473,7 @@ async def test_a_replica_killed_mid_refresh_is_taken_over(cluster: Cluster) -> N
     sim.sim.set_faults(latency_ms=0)
 
     # The dead replica's fetch lock (lookup.LOCK_TTL), not its 1 s scheduler lease,
-    # bounds the takeover at this short poll interval (see bot.scheduler's docstring).
+    # bounds the takeover at this short poll interval (see bot.alerting.scheduler's docstring).
     [alert] = await wait_posts(standin, CHANNEL_A, 1, timeout=LOCK_TTL + 15.0)
     takeover = time.monotonic() - killed_at
     assert victim.registry_name in text_of(alert)

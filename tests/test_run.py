@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.slack_requests import SlackUser
-from bot.slack_standin import SlackStandIn
+from bot.sandbox.slack_requests import SlackUser
+from bot.sandbox.slack_standin import SlackStandIn
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim
 from tests.test_cli import redis_server_pids
 

@@ -17,14 +17,14 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 
-from bot import keys
+from bot.alerting.scheduler import Scheduler
 from bot.config import Settings
 from bot.lookup import LookupService
 from bot.models import Answer, LookupRequest, TaskRef
 from bot.runtime import Runtime, open_runtime
-from bot.scheduler import Scheduler
-from bot.simulator import Faults
-from bot.watches import WatchStore
+from bot.sandbox.simulator import Faults
+from bot.storage import keys
+from bot.storage.watch_store import WatchStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
 
 POLL = 0.2
@@ -288,12 +288,12 @@ async def test_hss_errors_are_logged_once_per_task_and_others_go_on(
     sim = await make_hss_sim(rate_limit=5, window=0.5)
     rep = await make_replica(sim)
     await watch(redis, "missing-1", "ok")
-    with caplog.at_level(logging.WARNING, logger="bot.scheduler"):
+    with caplog.at_level(logging.WARNING, logger="bot.alerting.scheduler"):
         await run_for(1.0, rep.scheduler)
     assert len(rep.log.starts("ok")) >= 3
     assert len(rep.log.starts("missing-1")) >= 3
     assert min(gaps(rep.log.starts("missing-1"))) >= POLL
-    warned = [r for r in caplog.records if r.name == "bot.scheduler"]
+    warned = [r for r in caplog.records if r.name == "bot.alerting.scheduler"]
     assert [r.getMessage().split(":")[0] for r in warned] == [
         "background refresh of task missing-1 failed"
     ]
@@ -309,7 +309,7 @@ async def test_an_auth_lockout_idles_the_scheduler_until_cleared(
     rep = await make_replica(sim)
     await watch(redis, "a", "b")
     sim.sim.queue(401)
-    with caplog.at_level(logging.INFO, logger="bot.scheduler"):
+    with caplog.at_level(logging.INFO, logger="bot.alerting.scheduler"):
         assert await rep.scheduler.run_once() is None
         assert rep.scheduler.next_wait == pytest.approx(POLL, abs=0.01)
         calls = sum(sim.sim.calls.values()) + sum(sim.sim.auth_failures.values())
@@ -322,6 +322,6 @@ async def test_an_auth_lockout_idles_the_scheduler_until_cleared(
     fetched = {t for t, _, _ in rep.log.refreshes[-2:]}
     assert fetched == {"a", "b"}
     assert (await rep.lookups.peek(LookupRequest("b"))).answer.has_data
-    messages = [r.getMessage() for r in caplog.records if r.name == "bot.scheduler"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "bot.alerting.scheduler"]
     assert sum("idle until the HSS authentication lock-out clears" in m for m in messages) == 1
     assert sum("resumed" in m for m in messages) == 1

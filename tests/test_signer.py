@@ -1,4 +1,4 @@
-"""bot.signer must be byte-identical to the official SDK signer (huaweicloudsdkcore 3.1.219).
+"""bot.hss.signer must be byte-identical to the official SDK signer (huaweicloudsdkcore 3.1.219).
 
 Every case signs the same request twice, once with our pure signer and once with
 ``huaweicloudsdkcore.signer.signer.Signer``, and compares the Authorization header and the
@@ -19,7 +19,7 @@ from huaweicloudsdkcore.signer.signer import Signer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot import signer
+from bot.hss import signer
 from bot.models import REGISTRY_TYPES
 
 AK = "AKTESTEXAMPLE0000000"

@@ -15,10 +15,10 @@ from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.sdk_request import SdkRequest
 from huaweicloudsdkcore.signer.signer import Signer
 
-from bot import signer
-from bot.sim_server import cli_main
-from bot.simdata import HOSTILE_NAMES, Query, TaskData
-from bot.simulator import SimConfig, SimRequest, Simulator
+from bot.hss import signer
+from bot.sandbox.sim_server import cli_main
+from bot.sandbox.simdata import HOSTILE_NAMES, Query, TaskData
+from bot.sandbox.simulator import SimConfig, SimRequest, Simulator
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
 
 Params = list[tuple[str, str]]
@@ -329,7 +329,7 @@ async def test_timeout_and_latency_over_http_control(hss_sim: RunningSim) -> Non
 
 
 async def test_random_fault_rates(make_hss_sim: MakeSim) -> None:
-    from bot.simulator import Faults
+    from bot.sandbox.simulator import Faults
 
     running = await make_hss_sim(faults=Faults(error_rate=1.0))
     assert (await get(running, "t")).status_code in {500, 502, 503, 504}
@@ -535,7 +535,7 @@ def test_cli_rejects_bad_flags(argv: list[str], capsys: pytest.CaptureFixture[st
 
 
 def test_cli_builds_config_from_flags() -> None:
-    from bot.sim_server import _parser, config_from_args
+    from bot.sandbox.sim_server import _parser, config_from_args
 
     args = _parser().parse_args(
         [

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from bot.localstack import Stack, local_stack
-from bot.render import ACTION_PAGE_NEXT, ACTION_REFRESH, ACTION_SHARE
-from bot.simulator import Faults, SimConfig
-from bot.slack_app import GAVE_UP, MAX_WAIT
-from bot.slack_requests import Reply, button
+from bot.sandbox.localstack import Stack, local_stack
+from bot.sandbox.simulator import Faults, SimConfig
+from bot.sandbox.slack_requests import Reply, button
+from bot.slack.app import GAVE_UP, MAX_WAIT
+from bot.slack.render import ACTION_PAGE_NEXT, ACTION_REFRESH, ACTION_SHARE
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 
 TASK = "task-e2e"

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.localstack import Stack, local_stack
-from bot.simulator import SimConfig
-from bot.slack_standin import Scripted
-from bot.watches import WatchStore
+from bot.sandbox.localstack import Stack, local_stack
+from bot.sandbox.simulator import SimConfig
+from bot.sandbox.slack_standin import Scripted
+from bot.storage.watch_store import WatchStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 
 TASK = "task-watch"

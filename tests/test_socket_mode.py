@@ -17,8 +17,8 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Secret
-from bot.slack_standin import Call, SlackStandIn
-from bot.socket_mode import socket_mode_handler
+from bot.sandbox.slack_standin import Call, SlackStandIn
+from bot.slack.socket_mode import socket_mode_handler
 
 PING = 0.5
 

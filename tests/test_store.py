@@ -13,12 +13,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from bot import keys
-from bot.embedded_redis import EmbeddedRedis
 from bot.mirror import REMOVED, Change, Row, Snapshot, View, view_key
 from bot.models import REGISTRY_TYPES, UNKNOWN_STATUS, ApiFilter, SyncStatus, TaskRef
-from bot.redis_health import RedisHealth
-from bot.store import (
+from bot.storage import keys
+from bot.storage.embedded import EmbeddedRedis
+from bot.storage.mirror_store import (
     CHUNK_ROWS,
     FailoverMirrorStore,
     MemoryMirrorStore,
@@ -27,6 +26,7 @@ from bot.store import (
     decode_snapshot,
     encode_snapshot,
 )
+from bot.storage.outage import RedisHealth
 
 T0 = 1_764_000_000.125
 REF = TaskRef(project_id="proj", task_id="task:1/ü", enterprise_project_id="0")
@@ -346,7 +346,7 @@ async def outage_client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.R
 
 def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
-        r for r in caplog.records if r.name == "bot.redis_health" and r.levelno == logging.WARNING
+        r for r in caplog.records if r.name == "bot.storage.outage" and r.levelno == logging.WARNING
     ]
 
 
@@ -355,7 +355,7 @@ async def test_failover_to_memory_and_back(
     outage_client: aioredis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.redis_health")
+    caplog.set_level(logging.INFO, logger="bot.storage.outage")
     store = FailoverMirrorStore(
         RedisMirrorStore(outage_client),
         MemoryMirrorStore(time.time),

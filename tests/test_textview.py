@@ -1,6 +1,6 @@
 """The demo's text view reads mrkdwn as a person reads it in Slack: symbols for the bot's emoji
 codes, no formatting markers or backticks, entities undone, mentions and channels by name;
-and untrusted text the bot put in a code span (``bot.mrkdwn.code``) comes back as it was."""
+and untrusted text the bot put in a code span (``bot.slack.text.code``) comes back as it was."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.mrkdwn import BACKTICK_LOOKALIKE, code, escape
-from bot.textview import EMOJI, message_text, mrkdwn_text
+from bot.sandbox.textview import EMOJI, message_text, mrkdwn_text
+from bot.slack.text import BACKTICK_LOOKALIKE, code, escape
 
 NAMES = {"U0DEMO0001": "demo.user", "C0ALERTS01": "sync-alerts"}
 
@@ -79,7 +79,7 @@ def test_mrkdwn_reads_as_slack_shows_it(mrkdwn: str, shown: str) -> None:
     ],
 )
 def test_untrusted_text_in_a_code_span_reads_as_it_was(name: str) -> None:
-    # bot.mrkdwn.code escapes & < > and swaps a backtick for a look-alike: read back, the
+    # bot.slack.text.code escapes & < > and swaps a backtick for a look-alike: read back, the
     # name is the same but for that look-alike, wherever the span sits in a line.
     expected = name.replace("`", BACKTICK_LOOKALIKE)
     assert mrkdwn_text(code(name, 200)) == expected
@@ -133,7 +133,13 @@ def test_a_message_without_blocks_shows_its_text() -> None:
 
 def test_every_emoji_code_the_bot_writes_has_a_symbol() -> None:
     bot = Path(__file__).resolve().parent.parent / "bot"
-    sources = ["render.py", "alerts.py", "home.py", "slack_watches.py", "slack_alerts.py"]
+    sources = [
+        "slack/render.py",
+        "alerting/message.py",
+        "slack/home.py",
+        "slack/watch_handlers.py",
+        "slack/alert_buttons.py",
+    ]
     used = {
         m[1]
         for source in sources

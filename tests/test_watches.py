@@ -8,10 +8,10 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from bot import keys
 from bot.errors import StoreError
 from bot.models import TaskRef
-from bot.watches import Watch, WatchStore, may_change_watches
+from bot.storage import keys
+from bot.storage.watch_store import Watch, WatchStore, may_change_watches
 from tests.plugins.redis_server import RedisFactory
 from tests.support import Clock
 

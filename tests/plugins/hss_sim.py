@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot import signer
-from bot.sim_server import start_simulator
-from bot.simulator import SimConfig, Simulator
+from bot.hss import signer
+from bot.sandbox.sim_server import start_simulator
+from bot.sandbox.simulator import SimConfig, Simulator
 
 TEST_AK = "AKTESTSIMULATOR00000"
 TEST_SK = "SKtestsimulator00000000000000000000000000"

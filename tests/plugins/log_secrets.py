@@ -3,7 +3,7 @@
 A handler on the root logger sees every record the session makes (the root level is DEBUG
 for the session, so nothing is dropped before it gets there; a test that raises the level
 with ``caplog.set_level`` narrows that for itself). Each record is formatted the way the bot
-writes it, ``bot.logs.JsonFormatter``: message with its arguments, structured fields and
+writes it, ``bot.ops.logs.JsonFormatter``: message with its arguments, structured fields and
 traceback. At the end a leak fails the session, naming the test, the logger and the secret's
 first characters. Subprocesses' output is not seen here: the tests that start ``run`` or
 the CLI check their stderr themselves.
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.localstack import SIGNING_SECRET as DEMO_SIGNING_SECRET
-from bot.logs import JsonFormatter
-from bot.simulator import DEMO_AK, DEMO_SK
+from bot.ops.logs import JsonFormatter
+from bot.sandbox.localstack import SIGNING_SECRET as DEMO_SIGNING_SECRET
+from bot.sandbox.simulator import DEMO_AK, DEMO_SK
 from tests.plugins.hss_sim import TEST_AK, TEST_SK
 
 SECRETS: tuple[str, ...] = (

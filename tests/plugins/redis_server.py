@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.embedded_redis import EmbeddedRedis
+from bot.storage.embedded import EmbeddedRedis
 
 RedisFactory = Callable[..., aioredis.Redis]
 

@@ -1,0 +1,369 @@
+"""HSS ListAssociateRegistries over httpx: call budget, signing, timeouts, retries, paging.
+
+Every HTTP attempt (retries included) first takes a slot from the shared ``CallBudget``: HSS
+allows 5 calls a minute per IAM user, across every replica. Parameters are checked (no call
+spent) and responses read by :mod:`bot.hss.wire`; every failure leaves this boundary as one of
+the ``HssError`` tree:
+
+    401/403                 HssAuthError         never retried (5 failures lock the AK/SK)
+    429                     HssThrottledError    retried after Retry-After; budget penalized
+    5xx, timeout, network,  HssUnavailableError  retried: exponential backoff, full jitter
+    malformed 200 body
+    404 or HSS.0011         HssNotFoundError     not retried
+    other 4xx, 3xx          HssRequestError      not retried
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import httpx
+
+from bot.errors import HssError, HssThrottledError, HssUnavailableError
+from bot.hss import wire as hss_wire
+from bot.hss.budget import CallBudget, Priority
+from bot.hss.signer import Credentials, HssAuth
+from bot.models import OFFSET_MAX, ApiFilter, Registry, RegistryPage, TaskRef
+from bot.ops import metrics
+
+logger = logging.getLogger(__name__)
+
+#: A chat user is waiting: fail over to the mirror quickly instead of the SDK's 60 s / 120 s.
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0, pool=3.0)
+#: Wall-clock bound on one attempt (connect + send + whole body), whatever trickles in.
+DEFAULT_ATTEMPT_TIMEOUT = 15.0
+#: A Retry-After longer than this is not waited out in-line; the caller gets the 429.
+DEFAULT_MAX_RETRY_WAIT = 60.0
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """Every registry of one filtered view, complete and de-duplicated.
+
+    ``calls`` counts HTTP attempts made by this fetch (retries included, a given ``first``
+    page not), i.e. call-budget slots spent. Times are epoch seconds (``time.time()``).
+    """
+
+    registries: tuple[Registry, ...]
+    total_num: int
+    calls: int
+    started_at: float
+    finished_at: float
+
+
+class HssClient:
+    """ListAssociateRegistries for one project with one AK/SK (one 5-calls/minute budget)."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        project_id: str,
+        credentials: Credentials,
+        budget: CallBudget | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        max_attempts: int = 3,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+        max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self._endpoint = endpoint.rstrip("/")
+        self._project_id = project_id
+        self._budget = budget
+        self._max_attempts = max_attempts
+        self._attempt_timeout = attempt_timeout
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._max_retry_wait = max_retry_wait
+        self._sleep = sleep
+        self._rng = rng
+        # Kept only to scrub them out of any text HSS might echo back to us.
+        self._secrets = tuple(
+            s for s in (credentials.ak, credentials.sk, credentials.security_token) if s
+        )
+        self._http = httpx.AsyncClient(
+            auth=HssAuth(credentials, project_id=project_id),
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,
+            headers={"User-Agent": "hss-sync-bot"},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> HssClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def list_page(
+        self,
+        task: TaskRef,
+        flt: ApiFilter,
+        *,
+        offset: int = 0,
+        limit: int = 200,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> RegistryPage:
+        """One page; raises ``CommandError`` (no call made) for out-of-range parameters."""
+        page, _ = await self._list_page(task, flt, offset=offset, limit=limit, priority=priority)
+        return page
+
+    async def fetch_all(
+        self,
+        task: TaskRef,
+        flt: ApiFilter,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        limit: int = 200,
+        first: RegistryPage | None = None,
+    ) -> FetchResult:
+        """All pages, de-duplicated by ``registry_id``; complete and consistent or an error.
+
+        If ``total_num`` moves between pages or the unique rows do not add up to it, the
+        whole fetch restarts once from offset 0; a second inconsistency raises
+        ``HssUnavailableError``. ``first`` is an already fetched page 0: paging continues
+        after its rows (so it may have been fetched with a smaller limit); a restart does not
+        reuse it. Counting cannot see a move that keeps both numbers (one row leaves ahead
+        of the cursor while another joins behind it); the next refresh corrects that.
+        """
+        hss_wire.validate(task, flt, offset=0, limit=limit, project_id=self._project_id)
+        calls = 0
+        for round_no in (1, 2):
+            sweep = _Sweep()
+            consistent = await self._sweep(
+                sweep, task, flt, priority=priority, limit=limit, first=first
+            )
+            calls += sweep.calls
+            if consistent:
+                return FetchResult(
+                    registries=tuple(sweep.rows.values()),
+                    total_num=sweep.total,
+                    calls=calls,
+                    # The data is as old as its first page; time spent waiting for budget
+                    # slots before that must not count against its freshness.
+                    started_at=sweep.first_sent_at,
+                    finished_at=time.time(),
+                )
+            logger.warning(
+                "HSS pages inconsistent for task=%r (round %d): total_num %s, %d unique rows",
+                task.task_id,
+                round_no,
+                "/".join(str(t) for t in sweep.totals_seen),
+                len(sweep.rows),
+            )
+            first = None  # the restart must not reuse a page from the inconsistent view
+        raise HssUnavailableError(
+            error_code="INCONSISTENT_PAGES",
+            error_msg=(
+                "the registry list changed while it was being paged through, twice; "
+                "no complete snapshot could be taken"
+            ),
+        )
+
+    async def _sweep(
+        self,
+        sweep: _Sweep,
+        task: TaskRef,
+        flt: ApiFilter,
+        *,
+        priority: Priority,
+        limit: int,
+        first: RegistryPage | None,
+    ) -> bool:
+        """One pass over every page into ``sweep``; True when the pass is self-consistent."""
+        if first is None:
+            first, sweep.calls = await self._list_page(
+                task, flt, offset=0, limit=limit, priority=priority
+            )
+            offset = limit
+        else:
+            # A given page 0 may have been fetched with another limit: go on after its rows.
+            offset = len(first.registries)
+        sweep.add(first)
+        sweep.first_sent_at = first.sent_at or time.time()
+        while offset < sweep.total and offset <= OFFSET_MAX:
+            page, attempts = await self._list_page(
+                task, flt, offset=offset, limit=limit, priority=priority
+            )
+            sweep.calls += attempts
+            sweep.add(page)
+            if len(sweep.totals_seen) > 1 or not page.registries:
+                break  # the list changed under us: this pass is lost, stop spending calls
+            offset += limit
+        return len(sweep.totals_seen) == 1 and len(sweep.rows) == sweep.total
+
+    async def _list_page(
+        self, task: TaskRef, flt: ApiFilter, *, offset: int, limit: int, priority: Priority
+    ) -> tuple[RegistryPage, int]:
+        """One page and the number of HTTP attempts it took."""
+        hss_wire.validate(task, flt, offset=offset, limit=limit, project_id=self._project_id)
+        target = hss_wire.request_target(task, flt, offset=offset, limit=limit)
+        url = f"{self._endpoint}{target}"
+        for attempt in range(1, self._max_attempts + 1):
+            if self._budget is not None:
+                asked = time.monotonic()
+                await self._budget.acquire(priority)
+                # Measured here, by the caller: one sample per granted call, whichever budget
+                # (shared, in-process, failing over between them) granted it.
+                wait = time.monotonic() - asked
+                metrics.BUDGET_WAIT.labels(priority.name.lower()).observe(wait)
+            sent_at = time.time()
+            try:
+                page = await self._attempt(url, task, offset=offset, limit=limit, attempt=attempt)
+                return dataclasses.replace(page, sent_at=sent_at), attempt
+            except (HssThrottledError, HssUnavailableError) as err:
+                await self._after_retryable(err, attempt)
+        raise AssertionError("unreachable: the last attempt re-raises")
+
+    async def _after_retryable(self, err: HssError, attempt: int) -> None:
+        """Wait before the next attempt, or re-raise ``err`` when retrying is pointless."""
+        wait = self._backoff(attempt)
+        if isinstance(err, HssThrottledError):
+            if self._budget is not None:
+                # Tell every replica sharing the budget, even when we give up ourselves.
+                await self._budget.penalize(err.retry_after)
+            if err.retry_after is not None:
+                wait = err.retry_after
+        if attempt >= self._max_attempts or wait > self._max_retry_wait:
+            raise err
+        await self._sleep(wait)
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter: replicas that failed together do not retry together.
+        return self._rng() * min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
+
+    async def _attempt(
+        self, url: str, task: TaskRef, *, offset: int, limit: int, attempt: int
+    ) -> RegistryPage:
+        started = time.monotonic()
+        call = _CallOutcome()
+        try:
+            response = await self._send(url)
+            call.status = response.status_code
+            call.request_id = response.headers.get("X-Request-Id", "")
+            page = hss_wire.read_response(
+                response, offset=offset, limit=limit, secrets=self._secrets
+            )
+            call.request_id = page.request_id
+            return page
+        except HssError as err:
+            call.request_id = err.request_id or call.request_id
+            call.error_code = err.error_code
+            raise
+        except asyncio.CancelledError:
+            call.error_code = "CANCELLED"  # the slot is spent all the same: count it
+            raise
+        finally:
+            self._log_call(url, task, offset, limit, attempt, call, time.monotonic() - started)
+
+    def _log_call(
+        self,
+        url: str,
+        task: TaskRef,
+        offset: int,
+        limit: int,
+        attempt: int,
+        call: _CallOutcome,
+        seconds: float,
+    ) -> None:
+        """One line and one count per HTTP attempt. The query is left out of ``path``: it
+        only repeats task, offset and limit, and a URL is where credentials would sit if a
+        gateway ever wanted them there."""
+        status = metrics.hss_status_label(call.status, call.error_code)
+        metrics.HSS_CALLS.labels(status).inc()
+        shown = " ".join(part for part in (str(call.status or ""), call.error_code) if part)
+        logger.info(
+            "HSS GET registries task=%r offset=%d limit=%d -> %s in %.0f ms "
+            "(attempt %d/%d, HSS request id %s)",
+            task.task_id,
+            offset,
+            limit,
+            shown or "error",
+            seconds * 1000,
+            attempt,
+            self._max_attempts,
+            call.request_id or "-",
+            extra={
+                "event": "hss_call",
+                "method": "GET",
+                "path": urlsplit(url).path,
+                "task": task.task_id,
+                "status": status,
+                "error_code": call.error_code or None,
+                "ms": round(seconds * 1000, 1),
+                "attempt": attempt,
+                "hss_request_id": call.request_id or None,
+            },
+        )
+
+    async def _send(self, url: str) -> httpx.Response:
+        try:
+            async with asyncio.timeout(self._attempt_timeout):
+                return await self._http.get(url)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise HssUnavailableError(
+                error_code="TIMEOUT", error_msg="HSS did not answer in time"
+            ) from exc
+        except httpx.RequestError as exc:
+            raise HssUnavailableError(
+                error_code="NETWORK",
+                error_msg=f"could not reach HSS ({type(exc).__name__})",
+            ) from exc
+
+
+@dataclass(slots=True)
+class _CallOutcome:
+    """What one HTTP attempt got, filled in as it goes."""
+
+    status: int | None = None
+    error_code: str = ""
+    request_id: str = ""
+
+
+class _Sweep:
+    """What one pass over the pages saw."""
+
+    def __init__(self) -> None:
+        self.rows: dict[object, Registry] = {}
+        self.totals_seen: list[int] = []
+        self.calls = 0
+        self.first_sent_at = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.totals_seen[-1]
+
+    def add(self, page: RegistryPage) -> None:
+        if not self.totals_seen or self.totals_seen[-1] != page.total_num:
+            self.totals_seen.append(page.total_num)
+        for row in page.registries:
+            # Later sightings win: they are newer. A row without an id cannot be matched,
+            # so only an identical copy of it counts as a duplicate.
+            self.rows[row.registry_id or row] = row
+
+
+__all__ = ["DEFAULT_TIMEOUT", "FetchResult", "HssClient"]

@@ -1,0 +1,260 @@
+"""Serving the HSS simulator over HTTP (aiohttp), and ``hss-sync-bot simulate``.
+
+The API route and the ``/_sim/`` control endpoints described in ``bot.sandbox.simulator``; all
+behaviour lives in ``Simulator``, this module only moves requests and JSON in and out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from bot.sandbox.simulator import (
+    DEMO_AK,
+    DEMO_PROJECT_ID,
+    DEMO_SK,
+    Faults,
+    SimConfig,
+    SimRequest,
+    Simulator,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+
+async def _api(request: web.Request) -> web.StreamResponse:
+    sim: Simulator = request.app[SIM_KEY]
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    body = await request.read()
+    answer = sim.handle(
+        SimRequest(request.method, raw_path, raw_query, dict(request.headers), body)
+    )
+    if answer.delay:
+        await asyncio.sleep(answer.delay)
+    return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        payload = await request.json() if request.can_read_body else {}
+    except json.JSONDecodeError:
+        raise web.HTTPBadRequest(text="expected a JSON object") from None
+    if not isinstance(payload, dict):
+        raise web.HTTPBadRequest(text="expected a JSON object")
+    return payload
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIM_KEY].stats())
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[SIM_KEY].reset()
+    return web.json_response({"ok": True})
+
+
+async def _faults(request: web.Request) -> web.Response:
+    sim: Simulator = request.app[SIM_KEY]
+    payload = await _json_body(request)
+    queue = payload.pop("queue", [])
+    try:
+        faults = sim.set_faults(**{k: float(v) for k, v in payload.items()})
+        sim.queue(*queue)
+    except (TypeError, ValueError) as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    return web.json_response(dataclasses.asdict(faults))
+
+
+async def _limit(request: web.Request) -> web.Response:
+    sim: Simulator = request.app[SIM_KEY]
+    payload = await _json_body(request)
+    sim.set_rate_limit(payload.get("rate_limit"), payload.get("window"), payload.get("retry_after"))
+    return web.json_response(sim.stats()["rate_limit"])
+
+
+async def _flip(request: web.Request) -> web.Response:
+    sim: Simulator = request.app[SIM_KEY]
+    payload = await _json_body(request)
+    task_id = str(payload.get("task_id", ""))
+    registry = payload.get("registry", payload.get("registry_id"))
+    try:
+        if registry is not None:
+            reason = payload.get("reason")
+            changed = [
+                sim.set_status(
+                    task_id,
+                    str(registry),
+                    str(payload.get("status", "")),
+                    None if reason is None else str(reason),
+                )
+            ]
+        else:
+            changed = sim.flip(task_id, int(payload.get("count", 1)))
+    except (KeyError, ValueError) as exc:
+        raise web.HTTPBadRequest(text=f"cannot flip: {exc}") from None
+    return web.json_response({"changed": [r.as_api_dict() for r in changed]})
+
+
+async def _shift(request: web.Request) -> web.Response:
+    sim: Simulator = request.app[SIM_KEY]
+    payload = await _json_body(request)
+    task_id, at = str(payload.get("task_id", "")), int(payload.get("at", 0))
+    removed = sim.remove(task_id, int(payload.get("remove", 0)), at)
+    inserted = sim.insert(task_id, int(payload.get("insert", 0)), at)
+    return web.json_response(
+        {
+            "removed": [r.registry_id for r in removed],
+            "inserted": [r.registry_id for r in inserted],
+            "size": len(sim.task(task_id)),
+        }
+    )
+
+
+SIM_KEY = web.AppKey("simulator", Simulator)
+
+
+def make_app(sim: Simulator) -> web.Application:
+    app = web.Application()
+    app[SIM_KEY] = sim
+    app.router.add_get("/_sim/stats", _stats)
+    app.router.add_post("/_sim/reset", _reset)
+    app.router.add_post("/_sim/faults", _faults)
+    app.router.add_post("/_sim/limit", _limit)
+    app.router.add_post("/_sim/flip", _flip)
+    app.router.add_post("/_sim/shift", _shift)
+    app.router.add_route("*", "/{tail:.*}", _api)
+    return app
+
+
+async def start_simulator(
+    sim: Simulator, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, str]:
+    """Serve ``sim``; returns the runner (``await runner.cleanup()`` to stop) and base URL."""
+    runner = web.AppRunner(make_app(sim), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    return runner, f"http://{bound_host}:{bound_port}"
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def _task_size(text: str) -> tuple[str, int]:
+    task_id, sep, size = text.rpartition("=")
+    if not sep or not task_id or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"expected TASK_ID=N, got {text!r}")
+    return task_id, int(size)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("expected a share from 0 to 1")
+    return value
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("expected a positive number")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hss-sync-bot simulate", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8931)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--registries", type=int, default=120, help="registries per task")
+    p.add_argument(
+        "--task-size",
+        type=_task_size,
+        action="append",
+        default=[],
+        metavar="ID=N",
+        help="size of one task (repeatable)",
+    )
+    p.add_argument("--rate-limit", type=_positive(int), default=5, help="calls per window")
+    p.add_argument("--window", type=_positive(float), default=60.0, help="seconds")
+    p.add_argument("--retry-after", action="store_true", help="send Retry-After on 429")
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--error-rate", type=_share, default=0.0, help="share of random 5xx")
+    p.add_argument("--throttle-rate", type=_share, default=0.0, help="share of random 429")
+    p.add_argument("--malformed-rate", type=_share, default=0.0, help="share of broken JSON")
+    p.add_argument("--flip-every", type=_positive(float), default=None, metavar="S")
+    p.add_argument("--flip-count", type=int, default=1)
+    p.add_argument("--lockout", action="store_true", help="lock an AK after 5 failed signatures")
+    p.add_argument("--hostile", action="store_true", help="names and reasons that attack Slack")
+    p.add_argument("--ak", default=DEMO_AK)
+    p.add_argument("--sk", default=DEMO_SK)
+    p.add_argument("--security-token", default=None)
+    p.add_argument("--project-id", default=DEMO_PROJECT_ID)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
+        seed=args.seed,
+        ak=args.ak,
+        sk=args.sk,
+        security_token=args.security_token,
+        project_id=args.project_id,
+        rate_limit=args.rate_limit,
+        window=args.window,
+        retry_after=args.retry_after,
+        lockout_after=5 if args.lockout else None,
+        default_size=args.registries,
+        task_sizes=dict(args.task_size),
+        hostile=args.hostile,
+        faults=Faults(
+            latency_ms=args.latency_ms,
+            error_rate=args.error_rate,
+            throttle_rate=args.throttle_rate,
+            malformed_rate=args.malformed_rate,
+        ),
+        flip_every=args.flip_every,
+        flip_count=args.flip_count,
+    )
+
+
+async def _serve(sim: Simulator, host: str, port: int) -> None:
+    runner, url = await start_simulator(sim, host, port)
+    print(
+        f"HSS simulator on {url} (project {sim.config.project_id}, AK {sim.config.ak})", flush=True
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def cli_main(argv: list[str]) -> int:
+    """``hss-sync-bot simulate [flags]``: serve until interrupted; bad flags exit 2."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the message
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(_serve(Simulator(config_from_args(args)), args.host, args.port))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        logger.error("cannot serve on %s:%s: %s", args.host, args.port, exc)
+        return 1
+    return 0

@@ -1,0 +1,122 @@
+"""The buttons on a channel alert: Acknowledge, Mute 1 h / 24 h, Unmute, Show details,
+Show all failed.
+
+Changing buttons check the same permission as the watch commands. Acknowledge and mute
+re-render the alert from its stored state and queue an ``update`` through the outbox, so
+the message changes in place, in order with everything else the channel is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.respond.async_respond import AsyncRespond
+
+from bot.alerting import outbox
+from bot.alerting.message import (
+    ACTION_ACK,
+    ACTION_ALL,
+    ACTION_DETAILS,
+    ACTION_UNMUTE,
+    decode_alert_action,
+    render_alert,
+)
+from bot.alerting.pipeline import decode_state, scope_of
+from bot.errors import BotError
+from bot.lookup import LookupService
+from bot.models import TaskRef
+from bot.slack.render import render_answer, render_error
+from bot.slack.watch_handlers import WatchCommands
+from bot.storage import keys
+from bot.storage.watch_store import WatchStore
+
+logger = logging.getLogger(__name__)
+
+
+class AlertButtons:
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        watches: WatchStore,
+        lookups: LookupService,
+        commands: WatchCommands,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._watches = watches
+        self._lookups = lookups
+        self._commands = commands
+        self._clock = clock
+
+    async def on_action(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        try:
+            await self._act(body, respond)
+        except BotError as exc:
+            await _say(respond, exc.user_message())
+
+    async def _act(self, body: dict[str, Any], respond: AsyncRespond) -> None:
+        action = (body.get("actions") or [{}])[0]
+        decoded = decode_alert_action(
+            str(action.get("action_id", "")), str(action.get("value", ""))
+        )
+        if decoded.action_id in (ACTION_DETAILS, ACTION_ALL):
+            answer = await self._lookups.lookup(decoded.request)
+            message = render_answer(answer, now=self._clock())
+            await respond(
+                text=message.text, blocks=message.blocks, response_type="ephemeral",
+                replace_original=False,
+            )  # fmt: skip
+            return
+        user = str(body.get("user", {}).get("id", ""))
+        if not await self._commands.allowed(user):
+            await _say(respond, self._commands.refusal())
+            return
+        channel = str(body.get("channel", {}).get("id", ""))
+        ref = self._lookups.ref(decoded.request)
+        if decoded.action_id == ACTION_ACK:
+            await self._redis.hset(keys.alert_state(channel, ref), "acked_by", user)
+        elif decoded.action_id == ACTION_UNMUTE:
+            await self._watches.unmute(task=ref, channel=channel)
+        elif decoded.mute_seconds is not None:
+            until = self._clock() + decoded.mute_seconds
+            await self._watches.mute(task=ref, channel=channel, until=until)
+        await self.rerender(ref, channel, reason=decoded.action_id)
+
+    async def rerender(self, ref: TaskRef, channel: str, *, reason: str) -> None:
+        """Queue an update of the alert message from its stored state."""
+        watch = await self._watches.get(task=ref, channel=channel)
+        key = keys.alert_state(channel, ref)
+        state = decode_state(cast("dict[bytes, bytes]", await self._redis.hgetall(key)))
+        if watch is None or state.incident is None:
+            return
+        now = self._clock()
+        message = render_alert(
+            scope_of(watch),
+            state.incident,
+            now=now,
+            acked_by=state.acked_by,
+            muted_until=watch.muted_until,
+        )
+        await outbox.enqueue(
+            self._redis,
+            channel=channel,
+            kind="update",
+            alert_key=key,
+            text=message.text,
+            blocks=message.blocks,
+            dedup=f"{key}:{reason}:{now!r}",
+        )
+
+
+async def _say(respond: AsyncRespond, text: str) -> None:
+    message = render_error(text)
+    await respond(
+        text=message.text, blocks=message.blocks, response_type="ephemeral", replace_original=False
+    )

@@ -1,0 +1,357 @@
+"""Pure Block Kit rendering: answers, help and errors as :class:`Message`.
+
+Every string from HSS or from users is escaped (mrkdwn) or length-limited (plain_text) here;
+callers pass raw data. The per-item display budgets below are chosen so that a page stays
+far inside Slack's limits whatever the data (see ``tests/test_render.py`` for the proof by
+example): a page of ``PAGE_SIZE`` registries, each with its own 10,000-character reason,
+renders in under 30 blocks and about 8,000 characters.
+
+Block builders and Slack's limits live in :mod:`bot.slack.blocks`; button values in
+:mod:`bot.slack.action_value`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import re
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.errors import CommandError
+from bot.models import (
+    REGISTRY_TYPES,
+    UNKNOWN_STATUS,
+    Answer,
+    LookupRequest,
+    Registry,
+    SyncStatus,
+    Totals,
+)
+from bot.slack.action_value import encode_action_value
+from bot.slack.blocks import HEADER_MAX, button, context, header, pack, section
+from bot.slack.command import USAGE
+from bot.slack.text import code, escape_truncated, truncate
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 20
+
+ACTION_PAGE = "hss_page"
+ACTION_PAGE_PREV = f"{ACTION_PAGE}_prev"
+ACTION_PAGE_NEXT = f"{ACTION_PAGE}_next"
+#: Slack wants action ids unique within a block, so Prev and Next differ; match both with this.
+ACTION_PAGE_PATTERN = re.compile(rf"^{ACTION_PAGE}_(prev|next)$")
+ACTION_REFRESH = "hss_refresh"
+ACTION_SHARE = "hss_share"
+
+# Display budgets (escaped characters) for untrusted text.
+_NAME_SHOWN = 72
+_TYPE_SHOWN = 24
+_STATUS_SHOWN = 20
+_REASON_SHOWN = 160
+_NOTICE_SHOWN = 600
+_ERROR_SHOWN = 1500
+_FILTER_SHOWN = 60
+_FALLBACK_SHOWN = 300
+
+_EMOJI = {
+    SyncStatus.FAILED.value: ":x:",
+    SyncStatus.RUNNING.value: ":arrows_counterclockwise:",
+    SyncStatus.FINISHED.value: ":white_check_mark:",
+}
+_UNKNOWN_EMOJI = ":grey_question:"
+_RANK = {SyncStatus.FAILED.value: 0, SyncStatus.RUNNING.value: 1, SyncStatus.FINISHED.value: 3}
+_UNKNOWN_RANK = 2
+_GROUP_TITLE = {1: "*Running*", 2: "*Status unknown*", 3: "*Finished*"}
+_DIGITS = re.compile(r"[0-9]+")
+_USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
+
+
+@dataclass(frozen=True)
+class Message:
+    """``text`` is the notification fallback (escaped mrkdwn); ``blocks`` the Block Kit body."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+# --- registries --------------------------------------------------------------------------
+
+
+def _rank(registry: Registry) -> int:
+    return _RANK.get(registry.sync_status, _UNKNOWN_RANK)
+
+
+def _reason(registry: Registry) -> str:
+    return registry.failed_reason.strip()
+
+
+def _natural(name: str) -> str:
+    """Sort key putting ``reg-5`` before ``reg-41``."""
+    return _DIGITS.sub(lambda m: m.group().zfill(24), name.casefold())
+
+
+#: The display order of the last few answers, by identity of their registry tuple: paging a
+#: 100,000-registry answer must not sort it again for every click.
+_ORDER_MEMO: OrderedDict[int, tuple[Sequence[Registry], list[Registry]]] = OrderedDict()
+_ORDER_MEMO_SIZE = 32
+
+
+def _ordered(registries: Sequence[Registry]) -> list[Registry]:
+    memo = _ORDER_MEMO.get(id(registries))
+    if memo is not None and memo[0] is registries:
+        return memo[1]
+    ordered = _sort_for_display(registries)
+    _ORDER_MEMO[id(registries)] = (registries, ordered)  # holding it keeps the id unique
+    while len(_ORDER_MEMO) > _ORDER_MEMO_SIZE:
+        _ORDER_MEMO.popitem(last=False)
+    return ordered
+
+
+def _sort_for_display(registries: Sequence[Registry]) -> list[Registry]:
+    """Failed first, the most common reason first (so groups stay together), then the rest."""
+    counts = Counter(_reason(r) for r in registries if _rank(r) == 0)
+
+    def key(r: Registry) -> tuple[int, int, str, str, str]:
+        failed = _rank(r) == 0
+        reason = _reason(r) if failed else ""
+        return (
+            _rank(r),
+            -counts[reason] if failed else 0,
+            reason,
+            _natural(r.registry_name),
+            r.registry_id,
+        )
+
+    return sorted(registries, key=key)
+
+
+def _registry_line(registry: Registry) -> str:
+    emoji = _EMOJI.get(registry.sync_status, _UNKNOWN_EMOJI)
+    name = code(registry.registry_name, _NAME_SHOWN)
+    if not name:
+        name = f"{code(registry.registry_id, _NAME_SHOWN) or '?'} _(no name)_"
+    parts = [f"{emoji} {name}"]
+    if registry.registry_type:
+        parts.append(escape_truncated(registry.registry_type, _TYPE_SHOWN))
+    odd_status = registry.sync_status not in _RANK and registry.sync_status != UNKNOWN_STATUS
+    if odd_status and registry.sync_status:
+        parts.append(f"status {code(registry.sync_status, _STATUS_SHOWN)}")
+    return " · ".join(parts)
+
+
+def _group_title(rank: int, reason: str, counts: Counter[str]) -> str:
+    if rank != 0:
+        return _GROUP_TITLE[rank]
+    n = counts[reason]
+    many = f"{n} registries" if n != 1 else "1 registry"
+    shown = code(reason, _REASON_SHOWN) or "_no reason given_"
+    return f"*Failed* ({many}): {shown}"
+
+
+def _registry_blocks(
+    page: Sequence[Registry], everything: Sequence[Registry]
+) -> list[dict[str, Any]]:
+    counts = Counter(_reason(r) for r in everything if _rank(r) == 0)
+    blocks: list[dict[str, Any]] = []
+    groups = itertools.groupby(page, key=lambda r: (_rank(r), _reason(r) if _rank(r) == 0 else ""))
+    for (rank, reason), members in groups:
+        lines = [_group_title(rank, reason, counts), *(_registry_line(r) for r in members)]
+        blocks.extend(pack(lines))
+    return blocks
+
+
+# --- summary lines ---------------------------------------------------------------------------
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _totals_text(totals: Totals) -> str:
+    parts = [
+        f":x: *{_count(totals.failed)}* failed",
+        f":arrows_counterclockwise: *{_count(totals.running)}* running",
+        f":white_check_mark: *{_count(totals.finished)}* finished",
+    ]
+    if totals.unknown:
+        parts.append(f"{_UNKNOWN_EMOJI} *{totals.unknown}* unknown")
+    parts.append(f"{_count(totals.total)} in all")
+    return "   ".join(parts)
+
+
+def describe_age(fetched_at: float | None, now: float) -> str:
+    """``"data from 42 s ago"``, ``"3 min ago"``...; ``"no data yet"`` without data."""
+    if fetched_at is None or not math.isfinite(fetched_at):
+        return "no data yet"
+    age = max(0.0, now - fetched_at) if math.isfinite(now) else 0.0
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if age >= size:
+            return f"data from {int(age // size)} {unit} ago"
+    return f"data from {int(age)} s ago"
+
+
+def _clock(fetched_at: float | None) -> str:
+    """A Slack date token: each reader sees the time in their own time zone."""
+    if fetched_at is None or not 0 <= fetched_at < 4e10:
+        return ""
+    fallback = datetime.fromtimestamp(fetched_at, UTC).strftime("%H:%M:%S UTC")
+    return f" (<!date^{int(fetched_at)}^{{time_secs}}|{fallback}>)"
+
+
+def describe_filters(request: LookupRequest) -> str:
+    """The active filters as escaped mrkdwn, e.g. ``failed · type=Harbor · name=`x```."""
+    parts: list[str] = []
+    if request.status is not None:
+        parts.append(request.status.value)
+    if request.types:
+        parts.append("type=" + ",".join(t for t in REGISTRY_TYPES if t in request.types))
+    if request.name is not None:
+        parts.append("name=" + (code(request.name, _FILTER_SHOWN) or "?"))
+    if request.ep is not None:
+        parts.append("ep=" + (code(request.ep, _FILTER_SHOWN) or "?"))
+    return " · ".join(parts)
+
+
+def _empty_text(answer: Answer) -> str:
+    if not answer.has_data:
+        return "_No data yet._"
+    status = answer.request.status
+    what = f"No {status.value} registries" if status is not None else "No registries"
+    filters = describe_filters(answer.request)
+    return f"{what} match" + (f": {filters}." if filters else ".")
+
+
+def _fallback(answer: Answer, notice: str | None) -> str:
+    t = answer.totals
+    raw = (
+        f"HSS sync task {answer.request.task_id}: {_count(t.failed)} failed, "
+        f"{_count(t.running)} running, {_count(t.finished)} finished"
+    )
+    if notice:
+        raw += f". {notice}"
+    return escape_truncated(raw, _FALLBACK_SHOWN)
+
+
+def _shared_by(user: str) -> str:
+    if _USER_ID.fullmatch(user):
+        return f"Shared by <@{user}>"
+    return f"Shared by {escape_truncated(user, _FILTER_SHOWN)}"
+
+
+# --- buttons -------------------------------------------------------------------------------
+
+
+def _actions(answer: Answer, page: int, pages: int, shareable: bool) -> list[dict[str, Any]]:
+    request = answer.request
+    try:
+        here = encode_action_value(request, page)
+        buttons: list[dict[str, Any]] = []
+        if page > 0:
+            buttons.append(
+                button("◀ Prev", ACTION_PAGE_PREV, encode_action_value(request, page - 1))
+            )
+        if page < pages - 1:
+            buttons.append(
+                button("Next ▶", ACTION_PAGE_NEXT, encode_action_value(request, page + 1))
+            )
+    except CommandError:
+        # A request that never came from the parser: show the data, just without buttons.
+        logger.warning("not rendering buttons for an invalid request")
+        return []
+    buttons.append(button("Refresh", ACTION_REFRESH, here))
+    if shareable:
+        buttons.append(button("Share to channel", ACTION_SHARE, here, primary=True))
+    return [{"type": "actions", "elements": buttons}]
+
+
+# --- public renderers ----------------------------------------------------------------------
+
+
+def page_count(n_registries: int) -> int:
+    return max(1, math.ceil(n_registries / PAGE_SIZE))
+
+
+def render_answer(
+    answer: Answer,
+    *,
+    page: int = 0,
+    now: float,
+    notice: str | None = None,
+    shareable: bool = True,
+    shared_by: str | None = None,
+) -> Message:
+    """One lookup answer; ``page`` is clamped into range."""
+    ordered = _ordered(answer.registries)
+    pages = page_count(len(ordered))
+    page = min(max(page, 0), pages - 1)
+    shown = ordered[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
+
+    blocks = [header(f"HSS image sync · task {answer.request.task_id}")]
+    if notice:
+        blocks.append(section(f":information_source: {escape_truncated(notice, _NOTICE_SHOWN)}"))
+    t = answer.totals
+    if answer.has_data or any(n is not None for n in (t.failed, t.running, t.finished, t.size)):
+        blocks.append(section(_totals_text(answer.totals)))
+    blocks.append({"type": "divider"})
+    blocks.extend(_registry_blocks(shown, ordered) if shown else [section(_empty_text(answer))])
+    blocks.append(context(_context_parts(answer, page, pages, len(ordered), now, shared_by)))
+    blocks.extend(_actions(answer, page, pages, shareable))
+    return Message(text=_fallback(answer, notice), blocks=blocks)
+
+
+def _context_parts(
+    answer: Answer, page: int, pages: int, n: int, now: float, shared_by: str | None
+) -> list[str]:
+    parts = [describe_age(answer.fetched_at, now) + _clock(answer.fetched_at)]
+    filters = describe_filters(answer.request)
+    parts.append(f"filters: {filters}" if filters else "no filters")
+    if n:
+        first, last = page * PAGE_SIZE + 1, min(n, (page + 1) * PAGE_SIZE)
+        parts.append(f"page {page + 1} of {pages} · registries {first}–{last} of {n}")
+    if shared_by:
+        parts.append(_shared_by(shared_by))
+    return parts
+
+
+def render_help(command_name: str = "/hss-sync") -> Message:
+    def example(args: str, what: str) -> str:
+        return f"• {code(f'{command_name} {args}', 200)} {what}"
+
+    body = "\n".join(
+        [
+            "*Usage:* " + code(USAGE.replace("/hss-sync", command_name, 1), 400),
+            example("task-42", "every registry of task `task-42`"),
+            example("task-42 failed", "only the failed ones, grouped by reason"),
+            example(
+                "task-42 running type=Harbor,Jfrog",
+                f"filter by registry type ({', '.join(REGISTRY_TYPES)})",
+            ),
+            example('task-42 name="prod harbor" ep=0', "one registry, in enterprise project `0`"),
+            "*Alerts in a channel:*",
+            example("watch task-42 #ops type=Harbor", "tell #ops when a Harbor registry fails"),
+            example("watches all", "what is watched, in every channel"),
+            example("mute task-42 24h", "quiet for a day (`unmute` to undo); `unwatch` to stop"),
+            example("help", "this help"),
+        ]
+    )
+    note = (
+        "Answers are only visible to you; use *Share to channel* to post one. "
+        "HSS allows 5 calls a minute, so answers may come from recent data (its age is shown)."
+    )
+    title = truncate(f"{command_name} help", HEADER_MAX)
+    blocks = [header(title), section(body), context([note])]
+    return Message(text=escape_truncated(title, _FALLBACK_SHOWN), blocks=blocks)
+
+
+def render_error(text: str) -> Message:
+    """A short ephemeral error reply; ``text`` is raw and gets escaped here."""
+    shown = escape_truncated(text, _ERROR_SHOWN)
+    return Message(
+        text=escape_truncated(text, _FALLBACK_SHOWN), blocks=[section(f":warning: {shown}")]
+    )

@@ -1,0 +1,264 @@
+"""The watch sub-commands in Slack: watch, unwatch, watches, mute, unmute.
+
+Every change checks who asks (``HSS_WATCH_ADMINS``), every new watch checks that the bot
+can post in the channel, and every answer is ephemeral. A new watch reports how many
+registries are failed right now: that is the baseline, not flips.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.errors import BotError, CommandError
+from bot.lookup import LookupService
+from bot.models import LookupRequest, SyncStatus, TaskRef
+from bot.slack.blocks import date_token
+from bot.slack.home import HomeRow, decode_home_value, render_home
+from bot.slack.render import Message, render_error
+from bot.slack.text import code, escape
+from bot.slack.watch_command import ListWatches, Mute, Unmute, Unwatch, Watch, WatchCommand
+from bot.storage.watch_store import Watch as WatchRecord
+from bot.storage.watch_store import WatchStore, may_change_watches
+
+logger = logging.getLogger(__name__)
+
+Reply = Callable[[Message], Awaitable[None]]
+
+#: How long a user group's member list is trusted before asking Slack again.
+GROUP_CACHE_SECONDS = 300.0
+_LIST_SHOWN = 40
+
+
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,30}")
+
+
+def channel_ref(channel: str) -> str:
+    """A channel mention, or the escaped text when it is not a channel id."""
+    return f"<#{channel}>" if _CHANNEL_ID.fullmatch(channel) else code(channel, 40)
+
+
+def _text(message: str) -> Message:
+    return Message(
+        text=message, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": message}}]
+    )
+
+
+def filters_text(types: frozenset[str], name: str | None) -> str:
+    parts = []
+    if types:
+        parts.append("type=" + ",".join(sorted(types)))
+    if name is not None:
+        parts.append("name=" + code(name, 80))
+    return " ".join(parts) if parts else "all registries"
+
+
+def watch_line(w: WatchRecord, now: float) -> str:
+    state = "active"
+    if w.paused_reason is not None:
+        state = f":pause_button: paused ({escape(w.paused_reason)})"
+    elif w.muted(now) and w.muted_until is not None:
+        state = f":mute: muted until {date_token(w.muted_until)}"
+    last = f", last alert {date_token(w.last_alert_at)}" if w.last_alert_at else ""
+    where = channel_ref(w.channel)
+    what = filters_text(w.types, w.name)
+    return f"• {code(w.task.task_id, 70)} in {where} · {what} · {state}{last}"
+
+
+def render_watch_list(watches: list[WatchRecord], *, now: float, everywhere: bool) -> Message:
+    if not watches:
+        where = "in any channel" if everywhere else "in this channel"
+        return _text(f"No task is watched {where}. Start with `/hss-sync watch <task_id>`.")
+    lines = [watch_line(w, now) for w in watches[:_LIST_SHOWN]]
+    if len(watches) > _LIST_SHOWN:
+        lines.append(f"_…and {len(watches) - _LIST_SHOWN} more_")
+    title = "Watches in every channel" if everywhere else "Watches in this channel"
+    return _text(f"*{title}* ({len(watches)})\n" + "\n".join(lines))
+
+
+class WatchCommands:
+    def __init__(
+        self,
+        *,
+        watches: WatchStore,
+        lookups: LookupService,
+        client: AsyncWebClient,
+        admins: frozenset[str],
+        clock: Callable[[], float] = time.time,
+        on_watch: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self._watches = watches
+        # Watching again in a channel whose alerts were parked (the bot was removed, say)
+        # means people fixed it: let the outbox send there again.
+        self._on_watch = on_watch
+        self._lookups = lookups
+        self._client = client
+        self._admins = admins
+        self._clock = clock
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+
+    async def handle(self, cmd: WatchCommand, command: dict[str, Any], reply: Reply) -> None:
+        """Answer ``cmd`` through ``reply`` (the ack); BotErrors become ephemeral sentences."""
+        user = str(command.get("user_id", ""))
+        here = str(command.get("channel_id", ""))
+        try:
+            if isinstance(cmd, ListWatches):
+                await reply(await self._list(cmd, here))
+                return
+            if not await self.allowed(user):
+                await reply(render_error(self.refusal()))
+                return
+            await reply(await self._change(cmd, user=user, channel=cmd.channel or here))
+        except BotError as exc:
+            await reply(render_error(exc.user_message()))
+
+    async def _change(
+        self, cmd: Watch | Unwatch | Mute | Unmute, *, user: str, channel: str
+    ) -> Message:
+        if isinstance(cmd, Watch):
+            return await self._watch(cmd, user=user, channel=channel)
+        if isinstance(cmd, Unwatch):
+            gone = await self._watches.remove(task=self._ref(cmd.task_id), channel=channel)
+            if gone is None:
+                return _text(
+                    f"Task {code(cmd.task_id, 70)} is not watched in {channel_ref(channel)}."
+                )
+            return _text(
+                f"Stopped watching task {code(cmd.task_id, 70)} in {channel_ref(channel)}."
+            )
+        if isinstance(cmd, Mute):
+            until = self._clock() + cmd.seconds
+            muted = await self._watches.mute(
+                task=self._ref(cmd.task_id), channel=channel, until=until
+            )
+            if muted is None:
+                return _text(
+                    f"Task {code(cmd.task_id, 70)} is not watched in {channel_ref(channel)}."
+                )
+            task, where = code(cmd.task_id, 70), channel_ref(channel)
+            return _text(f"Muted task {task} in {where} until {date_token(until)}.")
+        unmuted = await self._watches.unmute(task=self._ref(cmd.task_id), channel=channel)
+        if unmuted is None:
+            return _text(f"Task {code(cmd.task_id, 70)} is not watched in {channel_ref(channel)}.")
+        return _text(
+            f"Alerts for task {code(cmd.task_id, 70)} in {channel_ref(channel)} are on again."
+        )
+
+    async def _watch(self, cmd: Watch, *, user: str, channel: str) -> Message:
+        problem = await self.channel_problem(channel)
+        if problem is not None:
+            return render_error(problem)
+        ref = self._ref(cmd.task_id, cmd.ep)
+        record, created = await self._watches.add(
+            task=ref, channel=channel, created_by=user, types=cmd.types, name=cmd.name
+        )
+        if self._on_watch is not None:
+            await self._on_watch(channel)
+        verb = "Watching" if created else "Updated the watch of"
+        baseline = await self._baseline(cmd)
+        return _text(
+            f"{verb} task {code(cmd.task_id, 70)} in {channel_ref(channel)} "
+            f"({filters_text(record.types, record.name)}). {baseline} This channel will hear "
+            "when a registry fails, and when it recovers."
+        )
+
+    async def _baseline(self, cmd: Watch) -> str:
+        request = LookupRequest(cmd.task_id, SyncStatus.FAILED, cmd.types, cmd.name, cmd.ep)
+        peek = await self._lookups.peek(request)
+        if not peek.answer.has_data:
+            return "The first refresh will take the current failures as the baseline."
+        failed = len(peek.answer.registries)
+        noun = "registry is" if failed == 1 else "registries are"
+        return f"{failed} {noun} failed right now (the baseline, not alerts)."
+
+    async def _list(self, cmd: ListWatches, here: str) -> Message:
+        found = await (self._watches.all() if cmd.all_channels else self._watches.of_channel(here))
+        return render_watch_list(found, now=self._clock(), everywhere=cmd.all_channels)
+
+    def _ref(self, task_id: str, ep: str | None = None) -> TaskRef:
+        return self._lookups.ref(LookupRequest(task_id, ep=ep))
+
+    # --- the App Home tab ---
+
+    async def home_rows(self) -> list[HomeRow]:
+        rows = []
+        for w in await self._watches.all():
+            request = LookupRequest(w.task.task_id, ep=w.task.enterprise_project_id)
+            answer = (await self._lookups.peek(request)).answer
+            rows.append(HomeRow(watch=w, fetched_at=answer.fetched_at, totals=answer.totals))
+        return rows
+
+    async def publish_home(self, user: str, notice: str | None = None) -> None:
+        view = render_home(await self.home_rows(), notice=notice)
+        await self._client.views_publish(user_id=user, view=view)
+
+    async def on_home_opened(self, event: dict[str, Any]) -> None:
+        if event.get("tab", "home") == "home":
+            await self.publish_home(str(event.get("user", "")))
+
+    async def on_home_unwatch(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        user = str(body.get("user", {}).get("id", ""))
+        if not await self.allowed(user):
+            await self.publish_home(user, notice=self.refusal())
+            return
+        try:
+            actions = body.get("actions") or [{}]
+            task, channel = decode_home_value(str(actions[0].get("value", "")))
+        except CommandError as exc:
+            await self.publish_home(user, notice=exc.user_message())
+            return
+        await self._watches.remove(task=task, channel=channel)
+        await self.publish_home(user)
+
+    # --- who may, and where ---
+
+    def refusal(self) -> str:
+        who = ", ".join(
+            f"<@{a}>" if a[0] in "UW" else f"<!subteam^{a}>" for a in sorted(self._admins)
+        )
+        return f"Only the watch admins ({who}) may change watches. Ask one of them."
+
+    async def allowed(self, user: str) -> bool:
+        if not self._admins or user in self._admins:
+            return True
+        groups = frozenset(g for g in self._admins if g.startswith("S"))
+        member_of = {g for g in groups if user in await self._members(g)}
+        return may_change_watches(user, member_of, self._admins)
+
+    async def _members(self, group: str) -> frozenset[str]:
+        cached = self._groups.get(group)
+        if cached is not None and self._clock() - cached[0] < GROUP_CACHE_SECONDS:
+            return cached[1]
+        try:
+            response = await self._client.usergroups_users_list(usergroup=group)
+            users = frozenset(str(u) for u in response.get("users") or [])
+        except SlackApiError as exc:
+            logger.warning("cannot list user group %s: %s", group, exc.response.get("error"))
+            users = frozenset()
+        self._groups[group] = (self._clock(), users)
+        return users
+
+    async def channel_problem(self, channel: str) -> str | None:
+        """Why the bot cannot post in ``channel``, with how to fix it; None when it can."""
+        invite = "invite the app there (`/invite @hss-sync`) and run the command again"
+        try:
+            info = await self._client.conversations_info(channel=channel)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error", "unknown_error"))
+            if error == "channel_not_found":
+                return f"I cannot see {channel_ref(channel)}. If it is a private channel, {invite}."
+            return f"Slack refused to tell me about {channel_ref(channel)} ({escape(error)})."
+        details = info.get("channel") or {}
+        if details.get("is_archived"):
+            return f"{channel_ref(channel)} is archived: choose a channel that is in use."
+        if details.get("is_member") is False:
+            return f"I am not a member of {channel_ref(channel)}: {invite}."
+        return None

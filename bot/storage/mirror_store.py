@@ -1,0 +1,383 @@
+"""The mirror in Redis, with an in-memory stand-in for when Redis is down.
+
+A task's snapshot is one Redis hash: ``meta`` (JSON: generation, views) and ``c0..cN``
+(zlib-compressed JSON chunks of rows). It is replaced whole inside ``WATCH``/``MULTI`` so a
+reader never sees half a refresh and two replicas never overwrite each other's refresh: the
+loser re-merges onto the winner's snapshot. Compressed chunks keep Redis memory near 40
+bytes per registry, and each process keeps the decoded snapshot of the current generation,
+so a lookup usually costs one small ``HGET``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from bot.mirror import LARGE_SNAPSHOT, Change, Row, Snapshot, View, parse_view_key, view_key
+from bot.models import UNKNOWN_STATUS, TaskRef
+from bot.storage import keys
+from bot.storage.outage import REDIS_OUTAGE, RedisHealth
+
+logger = logging.getLogger(__name__)
+
+CHUNK_ROWS = 5000
+CHANGES_MAXLEN = 10_000
+CACHE_TASKS = 64
+#: Decoded rows take about 400 bytes each in Python: bound the cache by rows, not tasks,
+#: so a few 100,000-registry tasks cannot grow a replica by gigabytes.
+CACHE_ROWS = 400_000
+
+T = TypeVar("T")
+
+# KEYS[1] = lock key; ARGV[1] = owner id; ARGV[2] = new TTL in ms (0 = release)
+_LOCK_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) == 0 then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+
+class MirrorStore(Protocol):
+    async def load(self, ref: TaskRef) -> Snapshot: ...
+
+    async def save(
+        self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change], *, expected: int
+    ) -> bool:
+        """Store ``snap`` if the stored generation is still ``expected``; False otherwise."""
+        ...
+
+    async def generation(self, ref: TaskRef) -> int: ...
+
+    async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool: ...
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
+        """Release the lock (``ttl`` 0) or extend it, if ``owner`` still holds it."""
+        ...
+
+    async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]: ...
+
+    async def get_auth_lock(self, scope: str) -> dict[str, Any] | None: ...
+
+    async def set_auth_lock(self, scope: str, info: dict[str, Any] | None) -> None: ...
+
+
+# --- encoding ---
+
+
+def encode_snapshot(snap: Snapshot) -> dict[str, bytes]:
+    rows = [_row_list(r) for r in snap.rows.values()]
+    chunks = [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
+    meta = {
+        "gen": snap.generation,
+        "views": {k: [v.fetched_at, v.total] for k, v in snap.views.items()},
+        "rows": len(rows),
+        "chunks": len(chunks),
+        "total": snap.task_total,
+    }
+    out = {"meta": json.dumps(meta).encode()}
+    for i, chunk in enumerate(chunks):
+        out[f"c{i}"] = zlib.compress(json.dumps(chunk, separators=(",", ":")).encode(), 1)
+    return out
+
+
+def _row_list(r: Row) -> list[object]:
+    # known_status is stored only when it differs: it usually equals status.
+    known = "" if r.known_status == r.status else r.known_status
+    return [r.registry_id, r.name, r.type, r.status, r.reason, round(r.seen_at, 3), known]
+
+
+def decode_meta(raw: object) -> dict[str, Any]:
+    if raw is None:
+        return {"gen": 0, "views": {}, "chunks": 0}
+    meta: dict[str, Any] = json.loads(cast(bytes, raw))
+    return meta
+
+
+def decode_snapshot(fields: Mapping[bytes, bytes]) -> Snapshot:
+    meta = decode_meta(fields.get(b"meta"))
+    rows: dict[str, Row] = {}
+    for i in range(int(meta["chunks"])):
+        for rid, name, rtype, status, reason, seen_at, known in json.loads(
+            zlib.decompress(fields[f"c{i}".encode()])
+        ):
+            # "" means "same as status", except that an unknown status never is a known one.
+            known = known or (status if status != UNKNOWN_STATUS else "")
+            rows[rid] = Row(rid, name, rtype, status, reason, seen_at, known)
+    views = {
+        k: View(flt=parse_view_key(k), fetched_at=float(at), total=int(total))
+        for k, (at, total) in meta["views"].items()
+    }
+    total = meta.get("total")
+    return Snapshot(
+        rows=rows,
+        views=views,
+        generation=int(meta["gen"]),
+        task_total=int(total) if total is not None else None,
+    )
+
+
+def _change_fields(c: Change) -> dict[str, str]:
+    return {
+        "id": c.registry_id,
+        "name": c.name,
+        "type": c.type,
+        "old": c.old,
+        "new": c.new,
+        "reason": c.reason,
+        "at": repr(c.at),
+    }
+
+
+def _change_of(f: dict[bytes, bytes]) -> Change:
+    d = {k.decode(): v.decode() for k, v in f.items()}
+    return Change(d["id"], d["name"], d["type"], d["old"], d["new"], d["reason"], float(d["at"]))
+
+
+# --- Redis ---
+
+
+class RedisMirrorStore:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        # key -> (raw meta, snapshot). The raw meta, not just the generation, identifies a
+        # save: if the key is lost (flush, restart without persistence) generations restart
+        # from 0, but a new save's views carry new fetch times.
+        self._cache: OrderedDict[str, tuple[bytes | None, Snapshot]] = OrderedDict()
+        self._lock_script = redis.register_script(_LOCK_SCRIPT)
+
+    async def generation(self, ref: TaskRef) -> int:
+        return int(decode_meta(await self._redis.hget(keys.mirror(ref), "meta"))["gen"])
+
+    async def load(self, ref: TaskRef) -> Snapshot:
+        key = keys.mirror(ref)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == await self._redis.hget(key, "meta"):
+            self._cache.move_to_end(key)
+            return cached[1]
+        fields = cast("dict[bytes, bytes]", await self._redis.hgetall(key))
+        if sum(len(v) for v in fields.values()) > LARGE_SNAPSHOT * 40:  # ~40 B a row
+            snap = await asyncio.to_thread(decode_snapshot, fields)
+        else:
+            snap = decode_snapshot(fields)
+        self._remember(key, fields.get(b"meta"), snap)
+        return snap
+
+    def last_known(self, ref: TaskRef) -> Snapshot | None:
+        """The snapshot this process last read or wrote for ``ref``, without asking Redis."""
+        cached = self._cache.get(keys.mirror(ref))
+        return cached[1] if cached is not None else None
+
+    def _remember(self, key: str, meta: bytes | None, snap: Snapshot) -> None:
+        self._cache[key] = (meta, snap)
+        self._cache.move_to_end(key)
+        while len(self._cache) > 1 and (
+            len(self._cache) > CACHE_TASKS
+            or sum(len(s.rows) for _, s in self._cache.values()) > CACHE_ROWS
+        ):
+            self._cache.popitem(last=False)
+
+    async def save(
+        self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change], *, expected: int
+    ) -> bool:
+        key = keys.mirror(ref)
+        if len(snap.rows) > LARGE_SNAPSHOT:
+            fields = await asyncio.to_thread(encode_snapshot, snap)
+        else:
+            fields = encode_snapshot(snap)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(key)
+                if int(decode_meta(await pipe.hget(key, "meta"))["gen"]) != expected:
+                    return False
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.delete(key)
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                for change in changes:
+                    pipe.xadd(
+                        keys.mirror_changes(ref),
+                        _change_fields(change),  # type: ignore[arg-type]
+                        maxlen=CHANGES_MAXLEN,
+                        approximate=True,
+                    )
+                await pipe.execute()
+        except WatchError:
+            return False
+        self._remember(key, fields["meta"], snap)
+        return True
+
+    async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        ok = await self._redis.set(keys.refresh_lock(ref, view), owner, nx=True, px=_ms(ttl))
+        return bool(ok)
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
+        done = await self._lock_script(keys=[keys.refresh_lock(ref, view)], args=[owner, _ms(ttl)])
+        return bool(done)
+
+    async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
+            keys.mirror_changes(ref), min=f"({after}" if after != "0" else "-"
+        )
+        return [(eid.decode(), _change_of(f)) for eid, f in entries]
+
+    async def get_auth_lock(self, scope: str) -> dict[str, Any] | None:
+        raw = await self._redis.get(keys.auth_lock(scope))
+        return json.loads(raw) if raw else None
+
+    async def set_auth_lock(self, scope: str, info: dict[str, Any] | None) -> None:
+        if info is None:
+            await self._redis.delete(keys.auth_lock(scope))
+        else:
+            await self._redis.set(keys.auth_lock(scope), json.dumps(info))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000)) if seconds > 0 else 0
+
+
+# --- memory (Redis down, or no Redis wanted) ---
+
+
+class MemoryMirrorStore:
+    """The same contract in one process: used while Redis is unreachable."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._snaps: dict[TaskRef, Snapshot] = {}
+        self._changes: dict[TaskRef, list[tuple[str, Change]]] = {}
+        self._locks: dict[tuple[TaskRef, str], tuple[str, float]] = {}
+        self._auth: dict[str, dict[str, Any]] = {}
+        self._clock = clock
+
+    async def generation(self, ref: TaskRef) -> int:
+        return self._snaps.get(ref, Snapshot()).generation
+
+    def seed(self, ref: TaskRef, snap: Snapshot) -> None:
+        """Start from ``snap`` unless this store already holds something for ``ref``."""
+        self._snaps.setdefault(ref, snap)
+
+    async def load(self, ref: TaskRef) -> Snapshot:
+        return self._snaps.get(ref, Snapshot())
+
+    async def save(
+        self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change], *, expected: int
+    ) -> bool:
+        if await self.generation(ref) != expected:
+            return False
+        self._snaps[ref] = snap
+        log = self._changes.setdefault(ref, [])
+        log.extend((f"{snap.generation}-{i}", c) for i, c in enumerate(changes))
+        del log[:-CHANGES_MAXLEN]
+        return True
+
+    async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        held = self._locks.get((ref, view))
+        if held is not None and held[1] > self._clock():
+            return False
+        self._locks[(ref, view)] = (owner, self._clock() + ttl)
+        return True
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
+        held = self._locks.get((ref, view))
+        if held is None or held[0] != owner:
+            return False
+        if ttl > 0:
+            self._locks[(ref, view)] = (owner, self._clock() + ttl)
+        else:
+            del self._locks[(ref, view)]
+        return True
+
+    async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
+        log = self._changes.get(ref, [])
+        if after == "0":
+            return list(log)
+        ids = [eid for eid, _ in log]
+        return log[ids.index(after) + 1 :] if after in ids else list(log)
+
+    async def get_auth_lock(self, scope: str) -> dict[str, Any] | None:
+        return self._auth.get(scope)
+
+    async def set_auth_lock(self, scope: str, info: dict[str, Any] | None) -> None:
+        if info is None:
+            self._auth.pop(scope, None)
+        else:
+            self._auth[scope] = info
+
+
+class FailoverMirrorStore:
+    """Redis when it answers, memory while it does not: lookups keep working through an
+    outage and go back to the shared mirror by themselves. ``health`` is shared with the
+    call budget, so an outage is logged once and probed once per interval."""
+
+    def __init__(
+        self,
+        primary: RedisMirrorStore,
+        fallback: MemoryMirrorStore,
+        *,
+        health: RedisHealth | None = None,
+    ) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._health = health or RedisHealth()
+
+    async def _call(self, use: Callable[[MirrorStore], Awaitable[T]]) -> T:
+        if self._health.should_try():
+            try:
+                result = await use(self._primary)
+            except REDIS_OUTAGE as exc:
+                self._health.failed(exc)
+            else:
+                self._health.succeeded()
+                return result
+        return await use(self._fallback)
+
+    async def generation(self, ref: TaskRef) -> int:
+        return await self._call(lambda s: s.generation(ref))
+
+    async def load(self, ref: TaskRef) -> Snapshot:
+        return await self._call(lambda s: self._seeded(s, ref).load(ref))
+
+    def _seeded(self, store: MirrorStore, ref: TaskRef) -> MirrorStore:
+        # An outage should not forget what this process already knew about the task.
+        if store is self._fallback:
+            known = self._primary.last_known(ref)
+            if known is not None:
+                self._fallback.seed(ref, known)
+        return store
+
+    async def save(
+        self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change], *, expected: int
+    ) -> bool:
+        return await self._call(lambda s: s.save(ref, snap, changes, expected=expected))
+
+    async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        return await self._call(lambda s: s.lock(ref, view, owner, ttl))
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
+        return await self._call(lambda s: s.unlock(ref, view, owner, ttl))
+
+    async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
+        return await self._call(lambda s: s.changes(ref, after))
+
+    async def get_auth_lock(self, scope: str) -> dict[str, Any] | None:
+        return await self._call(lambda s: s.get_auth_lock(scope))
+
+    async def set_auth_lock(self, scope: str, info: dict[str, Any] | None) -> None:
+        await self._call(lambda s: s.set_auth_lock(scope, info))
+
+
+__all__ = [
+    "FailoverMirrorStore",
+    "MemoryMirrorStore",
+    "MirrorStore",
+    "RedisMirrorStore",
+    "decode_snapshot",
+    "encode_snapshot",
+    "view_key",
+]

@@ -1,0 +1,357 @@
+"""Watches: which Slack channels hear about which task's flips, kept in Redis.
+
+Everything lives in Redis (key layout in :mod:`bot.storage.keys`, ``watch_*``), so any replica may
+serve any command and a restart forgets nothing. A channel watches a task id at most once:
+the watch is identified by ``(channel, project_id, task_id)``, and the enterprise project is
+a property of it, like the filters. Every change reads under ``WATCH`` and writes the record
+and its indexes in one ``MULTI``, retried when another client got there first, so the
+indexes never disagree with the records.
+
+A watch is *paused* when its channel stopped taking messages (the reason is Slack's error
+code, shown in ``watches``) and *muted* by people until a time. Both stop alerts; neither
+takes the task out of :meth:`WatchStore.watched_tasks`, so its mirror stays current and
+alerts resume from the present instead of replaying old flips. A mute expires by itself:
+``muted_until`` is compared with the clock, nothing has to clear it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, cast
+from urllib.parse import quote
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from bot.errors import StoreError
+from bot.models import TaskRef
+from bot.storage import keys
+from bot.storage.outage import REDIS_OUTAGE
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Slack errors after which a channel cannot take our messages until people fix something.
+PAUSE_REASONS = frozenset({"channel_not_found", "is_archived", "not_in_channel", "token_revoked"})
+#: Every lost race means another change went through, so a retry loop ends after at most as
+#: many rounds as there are concurrent writers: far fewer than this in practice.
+_MAX_ATTEMPTS = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Watch:
+    """One channel's subscription to one task's flips."""
+
+    task: TaskRef
+    channel: str
+    types: frozenset[str] = frozenset()
+    name: str | None = None
+    created_by: str
+    created_at: float
+    #: Slack's error code that made the channel unusable; None while the watch is active.
+    paused_reason: str | None = None
+    paused_at: float | None = None
+    muted_until: float | None = None
+    last_alert_at: float | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_reason is not None
+
+    def muted(self, now: float) -> bool:
+        return self.muted_until is not None and now < self.muted_until
+
+    def alerts(self, now: float) -> bool:
+        """Whether a flip seen at ``now`` should be posted to the channel."""
+        return not self.paused and not self.muted(now)
+
+
+def may_change_watches(user_id: str, user_groups: AbstractSet[str], admins: frozenset[str]) -> bool:
+    """Anyone may, unless admins are configured: then only they or members of their groups."""
+    return not admins or user_id in admins or not admins.isdisjoint(user_groups)
+
+
+# --- encoding ---
+
+
+def _field(task: TaskRef) -> str:
+    return f"{quote(task.project_id, safe='')}:{quote(task.task_id, safe='')}"
+
+
+def _task_member(task: TaskRef) -> str:
+    return json.dumps([task.project_id, task.task_id, task.enterprise_project_id])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _task_of_member(raw: bytes | str) -> TaskRef:
+    project_id, task_id, ep = json.loads(raw)
+    return TaskRef(project_id=project_id, task_id=task_id, enterprise_project_id=ep)
+
+
+#: Fields stored as they are; the task and the types are spelled out.
+_PLAIN = "name created_by created_at paused_reason paused_at muted_until last_alert_at".split()  # noqa: SIM905
+
+
+def encode(watch: Watch) -> str:
+    record: dict[str, Any] = {f: getattr(watch, f) for f in _PLAIN}
+    task = watch.task
+    record.update(v=1, project_id=task.project_id, task_id=task.task_id)
+    record.update(ep=task.enterprise_project_id, types=sorted(watch.types))
+    return json.dumps(record, separators=(",", ":"))
+
+
+def decode(channel: str, raw: bytes | str) -> Watch | None:
+    """The record, or None (logged) if it cannot be read: one bad record must not hide the
+    channel's other watches."""
+    try:
+        d: dict[str, Any] = json.loads(raw)
+        task = TaskRef(
+            project_id=d["project_id"], task_id=d["task_id"], enterprise_project_id=d["ep"]
+        )
+        plain = {f: d[f] for f in _PLAIN}
+        return Watch(task=task, channel=channel, types=frozenset(d["types"]), **plain)
+    except (ValueError, KeyError, TypeError):
+        logger.warning("unreadable watch record in channel %s", channel)
+        return None
+
+
+@contextlib.contextmanager
+def _outage() -> Iterator[None]:
+    # No in-memory fallback: a watch that only one process remembered would be lost on
+    # restart and unknown to the other replicas. Tell the user instead.
+    try:
+        yield
+    except REDIS_OUTAGE as exc:
+        raise StoreError(
+            "Watches are kept in Redis, which is not answering right now; try again shortly."
+        ) from exc
+
+
+# --- the store ---
+
+
+class WatchStore:
+    def __init__(self, redis: aioredis.Redis, *, clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis
+        self._clock = clock
+
+    async def _transact(self, watched: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
+        """Run ``body`` with the ``watched`` keys WATCHed; it reads, then queues its writes after
+        ``pipe.multi()``. Retried from the start when a watched key changed meanwhile."""
+        with _outage():
+            for _ in range(_MAX_ATTEMPTS):
+                try:
+                    async with self._redis.pipeline(transaction=True) as pipe:
+                        await pipe.watch(*watched)
+                        result = await body(pipe)
+                        if pipe.explicit_transaction:
+                            await pipe.execute()
+                        return result
+                except WatchError:
+                    continue
+        raise StoreError("Watches are changing too fast to update; try again.")
+
+    # --- changes ---
+
+    async def add(
+        self,
+        *,
+        task: TaskRef,
+        channel: str,
+        created_by: str,
+        types: frozenset[str] = frozenset(),
+        name: str | None = None,
+    ) -> tuple[Watch, bool]:
+        """Watch ``task`` in ``channel``; True if new. Watching again replaces the filters and
+        the ep, clears a pause (the caller checked the bot can post there) and keeps the
+        creator, the mute and the last alert time."""
+        chan_key = keys.watch_channel(channel)
+
+        async def body(pipe: Pipeline) -> tuple[Watch, bool]:
+            old = await self._read(pipe, channel, task)
+            moved_from = old.task if old is not None and old.task != task else None
+            old_channels = await self._channels_of(pipe, moved_from)
+            new = Watch(
+                task=task,
+                channel=channel,
+                types=types,
+                name=name,
+                created_by=old.created_by if old else created_by,
+                created_at=old.created_at if old else self._clock(),
+                muted_until=old.muted_until if old else None,
+                last_alert_at=old.last_alert_at if old else None,
+            )
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(chan_key, _field(task), encode(new))
+            pipe.sadd(keys.watch_task(task), channel)
+            pipe.sadd(keys.watched_tasks(), _task_member(task))
+            pipe.sadd(keys.watch_channels(), channel)
+            if moved_from is not None:
+                self._unindex(pipe, moved_from, channel, old_channels)
+            return new, old is None
+
+        return await self._transact([chan_key, keys.watch_task(task)], body)
+
+    async def remove(self, *, task: TaskRef, channel: str) -> Watch | None:
+        """Stop watching ``task`` (any ep) in ``channel``; the removed watch, or None."""
+        chan_key = keys.watch_channel(channel)
+
+        async def body(pipe: Pipeline) -> Watch | None:
+            old = await self._read(pipe, channel, task)
+            if old is None:
+                return None
+            old_channels = await self._channels_of(pipe, old.task)
+            left = int(await pipe.hlen(chan_key))
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hdel(chan_key, _field(task))
+            self._unindex(pipe, old.task, channel, old_channels)
+            if left <= 1:
+                pipe.srem(keys.watch_channels(), channel)
+            return old
+
+        return await self._transact([chan_key], body)
+
+    async def pause(self, channel: str, reason: str) -> list[Watch]:
+        """Pause every watch of ``channel`` with Slack's ``reason``; the paused watches.
+        A watch already paused keeps the time it was first paused."""
+        if not reason:
+            raise ValueError("a pause needs Slack's reason")
+        now = self._clock()
+        return await self._rewrite(
+            channel, lambda w: replace(w, paused_reason=reason, paused_at=w.paused_at or now)
+        )
+
+    async def resume(self, channel: str) -> list[Watch]:
+        return await self._rewrite(
+            channel, lambda w: replace(w, paused_reason=None, paused_at=None)
+        )
+
+    async def mute(self, *, task: TaskRef, channel: str, until: float) -> Watch | None:
+        """Silence until ``until`` (the latest mute wins, so a mute can be shortened);
+        None if the channel does not watch the task."""
+        return await self._modify(task, channel, lambda w: replace(w, muted_until=until))
+
+    async def unmute(self, *, task: TaskRef, channel: str) -> Watch | None:
+        return await self._modify(task, channel, lambda w: replace(w, muted_until=None))
+
+    async def note_alert(self, *, task: TaskRef, channel: str, at: float) -> Watch | None:
+        """Record that an alert went out (shown in the App Home); never moves backwards."""
+        return await self._modify(
+            task, channel, lambda w: replace(w, last_alert_at=max(at, w.last_alert_at or at))
+        )
+
+    async def _modify(
+        self, task: TaskRef, channel: str, change: Callable[[Watch], Watch]
+    ) -> Watch | None:
+        chan_key = keys.watch_channel(channel)
+
+        async def body(pipe: Pipeline) -> Watch | None:
+            old = await self._read(pipe, channel, task)
+            if old is None:
+                return None
+            new = change(old)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(chan_key, _field(task), encode(new))
+            return new
+
+        return await self._transact([chan_key], body)
+
+    async def _rewrite(self, channel: str, change: Callable[[Watch], Watch]) -> list[Watch]:
+        chan_key = keys.watch_channel(channel)
+
+        async def body(pipe: Pipeline) -> list[Watch]:
+            raw = cast("dict[bytes, bytes]", await pipe.hgetall(chan_key))
+            pairs = [(f, decode(channel, v)) for f, v in raw.items()]
+            new = {f: change(w) for f, w in pairs if w is not None}
+            if new:
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.hset(chan_key, mapping={f: encode(w) for f, w in new.items()})
+            return _sorted(new.values())
+
+        return await self._transact([chan_key], body)
+
+    async def _read(self, pipe: Pipeline, channel: str, task: TaskRef) -> Watch | None:
+        raw = await pipe.hget(keys.watch_channel(channel), _field(task))
+        return decode(channel, raw) if raw is not None else None
+
+    async def _channels_of(self, pipe: Pipeline, task: TaskRef | None) -> set[str]:
+        """WATCH ``task``'s channel set and read it (to know whether it is about to empty)."""
+        if task is None:
+            return set()
+        await pipe.watch(keys.watch_task(task))
+        return {_text(c) for c in await pipe.smembers(keys.watch_task(task))}
+
+    @staticmethod
+    def _unindex(pipe: Pipeline, task: TaskRef, channel: str, channels: set[str]) -> None:
+        pipe.srem(keys.watch_task(task), channel)
+        if channels <= {channel}:
+            pipe.srem(keys.watched_tasks(), _task_member(task))
+
+    # --- reads ---
+
+    async def get(self, *, task: TaskRef, channel: str) -> Watch | None:
+        with _outage():
+            raw = await self._redis.hget(keys.watch_channel(channel), _field(task))
+        return decode(channel, raw) if raw is not None else None
+
+    async def of_channel(self, channel: str) -> list[Watch]:
+        with _outage():
+            raw = await self._redis.hgetall(keys.watch_channel(channel))
+        return _sorted(w for w in (decode(channel, v) for v in raw.values()) if w is not None)
+
+    async def of_task(self, task: TaskRef) -> list[Watch]:
+        """Every channel's watch of exactly this task (project, ep and task id)."""
+        with _outage():
+            channels = sorted(_text(c) for c in await self._redis.smembers(keys.watch_task(task)))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel in channels:
+                    pipe.hget(keys.watch_channel(channel), _field(task))
+                raws = await pipe.execute()
+        found = (decode(c, r) for c, r in zip(channels, raws, strict=True) if r is not None)
+        return [w for w in found if w is not None and w.task == task]
+
+    async def recipients(self, task: TaskRef, now: float) -> list[Watch]:
+        """The watches of ``task`` that should hear of a flip seen at ``now``."""
+        return [w for w in await self.of_task(task) if w.alerts(now)]
+
+    async def channels(self) -> list[str]:
+        with _outage():
+            return sorted(_text(c) for c in await self._redis.smembers(keys.watch_channels()))
+
+    async def all(self) -> list[Watch]:
+        """Every channel's watches, by channel then task id."""
+        channels = await self.channels()
+        with _outage():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel in channels:
+                    pipe.hgetall(keys.watch_channel(channel))
+                raws: list[dict[bytes, bytes]] = await pipe.execute()
+        found = (decode(c, v) for c, raw in zip(channels, raws, strict=True) for v in raw.values())
+        return sorted(
+            (w for w in found if w is not None), key=lambda w: (w.channel, _task_order(w.task))
+        )
+
+    async def watched_tasks(self) -> list[TaskRef]:
+        """Every task at least one channel watches (paused and muted ones included)."""
+        with _outage():
+            members = await self._redis.smembers(keys.watched_tasks())
+        return sorted((_task_of_member(m) for m in members), key=_task_order)
+
+
+def _task_order(t: TaskRef) -> tuple[str, str, str]:
+    return (t.task_id, t.project_id, t.enterprise_project_id or "")
+
+
+def _sorted(watches: Iterable[Watch]) -> list[Watch]:
+    return sorted(watches, key=lambda w: _task_order(w.task))
