@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.config import Settings
 from bot.models import TaskRef
 from bot.ops import metrics
-from bot.ops.metrics import Live, hss_status_label, render
+from bot.ops.gauges import Live, render
+from bot.ops.metrics import hss_status_label
 from bot.ops.server import build_web_app, start_http, web_client
 from bot.runtime import Runtime, open_runtime
 from bot.sandbox.localstack import Stack

@@ -25,7 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
 from bot.errors import ConfigError
-from bot.ops import health, metrics
+from bot.ops import gauges, health, metrics
 from bot.ops.health import Readiness, SlackAuth
 from bot.ops.workers import STOP_GRACE, Workers, build_workers
 from bot.runtime import Runtime, open_runtime
@@ -84,8 +84,8 @@ def build_web_app(
         return web.json_response(body, status=status)
 
     async def metrics_text(request: web.Request) -> web.Response:
-        live = await metrics.read_live(redis=runtime.redis, budget=runtime.budget, watches=watches)
-        response = web.Response(body=metrics.render(live))
+        live = await gauges.read_live(redis=runtime.redis, budget=runtime.budget, watches=watches)
+        response = web.Response(body=gauges.render(live))
         # The classic text format, which every Prometheus reads (generate_latest writes it;
         # aiohttp's content_type= would refuse the version parameter).
         response.headers["Content-Type"] = CONTENT_TYPE_PLAIN_0_0_4
