@@ -27,7 +27,8 @@ from bot.slack.command import (
     validate_name,
     validate_task_id,
 )
-from bot.table import age_text, format_table
+from bot.slack.text import data_age
+from bot.table import format_table
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -227,8 +228,8 @@ def _print_answer(answer: Answer, *, as_json: bool) -> int:
         # The reader left (`| head`); point stdout at devnull so the exit flush stays quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     failed = sum(1 for r in rows if r.sync_status == SyncStatus.FAILED.value)
-    age = age_text(answer.fetched_at, time.time())
-    print(f"{len(rows)} registries, {failed} failed; data from {age}", file=sys.stderr)
+    age = data_age(answer.fetched_at, time.time())
+    print(f"{len(rows)} registries, {failed} failed; {age}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 

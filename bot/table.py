@@ -1,4 +1,4 @@
-"""Plain-text output for the terminal: the registry table and data ages."""
+"""Plain-text output for the terminal: the registry table."""
 
 from __future__ import annotations
 
@@ -9,20 +9,6 @@ from bot.models import Registry
 
 _COLUMNS = ("STATUS", "NAME", "TYPE", "REGISTRY ID", "FAILED REASON")
 _MAX_WIDTH = (9, 40, 13, 36, 80)
-
-
-def age_text(fetched_at: float | None, now: float) -> str:
-    """``42 s ago``, ``3 min ago``, ``2 h ago``; ``no data yet`` when never fetched."""
-    if fetched_at is None:
-        return "no data yet"
-    age = max(0.0, now - fetched_at)
-    if age < 90:
-        return f"{age:.0f} s ago"
-    if age < 90 * 60:
-        return f"{age / 60:.0f} min ago"
-    if age < 48 * 3600:
-        return f"{age / 3600:.0f} h ago"
-    return f"{age / 86400:.0f} days ago"
 
 
 def _width(text: str) -> int:

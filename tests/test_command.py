@@ -292,6 +292,7 @@ def test_watch_commands_accepted(text: str, expected: object) -> None:
         ("watch t1 <!here>", '"!here" is not a channel'),
         ("mute t1 <!subteam^S1|@ops>", "is not a channel"),
         ("watch t1 <#X1|odd>", '"#odd" is not a channel Slack can name'),
+        ("watch t1 <#D1AB|dm>", '"#dm" is not a channel Slack can name'),  # DMs have no #
         ("watch t1 <#C1AB|a> <#C2AB|b>", "Name at most one channel"),
         ("watch t1 failed", 'Unexpected "failed": after the task id, watch takes a #channel'),
         ("watch t1 foo=1", 'Unexpected "foo=1"'),

@@ -46,8 +46,10 @@ def test_hostile_text_is_inert() -> None:
     assert "never" in raw and "? failed" in raw
 
 
-def test_button_values_round_trip() -> None:
-    assert decode_home_value(encode_home_value(REF, "C0123ABCD")) == (REF, "C0123ABCD")
+@pytest.mark.parametrize("channel", ["C0123ABCD", "G0123ABCD", "D0123ABCD"])
+def test_button_values_round_trip(channel: str) -> None:
+    # A watch made by a command typed in a DM lives in that DM: its button must work too.
+    assert decode_home_value(encode_home_value(REF, channel)) == (REF, channel)
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,6 @@ from bot.slack.render import (
     ACTION_SHARE,
     PAGE_SIZE,
     Message,
-    describe_age,
     render_answer,
     render_error,
     render_help,
@@ -283,15 +282,18 @@ def test_share_and_shared_by() -> None:
         (float("nan"), "no data yet"),
         (NOW, "data from 0 s ago"),
         (NOW + 5, "data from 0 s ago"),  # clock skew
-        (NOW - 59.9, "data from 59 s ago"),
-        (NOW - 60, "data from 1 min ago"),
+        (NOW - 59.9, "data from 60 s ago"),
+        (NOW - 90, "data from 2 min ago"),
         (NOW - 3 * 60 - 5, "data from 3 min ago"),
-        (NOW - 2 * 3600, "data from 2 h ago"),
+        (NOW - 90 * 60, "data from 2 h ago"),  # as the CLI says it (rounded, not cut)
         (NOW - 3 * 86400, "data from 3 d ago"),
     ],
 )
-def test_describe_age(fetched_at: float | None, expected: str) -> None:
-    assert describe_age(fetched_at, NOW) == expected
+def test_the_answer_says_how_old_its_data_is(fetched_at: float | None, expected: str) -> None:
+    # The phrase is bot.slack.text.data_age's (tested there at every boundary).
+    blocks = render_answer(answer(fetched_at=fetched_at), now=NOW).blocks
+    [context] = [b for b in blocks if b["type"] == "context"]
+    assert context["elements"][0]["text"].split(" (<!date")[0] == expected
 
 
 # --- paging ----------------------------------------------------------------------------------

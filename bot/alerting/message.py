@@ -27,9 +27,9 @@ from bot.alerting.flips import AlertPlan, Flip, FlipKind, Incident, by_name, gro
 from bot.errors import CommandError
 from bot.models import LookupRequest, SyncStatus, Totals
 from bot.slack.action_value import decode_action_value, encode_action_value
-from bot.slack.blocks import button, context, date_token, header, pack, section
+from bot.slack.blocks import button, context, header, pack, section
 from bot.slack.render import Message, describe_filters
-from bot.slack.text import code, escape_truncated
+from bot.slack.text import USER_ID, code, date_token, escape_truncated
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ _NAME_SHOWN = 72
 _TYPE_SHOWN = 24
 _REASON_SHOWN = 160
 _FALLBACK_SHOWN = 300
-_USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
 _BAD_VALUE = "This button's data is out of date or damaged; run /hss-sync again."
 
 
@@ -203,7 +202,7 @@ def _context(incident: Incident, now: float, acked_by: str | None, muted: float 
 
 
 def _acknowledged(user: str) -> str:
-    if _USER_ID.fullmatch(user):
+    if USER_ID.fullmatch(user):
         return f":eyes: Acknowledged by <@{user}>"
     logger.warning("not showing an acknowledging user id that is not a Slack user id")
     return ":eyes: Acknowledged"

@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from bot.slack.text import unescape
+
 Names = Mapping[str, str]
 
 #: The emoji codes the bot writes (render, alerts, home, watches), as one symbol each.
@@ -35,9 +37,7 @@ EMOJI = {
 #: What formatting leaves alone: a code span, or one of Slack's ``<...>`` tokens. In escaped
 #: mrkdwn every raw ``<`` starts a token, so ``<N>`` is a safe placeholder for piece ``N``.
 _PIECE = re.compile(r"`([^`\n]+)`|<[^<>\n]*>")
-_HOLE_OR_ENTITY = re.compile(r"<(\d+)>|&(lt|gt|amp);")
-_ENTITY = re.compile(r"&(lt|gt|amp);")
-_ENTITIES = {"lt": "<", "gt": ">", "amp": "&"}
+_HOLE_OR_ENTITY = re.compile(r"<(\d+)>|&(?:lt|gt|amp);")
 _EMOJI_CODE = re.compile(r":([a-z0-9_+-]+):")
 #: ``*bold*``, ``_italic_``, ``~strike~`` as Slack reads them: markers at word edges around
 #: text that neither starts nor ends with a space.
@@ -50,11 +50,6 @@ _LINK = re.compile(r"<([^|>]+)\|([^>]+)>")
 _MENTION = re.compile(r"<@([A-Z0-9]+)>")
 #: ``<#C123>`` or ``<#C123|name>``: Slack shows the channel's current name.
 _CHANNEL = re.compile(r"<#([A-Z0-9]+)(?:\|([^>]*))?>")
-
-
-def unescape(text: str) -> str:
-    """Undo Slack's entity escaping in one pass (``&amp;lt;`` is ``&lt;``, not ``<``)."""
-    return _ENTITY.sub(lambda m: _ENTITIES[m[1]], text)
 
 
 def _token(token: str, names: Names) -> str:
@@ -83,7 +78,7 @@ def mrkdwn_text(text: str, names: Names | None = None) -> str:
     for style in _STYLES:
         text = style.sub(r"\1", text)
     # One pass: a piece put back is not read again, an entity undone is not a placeholder.
-    return _HOLE_OR_ENTITY.sub(lambda m: pieces[int(m[1])] if m[1] else _ENTITIES[m[2]], text)
+    return _HOLE_OR_ENTITY.sub(lambda m: pieces[int(m[1])] if m[1] else unescape(m[0]), text)
 
 
 def _text_object(obj: object, names: Names) -> str:

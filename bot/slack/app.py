@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
@@ -40,11 +39,11 @@ from bot.slack.render import (
     ACTION_REFRESH,
     ACTION_SHARE,
     Message,
-    describe_age,
     render_answer,
     render_error,
     render_help,
 )
+from bot.slack.text import USER_ID, data_age
 from bot.slack.watch_handlers import WatchCommands
 
 logger = logging.getLogger(__name__)
@@ -64,7 +63,6 @@ WATCHES_NOT_YET = (
     "version yet. Lookups work: /hss-sync <task_id> [failed|running|finished]."
 )
 _CACHED_MESSAGES = 256
-_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 
 
 def _payload(message: Message, **extra: Any) -> dict[str, Any]:
@@ -157,7 +155,7 @@ class SlackHandlers:
     def _rendered(self, peek: Peek, now: float) -> Message:
         """The first page of a fresh answer. A burst of the same question renders once: the
         text only changes with the data or its age as shown ("42 s ago")."""
-        key = (peek.answer.request, describe_age(peek.answer.fetched_at, now))
+        key = (peek.answer.request, data_age(peek.answer.fetched_at, now))
         cached = self._messages.get(key)
         if cached is not None and cached[0] is peek.source:
             return cached[1]
@@ -251,7 +249,7 @@ class SlackHandlers:
             page=page,
             now=self._clock(),
             shareable=False,
-            shared_by=user if _USER_ID.match(user) else None,
+            shared_by=user if USER_ID.fullmatch(user) else None,
         )
         await respond(**_payload(message, response_type="in_channel", replace_original=False))
 

@@ -7,9 +7,7 @@ which Slack shows literally.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from bot.slack.text import truncate
@@ -45,16 +43,6 @@ def button(label: str, action_id: str, value: str, *, primary: bool = False) -> 
     if primary:
         element["style"] = "primary"
     return element
-
-
-def date_token(epoch: float, fmt: str = "{date_short_pretty} {time}") -> str:
-    """A Slack date token: each reader sees ``epoch`` in their own time zone (``fmt`` is
-    Slack's format, e.g. ``{time_secs}``); the fallback for old clients is UTC. Empty for a
-    time Slack cannot show."""
-    if not math.isfinite(epoch) or not 0 <= epoch < 4e10:
-        return ""
-    fallback = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"<!date^{int(epoch)}^{fmt}|{fallback}>"
 
 
 def pack(lines: Sequence[str]) -> list[dict[str, Any]]:

@@ -4,22 +4,20 @@ Unwatch button. Button values carry the watch's task and channel, re-validated o
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import CommandError
 from bot.models import TaskRef, Totals
-from bot.slack.blocks import button, context, date_token, header, section
-from bot.slack.text import code, escape_truncated
+from bot.slack.blocks import button, context, header, section
+from bot.slack.text import CONVERSATION_ID, channel_mention, code, date_token, escape_truncated
 from bot.slack.words import validate_ep, validate_task_id
 from bot.storage.watch_store import Watch
 
 ACTION_HOME_UNWATCH = "hss_home_unwatch"
 #: App Home allows 100 blocks: a header, a notice, an intro and a footer leave room for 90.
 HOME_ROWS = 90
-_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,30}")
 _PROJECT_MAX = 256
 
 
@@ -40,7 +38,6 @@ def _totals(t: Totals) -> str:
 
 def _row(row: HomeRow) -> dict[str, Any]:
     w = row.watch
-    channel = f"<#{w.channel}>" if _CHANNEL_ID.fullmatch(w.channel) else code(w.channel, 40)
     refreshed = date_token(row.fetched_at) if row.fetched_at is not None else "never"
     alerted = date_token(w.last_alert_at) if w.last_alert_at is not None else "none yet"
     state = (
@@ -49,7 +46,7 @@ def _row(row: HomeRow) -> dict[str, Any]:
         else ""
     )
     text = (
-        f"*{code(w.task.task_id, 70)}* in {channel}{state}\n"
+        f"*{code(w.task.task_id, 70)}* in {channel_mention(w.channel)}{state}\n"
         f"{_totals(row.totals)}\nrefreshed {refreshed} · last alert {alerted}"
     )
     block = section(text)
@@ -92,7 +89,7 @@ def decode_home_value(value: str) -> tuple[TaskRef, str]:
     project, ep, task_id, channel = raw.get("p"), raw.get("e"), raw.get("t"), raw.get("c")
     if not (isinstance(project, str) and 0 < len(project) <= _PROJECT_MAX):
         raise bad
-    if not (isinstance(channel, str) and _CHANNEL_ID.fullmatch(channel)):
+    if not (isinstance(channel, str) and CONVERSATION_ID.fullmatch(channel)):
         raise bad
     if not isinstance(task_id, str) or not (ep is None or isinstance(ep, str)):
         raise bad

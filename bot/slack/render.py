@@ -19,7 +19,6 @@ import re
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from bot.errors import CommandError
@@ -35,7 +34,7 @@ from bot.models import (
 from bot.slack.action_value import encode_action_value
 from bot.slack.blocks import HEADER_MAX, button, context, header, pack, section
 from bot.slack.command import USAGE
-from bot.slack.text import code, escape_truncated, truncate
+from bot.slack.text import USER_ID, code, data_age, date_token, escape_truncated, truncate
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +68,6 @@ _RANK = {SyncStatus.FAILED.value: 0, SyncStatus.RUNNING.value: 1, SyncStatus.FIN
 _UNKNOWN_RANK = 2
 _GROUP_TITLE = {1: "*Running*", 2: "*Status unknown*", 3: "*Finished*"}
 _DIGITS = re.compile(r"[0-9]+")
-_USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
 
 
 @dataclass(frozen=True)
@@ -185,23 +183,12 @@ def _totals_text(totals: Totals) -> str:
     return "   ".join(parts)
 
 
-def describe_age(fetched_at: float | None, now: float) -> str:
-    """``"data from 42 s ago"``, ``"3 min ago"``...; ``"no data yet"`` without data."""
-    if fetched_at is None or not math.isfinite(fetched_at):
-        return "no data yet"
-    age = max(0.0, now - fetched_at) if math.isfinite(now) else 0.0
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if age >= size:
-            return f"data from {int(age // size)} {unit} ago"
-    return f"data from {int(age)} s ago"
-
-
 def _clock(fetched_at: float | None) -> str:
-    """A Slack date token: each reader sees the time in their own time zone."""
-    if fetched_at is None or not 0 <= fetched_at < 4e10:
+    """When the data was fetched, in each reader's own time zone."""
+    if fetched_at is None:
         return ""
-    fallback = datetime.fromtimestamp(fetched_at, UTC).strftime("%H:%M:%S UTC")
-    return f" (<!date^{int(fetched_at)}^{{time_secs}}|{fallback}>)"
+    token = date_token(fetched_at, "{time_secs}", fallback="%H:%M:%S UTC")
+    return f" ({token})" if token else ""
 
 
 def describe_filters(request: LookupRequest) -> str:
@@ -239,7 +226,7 @@ def _fallback(answer: Answer, notice: str | None) -> str:
 
 
 def _shared_by(user: str) -> str:
-    if _USER_ID.fullmatch(user):
+    if USER_ID.fullmatch(user):
         return f"Shared by <@{user}>"
     return f"Shared by {escape_truncated(user, _FILTER_SHOWN)}"
 
@@ -308,7 +295,7 @@ def render_answer(
 def _context_parts(
     answer: Answer, page: int, pages: int, n: int, now: float, shared_by: str | None
 ) -> list[str]:
-    parts = [describe_age(answer.fetched_at, now) + _clock(answer.fetched_at)]
+    parts = [data_age(answer.fetched_at, now) + _clock(answer.fetched_at)]
     filters = describe_filters(answer.request)
     parts.append(f"filters: {filters}" if filters else "no filters")
     if n:

@@ -1,4 +1,8 @@
-"""Make untrusted text safe for Slack.
+"""Slack text: untrusted text made safe, and the tokens and phrases the bot writes.
+
+The one home of escaping and unescaping, code spans and truncation, Slack's date token, the
+user and conversation id patterns, and the phrase for how old data is.
+
 
 Slack treats exactly ``&``, ``<`` and ``>`` as control characters in mrkdwn and in a
 message's fallback ``text``: ``<!channel>``, ``<@U1>``, ``<!subteam^S1>`` ping people and
@@ -15,19 +19,29 @@ Lengths: escaping grows text (``<`` becomes four characters), so the helpers her
 count UTF-16 code units, which is never less than Python's code-point count, so whatever way
 Slack counts characters the result fits; and they never end a string inside a grapheme (a
 surrogate pair, a base letter and its combining marks, an emoji ZWJ sequence).
+
+Ids: :data:`USER_ID` is a person (``U...``, ``W...`` on Enterprise Grid). Two conversation
+patterns, because a command can come from a DM but nobody can name one with ``#``:
+:data:`CONVERSATION_ID` is any conversation a command can come from, and so where a watch can
+live (``C...`` public, ``G...`` private before 2021, ``D...`` a DM); :data:`CHANNEL_ID` is a
+channel Slack's ``#`` autocomplete offers (``C...``, ``G...``), all a command may name.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 ELLIPSIS = "…"
 #: Replaces a backtick inside a code span: mrkdwn has no way to escape one there.
 BACKTICK_LOOKALIKE = "\u02cb"
 
 _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_CHARACTERS = {entity: ch for ch, entity in _ENTITIES.items()}
+_ENTITY = re.compile("|".join(_CHARACTERS))
 _ZWJ = "\u200d"
 _LINE_BREAKS = re.compile("[\t\n\v\f\r\x1c-\x1e\x85\u2028\u2029]+")
 
@@ -39,8 +53,8 @@ def escape(text: str) -> str:
 
 def unescape(text: str) -> str:
     """Inverse of :func:`escape` (Slack sends slash-command text escaped this way)."""
-    # ``&amp;`` last, so that ``&amp;lt;`` becomes ``&lt;`` rather than ``<``.
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    # One pass: what one entity leaves is never read again, so ``&amp;lt;`` is ``&lt;``.
+    return _ENTITY.sub(lambda m: _CHARACTERS[m[0]], text)
 
 
 def utf16_len(text: str) -> int:
@@ -128,3 +142,59 @@ def code(text: str, limit: int) -> str:
     """
     body = escape_truncated(single_line(text).replace("`", BACKTICK_LOOKALIKE), max(limit - 2, 0))
     return f"`{body}`" if body.strip() else ""
+
+
+# --- ids ---------------------------------------------------------------------------------------
+
+#: A person: ``U...``, or ``W...`` on Enterprise Grid.
+USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
+#: Any conversation a command can come from, so where a watch can live: a public channel, a
+#: private one (``G...`` before 2021) or a DM (``D...``).
+CONVERSATION_ID = re.compile(r"[CGD][A-Z0-9]{2,30}")
+#: A channel someone can name in a command: ``#`` autocomplete offers channels, never a DM.
+CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,30}")
+
+
+def channel_mention(conversation: str) -> str:
+    """``<#C123>`` (Slack shows the name), or the text in a code span if it is no id."""
+    return (
+        f"<#{conversation}>" if CONVERSATION_ID.fullmatch(conversation) else code(conversation, 40)
+    )
+
+
+# --- time --------------------------------------------------------------------------------------
+
+NO_DATA = "no data yet"
+#: Each unit is used below its limit, so a unit's smallest count is 2 (90 s is "2 min"):
+#: a reader never sees "1 h ago" for data nearly two hours old.
+_AGE_UNITS = (("s", 1, 90), ("min", 60, 90 * 60), ("h", 3600, 48 * 3600), ("d", 86_400, math.inf))
+
+
+def age(fetched_at: float | None, now: float) -> str:
+    """How old data is, rounded to the nearest unit as people round (halves up): ``42 s
+    ago``, ``3 min ago``, ``2 h ago``, ``3 d ago``; ``no data yet`` without data."""
+    if fetched_at is None or not math.isfinite(fetched_at):
+        return NO_DATA
+    seconds = now - fetched_at
+    if not math.isfinite(seconds) or seconds < 0:
+        seconds = 0.0  # a clock running behind the data's: it is new
+    unit, size = next((unit, size) for unit, size, limit in _AGE_UNITS if seconds < limit)
+    return f"{math.floor(seconds / size + 0.5)} {unit} ago"
+
+
+def data_age(fetched_at: float | None, now: float) -> str:
+    """``data from 42 s ago``; ``no data yet`` without data."""
+    shown = age(fetched_at, now)
+    return shown if shown == NO_DATA else f"data from {shown}"
+
+
+def date_token(
+    epoch: float, fmt: str = "{date_short_pretty} {time}", *, fallback: str = "%Y-%m-%d %H:%M UTC"
+) -> str:
+    """Slack's date token: each reader sees ``epoch`` in their own time zone. ``fmt`` is
+    Slack's format (e.g. ``{time_secs}``), ``fallback`` a strftime format for old clients, in
+    UTC. Empty for a time Slack cannot show."""
+    if not math.isfinite(epoch) or not 0 <= epoch < 4e10:
+        return ""
+    shown = datetime.fromtimestamp(epoch, UTC).strftime(fallback)
+    return f"<!date^{int(epoch)}^{fmt}|{shown}>"

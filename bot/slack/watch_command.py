@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.errors import CommandError
+from bot.slack.text import CHANNEL_ID
 from bot.slack.words import (
     SlackRef,
     Word,
@@ -55,8 +56,6 @@ MIN_MUTE_SECONDS = 60
 MAX_MUTE_SECONDS = 7 * 24 * 3600
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 _DURATION_RE = re.compile(r"(\d{1,7})([mhd])", re.IGNORECASE)
-#: Public channels are C..., private ones created before 2021 may be G...
-_CHANNEL_ID_RE = re.compile(r"[CG][A-Z0-9]{2,30}")
 _WATCH_OPTIONS = ("type", "name", "ep")
 
 
@@ -118,7 +117,7 @@ def _channel(ref: SlackRef, verb: str) -> str:
             f'"{echo(ref.kind + shown)}" is not a channel: {verb} takes a channel such as '
             "#ops, picked from Slack's autocomplete."
         )
-    if not _CHANNEL_ID_RE.fullmatch(ref.ident):
+    if not CHANNEL_ID.fullmatch(ref.ident):
         raise CommandError(f'"#{echo(ref.label or ref.ident)}" is not a channel Slack can name.')
     return ref.ident
 

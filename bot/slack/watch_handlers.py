@@ -8,7 +8,6 @@ registries are failed right now: that is the baseline, not flips.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,10 +19,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import BotError, CommandError
 from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
-from bot.slack.blocks import date_token
 from bot.slack.home import HomeRow, decode_home_value, render_home
 from bot.slack.render import Message, render_error
-from bot.slack.text import code, escape
+from bot.slack.text import channel_mention, code, date_token, escape
 from bot.slack.watch_command import ListWatches, Mute, Unmute, Unwatch, Watch, WatchCommand
 from bot.storage.watch_store import Watch as WatchRecord
 from bot.storage.watch_store import WatchStore, may_change_watches
@@ -35,14 +33,6 @@ Reply = Callable[[Message], Awaitable[None]]
 #: How long a user group's member list is trusted before asking Slack again.
 GROUP_CACHE_SECONDS = 300.0
 _LIST_SHOWN = 40
-
-
-_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,30}")
-
-
-def channel_ref(channel: str) -> str:
-    """A channel mention, or the escaped text when it is not a channel id."""
-    return f"<#{channel}>" if _CHANNEL_ID.fullmatch(channel) else code(channel, 40)
 
 
 def _text(message: str) -> Message:
@@ -67,7 +57,7 @@ def watch_line(w: WatchRecord, now: float) -> str:
     elif w.muted(now) and w.muted_until is not None:
         state = f":mute: muted until {date_token(w.muted_until)}"
     last = f", last alert {date_token(w.last_alert_at)}" if w.last_alert_at else ""
-    where = channel_ref(w.channel)
+    where = channel_mention(w.channel)
     what = filters_text(w.types, w.name)
     return f"• {code(w.task.task_id, 70)} in {where} · {what} · {state}{last}"
 
@@ -124,32 +114,18 @@ class WatchCommands:
     ) -> Message:
         if isinstance(cmd, Watch):
             return await self._watch(cmd, user=user, channel=channel)
+        ref, task, where = self._ref(cmd.task_id), code(cmd.task_id, 70), channel_mention(channel)
         if isinstance(cmd, Unwatch):
-            gone = await self._watches.remove(task=self._ref(cmd.task_id), channel=channel)
-            if gone is None:
-                return _text(
-                    f"Task {code(cmd.task_id, 70)} is not watched in {channel_ref(channel)}."
-                )
-            return _text(
-                f"Stopped watching task {code(cmd.task_id, 70)} in {channel_ref(channel)}."
-            )
-        if isinstance(cmd, Mute):
+            done = await self._watches.remove(task=ref, channel=channel) is not None
+            said = f"Stopped watching task {task} in {where}."
+        elif isinstance(cmd, Mute):
             until = self._clock() + cmd.seconds
-            muted = await self._watches.mute(
-                task=self._ref(cmd.task_id), channel=channel, until=until
-            )
-            if muted is None:
-                return _text(
-                    f"Task {code(cmd.task_id, 70)} is not watched in {channel_ref(channel)}."
-                )
-            task, where = code(cmd.task_id, 70), channel_ref(channel)
-            return _text(f"Muted task {task} in {where} until {date_token(until)}.")
-        unmuted = await self._watches.unmute(task=self._ref(cmd.task_id), channel=channel)
-        if unmuted is None:
-            return _text(f"Task {code(cmd.task_id, 70)} is not watched in {channel_ref(channel)}.")
-        return _text(
-            f"Alerts for task {code(cmd.task_id, 70)} in {channel_ref(channel)} are on again."
-        )
+            done = await self._watches.mute(task=ref, channel=channel, until=until) is not None
+            said = f"Muted task {task} in {where} until {date_token(until)}."
+        else:
+            done = await self._watches.unmute(task=ref, channel=channel) is not None
+            said = f"Alerts for task {task} in {where} are on again."
+        return _text(said if done else f"Task {task} is not watched in {where}.")
 
     async def _watch(self, cmd: Watch, *, user: str, channel: str) -> Message:
         problem = await self.channel_problem(channel)
@@ -164,7 +140,7 @@ class WatchCommands:
         verb = "Watching" if created else "Updated the watch of"
         baseline = await self._baseline(cmd)
         return _text(
-            f"{verb} task {code(cmd.task_id, 70)} in {channel_ref(channel)} "
+            f"{verb} task {code(cmd.task_id, 70)} in {channel_mention(channel)} "
             f"({filters_text(record.types, record.name)}). {baseline} This channel will hear "
             "when a registry fails, and when it recovers."
         )
@@ -249,16 +225,17 @@ class WatchCommands:
     async def channel_problem(self, channel: str) -> str | None:
         """Why the bot cannot post in ``channel``, with how to fix it; None when it can."""
         invite = "invite the app there (`/invite @hss-sync`) and run the command again"
+        where = channel_mention(channel)
         try:
             info = await self._client.conversations_info(channel=channel)
         except SlackApiError as exc:
             error = str(exc.response.get("error", "unknown_error"))
             if error == "channel_not_found":
-                return f"I cannot see {channel_ref(channel)}. If it is a private channel, {invite}."
-            return f"Slack refused to tell me about {channel_ref(channel)} ({escape(error)})."
+                return f"I cannot see {where}. If it is a private channel, {invite}."
+            return f"Slack refused to tell me about {where} ({escape(error)})."
         details = info.get("channel") or {}
         if details.get("is_archived"):
-            return f"{channel_ref(channel)} is archived: choose a channel that is in use."
+            return f"{where} is archived: choose a channel that is in use."
         if details.get("is_member") is False:
-            return f"I am not a member of {channel_ref(channel)}: {invite}."
+            return f"I am not a member of {where}: {invite}."
         return None
