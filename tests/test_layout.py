@@ -15,7 +15,15 @@ BOT = Path(__file__).resolve().parent.parent / "bot"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "core",
-        ("bot", "bot.errors", "bot.models", "bot.mirror", "bot.config", "bot.storage.redis_url"),
+        (
+            "bot",
+            "bot.errors",
+            "bot.models",
+            "bot.mirror",
+            "bot.config",
+            "bot.retry_after",
+            "bot.storage.redis_url",
+        ),
     ),
     ("instrumentation", ("bot.ops", "bot.ops.logs", "bot.ops.metrics")),
     ("storage", ("bot.storage*",)),

@@ -44,6 +44,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.ops import metrics
+from bot.retry_after import parse_retry_after
 from bot.storage import keys
 from bot.storage.outage import REDIS_OUTAGE
 from bot.storage.watch_store import PAUSE_REASONS
@@ -421,7 +422,7 @@ class OutboxSender:
         status = int(exc.response.status_code)
         error = str(exc.response.get("error") or "")
         if status == 429 or error == "ratelimited":
-            wait = _retry_after(exc.response.headers)
+            wait = _retry_after(exc.response.headers, now=self._clock())
             await self._hold(channel, self._clock() + max(wait, self._min_interval))
             self.stats.throttled += 1
             _note_alert(
@@ -507,8 +508,8 @@ class OutboxSender:
             await pipe.execute()
 
 
-def _retry_after(headers: Any) -> float:
-    try:
-        return max(float(headers.get("Retry-After") or headers.get("retry-after") or 1), 0.0)
-    except (TypeError, ValueError):
-        return 1.0
+def _retry_after(headers: Any, *, now: float) -> float:
+    """The wait a 429 asks for; a second when it names none that can be read."""
+    raw = headers.get("Retry-After") or headers.get("retry-after")
+    seconds = parse_retry_after(None if raw is None else str(raw), now=now)
+    return 1.0 if seconds is None else seconds

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -39,6 +38,7 @@ from bot.models import (
     SyncStatus,
     TaskRef,
 )
+from bot.retry_after import parse_retry_after
 
 #: Longest error text kept from a response body (gateways may send whole HTML pages).
 _MAX_ERROR_TEXT = 300
@@ -145,7 +145,8 @@ def _error_for(response: httpx.Response, secrets: Sequence[str]) -> HssError:
     if status in (401, 403):
         return HssAuthError(**kwargs)
     if status == 429:
-        return HssThrottledError(retry_after=_retry_after(response), **kwargs)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+        return HssThrottledError(retry_after=retry_after, **kwargs)
     if status == 404 or code == "HSS.0011":
         return HssNotFoundError(**kwargs)
     if status >= 500:
@@ -222,18 +223,3 @@ def _text(value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return ""
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds from ``Retry-After`` (delta-seconds or HTTP date); None when absent/invalid."""
-    raw = response.headers.get("Retry-After", "").strip()
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
