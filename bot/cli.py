@@ -188,15 +188,12 @@ def _query(request: LookupRequest, settings: Settings, *, as_json: bool) -> int:
 
 
 async def _fetch(settings: Settings, request: LookupRequest) -> Answer:
-    from bot.lookup import note_lookup
-
     started = time.monotonic()
     runtime = await _open_runtime(settings)
     try:
-        peek = await runtime.lookups.peek(request)
-        if peek.fresh:
-            note_lookup(peek.answer, "fresh", started=started, now=time.time())
-            return peek.answer
+        question = await runtime.lookups.ask(request, started=started)
+        if question.peek.fresh:
+            return question.peek.answer
         wait = await runtime.lookups.wait_estimate(request)
         if wait > 1.0:
             print(
@@ -204,13 +201,7 @@ async def _fetch(settings: Settings, request: LookupRequest) -> Answer:
                 f"(budget {settings.rate_limit} shared by every user of this AK)…",
                 file=sys.stderr,
             )
-        try:
-            answer = await runtime.lookups.refresh(request)
-        except BotError as exc:
-            note_lookup(peek.answer, "failed", started=started, now=time.time(), error=exc)
-            raise
-        note_lookup(answer, "refreshed", started=started, now=time.time())
-        return answer
+        return await runtime.lookups.follow_up(question)
     finally:
         await runtime.aclose()
 

@@ -4,6 +4,12 @@
 the mirror to the wanted freshness with the fewest calls: identical refreshes in this process
 share one fetch, and across replicas a per-view lock in Redis makes the others wait for the
 winner's result instead of spending calls of their own.
+
+A lookup a person asks for goes one way, whoever asks (Slack, the CLI, an alert's buttons):
+``ask`` peeks, and a fresh answer ends it; otherwise the caller shows what it likes (Slack
+acks with the older data, the CLI says it waits) and ``follow_up`` refreshes. Each question
+is logged and counted once, with its last answer: ``fresh``, ``refreshed``, ``failed`` or
+``gave_up``. ``lookup`` is the two in a row, for callers with nothing to show in between.
 """
 
 from __future__ import annotations
@@ -64,6 +70,15 @@ class Peek:
     fresh: bool
     #: The snapshot the answer came from: the same object means the same answer.
     source: Snapshot = field(default_factory=Snapshot, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """A lookup a person asked for: what the mirror said then, and when (monotonic) they
+    asked. ``peek.fresh``: answered and recorded; else :meth:`LookupService.follow_up`."""
+
+    peek: Peek
+    started: float
 
 
 def answer_from(snap: Snapshot, request: LookupRequest, view: View | None) -> Answer:
@@ -170,19 +185,49 @@ class LookupService:
     async def lookup(
         self, request: LookupRequest, *, priority: Priority = Priority.INTERACTIVE
     ) -> Answer:
-        """Peek, and refresh unless fresh: one lookup, logged and counted as one."""
-        started = time.monotonic()
+        """Ask, and follow up unless the mirror was fresh: one lookup, recorded once."""
+        question = await self.ask(request)
+        if question.peek.fresh:
+            return question.peek.answer
+        return await self.follow_up(question, priority=priority)
+
+    async def ask(self, request: LookupRequest, *, started: float | None = None) -> Question:
+        """Peek for a person (no call). A fresh answer is their last, so it is recorded here.
+        ``started`` (monotonic): when they asked, if that was before this call."""
+        started = time.monotonic() if started is None else started
         peek = await self.peek(request)
         if peek.fresh:
-            note_lookup(peek.answer, "fresh", started=started, now=self._clock())
-            return peek.answer
+            _note_lookup(peek.answer, "fresh", started=started, now=self._clock())
+        return Question(peek=peek, started=started)
+
+    async def follow_up(
+        self,
+        question: Question,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        max_age: float | None = None,
+        max_wait: float | None = None,
+    ) -> Answer:
+        """Refresh for ``question`` (see :meth:`refresh` for ``max_age``) and record how it
+        ended: ``refreshed``; ``failed``, raising the ``BotError``; or ``gave_up`` past
+        ``max_wait`` seconds, raising ``TimeoutError``."""
+        stale = question.peek.answer
         try:
-            answer = await self.refresh(request, priority=priority)
+            async with asyncio.timeout(max_wait):
+                answer = await self.refresh(stale.request, priority=priority, max_age=max_age)
         except BotError as exc:
-            note_lookup(peek.answer, "failed", started=started, now=self._clock(), error=exc)
+            self._record(question, stale, "failed", error=exc)
             raise
-        note_lookup(answer, "refreshed", started=started, now=self._clock())
+        except TimeoutError:
+            self._record(question, stale, "gave_up")
+            raise
+        self._record(question, answer, "refreshed")
         return answer
+
+    def _record(
+        self, question: Question, answer: Answer, outcome: str, error: BaseException | None = None
+    ) -> None:
+        _note_lookup(answer, outcome, started=question.started, now=self._clock(), error=error)
 
     async def refresh(
         self,
@@ -377,7 +422,7 @@ class LookupService:
             )
 
 
-def note_lookup(
+def _note_lookup(
     answer: Answer,
     outcome: str,
     *,

@@ -75,6 +75,11 @@ async def followup(
     return [c.body for c in got if c.kind == "response" and c.name == reply.response_id][index]
 
 
+def outcomes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The outcome of each ``lookup`` line logged (one per question asked)."""
+    return [r.outcome for r in caplog.records if getattr(r, "event", None) == "lookup"]
+
+
 def text_of(message: dict[str, Any]) -> str:
     return json.dumps(message, ensure_ascii=False)
 
@@ -179,7 +184,10 @@ async def test_paging_replaces_the_message_in_place_without_calls(make_stack: Ma
     assert calls(stack) == 1
 
 
-async def test_refresh_clicks_by_many_people_cost_one_call(make_stack: MakeStack) -> None:
+async def test_refresh_clicks_by_many_people_cost_one_call(
+    make_stack: MakeStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.lookup")
     stack = await make_stack(env={"HSS_FRESH_SECONDS": "0.3"})
     first = await followup(stack, await stack.user.command_text(f"{TASK} failed"))
     await asyncio.sleep(0.4)
@@ -188,6 +196,7 @@ async def test_refresh_clicks_by_many_people_cost_one_call(make_stack: MakeStack
     answers = await asyncio.gather(*(followup(stack, c) for c in clicks))
     assert all("data from" in text_of(a) for a in answers)
     assert calls(stack) == 2
+    assert outcomes(caplog) == ["refreshed"] * 6  # the command, then each click
 
 
 async def test_share_posts_to_the_channel(make_stack: MakeStack) -> None:
@@ -265,7 +274,10 @@ async def test_slow_hss_never_delays_the_ack(make_stack: MakeStack) -> None:
     assert "data from" in text_of(fresh)
 
 
-async def test_hss_outage_shows_the_error_with_older_data(make_stack: MakeStack) -> None:
+async def test_hss_outage_shows_the_error_with_older_data(
+    make_stack: MakeStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.lookup")
     stack = await make_stack(env={"HSS_FRESH_SECONDS": "0.2"})
     await followup(stack, await stack.user.command_text(f"{TASK} failed"))
     await asyncio.sleep(0.3)
@@ -275,6 +287,7 @@ async def test_hss_outage_shows_the_error_with_older_data(make_stack: MakeStack)
     answer = text_of(await followup(stack, reply, timeout=15.0))
     assert "not answering properly" in answer
     assert all(name in answer for name in failed_names(stack))
+    assert outcomes(caplog) == ["refreshed", "failed"]
 
 
 async def test_redis_outage_still_answers_with_one_warning(
@@ -299,7 +312,10 @@ async def test_redis_outage_still_answers_with_one_warning(
     await asyncio.to_thread(redis_server.start)
 
 
-async def test_an_answer_that_cannot_come_in_time_says_so(make_stack: MakeStack) -> None:
+async def test_an_answer_that_cannot_come_in_time_says_so(
+    make_stack: MakeStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.lookup")
     stack = await make_stack(env={"HSS_RATE_LIMIT": "1/30s"}, max_wait=0.5)
     await followup(stack, await stack.user.command_text(f"{TASK} failed"))
     reply = await stack.user.command_text("other-task failed")
@@ -307,6 +323,7 @@ async def test_an_answer_that_cannot_come_in_time_says_so(make_stack: MakeStack)
     answer = await followup(stack, reply, timeout=5.0)
     assert GAVE_UP.split(":")[0] in text_of(answer)
     assert calls(stack) == 1
+    assert outcomes(caplog) == ["refreshed", "gave_up"]
 
 
 @pytest.mark.parametrize(

@@ -26,9 +26,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.alerting.message import ACTION_PATTERN as ALERT_ACTIONS
 from bot.errors import BotError, CommandError
 from bot.hss.budget import Priority
-from bot.lookup import MIN_REFRESH_AGE, LookupService, Peek, note_lookup
+from bot.lookup import MIN_REFRESH_AGE, LookupService, Peek, Question
 from bot.mirror import Snapshot
-from bot.models import Answer, LookupRequest
+from bot.models import LookupRequest
 from bot.ops import logs, metrics
 from bot.slack.action_value import decode_action_value
 from bot.slack.alert_buttons import AlertButtons
@@ -131,12 +131,10 @@ class SlackHandlers:
         await self._watch_commands.handle(parsed, command, reply)
 
     async def _answer(self, ack: AsyncAck, respond: AsyncRespond, request: LookupRequest) -> None:
-        started = time.monotonic()
-        peek = await self._lookups.peek(request)
-        now = self._clock()
+        question = await self._lookups.ask(request)
+        peek, now = question.peek, self._clock()
         if peek.fresh:
             await ack(**_payload(self._rendered(peek, now), response_type="ephemeral"))
-            note_lookup(peek.answer, "fresh", started=started, now=now)
             return
         notice = await self._pending_notice(request, now)
         await ack(
@@ -146,11 +144,7 @@ class SlackHandlers:
         )
         # Someone with no answer at all needs a call more than someone looking at older data.
         priority = Priority.BACKGROUND if peek.answer.has_data else Priority.INTERACTIVE
-        self._spawn(
-            self._deliver(
-                respond, request, stale=peek.answer, page=0, priority=priority, started=started
-            )
-        )
+        self._spawn(self._deliver(respond, question, page=0, priority=priority))
 
     def _rendered(self, peek: Peek, now: float) -> Message:
         """The first page of a fresh answer. A burst of the same question renders once: the
@@ -174,29 +168,25 @@ class SlackHandlers:
     async def _deliver(
         self,
         respond: AsyncRespond,
-        request: LookupRequest,
+        question: Question,
         *,
-        stale: Answer,
         page: int,
         max_age: float | None = None,
         priority: Priority = Priority.INTERACTIVE,
-        started: float | None = None,
     ) -> None:
-        """Refresh, then replace the pending message with the fresh answer or the error.
-        ``started`` (monotonic): when the person asked, for the lookup's log line."""
-        started = time.monotonic() if started is None else started
+        """Follow ``question`` up, then replace the pending message with the fresh answer or
+        the error shown over the older data."""
+        stale = question.peek.answer
         try:
-            async with asyncio.timeout(self._max_wait):
-                answer = await self._lookups.refresh(request, priority=priority, max_age=max_age)
+            answer = await self._lookups.follow_up(
+                question, priority=priority, max_age=max_age, max_wait=self._max_wait
+            )
             message = render_answer(answer, page=page, now=self._clock())
-            note_lookup(answer, "refreshed", started=started, now=self._clock())
         except BotError as exc:
             message = render_answer(stale, page=page, now=self._clock(), notice=exc.user_message())
-            note_lookup(stale, "failed", started=started, now=self._clock(), error=exc)
         except TimeoutError:
             # response_url expires after 30 minutes: say so rather than go silent.
             message = render_answer(stale, page=page, now=self._clock(), notice=GAVE_UP)
-            note_lookup(stale, "gave_up", started=started, now=self._clock())
         await respond(**_payload(message, response_type="ephemeral", replace_original=True))
 
     # --- buttons ---
@@ -234,9 +224,9 @@ class SlackHandlers:
             await respond(**_payload(message, response_type="ephemeral", replace_original=True))
         # Data younger than this is what a refresh would fetch anyway: clicks cost nothing.
         max_age = min(MIN_REFRESH_AGE, self._lookups.fresh_seconds)
-        await self._deliver(
-            respond, request, stale=peek.answer, page=page, max_age=max_age, started=started
-        )
+        # A click always asks for newer data, whatever the peek said.
+        question = Question(peek=peek, started=started)
+        await self._deliver(respond, question, page=page, max_age=max_age)
 
     async def _share(self, body: dict[str, Any], respond: AsyncRespond) -> None:
         clicked = await self._clicked(body, respond)
