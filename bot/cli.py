@@ -13,8 +13,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings
 from bot.errors import BotError, CommandError, ConfigError, ConfigErrors, StoreError
@@ -39,6 +39,23 @@ logger = logging.getLogger("bot.cli")
 
 
 class _Parser(argparse.ArgumentParser):
+    """Errors in one line. A sub-command made with ``owns_flags=True`` (simulate, demo)
+    parses its own flags and shows its own ``--help``: this parser only hands it every
+    argument after its name, as given, in ``args.argv``."""
+
+    def __init__(self, *args: Any, owns_flags: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._owns_flags = owns_flags
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if not self._owns_flags:
+            return super().parse_known_args(args, namespace)
+        parsed, _ = super().parse_known_args([], namespace or argparse.Namespace())  # defaults
+        parsed.argv = list(sys.argv[1:] if args is None else args)
+        return parsed, []
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse's own error() prints the whole usage block; one line is kinder.
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
@@ -50,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0].replace("``", "") if __doc__ else "",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("run", help="serve Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)")
+    run = sub.add_parser("run", help="serve Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)")
+    run.set_defaults(func=_run_command)
     q = sub.add_parser("query", help="print the registries of an image-sync task")
     q.add_argument("task_id")
     q.add_argument("status", nargs="?", help="finished, running or failed")
@@ -60,42 +78,74 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--name", help="registry name (substring)")
     q.add_argument("--ep", help="enterprise project id (default HSS_ENTERPRISE_PROJECT_ID)")
     q.add_argument("--json", action="store_true", help="print a JSON array")
-    sub.add_parser("simulate", help="serve the HSS simulator (see simulate --help)", add_help=False)
-    sub.add_parser(
-        "demo", help="play a scripted Slack session on embedded defaults", add_help=False
+    q.set_defaults(func=_query_command)
+    simulate = sub.add_parser(
+        "simulate",
+        help="serve the HSS simulator (see simulate --help)",
+        add_help=False,
+        owns_flags=True,
     )
-    sub.add_parser("reset-auth", help="allow HSS calls again after an authentication failure")
+    simulate.set_defaults(func=_simulate_command)
+    demo = sub.add_parser(
+        "demo",
+        help="play a scripted Slack session on embedded defaults",
+        add_help=False,
+        owns_flags=True,
+    )
+    demo.set_defaults(func=_demo_command)
+    reset = sub.add_parser(
+        "reset-auth", help="allow HSS calls again after an authentication failure"
+    )
+    reset.set_defaults(func=_reset_auth_command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    # simulate and demo own their flags.
-    if args_list[:1] == ["simulate"]:
-        from bot.sandbox.sim_server import cli_main as simulate_main
+    args = build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.func
+    return command(args)
 
-        return int(simulate_main(args_list[1:]))
-    if args_list[:1] == ["demo"]:
-        from bot.sandbox.demo import main as demo_main
 
-        return int(demo_main(args_list[1:]))
-    args = build_parser().parse_args(args_list)
-    request = None
-    if args.command == "query":
-        try:  # bad usage is reported before configuration, like argparse's own errors
-            request = request_from_args(args)
-        except CommandError as exc:
-            print(f"hss-sync-bot query: {exc.user_message()}", file=sys.stderr)
-            return EXIT_USAGE
+# --- the sub-commands ---
+
+
+def _simulate_command(args: argparse.Namespace) -> int:
+    from bot.sandbox.sim_server import cli_main
+
+    return int(cli_main(args.argv))
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from bot.sandbox.demo import main as demo_main
+
+    return int(demo_main(args.argv))
+
+
+def _query_command(args: argparse.Namespace) -> int:
+    try:  # bad usage is reported before configuration, like argparse's own errors
+        request = request_from_args(args)
+    except CommandError as exc:
+        print(f"hss-sync-bot query: {exc.user_message()}", file=sys.stderr)
+        return EXIT_USAGE
+    return _configured("query", lambda settings: _query(request, settings, as_json=args.json))
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    return _configured("run", _run)
+
+
+def _reset_auth_command(args: argparse.Namespace) -> int:
+    return _configured("reset-auth", _reset_auth)
+
+
+def _configured(command: str, work: Callable[[Settings], int]) -> int:
+    """``work`` with the settings and logging ``command`` needs; configuration and other
+    bot errors become one line on stderr and the exit status."""
     try:
-        settings = _settings(args.command)
-        level = settings.log_level or ("INFO" if args.command == "run" else "WARNING")
+        settings = _settings(command)
+        level = settings.log_level or ("INFO" if command == "run" else "WARNING")
         _configure_logging(level, logs.secret_values(settings))
-        if request is not None:
-            return _query(request, settings, as_json=args.json)
-        if args.command == "run":
-            return _run(settings)
-        return _reset_auth(settings)
+        return work(settings)
     except ConfigError as exc:
         for each in exc.problems if isinstance(exc, ConfigErrors) else [exc]:
             print(f"hss-sync-bot: {each.variable}: {each.problem}", file=sys.stderr)

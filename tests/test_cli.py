@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from bot.cli import build_parser
 from bot.models import REGISTRY_TYPES, Registry, SyncStatus
 from bot.sandbox.simdata import Query
 from bot.sandbox.simulator import DEMO_AK, DEMO_PROJECT_ID, DEMO_SK, SimConfig, Simulator
@@ -592,6 +593,7 @@ async def test_temporary_credentials_never_show_even_in_debug_logs(
         (["--help"], ["query", "simulate", "reset-auth"]),
         (["query", "--help"], ["task_id", "--type", "--name", "--ep", "--json"]),
         (["simulate", "--help"], ["--port", "--rate-limit"]),
+        (["demo", "--help"], ["hss-sync-bot demo", "--json", "--interactive"]),
     ],
 )
 async def test_help_exits_0(cli: Cli, argv: list[str], says: list[str]) -> None:
@@ -599,6 +601,27 @@ async def test_help_exits_0(cli: Cli, argv: list[str], says: list[str]) -> None:
     assert run.code == 0
     for text in says:
         assert text in run.stdout
+
+
+@pytest.mark.parametrize("command", ["simulate", "demo"])
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["--help"], ["-h", "--port", "0"], ["--port=0", "--", "-x"], ["--seed", "-1", "x"]],
+)
+def test_simulate_and_demo_get_their_arguments_as_given(command: str, argv: list[str]) -> None:
+    args = build_parser().parse_args([command, *argv])
+    assert (args.command, args.argv) == (command, argv)
+
+
+def test_an_unknown_flag_before_the_sub_command_is_refused_not_passed_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--bogus", "simulate"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "hss-sync-bot: unrecognized arguments: --bogus (see --help)\n"
+    )
 
 
 async def test_simulate_refuses_unknown_flags(cli: Cli) -> None:
