@@ -8,7 +8,6 @@ so that no repr, log line or error message can show them by accident.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -137,60 +136,55 @@ class Settings:
     @classmethod
     def parse(cls, environ: Mapping[str, str]) -> tuple[Settings, list[ConfigError]]:
         """Settings with defaults in place of malformed values, and every problem found:
-        an operator fixes a broken deployment in one round, not one variable per restart."""
+        an operator fixes a broken deployment in one round, not one variable per restart.
+        Each default is the field's own, above."""
         env = {k: v for k, v in environ.items() if v.strip() != ""}
         problems: list[ConfigError] = []
 
-        def check(read: Callable[[], T], default: T) -> T:
-            try:
-                return read()
-            except ConfigError as exc:
-                problems.append(exc)
+        def read(name: str, convert: Callable[[str], T], default: T) -> T:
+            """``convert`` of variable ``name``; ``default`` when it is unset, or malformed
+            (which is reported)."""
+            raw = env.get(name)
+            if raw is None:
                 return default
+            try:
+                return convert(raw)
+            except _Refused as exc:
+                problems.append(ConfigError(name, str(exc)))
+            except ValueError as exc:
+                problems.append(ConfigError(name, f"{raw!r} is not valid: {exc}"))
+            return default
 
-        secret = _secret_getter(env)
-        endpoint = check(lambda: _endpoint(env), None)
-        region = check(lambda: _region(env, endpoint), None)
-        slack_api_url = check(
-            lambda: _check_url("SLACK_API_URL", env.get("SLACK_API_URL", DEFAULT_SLACK_API_URL)),
-            DEFAULT_SLACK_API_URL,
-        )
+        d = cls()  # every field's default
+        # Problems are reported in the order read.
+        endpoint = read("HSS_ENDPOINT", _endpoint, d.endpoint)
+        region = read("HSS_REGION", lambda raw: _region(raw, endpoint), d.region)
+        slack_api_url = read("SLACK_API_URL", _slack_api_url, d.slack_api_url)
         settings = cls(
-            slack_bot_token=secret("SLACK_BOT_TOKEN"),
-            slack_signing_secret=secret("SLACK_SIGNING_SECRET"),
-            slack_app_token=check(lambda: _app_token(secret("SLACK_APP_TOKEN")), None),
-            slack_api_url=slack_api_url if slack_api_url.endswith("/") else slack_api_url + "/",
-            ak=secret("CLOUD_SDK_AK"),
-            sk=secret("CLOUD_SDK_SK"),
-            security_token=secret("CLOUD_SDK_SECURITY_TOKEN"),
-            project_id=check(lambda: _bounded(env, "HSS_PROJECT_ID", PROJECT_ID_MAX), None),
+            slack_bot_token=read("SLACK_BOT_TOKEN", _secret, d.slack_bot_token),
+            slack_signing_secret=read("SLACK_SIGNING_SECRET", _secret, d.slack_signing_secret),
+            slack_app_token=read("SLACK_APP_TOKEN", _app_token, d.slack_app_token),
+            slack_api_url=slack_api_url,
+            ak=read("CLOUD_SDK_AK", _secret, d.ak),
+            sk=read("CLOUD_SDK_SK", _secret, d.sk),
+            security_token=read("CLOUD_SDK_SECURITY_TOKEN", _secret, d.security_token),
+            project_id=read("HSS_PROJECT_ID", _bounded(PROJECT_ID_MAX), d.project_id),
             region=region,
-            endpoint=endpoint.rstrip("/") if endpoint else None,
-            enterprise_project_id=check(
-                lambda: _bounded(env, "HSS_ENTERPRISE_PROJECT_ID", EP_ID_MAX), None
+            endpoint=endpoint,
+            enterprise_project_id=read(
+                "HSS_ENTERPRISE_PROJECT_ID", _bounded(EP_ID_MAX), d.enterprise_project_id
             ),
-            rate_limit=check(
-                lambda: _parse(env, "HSS_RATE_LIMIT", RateLimit.parse, RateLimit(5, 60.0)),
-                RateLimit(5, 60.0),
+            rate_limit=read("HSS_RATE_LIMIT", RateLimit.parse, d.rate_limit),
+            fresh_seconds=read("HSS_FRESH_SECONDS", _non_negative_float, d.fresh_seconds),
+            redis_url=read("REDIS_URL", _redis_url, d.redis_url),
+            port=read("PORT", _port, d.port),
+            data_dir=read("HSS_DATA_DIR", Path, d.data_dir),
+            command_name=read("HSS_SLASH_COMMAND", _command_name, d.command_name),
+            log_level=read("LOG_LEVEL", _log_level, d.log_level),
+            poll_interval_seconds=read(
+                "POLL_INTERVAL_SECONDS", _poll_interval, d.poll_interval_seconds
             ),
-            fresh_seconds=check(
-                lambda: _parse(env, "HSS_FRESH_SECONDS", _non_negative_float, 60.0), 60.0
-            ),
-            redis_url=check(lambda: _redis_url(env.get("REDIS_URL")), None),
-            port=check(lambda: _parse(env, "PORT", _port, 3000), 3000),
-            data_dir=Path(env.get("HSS_DATA_DIR", ".hss-sync-bot")),
-            command_name=check(
-                lambda: _parse(env, "HSS_SLASH_COMMAND", _command_name, DEFAULT_COMMAND),
-                DEFAULT_COMMAND,
-            ),
-            log_level=check(lambda: _parse(env, "LOG_LEVEL", _log_level, None), None),
-            poll_interval_seconds=check(
-                lambda: _parse(env, "POLL_INTERVAL_SECONDS", _poll_interval, DEFAULT_POLL_INTERVAL),
-                DEFAULT_POLL_INTERVAL,
-            ),
-            watch_admins=check(
-                lambda: _parse(env, "HSS_WATCH_ADMINS", _slack_ids, frozenset()), frozenset()
-            ),
+            watch_admins=read("HSS_WATCH_ADMINS", _slack_ids, d.watch_admins),
         )
         return settings, problems
 
@@ -208,10 +202,6 @@ class Settings:
                 problems.append(missing)
         raise_all(problems)
         return settings
-
-    @classmethod
-    def from_os(cls) -> Settings:
-        return cls.from_env(os.environ)
 
     @property
     def hss_endpoint(self) -> str:
@@ -253,14 +243,6 @@ class Settings:
             )
         return problems
 
-    def require_hss(self) -> None:
-        """Raise ``ConfigError`` unless everything needed to call HSS is set."""
-        raise_all(self.hss_problems())
-
-    def require_slack(self) -> None:
-        """Raise ``ConfigError`` unless everything needed to serve Slack is set."""
-        raise_all(self.slack_problems())
-
     @property
     def budget_scope(self) -> str:
         """Everything sharing this scope shares one call budget: the same AK means the same
@@ -283,53 +265,47 @@ def raise_all(problems: list[ConfigError]) -> None:
         raise ConfigErrors(problems)
 
 
-def _endpoint(env: Mapping[str, str]) -> str | None:
-    endpoint = env.get("HSS_ENDPOINT")
-    if endpoint is not None:
-        _check_url("HSS_ENDPOINT", endpoint)
-    return endpoint
+class _Refused(ValueError):
+    """A malformed value, with the whole sentence saying why (other ``ValueError``s are
+    prefixed with the value)."""
 
 
-def _region(env: Mapping[str, str], endpoint: str | None) -> str | None:
-    region = env.get("HSS_REGION")
-    if region is not None and region not in HSS_REGIONS and endpoint is None:
-        raise ConfigError(
-            "HSS_REGION",
-            f"unknown region {region!r}; use one of HSS's regions "
-            "(for example ap-southeast-1) or set HSS_ENDPOINT",
+def _endpoint(raw: str) -> str:
+    return _url(raw).rstrip("/")
+
+
+def _region(raw: str, endpoint: str | None) -> str:
+    if raw not in HSS_REGIONS and endpoint is None:
+        raise _Refused(
+            f"unknown region {raw!r}; use one of HSS's regions "
+            "(for example ap-southeast-1) or set HSS_ENDPOINT"
         )
-    return region
+    return raw
 
 
-def _secret_getter(env: Mapping[str, str]) -> Callable[[str], Secret | None]:
-    def get(name: str) -> Secret | None:
-        value = env.get(name)
-        return Secret(value.strip()) if value is not None else None
-
-    return get
+def _slack_api_url(raw: str) -> str:
+    url = _url(raw)
+    return url if url.endswith("/") else url + "/"
 
 
-def _app_token(token: Secret | None) -> Secret | None:
-    if token is not None and not token.reveal().startswith("xapp-"):
-        raise ConfigError("SLACK_APP_TOKEN", "must be an app-level token starting with xapp-")
+def _secret(raw: str) -> Secret:
+    return Secret(raw.strip())
+
+
+def _app_token(raw: str) -> Secret:
+    token = _secret(raw)
+    if not token.reveal().startswith("xapp-"):
+        raise _Refused("must be an app-level token starting with xapp-")
     return token
 
 
-def _bounded(env: Mapping[str, str], name: str, maximum: int) -> str | None:
-    value = env.get(name)
-    if value is not None and len(value) > maximum:
-        raise ConfigError(name, f"too long ({len(value)} characters; at most {maximum})")
-    return value
+def _bounded(maximum: int) -> Callable[[str], str]:
+    def check(raw: str) -> str:
+        if len(raw) > maximum:
+            raise _Refused(f"too long ({len(raw)} characters; at most {maximum})")
+        return raw
 
-
-def _parse(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        raise ConfigError(name, f"{raw!r} is not valid: {exc}") from None
+    return check
 
 
 def _number(raw: str, kind: Callable[[str], T], expected: str) -> T:
@@ -388,24 +364,23 @@ def _command_name(raw: str) -> str:
     return raw
 
 
-def _redis_url(raw: str | None) -> str | None:
-    if raw is not None:
-        try:
-            parse_redis_url(raw)
-        except ValueError as exc:
-            raise ConfigError("REDIS_URL", str(exc)) from None
+def _redis_url(raw: str) -> str:
+    try:
+        parse_redis_url(raw)
+    except ValueError as exc:
+        raise _Refused(str(exc)) from None
     return raw
 
 
-def _check_url(name: str, value: str) -> str:
+def _url(value: str) -> str:
     problem = f"{value!r} is not an http(s) URL such as https://host[:port][/path]"
     if any(ch.isspace() or not ch.isprintable() for ch in value):
-        raise ConfigError(name, problem)
+        raise _Refused(problem)
     try:
         parts = urlsplit(value)
         _ = parts.port  # raises ValueError for a port that is not a number 0-65535
     except ValueError:
-        raise ConfigError(name, problem) from None
+        raise _Refused(problem) from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigError(name, problem)
+        raise _Refused(problem)
     return value

@@ -97,7 +97,8 @@ async def open_runtime(
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Runtime:
-    """Everything a process needs to answer lookups. ``settings.require_hss()`` must hold."""
+    """Everything a process needs to answer lookups, from settings that
+    ``Settings.for_command(..., hss=True)`` accepted."""
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is not None:
         url = settings.redis_url

@@ -302,9 +302,11 @@ def test_no_region_and_no_endpoint() -> None:
 HSS_ENV = {k: FULL_ENV[k] for k in ("CLOUD_SDK_AK", "CLOUD_SDK_SK", "HSS_PROJECT_ID", "HSS_REGION")}
 
 
-def test_require_hss_accepts_a_complete_configuration() -> None:
-    Settings.from_env(HSS_ENV).require_hss()
-    Settings.from_env({**HSS_ENV, "HSS_REGION": "", "HSS_ENDPOINT": "http://h:1"}).require_hss()
+def test_hss_commands_accept_a_complete_configuration() -> None:
+    settings = Settings.for_command(HSS_ENV, hss=True, slack=False)
+    assert settings.hss_endpoint == "https://hss.ap-southeast-1.myhuaweicloud.com"
+    by_endpoint = {**HSS_ENV, "HSS_REGION": "", "HSS_ENDPOINT": "http://h:1"}
+    assert Settings.for_command(by_endpoint, hss=True, slack=False).hss_endpoint == "http://h:1"
 
 
 @pytest.mark.parametrize(
@@ -316,10 +318,11 @@ def test_require_hss_accepts_a_complete_configuration() -> None:
         ("HSS_REGION", "HSS_REGION"),
     ],
 )
-def test_require_hss_names_what_is_missing(missing: str, variable: str) -> None:
-    settings = Settings.from_env({k: v for k, v in HSS_ENV.items() if k != missing})
+def test_hss_commands_name_what_is_missing(missing: str, variable: str) -> None:
+    env = {k: v for k, v in HSS_ENV.items() if k != missing}
     with pytest.raises(ConfigError) as info:
-        settings.require_hss()
+        Settings.for_command(env, hss=True, slack=False)
+    assert type(info.value) is ConfigError  # that one variable, nothing else
     assert info.value.variable == variable
     assert SK not in str(info.value)
 
@@ -336,24 +339,30 @@ def test_require_hss_names_what_is_missing(missing: str, variable: str) -> None:
         },
     ],
 )
-def test_require_slack_accepts_http_or_socket_mode(env: dict[str, str]) -> None:
-    Settings.from_env(env).require_slack()
+def test_slack_accepts_http_or_socket_mode(env: dict[str, str]) -> None:
+    assert Settings.for_command(env, hss=False, slack=True).slack_bot_token == Secret(BOT_TOKEN)
 
 
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
-        ({}, "SLACK_BOT_TOKEN"),
         ({"SLACK_SIGNING_SECRET": SIGNING}, "SLACK_BOT_TOKEN"),
         ({"SLACK_APP_TOKEN": APP_TOKEN}, "SLACK_BOT_TOKEN"),
         ({"SLACK_BOT_TOKEN": BOT_TOKEN}, "SLACK_SIGNING_SECRET"),
     ],
 )
-def test_require_slack_names_what_is_missing(env: dict[str, str], variable: str) -> None:
+def test_slack_names_what_is_missing(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as info:
-        Settings.from_env(env).require_slack()
+        Settings.for_command(env, hss=False, slack=True)
+    assert type(info.value) is ConfigError
     assert info.value.variable == variable
     assert BOT_TOKEN not in str(info.value)
+
+
+def test_slack_with_nothing_set_names_both_missing_settings() -> None:
+    with pytest.raises(ConfigErrors) as info:
+        Settings.for_command({}, hss=False, slack=True)
+    assert [p.variable for p in info.value.problems] == ["SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"]
 
 
 # --- secrets -------------------------------------------------------------------------------
