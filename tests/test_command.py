@@ -11,6 +11,7 @@ from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
 from bot.slack.command import (
     USAGE,
     USAGES,
+    AddWatch,
     Command,
     Help,
     ListWatches,
@@ -19,7 +20,6 @@ from bot.slack.command import (
     SlackRef,
     Unmute,
     Unwatch,
-    Watch,
     Word,
     parse,
     tokenize,
@@ -243,18 +243,18 @@ HARBOR = frozenset({"Harbor"})
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("watch t1", Watch("t1")),
-        ("WATCH t1", Watch("t1")),
-        ("watch t1 <#C123ABC|ops>", Watch("t1", channel="C123ABC")),
-        ("watch t1 <#C123ABC|>", Watch("t1", channel="C123ABC")),  # Slack may omit the name
-        ("watch t1 <#G0PRIV8|private>", Watch("t1", channel="G0PRIV8")),
-        ("watch t1 type=harbor", Watch("t1", types=HARBOR)),
+        ("watch t1", AddWatch("t1")),
+        ("WATCH t1", AddWatch("t1")),
+        ("watch t1 <#C123ABC|ops>", AddWatch("t1", channel="C123ABC")),
+        ("watch t1 <#C123ABC|>", AddWatch("t1", channel="C123ABC")),  # Slack may omit the name
+        ("watch t1 <#G0PRIV8|private>", AddWatch("t1", channel="G0PRIV8")),
+        ("watch t1 type=harbor", AddWatch("t1", types=HARBOR)),
         (
             'watch t1 TYPE=harbor,jfrog name="prod reg" ep=0 <#C1AB|ops>',
-            Watch("t1", "C1AB", frozenset({"Harbor", "Jfrog"}), "prod reg", "0"),
+            AddWatch("t1", "C1AB", frozenset({"Harbor", "Jfrog"}), "prod reg", "0"),
         ),
-        ("watch t1 <#C1AB|ops> Name=a&amp;b", Watch("t1", "C1AB", name="a&b")),
-        ('watch "t 1"', Watch("t 1")),
+        ("watch t1 <#C1AB|ops> Name=a&amp;b", AddWatch("t1", "C1AB", name="a&b")),
+        ('watch "t 1"', AddWatch("t 1")),
         ("unwatch t1", Unwatch("t1")),
         ("unwatch t1 <#C1AB|ops>", Unwatch("t1", "C1AB")),
         ("watches", ListWatches(all_channels=False)),
@@ -338,7 +338,7 @@ _channel_ids = st.from_regex(r"C[A-Z0-9]{8,10}", fullmatch=True)
 
 
 @st.composite
-def watch_commands(draw: st.DrawFn) -> tuple[str, Watch]:
+def watch_commands(draw: st.DrawFn) -> tuple[str, AddWatch]:
     task_id = draw(
         _word(64).filter(
             lambda s: (
@@ -366,10 +366,10 @@ def watch_commands(draw: st.DrawFn) -> tuple[str, Watch]:
         words.append("ep=" + _quoted(ep))
     order = draw(st.permutations(words))
     text = " ".join(["watch", _quoted(task_id), *order])
-    return text, Watch(task_id=task_id, channel=channel, types=types, name=name, ep=ep)
+    return text, AddWatch(task_id=task_id, channel=channel, types=types, name=name, ep=ep)
 
 
 @given(watch_commands())
-def test_generated_watch_commands_parse_to_their_command(case: tuple[str, Watch]) -> None:
+def test_generated_watch_commands_parse_to_their_command(case: tuple[str, AddWatch]) -> None:
     text, command = case
     assert parse(text) == command

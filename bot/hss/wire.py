@@ -134,12 +134,12 @@ def _error_for(response: httpx.Response, secrets: Sequence[str]) -> HssError:
     status = response.status_code
     body = _json_or_none(response)
     fields = body if isinstance(body, dict) else {}
-    code = _text(fields.get("error_code")) or f"HTTP {status}"
-    msg = _text(fields.get("error_msg")) or response.reason_phrase or "no error message"
+    code = _field_text(fields.get("error_code")) or f"HTTP {status}"
+    msg = _field_text(fields.get("error_msg")) or response.reason_phrase or "no error message"
     kwargs: dict[str, Any] = {
         "error_code": _scrub(code, secrets)[:_MAX_ERROR_TEXT],
         "error_msg": _scrub(msg, secrets)[:_MAX_ERROR_TEXT],
-        "request_id": response.headers.get("X-Request-Id") or _text(fields.get("request_id")),
+        "request_id": response.headers.get("X-Request-Id") or _field_text(fields.get("request_id")),
         "status": status,
     }
     if status in (401, 403):
@@ -190,7 +190,7 @@ def _parse_page(response: httpx.Response, *, offset: int, limit: int) -> Registr
     total = _total_num(body.get("total_num"), offset=offset, limit=limit, rows=len(rows))
     if total is None:
         raise _malformed("total_num is missing on a full page", response)
-    request_id = response.headers.get("X-Request-Id") or _text(body.get("request_id"))
+    request_id = response.headers.get("X-Request-Id") or _field_text(body.get("request_id"))
     return RegistryPage(total_num=total, registries=rows, request_id=request_id)
 
 
@@ -208,15 +208,15 @@ def _total_num(raw: object, *, offset: int, limit: int, rows: int) -> int | None
 
 def _registry(raw: Mapping[str, object]) -> Registry:
     return Registry(
-        registry_id=_text(raw.get("registry_id")),
-        registry_name=_text(raw.get("registry_name")),
-        registry_type=_text(raw.get("registry_type")),
-        sync_status=_text(raw.get("sync_status")),
-        failed_reason=_text(raw.get("failed_reason")),
+        registry_id=_field_text(raw.get("registry_id")),
+        registry_name=_field_text(raw.get("registry_name")),
+        registry_type=_field_text(raw.get("registry_type")),
+        sync_status=_field_text(raw.get("sync_status")),
+        failed_reason=_field_text(raw.get("failed_reason")),
     )
 
 
-def _text(value: object) -> str:
+def _field_text(value: object) -> str:
     """Strings as-is, numbers as their text, anything else (null, lists, objects) empty."""
     if isinstance(value, str):
         return value

@@ -138,9 +138,6 @@ class Feed:
     def channel(self, ident: str) -> str:
         return f"#{self._printer.names.get(ident, ident)}"
 
-    def skip_to_now(self) -> None:
-        self._seen = len(self._standin.calls)
-
     def ack(self, reply: Reply) -> None:
         """Print the bot's HTTP answer to a command (what Slack shows at once)."""
         if reply.body:

@@ -33,11 +33,11 @@ from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
 from bot.slack import watch_command
 from bot.slack import words as _words
 from bot.slack.watch_command import (
+    AddWatch,
     ListWatches,
     Mute,
     Unmute,
     Unwatch,
-    Watch,
 )
 from bot.slack.words import (
     STATUSES_TEXT,
@@ -74,7 +74,7 @@ class Lookup:
     request: LookupRequest
 
 
-Command = Help | Lookup | Watch | Unwatch | ListWatches | Mute | Unmute
+Command = Help | Lookup | AddWatch | Unwatch | ListWatches | Mute | Unmute
 
 
 def validate_task_id(value: str) -> str:
@@ -220,6 +220,7 @@ def validate_request(request: LookupRequest) -> LookupRequest:
 __all__ = [
     "USAGE",
     "USAGES",
+    "AddWatch",
     "Command",
     "CommandError",
     "Help",
@@ -229,7 +230,6 @@ __all__ = [
     "SlackRef",
     "Unmute",
     "Unwatch",
-    "Watch",
     "Word",
     "parse",
     "parse_status",

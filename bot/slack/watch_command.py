@@ -2,7 +2,7 @@
 
 Grammar (the first word and option keys are case-insensitive)::
 
-    watch <task_id> [#channel] [type=T1,T2,...] [name=<registry>] [ep=<ep_id>] -> Watch
+    watch <task_id> [#channel] [type=T1,T2,...] [name=<registry>] [ep=<ep_id>] -> AddWatch
     unwatch <task_id> [#channel]                                               -> Unwatch
     watches [all]                                                              -> ListWatches
     mute <task_id> [#channel] [<N>m|<N>h|<N>d]       (default 1h, 1m to 7d)    -> Mute
@@ -60,9 +60,10 @@ _WATCH_OPTIONS = ("type", "name", "ep")
 
 
 @dataclass(frozen=True, slots=True)
-class Watch:
+class AddWatch:
     """Tell ``channel`` (None: the current one) about flips of a task, optionally only for
-    some registry types or one registry name."""
+    some registry types or one registry name. Replaces the channel's watch of the task, if
+    any. (The watch it makes is :class:`bot.storage.watch_store.Watch`.)"""
 
     task_id: str
     channel: str | None = None
@@ -97,7 +98,7 @@ class Unmute:
     channel: str | None = None
 
 
-WatchCommand = Watch | Unwatch | ListWatches | Mute | Unmute
+WatchCommand = AddWatch | Unwatch | ListWatches | Mute | Unmute
 
 
 # --- shared pieces ---------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def _no_more(rest: list[str], verb: str, usage: str) -> None:
 # --- the sub-commands ------------------------------------------------------------------------
 
 
-def parse_watch(words: list[Word]) -> Watch:
+def parse_watch(words: list[Word]) -> AddWatch:
     args = _args(words, "watch", WATCH_USAGE)
     values: dict[str, str] = {}
     for word in args.rest:
@@ -186,7 +187,7 @@ def parse_watch(words: list[Word]) -> Watch:
         if key in values:
             raise CommandError(f"Option {key}= is given twice; give each option once.")
         values[key] = value
-    return Watch(
+    return AddWatch(
         task_id=args.task_id,
         channel=args.channel,
         types=parse_types(values["type"].split(",")) if "type" in values else frozenset(),

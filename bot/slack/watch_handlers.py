@@ -19,12 +19,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import BotError, CommandError
 from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
+from bot.slack.blocks import section
 from bot.slack.home import HomeRow, decode_home_value, render_home
 from bot.slack.render import Message, render_error
 from bot.slack.text import channel_mention, code, date_token, escape
-from bot.slack.watch_command import ListWatches, Mute, Unmute, Unwatch, Watch, WatchCommand
-from bot.storage.watch_store import Watch as WatchRecord
-from bot.storage.watch_store import WatchStore, may_change_watches
+from bot.slack.watch_command import AddWatch, ListWatches, Mute, Unmute, Unwatch, WatchCommand
+from bot.storage.watch_store import Watch, WatchStore, may_change_watches
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,9 @@ GROUP_CACHE_SECONDS = 300.0
 _LIST_SHOWN = 40
 
 
-def _text(message: str) -> Message:
-    return Message(
-        text=message, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": message}}]
-    )
+def _section_message(mrkdwn: str) -> Message:
+    """A reply of one mrkdwn section, which is also its notification text."""
+    return Message(text=mrkdwn, blocks=[section(mrkdwn)])
 
 
 def filters_text(types: frozenset[str], name: str | None) -> str:
@@ -50,7 +49,7 @@ def filters_text(types: frozenset[str], name: str | None) -> str:
     return " ".join(parts) if parts else "all registries"
 
 
-def watch_line(w: WatchRecord, now: float) -> str:
+def watch_line(w: Watch, now: float) -> str:
     state = "active"
     if w.paused_reason is not None:
         state = f":pause_button: paused ({escape(w.paused_reason)})"
@@ -62,15 +61,17 @@ def watch_line(w: WatchRecord, now: float) -> str:
     return f"• {code(w.task.task_id, 70)} in {where} · {what} · {state}{last}"
 
 
-def render_watch_list(watches: list[WatchRecord], *, now: float, everywhere: bool) -> Message:
+def render_watch_list(watches: list[Watch], *, now: float, everywhere: bool) -> Message:
     if not watches:
         where = "in any channel" if everywhere else "in this channel"
-        return _text(f"No task is watched {where}. Start with `/hss-sync watch <task_id>`.")
+        return _section_message(
+            f"No task is watched {where}. Start with `/hss-sync watch <task_id>`."
+        )
     lines = [watch_line(w, now) for w in watches[:_LIST_SHOWN]]
     if len(watches) > _LIST_SHOWN:
         lines.append(f"_…and {len(watches) - _LIST_SHOWN} more_")
     title = "Watches in every channel" if everywhere else "Watches in this channel"
-    return _text(f"*{title}* ({len(watches)})\n" + "\n".join(lines))
+    return _section_message(f"*{title}* ({len(watches)})\n" + "\n".join(lines))
 
 
 class WatchCommands:
@@ -110,9 +111,9 @@ class WatchCommands:
             await reply(render_error(exc.user_message()))
 
     async def _change(
-        self, cmd: Watch | Unwatch | Mute | Unmute, *, user: str, channel: str
+        self, cmd: AddWatch | Unwatch | Mute | Unmute, *, user: str, channel: str
     ) -> Message:
-        if isinstance(cmd, Watch):
+        if isinstance(cmd, AddWatch):
             return await self._watch(cmd, user=user, channel=channel)
         ref, task, where = self._ref(cmd.task_id), code(cmd.task_id, 70), channel_mention(channel)
         if isinstance(cmd, Unwatch):
@@ -125,9 +126,9 @@ class WatchCommands:
         else:
             done = await self._watches.unmute(task=ref, channel=channel) is not None
             said = f"Alerts for task {task} in {where} are on again."
-        return _text(said if done else f"Task {task} is not watched in {where}.")
+        return _section_message(said if done else f"Task {task} is not watched in {where}.")
 
-    async def _watch(self, cmd: Watch, *, user: str, channel: str) -> Message:
+    async def _watch(self, cmd: AddWatch, *, user: str, channel: str) -> Message:
         problem = await self.channel_problem(channel)
         if problem is not None:
             return render_error(problem)
@@ -139,13 +140,13 @@ class WatchCommands:
             await self._on_watch(channel)
         verb = "Watching" if created else "Updated the watch of"
         baseline = await self._baseline(cmd)
-        return _text(
+        return _section_message(
             f"{verb} task {code(cmd.task_id, 70)} in {channel_mention(channel)} "
             f"({filters_text(record.types, record.name)}). {baseline} This channel will hear "
             "when a registry fails, and when it recovers."
         )
 
-    async def _baseline(self, cmd: Watch) -> str:
+    async def _baseline(self, cmd: AddWatch) -> str:
         request = LookupRequest(cmd.task_id, SyncStatus.FAILED, cmd.types, cmd.name, cmd.ep)
         peek = await self._lookups.peek(request)
         if not peek.answer.has_data:
