@@ -195,10 +195,10 @@ class LookupService:
         """Peek for a person (no call). A fresh answer is their last, so it is recorded here.
         ``started`` (monotonic): when they asked, if that was before this call."""
         started = time.monotonic() if started is None else started
-        peek = await self.peek(request)
-        if peek.fresh:
-            _note_lookup(peek.answer, "fresh", started=started, now=self._clock())
-        return Question(peek=peek, started=started)
+        question = Question(peek=await self.peek(request), started=started)
+        if question.peek.fresh:
+            self._record(question, question.peek.answer, "fresh")
+        return question
 
     async def follow_up(
         self,
