@@ -20,6 +20,7 @@ import httpx
 from slack_sdk.signature import SignatureVerifier
 
 from bot.sandbox.slack_standin import TEAM_ID
+from bot.slack.text import escape
 
 _counter = itertools.count(1)
 #: ``#name`` as a word of its own (Slack's channel names: lower case, digits, - and _).
@@ -72,7 +73,8 @@ class SlackUser:
             "user_id": self.user_id,
             "user_name": "demo.user",
             "command": self.command,
-            "text": self._channel_refs(_slack_escape(text)),
+            # Slack encodes & < > in command text before sending it, as escape() does.
+            "text": self._channel_refs(escape(text)),
             "response_url": f"{self._response_base}/{ident}",
             "trigger_id": f"trigger.{ident}",
             "api_app_id": "A0HSSSYNC",
@@ -163,11 +165,6 @@ class SlackUser:
         ):
             parsed = response.json()
         return Reply(status=response.status_code, body=parsed, response_id=ident, elapsed=elapsed)
-
-
-def _slack_escape(text: str) -> str:
-    # Slack encodes these three in command text before sending it.
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def buttons(message: dict[str, Any]) -> list[dict[str, Any]]:
