@@ -45,7 +45,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.ops import metrics
 from bot.storage import keys
-from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.outage import REDIS_OUTAGE, OutageGate
+from bot.storage.replies import as_str
 from bot.storage.watch_store import PAUSE_REASONS
 
 logger = logging.getLogger(__name__)
@@ -117,23 +118,19 @@ async def enqueue(
         pipe.xadd(keys.outbox(channel), fields)
         pipe.sadd(keys.outbox_channels(), channel)
         entry_id, _ = await pipe.execute()
-    return _text(entry_id)
+    return as_str(entry_id)
 
 
 async def parent_ts(redis: aioredis.Redis, alert_key: str) -> str | None:
     """The ts of the alert's parent message, once the sender has posted it."""
     raw = await redis.hget(alert_key, PARENT_TS)
-    return _text(raw) if raw else None
+    return as_str(raw) if raw else None
 
 
 def read_parent_ts(alert_hash: Mapping[bytes | str, bytes | str]) -> str | None:
     """``parent_ts`` from an alert hash already read (``HGETALL``), e.g. under ``WATCH``."""
     raw = alert_hash.get(PARENT_TS.encode(), alert_hash.get(PARENT_TS))
-    return _text(raw) if raw else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return as_str(raw) if raw else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +146,10 @@ class Item:
     @classmethod
     def decode(cls, entry: tuple[Any, Any]) -> Item:
         entry_id, raw = entry
-        f = {_text(k): _text(v) for k, v in raw.items()}
+        f = {as_str(k): as_str(v) for k, v in raw.items()}
         blocks = json.loads(f.get("blocks") or "[]")
         return cls(
-            _text(entry_id),
+            as_str(entry_id),
             f.get("kind", ""),
             f.get("alert", ""),
             f.get("text", ""),
@@ -228,7 +225,11 @@ class OutboxSender:
         self._forget = redis.register_script(FORGET_IF_EMPTY)
         self._attempts: dict[str, int] = {}
         self._leases: dict[str, Lock] = {}
-        self._redis_down = False
+        self._outage = OutageGate(
+            logger=logger,
+            started="outbox: Redis unavailable (%s); items wait",
+            ended="outbox: Redis is back; sending again",
+        )
         self._waiting: dict[tuple[str, str], float] = {}  # (channel, item) -> since
         self._wake = math.inf
         self.stats = Stats()
@@ -239,13 +240,9 @@ class OutboxSender:
         while not stop.is_set():
             try:
                 await self.run_once()
-                if self._redis_down:
-                    self._redis_down = False
-                    logger.info("outbox: Redis is back; sending again")
+                self._outage.succeeded()
             except REDIS_OUTAGE as exc:
-                if not self._redis_down:
-                    self._redis_down = True
-                    logger.warning("outbox: Redis unavailable (%s); items wait", type(exc).__name__)
+                self._outage.failed(exc)
             except Exception:
                 logger.exception("outbox: send round failed")
             delay = min(max(self._wake - self._clock(), 0.0), self._poll)
@@ -255,8 +252,8 @@ class OutboxSender:
     async def run_once(self) -> int:
         """Send what is due on every unparked channel; the number of messages sent."""
         self._wake = math.inf
-        channels = sorted({_text(c) for c in await self._redis.smembers(keys.outbox_channels())})
-        parked = {_text(c) for c in await self._redis.hkeys(keys.outbox_parked())}
+        channels = sorted({as_str(c) for c in await self._redis.smembers(keys.outbox_channels())})
+        parked = {as_str(c) for c in await self._redis.hkeys(keys.outbox_parked())}
         channels = [c for c in channels if c not in parked]
         if not channels:
             return 0
@@ -291,7 +288,7 @@ class OutboxSender:
     async def parked(self) -> dict[str, str]:
         """Parked channels and the Slack error that parked them."""
         raw = await self._redis.hgetall(keys.outbox_parked())
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {as_str(k): as_str(v) for k, v in raw.items()}
 
     # --- one channel ---
 

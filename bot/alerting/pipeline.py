@@ -53,7 +53,8 @@ from bot.ops import metrics
 from bot.slack.render import Message
 from bot.storage import keys
 from bot.storage.mirror_store import RedisMirrorStore
-from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.outage import STORE_UNAVAILABLE, OutageGate
+from bot.storage.replies import as_str
 from bot.storage.watch_store import Watch, WatchStore
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,6 @@ _MAX_ATTEMPTS = 50
 #: How far replicas' clocks may disagree, in seconds: an incident opened this much before
 #: its watch was created belongs to an earlier watch of the channel.
 _CLOCK_SKEW = 60.0
-#: What makes the loop wait a second and go on: Redis not answering, mostly.
-_LOOP_ERRORS: tuple[type[BaseException], ...] = (*REDIS_OUTAGE, StoreError)
 
 Entry = tuple[str, Change]
 
@@ -119,13 +118,9 @@ def decode_history(raw: bytes | str) -> dict[str, list[float]]:
     return {str(rid): [float(t) for t in times] for rid, times in json.loads(raw).items()}
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def decode_state(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> AlertState:
     """The stored state, or a fresh one (logged) if it cannot be read."""
-    d = {_text(k): _text(v) for k, v in fields.items()}
+    d = {as_str(k): as_str(v) for k, v in fields.items()}
     try:
         return AlertState(
             incident=decode_incident(d["incident"]) if "incident" in d else None,
@@ -234,6 +229,13 @@ class AlertPipeline:
         self._watches = watches
         self._clock = clock
         self._mirror = RedisMirrorStore(redis)
+        # The loop retries every second: its outage is logged once, and its end once.
+        self._outage = OutageGate(
+            logger=logger,
+            started="alerting paused, Redis is not answering: %s",
+            ended="alerting resumed: Redis answers again",
+            detail=str,
+        )
 
     async def run_once(self, ref: TaskRef) -> int:
         """Handle ``ref``'s change-stream entries after its cursor; the number of outbox
@@ -255,7 +257,7 @@ class AlertPipeline:
         cursor = await pipe.get(cursor_key)
         # Read on another connection: the stream only grows, and the WATCHed cursor is what
         # makes this replica's view of "after the cursor" the one that commits.
-        entries = await self._mirror.changes(ref, after=_text(cursor) if cursor else "0")
+        entries = await self._mirror.changes(ref, after=as_str(cursor) if cursor else "0")
         if not entries:
             return 0
         stored = {w.channel: await self._state(pipe, state_keys[w.channel], w) for w in watches}
@@ -376,21 +378,15 @@ class AlertPipeline:
         stream after its cursor, and :meth:`run_once` each task that has some."""
         tasks: list[TaskRef] = []
         tasks_at = -TASKS_EVERY
-        redis_down = False
         while not stop.is_set():
             try:
                 if time.monotonic() - tasks_at >= TASKS_EVERY:
                     tasks, tasks_at = await self._watches.watched_tasks(), time.monotonic()
                 for ref in await self._ready(tasks):
                     await self.run_once(ref)
-                if redis_down:
-                    redis_down = False
-                    logger.info("alerting resumed: Redis answers again")
-            except _LOOP_ERRORS as exc:
-                # Once per outage: the loop retries every second.
-                if not redis_down:
-                    logger.warning("alerting paused, Redis is not answering: %s", exc)
-                redis_down = True
+                self._outage.succeeded()
+            except STORE_UNAVAILABLE as exc:
+                self._outage.failed(exc)
                 await _wait(stop, 1.0)
             except Exception:
                 logger.exception("alerting failed; trying again in a second")
@@ -403,13 +399,13 @@ class AlertPipeline:
             return []
         cursors = await self._redis.mget([keys.alert_cursor(t) for t in tasks])
         streams = {
-            keys.mirror_changes(t): _text(c) if c else "0"
+            keys.mirror_changes(t): as_str(c) if c else "0"
             for t, c in zip(tasks, cursors, strict=True)
         }
         by_stream = {keys.mirror_changes(t): t for t in tasks}
         reply = await self._redis.xread(streams, count=1, block=BLOCK_MS)  # type: ignore[arg-type]
         found = reply.items() if isinstance(reply, dict) else reply or []
-        return [by_stream[_text(stream)] for stream, _ in found]
+        return [by_stream[as_str(stream)] for stream, _ in found]
 
 
 #: The status a flip of each kind went to (a flip keeps only where it came from).

@@ -47,14 +47,12 @@ from bot.models import ApiFilter, LookupRequest, TaskRef
 from bot.ops import logs
 from bot.storage import keys
 from bot.storage.mirror_store import decode_meta
-from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.outage import REDIS_OUTAGE, STORE_UNAVAILABLE, OutageGate
 from bot.storage.watch_store import WatchStore
 
 logger = logging.getLogger(__name__)
 
 _FULL_VIEW = view_key(ApiFilter())
-#: Errors that stop every refresh until Redis answers again (watches live there).
-_REDIS_DOWN: tuple[type[BaseException], ...] = (StoreError, *REDIS_OUTAGE)
 #: Shortest sleep of the loop: due times and lease expiries land a hair late, never spin.
 _MIN_WAIT = 0.005
 
@@ -98,7 +96,13 @@ class Scheduler:
         self._failing: set[TaskRef] = set()
         self._idle_until: float | None = None
         self._locked_out = False
-        self._store_down = False
+        #: Every refresh stops until Redis answers again (watches live there).
+        self._outage = OutageGate(
+            logger=logger,
+            started="scheduler paused: Redis is not answering (%s)",
+            ended="scheduler resumed: Redis answers again",
+            detail=str,
+        )
         self._wait = 0.0
 
     @property
@@ -147,10 +151,8 @@ class Scheduler:
         try:
             candidates = await self._candidates()
             return await self._refresh_first_free(candidates, now)
-        except _REDIS_DOWN as exc:
-            if not self._store_down:
-                logger.warning("scheduler paused: Redis is not answering (%s)", exc)
-            self._store_down = True
+        except STORE_UNAVAILABLE as exc:
+            self._outage.failed(exc)
             self._wait = self.poll_interval
             return None
 
@@ -167,9 +169,7 @@ class Scheduler:
         self._retry_at = {r: at for r, at in self._retry_at.items() if r in refs}
         self._failing &= refs.keys()
         ages = await self._full_view_ages(list(refs))
-        if self._store_down:
-            logger.info("scheduler resumed: Redis answers again")
-            self._store_down = False
+        self._outage.succeeded()
         found = [
             _Candidate(ref, req, at) for (ref, req), at in zip(refs.items(), ages, strict=True)
         ]

@@ -28,14 +28,12 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
-from bot.errors import StoreError
 from bot.lookup import LookupService
-from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.outage import PING_FAILED, STORE_UNAVAILABLE
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +45,6 @@ SLACK_RETRY_FAILED = 10.0
 SLACK_RECHECK_PASSED = 300.0
 NOT_CHECKED = "not_checked_yet"
 _CODE = re.compile(r"[^A-Za-z0-9_.-]")
-_UNREADABLE: tuple[type[BaseException], ...] = (StoreError, *REDIS_OUTAGE)
 
 
 def _code(text: str) -> str:
@@ -224,7 +221,7 @@ class Readiness:
                 await self._redis.ping()
         except TimeoutError:
             return "timeout"
-        except (RedisError, OSError) as exc:  # refused, reset, NOAUTH...: all "unreachable"
+        except PING_FAILED as exc:  # refused, reset, NOAUTH...: all "unreachable"
             return _code(type(exc).__name__)
         return None
 
@@ -234,7 +231,7 @@ class Readiness:
     async def _hss_lock(self) -> str | None:
         try:
             info = await self._lookups.auth_lock()
-        except _UNREADABLE:
+        except STORE_UNAVAILABLE:
             return None
         if info is None:
             return None

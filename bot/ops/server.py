@@ -31,6 +31,7 @@ from bot.ops.workers import STOP_GRACE, Workers, build_workers
 from bot.runtime import Runtime, open_runtime
 from bot.slack.app import SlackBot, build_app
 from bot.slack.socket_mode import socket_mode_handler
+from bot.storage.outage import PING_FAILED
 from bot.storage.watch_store import WatchStore
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def build_web_app(
         # not required.
         try:
             redis_ok = bool(await runtime.redis.ping())
-        except Exception:  # any failure means "down" here; the cause is logged elsewhere
+        except PING_FAILED:  # down; the cause is logged elsewhere
             redis_ok = False
         return web.json_response({"ok": True, "redis": "up" if redis_ok else "down"})
 

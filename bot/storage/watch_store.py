@@ -34,6 +34,7 @@ from bot.errors import StoreError
 from bot.models import TaskRef
 from bot.storage import keys
 from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.replies import as_str
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,6 @@ def _field(task: TaskRef) -> str:
 
 def _task_member(task: TaskRef) -> str:
     return json.dumps([task.project_id, task.task_id, task.enterprise_project_id])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _task_of_member(raw: bytes | str) -> TaskRef:
@@ -290,7 +287,7 @@ class WatchStore:
         if task is None:
             return set()
         await pipe.watch(keys.watch_task(task))
-        return {_text(c) for c in await pipe.smembers(keys.watch_task(task))}
+        return {as_str(c) for c in await pipe.smembers(keys.watch_task(task))}
 
     @staticmethod
     def _unindex(pipe: Pipeline, task: TaskRef, channel: str, channels: set[str]) -> None:
@@ -313,7 +310,7 @@ class WatchStore:
     async def of_task(self, task: TaskRef) -> list[Watch]:
         """Every channel's watch of exactly this task (project, ep and task id)."""
         with _outage():
-            channels = sorted(_text(c) for c in await self._redis.smembers(keys.watch_task(task)))
+            channels = sorted(as_str(c) for c in await self._redis.smembers(keys.watch_task(task)))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for channel in channels:
                     pipe.hget(keys.watch_channel(channel), _field(task))
@@ -327,7 +324,7 @@ class WatchStore:
 
     async def channels(self) -> list[str]:
         with _outage():
-            return sorted(_text(c) for c in await self._redis.smembers(keys.watch_channels()))
+            return sorted(as_str(c) for c in await self._redis.smembers(keys.watch_channels()))
 
     async def all(self) -> list[Watch]:
         """Every channel's watches, by channel then task id."""
