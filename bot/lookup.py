@@ -9,7 +9,6 @@ winner's result instead of spending calls of their own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -40,7 +39,8 @@ from bot.mirror import (
 )
 from bot.models import PAGE_LIMIT_MAX, Answer, ApiFilter, LookupRequest, TaskRef
 from bot.ops import metrics
-from bot.storage.mirror_store import MirrorStore
+from bot.storage.lease import keep_alive
+from bot.storage.mirror_store import MirrorStore, ViewLock
 
 logger = logging.getLogger(__name__)
 
@@ -289,30 +289,21 @@ class LookupService:
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
     ) -> None:
         view = view_key(flt)
-        owner = uuid.uuid4().hex
+        lock = ViewLock(store=self._store, ref=ref, view=view, owner=uuid.uuid4().hex, ttl=LOCK_TTL)
         before = _fetched_at(snap, view)
-        while not await self._store.lock(ref, view, owner, LOCK_TTL):
+        while not await lock.acquire():
             await asyncio.sleep(POLL_OTHERS)
             # Another replica is fetching this view: its result is ours when it lands.
             if _fetched_at(await self._store.load(ref), view) != before:
                 return
         if _fetched_at(await self._store.load(ref), view) != before:
             # It landed between our last look and taking the lock.
-            await self._store.unlock(ref, view, owner)
+            await lock.release()
             return
-        renew = asyncio.create_task(self._renew(ref, view, owner))
-        try:
+        # Losing the lock (a stall, an outage) does not stop the fetch: the call is paid for
+        # and the save re-merges onto whatever another replica saved meanwhile.
+        async with keep_alive(lock):
             await self._fetch_and_merge(ref, snap, query, flt, priority)
-        finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
-            await self._store.unlock(ref, view, owner)
-
-    async def _renew(self, ref: TaskRef, view: str, owner: str) -> None:
-        while True:
-            await asyncio.sleep(LOCK_TTL / 3)
-            await self._store.unlock(ref, view, owner, LOCK_TTL)
 
     async def _fetch_and_merge(
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority

@@ -45,6 +45,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.ops import metrics
 from bot.storage import keys
+from bot.storage.lease import Held, RedisLease, keep_alive
 from bot.storage.outage import REDIS_OUTAGE, OutageGate
 from bot.storage.replies import as_str
 from bot.storage.watch_store import PAUSE_REASONS
@@ -296,17 +297,8 @@ class OutboxSender:
         lease = self._lease(channel)
         if not await self._take(lease):
             return 0
-        served = asyncio.Event()
-        keeper = asyncio.create_task(self._keep(lease, served))
-        try:
-            return await self._drain(channel, keeper)
-        finally:
-            # Told to stop, not cancelled: redis-py can swallow a cancellation that lands
-            # inside a command, and the keeper would then renew the lease forever.
-            served.set()
-            await keeper
-            with contextlib.suppress(LockError, *REDIS_OUTAGE):
-                await lease.release()
+        async with keep_alive(RedisLease(lease)) as held:
+            return await self._drain(channel, held)
 
     def _lease(self, channel: str) -> Lock:
         # One Lock (one token) per channel for the sender's lifetime: a release lost in a
@@ -329,18 +321,11 @@ class OutboxSender:
                 return await lease.reacquire()
         return bool(await lease.acquire(blocking=False))
 
-    async def _keep(self, lease: Lock, served: asyncio.Event) -> None:
-        """Renew the lease until the channel is served; returns early when it is lost."""
-        with contextlib.suppress(LockError, *REDIS_OUTAGE):
-            while not served.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(served.wait(), self._lease_timeout / 3)
-                    return
-                await lease.reacquire()
-
-    async def _drain(self, channel: str, keeper: asyncio.Task[None]) -> int:
+    async def _drain(self, channel: str, held: Held) -> int:
+        """Send the channel's due items in order, until its lease is lost (another replica
+        may then have it: going on could send an item twice, or out of order)."""
         sent = 0
-        while not keeper.done():
+        while not held.lost:
             raw = await self._redis.get(keys.outbox_not_before(channel))
             now = self._clock()
             if raw and float(raw) > now:

@@ -16,6 +16,7 @@ import logging
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -37,11 +38,15 @@ CACHE_ROWS = 400_000
 
 T = TypeVar("T")
 
-# KEYS[1] = lock key; ARGV[1] = owner id; ARGV[2] = new TTL in ms (0 = release)
-_LOCK_SCRIPT = """
+# KEYS[1] = lock key; ARGV[1] = owner id; ARGV[2] = new TTL in ms
+_EXTEND_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if tonumber(ARGV[2]) == 0 then return redis.call('DEL', KEYS[1]) end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+# KEYS[1] = lock key; ARGV[1] = owner id
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
 """
 
 
@@ -56,10 +61,16 @@ class MirrorStore(Protocol):
 
     async def generation(self, ref: TaskRef) -> int: ...
 
-    async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool: ...
+    async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        """Take the view's refresh lock for ``ttl`` seconds, unless someone holds it."""
+        ...
 
-    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
-        """Release the lock (``ttl`` 0) or extend it, if ``owner`` still holds it."""
+    async def extend_lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        """Give the lock ``ttl`` seconds from now, if ``owner`` still holds it."""
+        ...
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
+        """Release the lock, if ``owner`` still holds it."""
         ...
 
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]: ...
@@ -67,6 +78,31 @@ class MirrorStore(Protocol):
     async def get_auth_lock(self, scope: str) -> dict[str, Any] | None: ...
 
     async def set_auth_lock(self, scope: str, info: dict[str, Any] | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ViewLock:
+    """One task view's refresh lock (``keys.refresh_lock``) for ``owner``, through whichever
+    store (Redis, memory, or failover between them): a ``bot.storage.lease.Lease``."""
+
+    store: MirrorStore
+    ref: TaskRef
+    view: str
+    owner: str
+    ttl: float
+
+    @property
+    def name(self) -> str:
+        return keys.refresh_lock(self.ref, self.view)
+
+    async def acquire(self) -> bool:
+        return await self.store.lock(self.ref, self.view, self.owner, self.ttl)
+
+    async def extend(self) -> bool:
+        return await self.store.extend_lock(self.ref, self.view, self.owner, self.ttl)
+
+    async def release(self) -> bool:
+        return await self.store.unlock(self.ref, self.view, self.owner)
 
 
 # --- encoding ---
@@ -151,7 +187,8 @@ class RedisMirrorStore:
         # save: if the key is lost (flush, restart without persistence) generations restart
         # from 0, but a new save's views carry new fetch times.
         self._cache: OrderedDict[str, tuple[bytes | None, Snapshot]] = OrderedDict()
-        self._lock_script = redis.register_script(_LOCK_SCRIPT)
+        self._extend_script = redis.register_script(_EXTEND_SCRIPT)
+        self._release_script = redis.register_script(_RELEASE_SCRIPT)
 
     async def generation(self, ref: TaskRef) -> int:
         return int(decode_meta(await self._redis.hget(keys.mirror(ref), "meta"))["gen"])
@@ -217,9 +254,12 @@ class RedisMirrorStore:
         ok = await self._redis.set(keys.refresh_lock(ref, view), owner, nx=True, px=_ms(ttl))
         return bool(ok)
 
-    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
-        done = await self._lock_script(keys=[keys.refresh_lock(ref, view)], args=[owner, _ms(ttl)])
-        return bool(done)
+    async def extend_lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        key = keys.refresh_lock(ref, view)
+        return bool(await self._extend_script(keys=[key], args=[owner, _ms(ttl)]))
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
+        return bool(await self._release_script(keys=[keys.refresh_lock(ref, view)], args=[owner]))
 
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
         entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
@@ -239,7 +279,9 @@ class RedisMirrorStore:
 
 
 def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000)) if seconds > 0 else 0
+    if not seconds > 0:
+        raise ValueError("a lock needs a positive TTL")
+    return max(1, int(seconds * 1000))
 
 
 # --- memory (Redis down, or no Redis wanted) ---
@@ -283,15 +325,21 @@ class MemoryMirrorStore:
         self._locks[(ref, view)] = (owner, self._clock() + ttl)
         return True
 
-    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
-        held = self._locks.get((ref, view))
-        if held is None or held[0] != owner:
+    async def extend_lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        if not self._holds(ref, view, owner):
             return False
-        if ttl > 0:
-            self._locks[(ref, view)] = (owner, self._clock() + ttl)
-        else:
-            del self._locks[(ref, view)]
+        self._locks[(ref, view)] = (owner, self._clock() + ttl)
         return True
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
+        if not self._holds(ref, view, owner):
+            return False
+        del self._locks[(ref, view)]
+        return True
+
+    def _holds(self, ref: TaskRef, view: str, owner: str) -> bool:
+        held = self._locks.get((ref, view))
+        return held is not None and held[0] == owner and held[1] > self._clock()
 
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
         log = self._changes.get(ref, [])
@@ -359,8 +407,11 @@ class FailoverMirrorStore:
     async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
         return await self._call(lambda s: s.lock(ref, view, owner, ttl))
 
-    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
-        return await self._call(lambda s: s.unlock(ref, view, owner, ttl))
+    async def extend_lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        return await self._call(lambda s: s.extend_lock(ref, view, owner, ttl))
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
+        return await self._call(lambda s: s.unlock(ref, view, owner))
 
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
         return await self._call(lambda s: s.changes(ref, after))
@@ -377,6 +428,7 @@ __all__ = [
     "MemoryMirrorStore",
     "MirrorStore",
     "RedisMirrorStore",
+    "ViewLock",
     "decode_snapshot",
     "encode_snapshot",
     "view_key",
