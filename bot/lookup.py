@@ -24,6 +24,7 @@ from bot.hss.budget import CallBudget, Priority, on_grant
 from bot.hss.client import FetchResult, HssClient
 from bot.mirror import (
     LARGE_SNAPSHOT,
+    Change,
     Snapshot,
     View,
     choose_view,
@@ -41,6 +42,7 @@ from bot.models import PAGE_LIMIT_MAX, Answer, ApiFilter, LookupRequest, TaskRef
 from bot.ops import metrics
 from bot.storage.lease import keep_alive
 from bot.storage.mirror_store import MirrorStore, ViewLock
+from bot.storage.transact import Contended
 
 logger = logging.getLogger(__name__)
 
@@ -335,9 +337,7 @@ class LookupService:
     async def _merge_save(
         self, ref: TaskRef, flt: ApiFilter, result: FetchResult, size: int | None
     ) -> None:
-        # Another replica may save between our load and save: re-merge onto its snapshot.
-        for _ in range(5):
-            snap = await self._store.load(ref)
+        async def merged(snap: Snapshot) -> tuple[Snapshot, list[Change]]:
             merging = functools.partial(
                 merge,
                 snap,
@@ -349,13 +349,16 @@ class LookupService:
                 task_total=size,
             )
             big = len(snap.rows) + len(result.registries) > LARGE_SNAPSHOT
-            new, changes = await asyncio.to_thread(merging) if big else merging()
-            if await self._store.save(ref, new, changes, expected=snap.generation):
-                self._remember(ref, new)
-                if changes:
-                    logger.info("task %s: %d status changes", ref.task_id, len(changes))
-                return
-        raise StoreError("The mirror kept changing under this refresh; try again.")
+            return await asyncio.to_thread(merging) if big else merging()
+
+        # Another replica may save while we merge: the store merges again onto its snapshot.
+        try:
+            new, changes = await self._store.update(ref, merged)
+        except Contended:
+            raise StoreError("The mirror kept changing under this refresh; try again.") from None
+        self._remember(ref, new)
+        if changes:
+            logger.info("task %s: %d status changes", ref.task_id, len(changes))
 
     async def _check_auth(self) -> None:
         info = await self._store.get_auth_lock(self._auth_scope)

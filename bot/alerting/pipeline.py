@@ -33,7 +33,6 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
 from bot.alerting import outbox
 from bot.alerting.flips import (
@@ -55,6 +54,7 @@ from bot.storage import keys
 from bot.storage.mirror_store import RedisMirrorStore
 from bot.storage.outage import STORE_UNAVAILABLE, OutageGate
 from bot.storage.replies import as_str
+from bot.storage.transact import Contended, transact
 from bot.storage.watch_store import Watch, WatchStore
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,6 @@ logger = logging.getLogger(__name__)
 BLOCK_MS = 500
 #: How often the loop re-reads the list of watched tasks, in seconds.
 TASKS_EVERY = 5.0
-#: Each lost race means another replica made progress; give up (until the next wake-up)
-#: after this many in a row.
-_MAX_ATTEMPTS = 50
-
 #: How far replicas' clocks may disagree, in seconds: an incident opened this much before
 #: its watch was created belongs to an earlier watch of the channel.
 _CLOCK_SKEW = 60.0
@@ -241,25 +237,31 @@ class AlertPipeline:
         """Handle ``ref``'s change-stream entries after its cursor; the number of outbox
         items queued (0 when another replica got there first)."""
         watches = await self._watches.of_task(ref)
-        for _ in range(_MAX_ATTEMPTS):
-            try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    return await self._attempt(pipe, ref, watches)
-            except WatchError:
-                continue
-        logger.warning("task %s: alert state kept changing; trying again later", ref.task_id)
-        return 0
+        watched = [keys.alert_cursor(ref), *(keys.alert_state(w.channel, ref) for w in watches)]
+        try:
+            queued = await transact(
+                self._redis, lambda pipe: self._attempt(pipe, ref, watches), watch=watched
+            )
+        except Contended:
+            # Each lost race means another replica made progress: the next wake-up goes on.
+            logger.warning("task %s: alert state kept changing; trying again later", ref.task_id)
+            return 0
+        items, flips = queued
+        _note_flips(ref, flips)  # only now: a lost race re-reads the same entries
+        await self._note_alerts(ref, {i.channel for i in items})
+        return len(items)
 
-    async def _attempt(self, pipe: Pipeline, ref: TaskRef, watches: list[Watch]) -> int:
+    async def _attempt(
+        self, pipe: Pipeline, ref: TaskRef, watches: list[Watch]
+    ) -> tuple[list[_Item], list[Flip]]:
         cursor_key = keys.alert_cursor(ref)
         state_keys = {w.channel: keys.alert_state(w.channel, ref) for w in watches}
-        await pipe.watch(cursor_key, *state_keys.values())
         cursor = await pipe.get(cursor_key)
         # Read on another connection: the stream only grows, and the WATCHed cursor is what
         # makes this replica's view of "after the cursor" the one that commits.
         entries = await self._mirror.changes(ref, after=as_str(cursor) if cursor else "0")
         if not entries:
-            return 0
+            return [], []
         stored = {w.channel: await self._state(pipe, state_keys[w.channel], w) for w in watches}
         states = {channel: state or AlertState() for channel, state in stored.items()}
         items, changed, reopened, flips = self._process(ref, watches, states, entries)
@@ -282,10 +284,7 @@ class AlertPipeline:
                 dedup=item.dedup,
                 task=ref.task_id,
             )
-        await pipe.execute()
-        _note_flips(ref, flips)  # only now: a lost race re-reads the same entries
-        await self._note_alerts(ref, {i.channel for i in items})
-        return len(items)
+        return items, flips
 
     async def _state(self, pipe: Pipeline, key: str, watch: Watch) -> AlertState | None:
         """The stored state; None if an earlier watch of the channel (unwatched since) left

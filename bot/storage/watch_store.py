@@ -28,13 +28,13 @@ from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
 from bot.errors import StoreError
 from bot.models import TaskRef
 from bot.storage import keys
 from bot.storage.outage import REDIS_OUTAGE
 from bot.storage.replies import as_str
+from bot.storage.transact import Contended, transact
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,6 @@ T = TypeVar("T")
 
 #: Slack errors after which a channel cannot take our messages until people fix something.
 PAUSE_REASONS = frozenset({"channel_not_found", "is_archived", "not_in_channel", "token_revoked"})
-#: Every lost race means another change went through, so a retry loop ends after at most as
-#: many rounds as there are concurrent writers: far fewer than this in practice.
-_MAX_ATTEMPTS = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,20 +141,12 @@ class WatchStore:
         self._clock = clock
 
     async def _transact(self, watched: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
-        """Run ``body`` with the ``watched`` keys WATCHed; it reads, then queues its writes after
-        ``pipe.multi()``. Retried from the start when a watched key changed meanwhile."""
+        """:func:`~bot.storage.transact.transact`, in the watch store's words."""
         with _outage():
-            for _ in range(_MAX_ATTEMPTS):
-                try:
-                    async with self._redis.pipeline(transaction=True) as pipe:
-                        await pipe.watch(*watched)
-                        result = await body(pipe)
-                        if pipe.explicit_transaction:
-                            await pipe.execute()
-                        return result
-                except WatchError:
-                    continue
-        raise StoreError("Watches are changing too fast to update; try again.")
+            try:
+                return await transact(self._redis, body, watch=watched)
+            except Contended:
+                raise StoreError("Watches are changing too fast to update; try again.") from None
 
     # --- changes ---
 
