@@ -12,15 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.alerting.flips import AlertPlan, Flip, FlipKind, Incident
-from bot.alerting.pipeline import (
-    AlertPipeline,
-    AlertState,
-    advance,
-    decode_incident,
-    decode_state,
-    encode_incident,
-    refreshes,
-)
+from bot.alerting.pipeline import AlertPipeline, advance, refreshes
+from bot.alerting.state import AlertState, decode_incident, decode_state, encode_incident
 from bot.mirror import REMOVED, Change
 from bot.models import TaskRef
 from bot.storage import keys

@@ -16,7 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 
-from bot.alerting.outbox import Item, Kind, OutboxSender, enqueue, parent_ts, web_client
+from bot.alerting.outbox import Item, Kind, OutboxSender, enqueue, web_client
+from bot.alerting.state import parent_ts
 from bot.sandbox.slack_standin import Call, Scripted, SlackStandIn
 from bot.storage import keys
 from bot.storage.embedded import EmbeddedRedis

@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -43,6 +43,7 @@ from redis.exceptions import LockError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.alerting.state import parent_ts, queue_parent_ts
 from bot.ops import metrics
 from bot.storage import keys
 from bot.storage.lease import Held, RedisLease, keep_alive
@@ -54,8 +55,6 @@ logger = logging.getLogger(__name__)
 
 Kind = Literal["post", "update", "thread"]
 KINDS: frozenset[str] = frozenset({"post", "update", "thread"})
-#: Field of the alert hash (``hss:alert:{channel}:{task}``) holding the parent message's ts.
-PARENT_TS = "parent_ts"
 #: Errors after which the channel cannot take messages until people fix something. The token
 #: errors are the workspace's, but parking each channel keeps every item until it is fixed.
 PERMANENT = PAUSE_REASONS | {"invalid_auth", "account_inactive", "not_authed"}
@@ -120,18 +119,6 @@ async def enqueue(
         pipe.sadd(keys.outbox_channels(), channel)
         entry_id, _ = await pipe.execute()
     return as_str(entry_id)
-
-
-async def parent_ts(redis: aioredis.Redis, alert_key: str) -> str | None:
-    """The ts of the alert's parent message, once the sender has posted it."""
-    raw = await redis.hget(alert_key, PARENT_TS)
-    return as_str(raw) if raw else None
-
-
-def read_parent_ts(alert_hash: Mapping[bytes | str, bytes | str]) -> str | None:
-    """``parent_ts`` from an alert hash already read (``HGETALL``), e.g. under ``WATCH``."""
-    raw = alert_hash.get(PARENT_TS.encode(), alert_hash.get(PARENT_TS))
-    return as_str(raw) if raw else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,7 +466,7 @@ class OutboxSender:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xdel(keys.outbox(channel), item.id)
             if post_ts:
-                pipe.hset(item.alert, PARENT_TS, post_ts)
+                queue_parent_ts(pipe, item.alert, post_ts)
             if item.dedup:
                 pipe.set(keys.outbox_sent(item.dedup), "1", ex=_SENT_TTL)
             if pace:

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from itertools import groupby
-from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -45,6 +43,7 @@ from bot.alerting.flips import (
     update_history,
 )
 from bot.alerting.message import render_alert, render_thread_line
+from bot.alerting.state import AlertState, queue_reset, queue_state, read_state
 from bot.errors import StoreError
 from bot.mirror import Change
 from bot.models import LookupRequest, TaskRef
@@ -69,73 +68,6 @@ TASKS_EVERY = 5.0
 _CLOCK_SKEW = 60.0
 
 Entry = tuple[str, Change]
-
-
-# --- state, and its JSON ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AlertState:
-    """One channel's alert for one task: the incident its message shows (None before the
-    first), the failure times that count for flapping, who acknowledged, when it opened."""
-
-    incident: Incident | None = None
-    history: Mapping[str, Sequence[float]] = field(default_factory=dict)
-    acked_by: str | None = None
-    opened_at: float | None = None
-
-
-def _flip_row(f: Flip) -> list[object]:
-    return [f.kind.value, f.registry_id, f.name, f.type, f.reason, f.at, f.old]
-
-
-def _flip_of(row: Sequence[Any]) -> Flip:
-    kind, rid, name, rtype, reason, at, old = row
-    return Flip(FlipKind(kind), str(rid), str(name), str(rtype), str(reason), float(at), str(old))
-
-
-def encode_incident(incident: Incident) -> str:
-    latest = [_flip_row(f) for _, f in sorted(incident.latest.items())]
-    doc = {"v": 1, "latest": latest, "flapping": sorted(incident.flapping)}
-    return json.dumps(doc, separators=(",", ":"))
-
-
-def decode_incident(raw: bytes | str) -> Incident:
-    doc = json.loads(raw)
-    flips = (_flip_of(d) for d in doc["latest"])
-    return Incident(latest={f.registry_id: f for f in flips}, flapping=frozenset(doc["flapping"]))
-
-
-def encode_history(history: Mapping[str, Sequence[float]]) -> str:
-    return json.dumps({rid: list(t) for rid, t in sorted(history.items())}, separators=(",", ":"))
-
-
-def decode_history(raw: bytes | str) -> dict[str, list[float]]:
-    return {str(rid): [float(t) for t in times] for rid, times in json.loads(raw).items()}
-
-
-def decode_state(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> AlertState:
-    """The stored state, or a fresh one (logged) if it cannot be read."""
-    d = {as_str(k): as_str(v) for k, v in fields.items()}
-    try:
-        return AlertState(
-            incident=decode_incident(d["incident"]) if "incident" in d else None,
-            history=decode_history(d["history"]) if "history" in d else {},
-            acked_by=d.get("acked_by") or None,
-            opened_at=float(d["opened_at"]) if "opened_at" in d else None,
-        )
-    except (ValueError, KeyError, TypeError):
-        logger.warning("unreadable alert state; starting a new one")
-        return AlertState()
-
-
-def _state_fields(state: AlertState) -> dict[str, str]:
-    out = {"history": encode_history(state.history)}
-    if state.incident is not None:
-        out["incident"] = encode_incident(state.incident)
-    if state.opened_at is not None:
-        out["opened_at"] = repr(state.opened_at)
-    return out
 
 
 # --- the rules, pure --------------------------------------------------------------------------
@@ -264,15 +196,13 @@ class AlertPipeline:
             return [], []
         stored = {w.channel: await self._state(pipe, state_keys[w.channel], w) for w in watches}
         states = {channel: state or AlertState() for channel, state in stored.items()}
-        items, changed, reopened, flips = self._process(ref, watches, states, entries)
+        items, changed, flips = self._process(ref, watches, states, entries)
         pipe.multi()  # type: ignore[no-untyped-call]
         pipe.set(cursor_key, entries[-1][0])
         for channel in (c for c, state in stored.items() if state is None):
-            pipe.delete(state_keys[channel])
+            queue_reset(pipe, state_keys[channel])
         for channel in changed:
-            pipe.hset(state_keys[channel], mapping=_state_fields(states[channel]))  # type: ignore[arg-type]
-        for channel in reopened:
-            pipe.hdel(state_keys[channel], "acked_by")
+            queue_state(pipe, state_keys[channel], states[channel])  # a new incident: no ack
         for item in items:
             await outbox.enqueue(
                 pipe,
@@ -289,7 +219,7 @@ class AlertPipeline:
     async def _state(self, pipe: Pipeline, key: str, watch: Watch) -> AlertState | None:
         """The stored state; None if an earlier watch of the channel (unwatched since) left
         it: its message is old news, the new watch starts afresh."""
-        state = decode_state(cast("dict[bytes, bytes]", await pipe.hgetall(key)))
+        state = await read_state(pipe, key)
         if state.opened_at is not None and state.opened_at < watch.created_at - _CLOCK_SKEW:
             return None
         return state
@@ -300,13 +230,12 @@ class AlertPipeline:
         watches: list[Watch],
         states: dict[str, AlertState],
         entries: list[Entry],
-    ) -> tuple[list[_Item], set[str], set[str], list[Flip]]:
+    ) -> tuple[list[_Item], set[str], list[Flip]]:
         """Every refresh through every watch, updating ``states`` in place; the items, the
-        channels whose state changed, those that opened a new incident, and the flips some
-        watch saw (each once, however many watches saw it)."""
+        channels whose state changed, and the flips some watch saw (each once, however many
+        watches saw it)."""
         items: list[_Item] = []
         changed: set[str] = set()
-        reopened: set[str] = set()
         flips: dict[tuple[str, float, FlipKind], Flip] = {}
         now = self._clock()
         for refresh in refreshes(entries):
@@ -320,10 +249,8 @@ class AlertPipeline:
                     flips.setdefault((flip.registry_id, flip.at, flip.kind), flip)
                 states[watch.channel] = step.state
                 changed.add(watch.channel)
-                if step.post:
-                    reopened.add(watch.channel)
                 items += self._items(watch, ref, step, last_id, now)
-        return items, changed, reopened, list(flips.values())
+        return items, changed, list(flips.values())
 
     def _step(
         self, watch: Watch, state: AlertState, changes: list[Change], at: float, now: float
