@@ -229,16 +229,19 @@ class OutboxSender:
             try:
                 await self.run_once()
                 self._outage.succeeded()
-            except REDIS_OUTAGE as exc:
-                self._outage.failed(exc)
-            except Exception:
-                logger.exception("outbox: send round failed")
+            except* REDIS_OUTAGE as outage:
+                self._outage.failed(outage.exceptions[0])
+            except* Exception as failed:
+                for exc in failed.exceptions:  # each channel's own, none hiding another's
+                    logger.error("outbox: send round failed", exc_info=exc)
             delay = min(max(self._wake - self._clock(), 0.0), self._poll)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
     async def run_once(self) -> int:
-        """Send what is due on every unparked channel; the number of messages sent."""
+        """Send what is due on every unparked channel; the number of messages sent. A
+        channel's failure stops neither the others nor their sending: once all are done,
+        the failures are raised together, each noting its channel, in an ExceptionGroup."""
         self._wake = math.inf
         channels = sorted({as_str(c) for c in await self._redis.smembers(keys.outbox_channels())})
         parked = {as_str(c) for c in await self._redis.hkeys(keys.outbox_parked())}
@@ -254,12 +257,15 @@ class OutboxSender:
                 self._wake = min(self._wake, at)
             else:
                 due.append(channel)
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._serve(c)) for c in due]
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None
-        return sum(t.result() for t in tasks)
+        served = await asyncio.gather(*(self._serve(c) for c in due), return_exceptions=True)
+        failed: list[BaseException] = []
+        for channel, result in zip(due, served, strict=True):
+            if isinstance(result, BaseException):
+                result.add_note(f"outbox channel {channel}")
+                failed.append(result)
+        if failed:
+            raise BaseExceptionGroup(f"outbox: {len(failed)} of {len(due)} channels failed", failed)
+        return sum(cast("list[int]", served))
 
     async def resume(self, channel: str, *, discard: bool = False) -> None:
         """Unpark ``channel``; with ``discard``, its pending items are dropped first (stale

@@ -25,8 +25,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 
 import redis.asyncio as aioredis
@@ -125,7 +125,7 @@ def refreshes(entries: Sequence[Entry]) -> list[list[Entry]]:
     return [list(group) for _, group in groupby(entries, key=lambda e: e[1].at)]
 
 
-# --- the pipeline -----------------------------------------------------------------------------
+# --- one round: read, plan (pure), write ------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +137,123 @@ class _Item:
     dedup: str
 
 
+@dataclass(frozen=True, slots=True)
+class Writes:
+    """What one round writes in one ``MULTI``: the cursor past its entries, the states to
+    drop (left by an earlier watch of the channel) and to write, and the outbox items; and
+    the flips some watch saw (each once, however many saw it), logged once committed."""
+
+    cursor: str
+    dropped: frozenset[str] = frozenset()
+    states: Mapping[str, AlertState] = field(default_factory=dict)
+    items: Sequence[_Item] = ()
+    flips: Sequence[Flip] = ()
+
+
 def scope_of(watch: Watch) -> LookupRequest:
     """The lookup a watch stands for: its task and filters (alert buttons reuse it)."""
     ref = watch.task
     return LookupRequest(
         task_id=ref.task_id, types=watch.types, name=watch.name, ep=ref.enterprise_project_id
     )
+
+
+def plan_writes(
+    ref: TaskRef,
+    watches: Sequence[Watch],
+    entries: Sequence[Entry],
+    stored: Mapping[str, AlertState],
+    *,
+    now: float,
+) -> Writes:
+    """Every refresh in ``entries`` (not empty) through every watch, from each channel's
+    ``stored`` state: what to write."""
+    dropped = frozenset(
+        w.channel for w in watches if _left_by_an_earlier_watch(stored[w.channel], w)
+    )
+    states = {
+        w.channel: AlertState() if w.channel in dropped else stored[w.channel] for w in watches
+    }
+    changed: set[str] = set()
+    items: list[_Item] = []
+    flips: dict[tuple[str, float, FlipKind], Flip] = {}
+    for refresh in refreshes(entries):
+        at, last_id = refresh[0][1].at, refresh[-1][0]
+        changes = [c for _, c in refresh]
+        for watch in (w for w in watches if at >= w.created_at):  # before: its baseline
+            step, plan = _step(watch, states[watch.channel], changes, at, now)
+            for flip in plan.in_order():
+                flips.setdefault((flip.registry_id, flip.at, flip.kind), flip)
+            states[watch.channel] = step.state
+            changed.add(watch.channel)
+            items += _items(watch, ref, step, last_id, now)
+    kept = {c: states[c] for c in sorted(changed)}
+    return Writes(entries[-1][0], dropped, kept, items, list(flips.values()))
+
+
+def _left_by_an_earlier_watch(state: AlertState, watch: Watch) -> bool:
+    """Whether an earlier watch of the channel (unwatched since) left ``state``: its message
+    is old news, and the new watch starts afresh."""
+    return state.opened_at is not None and state.opened_at < watch.created_at - _CLOCK_SKEW
+
+
+def _step(
+    watch: Watch, state: AlertState, changes: list[Change], at: float, now: float
+) -> tuple[Step, AlertPlan]:
+    incident = state.incident
+    plan = classify(
+        changes,
+        types=watch.types,
+        name=watch.name,
+        failure_history=state.history,
+        retrying=incident.retrying if incident is not None else frozenset(),
+        now=at,
+    )
+    state = replace(state, history=update_history(state.history, plan.all_failures(), at))
+    return advance(state, plan, now=now, loud=watch.alerts(now)), plan
+
+
+def _items(watch: Watch, ref: TaskRef, step: Step, last_id: str, now: float) -> list[_Item]:
+    incident = step.state.incident
+    if incident is None or (not step.post and step.news is None):
+        return []
+    alert_key = keys.alert_state(watch.channel, ref)
+    parent = render_alert(
+        scope_of(watch),
+        incident,
+        now=now,
+        acked_by=step.state.acked_by,
+        muted_until=watch.muted_until,
+    )
+
+    def item(kind: outbox.Kind, message: Message) -> _Item:
+        return _Item(watch.channel, kind, alert_key, message, f"{alert_key}:{last_id}:{kind}")
+
+    if step.post:
+        return [item("post", parent)]
+    assert step.news is not None
+    return [item("update", parent), item("thread", render_thread_line(step.news, now=now))]
+
+
+async def _queue(pipe: Pipeline, ref: TaskRef, writes: Writes) -> None:
+    """Queue ``writes`` in one ``MULTI`` on ``pipe``."""
+    pipe.multi()  # type: ignore[no-untyped-call]
+    pipe.set(keys.alert_cursor(ref), writes.cursor)
+    for channel in sorted(writes.dropped):
+        queue_reset(pipe, keys.alert_state(channel, ref))
+    for channel, state in writes.states.items():
+        queue_state(pipe, keys.alert_state(channel, ref), state)  # a new incident: no ack
+    for item in writes.items:
+        await outbox.enqueue(
+            pipe,
+            channel=item.channel,
+            kind=item.kind,
+            alert_key=item.alert_key,
+            text=item.message.text,
+            blocks=item.message.blocks,
+            dedup=item.dedup,
+            task=ref.task_id,
+        )
 
 
 class AlertPipeline:
@@ -171,123 +282,33 @@ class AlertPipeline:
         watches = await self._watches.of_task(ref)
         watched = [keys.alert_cursor(ref), *(keys.alert_state(w.channel, ref) for w in watches)]
         try:
-            queued = await transact(
-                self._redis, lambda pipe: self._attempt(pipe, ref, watches), watch=watched
+            writes = await transact(
+                self._redis, lambda pipe: self._round(pipe, ref, watches), watch=watched
             )
         except Contended:
             # Each lost race means another replica made progress: the next wake-up goes on.
             logger.warning("task %s: alert state kept changing; trying again later", ref.task_id)
             return 0
-        items, flips = queued
-        _note_flips(ref, flips)  # only now: a lost race re-reads the same entries
-        await self._note_alerts(ref, {i.channel for i in items})
-        return len(items)
+        if writes is None:
+            return 0
+        _note_flips(ref, writes.flips)  # only now: a lost race re-reads the same entries
+        await self._note_alerts(ref, {i.channel for i in writes.items})
+        return len(writes.items)
 
-    async def _attempt(
-        self, pipe: Pipeline, ref: TaskRef, watches: list[Watch]
-    ) -> tuple[list[_Item], list[Flip]]:
-        cursor_key = keys.alert_cursor(ref)
-        state_keys = {w.channel: keys.alert_state(w.channel, ref) for w in watches}
-        cursor = await pipe.get(cursor_key)
+    async def _round(self, pipe: Pipeline, ref: TaskRef, watches: list[Watch]) -> Writes | None:
+        """Read under ``WATCH``, plan, queue the writes; None when there was nothing new."""
+        cursor = await pipe.get(keys.alert_cursor(ref))
         # Read on another connection: the stream only grows, and the WATCHed cursor is what
         # makes this replica's view of "after the cursor" the one that commits.
         entries = await self._mirror.changes(ref, after=as_str(cursor) if cursor else "0")
         if not entries:
-            return [], []
-        stored = {w.channel: await self._state(pipe, state_keys[w.channel], w) for w in watches}
-        states = {channel: state or AlertState() for channel, state in stored.items()}
-        items, changed, flips = self._process(ref, watches, states, entries)
-        pipe.multi()  # type: ignore[no-untyped-call]
-        pipe.set(cursor_key, entries[-1][0])
-        for channel in (c for c, state in stored.items() if state is None):
-            queue_reset(pipe, state_keys[channel])
-        for channel in changed:
-            queue_state(pipe, state_keys[channel], states[channel])  # a new incident: no ack
-        for item in items:
-            await outbox.enqueue(
-                pipe,
-                channel=item.channel,
-                kind=item.kind,
-                alert_key=item.alert_key,
-                text=item.message.text,
-                blocks=item.message.blocks,
-                dedup=item.dedup,
-                task=ref.task_id,
-            )
-        return items, flips
-
-    async def _state(self, pipe: Pipeline, key: str, watch: Watch) -> AlertState | None:
-        """The stored state; None if an earlier watch of the channel (unwatched since) left
-        it: its message is old news, the new watch starts afresh."""
-        state = await read_state(pipe, key)
-        if state.opened_at is not None and state.opened_at < watch.created_at - _CLOCK_SKEW:
             return None
-        return state
-
-    def _process(
-        self,
-        ref: TaskRef,
-        watches: list[Watch],
-        states: dict[str, AlertState],
-        entries: list[Entry],
-    ) -> tuple[list[_Item], set[str], list[Flip]]:
-        """Every refresh through every watch, updating ``states`` in place; the items, the
-        channels whose state changed, and the flips some watch saw (each once, however many
-        watches saw it)."""
-        items: list[_Item] = []
-        changed: set[str] = set()
-        flips: dict[tuple[str, float, FlipKind], Flip] = {}
-        now = self._clock()
-        for refresh in refreshes(entries):
-            at, last_id = refresh[0][1].at, refresh[-1][0]
-            changes = [c for _, c in refresh]
-            for watch in watches:
-                if at < watch.created_at:
-                    continue  # the watch's baseline
-                step, plan = self._step(watch, states[watch.channel], changes, at, now)
-                for flip in plan.in_order():
-                    flips.setdefault((flip.registry_id, flip.at, flip.kind), flip)
-                states[watch.channel] = step.state
-                changed.add(watch.channel)
-                items += self._items(watch, ref, step, last_id, now)
-        return items, changed, list(flips.values())
-
-    def _step(
-        self, watch: Watch, state: AlertState, changes: list[Change], at: float, now: float
-    ) -> tuple[Step, AlertPlan]:
-        incident = state.incident
-        plan = classify(
-            changes,
-            types=watch.types,
-            name=watch.name,
-            failure_history=state.history,
-            retrying=incident.retrying if incident is not None else frozenset(),
-            now=at,
-        )
-        state = replace(state, history=update_history(state.history, plan.all_failures(), at))
-        return advance(state, plan, now=now, loud=watch.alerts(now)), plan
-
-    @staticmethod
-    def _items(watch: Watch, ref: TaskRef, step: Step, last_id: str, now: float) -> list[_Item]:
-        incident = step.state.incident
-        if incident is None or (not step.post and step.news is None):
-            return []
-        alert_key = keys.alert_state(watch.channel, ref)
-        parent = render_alert(
-            scope_of(watch),
-            incident,
-            now=now,
-            acked_by=step.state.acked_by,
-            muted_until=watch.muted_until,
-        )
-
-        def item(kind: outbox.Kind, message: Message) -> _Item:
-            return _Item(watch.channel, kind, alert_key, message, f"{alert_key}:{last_id}:{kind}")
-
-        if step.post:
-            return [item("post", parent)]
-        assert step.news is not None
-        return [item("update", parent), item("thread", render_thread_line(step.news, now=now))]
+        stored = {
+            w.channel: await read_state(pipe, keys.alert_state(w.channel, ref)) for w in watches
+        }
+        writes = plan_writes(ref, watches, entries, stored, now=self._clock())
+        await _queue(pipe, ref, writes)
+        return writes
 
     async def _note_alerts(self, ref: TaskRef, channels: set[str]) -> None:
         """The App Home's "last alert"; best effort, after the alerts are safely queued."""
