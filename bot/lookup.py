@@ -101,7 +101,6 @@ class LookupService:
         self._project_id = project_id
         self._default_ep = default_ep
         self.fresh_seconds = fresh_seconds
-        self._scope = budget_scope
         # A lock-out is about one AK/SK pair: a corrected secret may call at once.
         self._auth_scope = auth_scope or budget_scope
         self._clock = clock

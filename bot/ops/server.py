@@ -169,7 +169,7 @@ async def _start(settings: Settings, host: str, parts: _Parts) -> None:
     slack_auth = SlackAuth(slack.app.client)
     await slack_auth.check()  # a failure is logged, and /readyz reports it until it passes
     parts.readiness = readiness = Readiness(
-        redis=runtime.redis, lookups=runtime.lookups, slack=slack_auth, settings=settings
+        redis=runtime.redis, lookups=runtime.lookups, slack=slack_auth
     )
     app = build_web_app(None if socket_mode else slack.app, runtime, readiness=readiness)
     try:
