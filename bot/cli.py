@@ -197,12 +197,12 @@ async def _open_runtime(settings: Settings) -> Runtime:
 
 
 async def _require_redis(runtime: Runtime) -> None:
-    from redis.exceptions import RedisError
+    from bot.storage.outage import PING_FAILED
 
     # The lock lives in Redis; the in-process fallback would "clear" a copy nobody reads.
     try:
         await runtime.redis.ping()
-    except (RedisError, OSError) as exc:
+    except PING_FAILED as exc:
         raise StoreError(
             f"Cannot reach Redis ({type(exc).__name__}), where the authentication lock is "
             "kept; nothing was changed. Try again when Redis is back."

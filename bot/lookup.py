@@ -15,7 +15,6 @@ is logged and counted once, with its last answer: ``fresh``, ``refreshed``, ``fa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -31,6 +30,7 @@ from bot.hss.budget import CallBudget, Priority, on_grant
 from bot.hss.client import FetchResult, HssClient
 from bot.mirror import (
     LARGE_SNAPSHOT,
+    Change,
     Snapshot,
     View,
     choose_view,
@@ -46,7 +46,9 @@ from bot.mirror import (
 )
 from bot.models import PAGE_LIMIT_MAX, Answer, ApiFilter, LookupRequest, TaskRef
 from bot.ops import metrics
-from bot.storage.mirror_store import MirrorStore
+from bot.storage.lease import keep_alive
+from bot.storage.mirror_store import MirrorStore, ViewLock
+from bot.storage.transact import Contended
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +116,6 @@ class LookupService:
         self._project_id = project_id
         self._default_ep = default_ep
         self.fresh_seconds = fresh_seconds
-        self._scope = budget_scope
         # A lock-out is about one AK/SK pair: a corrected secret may call at once.
         self._auth_scope = auth_scope or budget_scope
         self._clock = clock
@@ -334,30 +335,21 @@ class LookupService:
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
     ) -> None:
         view = view_key(flt)
-        owner = uuid.uuid4().hex
+        lock = ViewLock(store=self._store, ref=ref, view=view, owner=uuid.uuid4().hex, ttl=LOCK_TTL)
         before = _fetched_at(snap, view)
-        while not await self._store.lock(ref, view, owner, LOCK_TTL):
+        while not await lock.acquire():
             await asyncio.sleep(POLL_OTHERS)
             # Another replica is fetching this view: its result is ours when it lands.
             if _fetched_at(await self._store.load(ref), view) != before:
                 return
         if _fetched_at(await self._store.load(ref), view) != before:
             # It landed between our last look and taking the lock.
-            await self._store.unlock(ref, view, owner)
+            await lock.release()
             return
-        renew = asyncio.create_task(self._renew(ref, view, owner))
-        try:
+        # Losing the lock (a stall, an outage) does not stop the fetch: the call is paid for
+        # and the save re-merges onto whatever another replica saved meanwhile.
+        async with keep_alive(lock):
             await self._fetch_and_merge(ref, snap, query, flt, priority)
-        finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
-            await self._store.unlock(ref, view, owner)
-
-    async def _renew(self, ref: TaskRef, view: str, owner: str) -> None:
-        while True:
-            await asyncio.sleep(LOCK_TTL / 3)
-            await self._store.unlock(ref, view, owner, LOCK_TTL)
 
     async def _fetch_and_merge(
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
@@ -389,9 +381,7 @@ class LookupService:
     async def _merge_save(
         self, ref: TaskRef, flt: ApiFilter, result: FetchResult, size: int | None
     ) -> None:
-        # Another replica may save between our load and save: re-merge onto its snapshot.
-        for _ in range(5):
-            snap = await self._store.load(ref)
+        async def merged(snap: Snapshot) -> tuple[Snapshot, list[Change]]:
             merging = functools.partial(
                 merge,
                 snap,
@@ -403,13 +393,16 @@ class LookupService:
                 task_total=size,
             )
             big = len(snap.rows) + len(result.registries) > LARGE_SNAPSHOT
-            new, changes = await asyncio.to_thread(merging) if big else merging()
-            if await self._store.save(ref, new, changes, expected=snap.generation):
-                self._remember(ref, new)
-                if changes:
-                    logger.info("task %s: %d status changes", ref.task_id, len(changes))
-                return
-        raise StoreError("The mirror kept changing under this refresh; try again.")
+            return await asyncio.to_thread(merging) if big else merging()
+
+        # Another replica may save while we merge: the store merges again onto its snapshot.
+        try:
+            new, changes = await self._store.update(ref, merged)
+        except Contended:
+            raise StoreError("The mirror kept changing under this refresh; try again.") from None
+        self._remember(ref, new)
+        if changes:
+            logger.info("task %s: %d status changes", ref.task_id, len(changes))
 
     async def _check_auth(self) -> None:
         info = await self._store.get_auth_lock(self._auth_scope)

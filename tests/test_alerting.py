@@ -12,20 +12,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.alerting.flips import AlertPlan, Flip, FlipKind, Incident
-from bot.alerting.pipeline import (
-    AlertPipeline,
-    AlertState,
-    advance,
-    decode_incident,
-    decode_state,
-    encode_incident,
-    refreshes,
-)
+from bot.alerting.pipeline import AlertPipeline, advance, plan_writes, refreshes
+from bot.alerting.state import AlertState, decode_incident, decode_state, encode_incident
 from bot.mirror import REMOVED, Change
 from bot.models import TaskRef
 from bot.storage import keys
 from bot.storage.embedded import EmbeddedRedis
-from bot.storage.watch_store import WatchStore
+from bot.storage.watch_store import Watch, WatchStore
 from tests.plugins.redis_server import RedisFactory
 from tests.support import Clock
 
@@ -560,3 +553,62 @@ def test_advance_rules(
     step = advance(AlertState(incident=incident), plan, now=5.0, loud=loud)
     assert step.post is post
     assert (step.news is not None) is news
+
+
+def _watch(channel: str, created_at: float) -> Watch:
+    return Watch(task=T1, channel=channel, created_by="U1", created_at=created_at)
+
+
+def _entry(eid: str, rid: str, old: str, new: str, at: float) -> tuple[str, Change]:
+    return eid, Change(rid, f"repo-{rid}", "Harbor", old, new, "", at)
+
+
+def test_plan_drops_a_state_left_by_an_earlier_watch_and_starts_afresh() -> None:
+    old = AlertState(
+        incident=Incident(latest={"a": _flip(FlipKind.FAILURE, "a")}),
+        acked_by="U0ACK",
+        opened_at=1000.0,
+    )
+    watch = _watch(C1, created_at=1000.0 + 61)  # more than the clock skew later
+    writes = plan_writes(T1, [watch], [_entry("5-0", "b", *FAIL, at=2000.0)], {C1: old}, now=2001.0)
+    assert writes.cursor == "5-0"
+    assert writes.dropped == {C1}
+    new = writes.states[C1]
+    assert new.opened_at == 2001.0 and new.acked_by is None
+    assert new.incident is not None and set(new.incident.latest) == {"b"}
+    assert [(i.channel, i.kind) for i in writes.items] == [(C1, "post")]
+
+
+def test_plan_keeps_a_state_its_own_watch_opened() -> None:
+    state = AlertState(
+        incident=Incident(latest={"a": _flip(FlipKind.FAILURE, "a")}), opened_at=1000.0
+    )
+    writes = plan_writes(
+        T1,
+        [_watch(C1, created_at=1000.0 + 59)],  # within the clock skew: the same watch
+        [_entry("5-0", "a", *RECOVER, at=2000.0)],
+        {C1: state},
+        now=2001.0,
+    )
+    assert writes.dropped == frozenset()
+    assert [i.kind for i in writes.items] == ["update", "thread"]
+
+
+def test_plan_skips_a_watchs_baseline_and_notes_each_flip_once() -> None:
+    entries = [_entry("1-0", "a", *FAIL, at=100.0), _entry("2-0", "b", *FAIL, at=200.0)]
+    old, new = _watch(C1, created_at=50.0), _watch(C2, created_at=150.0)
+    fresh = {C1: AlertState(), C2: AlertState()}
+    writes = plan_writes(T1, [old, new], entries, fresh, now=300.0)
+    assert writes.cursor == "2-0"
+    assert [(f.registry_id, f.kind) for f in writes.flips] == [
+        ("a", FlipKind.FAILURE),
+        ("b", FlipKind.FAILURE),
+    ]
+    assert [(i.channel, i.kind) for i in writes.items] == [
+        (C1, "post"),
+        (C1, "update"),
+        (C1, "thread"),
+        (C2, "post"),
+    ]
+    c2 = writes.states[C2].incident
+    assert c2 is not None and set(c2.latest) == {"b"}, "a failed before C2 watched"

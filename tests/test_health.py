@@ -53,7 +53,6 @@ def test_ready_when_every_check_passed() -> None:
 @pytest.mark.parametrize(
     ("results", "reason"),
     [
-        (CheckResults(config="SLACK_BOT_TOKEN"), "configuration invalid: SLACK_BOT_TOKEN"),
         (CheckResults(redis="ConnectionError"), "redis unreachable (ConnectionError)"),
         (CheckResults(slack="invalid_auth"), "slack auth.test failed (invalid_auth)"),
         (CheckResults(hss_auth="APIGW.0301"), "hss authentication locked out after APIGW.0301"),
@@ -72,7 +71,6 @@ def test_each_failed_check_is_a_reason(results: CheckResults, reason: str) -> No
 def test_every_failure_is_reported_at_once() -> None:
     ready, reasons = readiness(
         CheckResults(
-            config="X",
             redis="timeout",
             slack="timeout",
             hss_auth="APIGW.0301",
@@ -80,7 +78,7 @@ def test_every_failure_is_reported_at_once() -> None:
             socket_down=True,
         )
     )
-    assert not ready and len(reasons) == 6
+    assert not ready and len(reasons) == 5
 
 
 # --- over HTTP -------------------------------------------------------------------------------
@@ -126,9 +124,7 @@ async def serve(standin: SlackStandIn, hss_sim: RunningSim) -> AsyncIterator[Ser
             exits.push_async_callback(runtime.aclose)
             client = web_client(settings)
             auth = SlackAuth(client, retry_failed=0.0)
-            checks = Readiness(
-                redis=runtime.redis, lookups=runtime.lookups, slack=auth, settings=settings
-            )
+            checks = Readiness(redis=runtime.redis, lookups=runtime.lookups, slack=auth)
             app = build_web_app(None, runtime, readiness=checks)
             runner, port = await start_http(app, host="127.0.0.1", port=0)
             exits.push_async_callback(runner.cleanup)

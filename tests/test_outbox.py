@@ -16,7 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 
-from bot.alerting.outbox import Item, Kind, OutboxSender, enqueue, parent_ts, web_client
+from bot.alerting.outbox import Item, Kind, OutboxSender, enqueue, web_client
+from bot.alerting.state import parent_ts
 from bot.sandbox.slack_standin import Call, Scripted, SlackStandIn
 from bot.storage import keys
 from bot.storage.embedded import EmbeddedRedis
@@ -320,6 +321,54 @@ async def test_item_queued_twice_is_sent_once(
     assert sender.stats.skipped == 1
 
 
+async def test_one_channels_failure_hides_no_other_and_stops_none(
+    redis: aioredis.Redis,
+    slack: TimedStandIn,
+    make_sender: Callable[..., OutboxSender],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BrokeC1(Exception):
+        pass
+
+    class BrokeC2(Exception):
+        pass
+
+    async def broken(channel: str, item: Item) -> None:
+        if channel == "C1":
+            raise BrokeC1
+        if channel == "C2":
+            raise BrokeC2
+
+    for channel in ("C1", "C2", "C3"):
+        await put(redis, channel, f"{channel}-0")
+        await put(redis, channel, f"{channel}-1")
+    sender = make_sender(after_send=broken)
+    with pytest.raises(ExceptionGroup) as failed:
+        await sender.run_once()
+    found = {type(e): e for e in failed.value.exceptions}
+    assert found.keys() == {BrokeC1, BrokeC2}
+    assert found[BrokeC1].__notes__ == ["outbox channel C1"]
+    assert found[BrokeC2].__notes__ == ["outbox channel C2"]
+    assert texts(slack, "C3") == ["C3-0", "C3-1"], "the healthy channel was served whole"
+    assert await redis.xlen(keys.outbox("C3")) == 0
+
+    def logged() -> set[type[BaseException] | None]:
+        lines = (r for r in caplog.records if r.getMessage() == "outbox: send round failed")
+        return {r.exc_info[0] if r.exc_info else None for r in lines}
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(sender.run(stop))
+    try:
+        for _ in range(500):
+            if logged() >= {BrokeC1, BrokeC2}:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await runner
+    assert logged() >= {BrokeC1, BrokeC2}, "each failure logged with its own traceback"
+
+
 # --- replicas, a killed sender, a Redis restart ------------------------------------------------
 
 
@@ -362,8 +411,10 @@ async def test_killed_between_send_and_delete_duplicates_at_most_once(
     async def die(channel: str, item: Item) -> None:
         raise Killed
 
-    with pytest.raises(Killed):
+    with pytest.raises(ExceptionGroup) as died:
         await make_sender(redis_factory(), after_send=die).run_once()
+    [killed] = died.value.exceptions
+    assert isinstance(killed, Killed)
     assert texts(slack, "C1") == ["a0"]
     survivor = make_sender(redis_factory())
     await drain(survivor, lambda: len(slack.calls) == 4)

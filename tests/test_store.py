@@ -190,7 +190,7 @@ async def test_lock_is_exclusive_and_only_the_owner_releases(store: MirrorStore)
     assert not await store.lock(REF, "failed||", "you", 10)
     assert await store.lock(REF, "||", "you", 10), "locks are per view"
     assert not await store.unlock(REF, "failed||", "you"), "wrong owner cannot release"
-    assert not await store.unlock(REF, "failed||", "you", 10), "wrong owner cannot extend"
+    assert not await store.extend_lock(REF, "failed||", "you", 10), "wrong owner cannot extend"
     assert not await store.lock(REF, "failed||", "you", 10)
     assert await store.unlock(REF, "failed||", "me")
     assert not await store.unlock(REF, "failed||", "me"), "released already"
@@ -200,11 +200,13 @@ async def test_lock_is_exclusive_and_only_the_owner_releases(store: MirrorStore)
 async def test_lock_expires_unless_extended(store: MirrorStore) -> None:
     assert await store.lock(REF, "v", "me", 0.3)
     assert await store.lock(REF, "w", "me", 0.3)
-    assert await store.unlock(REF, "w", "me", 5), "the owner extends"
+    assert await store.lock(REF, "x", "me", 0.3)
+    assert await store.extend_lock(REF, "w", "me", 5), "the owner extends"
     await asyncio.sleep(0.6)
     assert await store.lock(REF, "v", "you", 10), "expired: free for others"
     assert not await store.unlock(REF, "v", "me"), "an expired owner releases nothing"
-    assert not await store.unlock(REF, "v", "me", 10), "nor extends"
+    assert not await store.extend_lock(REF, "v", "me", 10), "nor extends"
+    assert not await store.extend_lock(REF, "x", "me", 10), "expired, even if nobody took it"
     assert not await store.lock(REF, "w", "you", 10), "extended: still held"
 
 
@@ -318,7 +320,7 @@ async def test_lock_ttl_is_set_in_redis(redis: aioredis.Redis) -> None:
     store = RedisMirrorStore(redis)
     assert await store.lock(REF, "v", "me", 30)
     assert 29_000 < await redis.pttl(keys.refresh_lock(REF, "v")) <= 30_000
-    assert await store.unlock(REF, "v", "me", 120)
+    assert await store.extend_lock(REF, "v", "me", 120)
     assert 119_000 < await redis.pttl(keys.refresh_lock(REF, "v")) <= 120_000
 
 

@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -43,18 +43,19 @@ from redis.exceptions import LockError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.alerting.state import parent_ts, queue_parent_ts
 from bot.ops import metrics
 from bot.retry_after import parse_retry_after
 from bot.storage import keys
-from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.lease import Held, RedisLease, keep_alive
+from bot.storage.outage import REDIS_OUTAGE, OutageGate
+from bot.storage.replies import as_str
 from bot.storage.watch_store import PAUSE_REASONS
 
 logger = logging.getLogger(__name__)
 
 Kind = Literal["post", "update", "thread"]
 KINDS: frozenset[str] = frozenset({"post", "update", "thread"})
-#: Field of the alert hash (``hss:alert:{channel}:{task}``) holding the parent message's ts.
-PARENT_TS = "parent_ts"
 #: Errors after which the channel cannot take messages until people fix something. The token
 #: errors are the workspace's, but parking each channel keeps every item until it is fixed.
 PERMANENT = PAUSE_REASONS | {"invalid_auth", "account_inactive", "not_authed"}
@@ -118,23 +119,7 @@ async def enqueue(
         pipe.xadd(keys.outbox(channel), fields)
         pipe.sadd(keys.outbox_channels(), channel)
         entry_id, _ = await pipe.execute()
-    return _text(entry_id)
-
-
-async def parent_ts(redis: aioredis.Redis, alert_key: str) -> str | None:
-    """The ts of the alert's parent message, once the sender has posted it."""
-    raw = await redis.hget(alert_key, PARENT_TS)
-    return _text(raw) if raw else None
-
-
-def read_parent_ts(alert_hash: Mapping[bytes | str, bytes | str]) -> str | None:
-    """``parent_ts`` from an alert hash already read (``HGETALL``), e.g. under ``WATCH``."""
-    raw = alert_hash.get(PARENT_TS.encode(), alert_hash.get(PARENT_TS))
-    return _text(raw) if raw else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return as_str(entry_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +135,10 @@ class Item:
     @classmethod
     def decode(cls, entry: tuple[Any, Any]) -> Item:
         entry_id, raw = entry
-        f = {_text(k): _text(v) for k, v in raw.items()}
+        f = {as_str(k): as_str(v) for k, v in raw.items()}
         blocks = json.loads(f.get("blocks") or "[]")
         return cls(
-            _text(entry_id),
+            as_str(entry_id),
             f.get("kind", ""),
             f.get("alert", ""),
             f.get("text", ""),
@@ -229,7 +214,11 @@ class OutboxSender:
         self._forget = redis.register_script(FORGET_IF_EMPTY)
         self._attempts: dict[str, int] = {}
         self._leases: dict[str, Lock] = {}
-        self._redis_down = False
+        self._outage = OutageGate(
+            logger=logger,
+            started="outbox: Redis unavailable (%s); items wait",
+            ended="outbox: Redis is back; sending again",
+        )
         self._waiting: dict[tuple[str, str], float] = {}  # (channel, item) -> since
         self._wake = math.inf
         self.stats = Stats()
@@ -240,24 +229,23 @@ class OutboxSender:
         while not stop.is_set():
             try:
                 await self.run_once()
-                if self._redis_down:
-                    self._redis_down = False
-                    logger.info("outbox: Redis is back; sending again")
-            except REDIS_OUTAGE as exc:
-                if not self._redis_down:
-                    self._redis_down = True
-                    logger.warning("outbox: Redis unavailable (%s); items wait", type(exc).__name__)
-            except Exception:
-                logger.exception("outbox: send round failed")
+                self._outage.succeeded()
+            except* REDIS_OUTAGE as outage:
+                self._outage.failed(outage.exceptions[0])
+            except* Exception as failed:
+                for exc in failed.exceptions:  # each channel's own, none hiding another's
+                    logger.error("outbox: send round failed", exc_info=exc)
             delay = min(max(self._wake - self._clock(), 0.0), self._poll)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
     async def run_once(self) -> int:
-        """Send what is due on every unparked channel; the number of messages sent."""
+        """Send what is due on every unparked channel; the number of messages sent. A
+        channel's failure stops neither the others nor their sending: once all are done,
+        the failures are raised together, each noting its channel, in an ExceptionGroup."""
         self._wake = math.inf
-        channels = sorted({_text(c) for c in await self._redis.smembers(keys.outbox_channels())})
-        parked = {_text(c) for c in await self._redis.hkeys(keys.outbox_parked())}
+        channels = sorted({as_str(c) for c in await self._redis.smembers(keys.outbox_channels())})
+        parked = {as_str(c) for c in await self._redis.hkeys(keys.outbox_parked())}
         channels = [c for c in channels if c not in parked]
         if not channels:
             return 0
@@ -270,12 +258,15 @@ class OutboxSender:
                 self._wake = min(self._wake, at)
             else:
                 due.append(channel)
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._serve(c)) for c in due]
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None
-        return sum(t.result() for t in tasks)
+        served = await asyncio.gather(*(self._serve(c) for c in due), return_exceptions=True)
+        failed: list[BaseException] = []
+        for channel, result in zip(due, served, strict=True):
+            if isinstance(result, BaseException):
+                result.add_note(f"outbox channel {channel}")
+                failed.append(result)
+        if failed:
+            raise BaseExceptionGroup(f"outbox: {len(failed)} of {len(due)} channels failed", failed)
+        return sum(cast("list[int]", served))
 
     async def resume(self, channel: str, *, discard: bool = False) -> None:
         """Unpark ``channel``; with ``discard``, its pending items are dropped first (stale
@@ -292,7 +283,7 @@ class OutboxSender:
     async def parked(self) -> dict[str, str]:
         """Parked channels and the Slack error that parked them."""
         raw = await self._redis.hgetall(keys.outbox_parked())
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {as_str(k): as_str(v) for k, v in raw.items()}
 
     # --- one channel ---
 
@@ -300,17 +291,8 @@ class OutboxSender:
         lease = self._lease(channel)
         if not await self._take(lease):
             return 0
-        served = asyncio.Event()
-        keeper = asyncio.create_task(self._keep(lease, served))
-        try:
-            return await self._drain(channel, keeper)
-        finally:
-            # Told to stop, not cancelled: redis-py can swallow a cancellation that lands
-            # inside a command, and the keeper would then renew the lease forever.
-            served.set()
-            await keeper
-            with contextlib.suppress(LockError, *REDIS_OUTAGE):
-                await lease.release()
+        async with keep_alive(RedisLease(lease)) as held:
+            return await self._drain(channel, held)
 
     def _lease(self, channel: str) -> Lock:
         # One Lock (one token) per channel for the sender's lifetime: a release lost in a
@@ -333,18 +315,11 @@ class OutboxSender:
                 return await lease.reacquire()
         return bool(await lease.acquire(blocking=False))
 
-    async def _keep(self, lease: Lock, served: asyncio.Event) -> None:
-        """Renew the lease until the channel is served; returns early when it is lost."""
-        with contextlib.suppress(LockError, *REDIS_OUTAGE):
-            while not served.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(served.wait(), self._lease_timeout / 3)
-                    return
-                await lease.reacquire()
-
-    async def _drain(self, channel: str, keeper: asyncio.Task[None]) -> int:
+    async def _drain(self, channel: str, held: Held) -> int:
+        """Send the channel's due items in order, until its lease is lost (another replica
+        may then have it: going on could send an item twice, or out of order)."""
         sent = 0
-        while not keeper.done():
+        while not held.lost:
             raw = await self._redis.get(keys.outbox_not_before(channel))
             now = self._clock()
             if raw and float(raw) > now:
@@ -498,7 +473,7 @@ class OutboxSender:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xdel(keys.outbox(channel), item.id)
             if post_ts:
-                pipe.hset(item.alert, PARENT_TS, post_ts)
+                queue_parent_ts(pipe, item.alert, post_ts)
             if item.dedup:
                 pipe.set(keys.outbox_sent(item.dedup), "1", ex=_SENT_TTL)
             if pace:

@@ -12,8 +12,9 @@ With W one-call tasks and c calls a window each task comes round about every W/(
 windows (background calls leave one slot a window to people: W/4 minutes at 5 a minute).
 
 Leases: ``redis.asyncio.lock.Lock`` on ``keys.scheduler_lease(ref)``, taken without
-blocking, timeout ``poll_interval``, extended every third of that while the refresh runs,
-released after it. A replica that dies leaves a lease that expires within one poll interval;
+blocking, timeout ``poll_interval``, kept by :func:`bot.storage.lease.keep_alive` (extended
+every third of that while the refresh runs, through short Redis outages) and released after
+it. A replica that dies leaves a lease that expires within one poll interval;
 the others' loops wake when it expires, so its task is taken over within two. (One that dies
 mid-fetch also leaves the lookup service's view lock, ``lookup.LOCK_TTL`` = 6 s: below a
 3 s poll interval that lock, not the lease, bounds the takeover.)
@@ -37,7 +38,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
-from redis.exceptions import LockError
 
 from bot.errors import BudgetTimeout, HssAuthError, HssError, StoreError
 from bot.hss.budget import Priority
@@ -46,15 +46,14 @@ from bot.mirror import view_key
 from bot.models import ApiFilter, LookupRequest, TaskRef
 from bot.ops import logs
 from bot.storage import keys
+from bot.storage.lease import RedisLease, keep_alive
 from bot.storage.mirror_store import decode_meta
-from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.outage import STORE_UNAVAILABLE, OutageGate
 from bot.storage.watch_store import WatchStore
 
 logger = logging.getLogger(__name__)
 
 _FULL_VIEW = view_key(ApiFilter())
-#: Errors that stop every refresh until Redis answers again (watches live there).
-_REDIS_DOWN: tuple[type[BaseException], ...] = (StoreError, *REDIS_OUTAGE)
 #: Shortest sleep of the loop: due times and lease expiries land a hair late, never spin.
 _MIN_WAIT = 0.005
 
@@ -98,7 +97,13 @@ class Scheduler:
         self._failing: set[TaskRef] = set()
         self._idle_until: float | None = None
         self._locked_out = False
-        self._store_down = False
+        #: Every refresh stops until Redis answers again (watches live there).
+        self._outage = OutageGate(
+            logger=logger,
+            started="scheduler paused: Redis is not answering (%s)",
+            ended="scheduler resumed: Redis answers again",
+            detail=str,
+        )
         self._wait = 0.0
 
     @property
@@ -147,10 +152,8 @@ class Scheduler:
         try:
             candidates = await self._candidates()
             return await self._refresh_first_free(candidates, now)
-        except _REDIS_DOWN as exc:
-            if not self._store_down:
-                logger.warning("scheduler paused: Redis is not answering (%s)", exc)
-            self._store_down = True
+        except STORE_UNAVAILABLE as exc:
+            self._outage.failed(exc)
             self._wait = self.poll_interval
             return None
 
@@ -167,9 +170,7 @@ class Scheduler:
         self._retry_at = {r: at for r, at in self._retry_at.items() if r in refs}
         self._failing &= refs.keys()
         ages = await self._full_view_ages(list(refs))
-        if self._store_down:
-            logger.info("scheduler resumed: Redis answers again")
-            self._store_down = False
+        self._outage.succeeded()
         found = [
             _Candidate(ref, req, at) for (ref, req), at in zip(refs.items(), ages, strict=True)
         ]
@@ -264,31 +265,9 @@ def _lease(redis: aioredis.Redis, ref: TaskRef, ttl: float) -> Lock:
 
 @contextlib.asynccontextmanager
 async def _holding(lease: Lock) -> AsyncIterator[None]:
-    """Keep ``lease`` alive while the body runs (a refresh may wait minutes for the budget)."""
-    done = asyncio.Event()
-    # Told to stop rather than cancelled: a cancellation landing inside a Redis command
-    # could be lost, and the keeper would then outlive the refresh.
-    keeper = asyncio.create_task(_keep(lease, done))
-    try:
+    """Keep ``lease`` while the body runs (a refresh may wait minutes for the budget). A
+    lease lost meanwhile does not stop the refresh, whose call is paid for; it is said."""
+    async with keep_alive(RedisLease(lease)) as held:
         yield
-    finally:
-        done.set()
-        await asyncio.wait({keeper})
-        # Lost (expired during a stall) or Redis gone: it expires by itself either way.
-        with contextlib.suppress(LockError, *REDIS_OUTAGE):
-            await lease.release()
-
-
-async def _keep(lease: Lock, done: asyncio.Event) -> None:
-    ttl = float(lease.timeout or 0)
-    while not done.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), ttl / 3)
-            return
-        try:
-            await lease.extend(ttl, replace_ttl=True)
-        except LockError:
-            logger.warning("scheduler lease %s lost during a refresh", lease.name)
-            return
-        except REDIS_OUTAGE:
-            continue
+    if held.lost:
+        logger.warning("scheduler lease %s lost during a refresh", held.name)

@@ -19,13 +19,13 @@ from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bot.errors import StoreError
 from bot.mirror import view_key
 from bot.models import ApiFilter, TaskRef
 from bot.ops.metrics import REGISTRY
 from bot.storage import keys
 from bot.storage.mirror_store import decode_meta
-from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.outage import STORE_UNAVAILABLE
+from bot.storage.replies import as_str
 from bot.storage.watch_store import WatchStore
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 
 _FULL_VIEW = view_key(ApiFilter())
-_UNREADABLE: tuple[type[BaseException], ...] = (StoreError, *REDIS_OUTAGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +115,7 @@ async def read_live(
     try:
         ages = await mirror_ages(redis, await watches.watched_tasks(), now)
         depth, parked = await outbox_state(redis)
-    except _UNREADABLE:
+    except STORE_UNAVAILABLE:
         return Live(redis_up=False, calls_left=calls_left)
     return Live(
         redis_up=True,
@@ -147,7 +146,7 @@ async def outbox_state(redis: aioredis.Redis) -> tuple[int, int]:
     channels = sorted(await redis.smembers(keys.outbox_channels()))
     async with redis.pipeline(transaction=False) as pipe:
         for channel in channels:
-            pipe.xlen(keys.outbox(channel.decode() if isinstance(channel, bytes) else channel))
+            pipe.xlen(keys.outbox(as_str(channel)))
         pipe.hlen(keys.outbox_parked())
         *lengths, parked = await pipe.execute()
     return sum(int(n) for n in lengths), int(parked)

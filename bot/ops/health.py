@@ -1,9 +1,8 @@
 """Readiness: may this replica take traffic? ``/readyz`` answers from :class:`Readiness`.
 
-Ready means all of:
+Ready means all of (the configuration is valid too, but is not checked here: ``run``
+refuses to start without what it needs, so ``checks.config`` is always ``ok``):
 
-- the configuration is valid (the process only starts with a valid one, so this is checked
-  once, when the readiness is built);
 - Redis answers PING within a second (the bot limps on without it, but then each replica
   keeps its own budget and mirror: better to let the orchestrator know);
 - Slack's ``auth.test`` passed for the bot token (checked at start-up; a failure is re-tried
@@ -28,14 +27,11 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.config import Settings
-from bot.errors import StoreError
 from bot.lookup import LookupService
-from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.outage import PING_FAILED, STORE_UNAVAILABLE
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +43,6 @@ SLACK_RETRY_FAILED = 10.0
 SLACK_RECHECK_PASSED = 300.0
 NOT_CHECKED = "not_checked_yet"
 _CODE = re.compile(r"[^A-Za-z0-9_.-]")
-_UNREADABLE: tuple[type[BaseException], ...] = (StoreError, *REDIS_OUTAGE)
 
 
 def _code(text: str) -> str:
@@ -59,7 +54,6 @@ def _code(text: str) -> str:
 class CheckResults:
     """What each check found: None means fine, a string is a short error code."""
 
-    config: str | None = None
     redis: str | None = None
     slack: str | None = None
     hss_auth: str | None = None
@@ -74,8 +68,6 @@ def readiness(results: CheckResults) -> tuple[bool, list[str]]:
     reasons = []
     if results.stopping:
         reasons.append("shutting down")
-    if results.config is not None:
-        reasons.append(f"configuration invalid: {results.config}")
     if results.redis is not None:
         reasons.append(f"redis unreachable ({results.redis})")
     if results.slack is not None:
@@ -94,7 +86,7 @@ def body(results: CheckResults) -> tuple[int, dict[str, Any]]:
     """The ``/readyz`` HTTP status and JSON body."""
     ready, reasons = readiness(results)
     checks = {
-        "config": results.config or "ok",
+        "config": "ok",  # kept in the body that monitors read; see the module docstring
         "redis": results.redis or "ok",
         "slack": results.slack or "ok",
         "hss_auth": results.hss_auth or "ok",
@@ -104,12 +96,6 @@ def body(results: CheckResults) -> tuple[int, dict[str, Any]]:
     if ready:
         return 200, {"ready": True, "checks": checks}
     return 503, {"ready": False, "reasons": reasons, "checks": checks}
-
-
-def config_problem(settings: Settings) -> str | None:
-    """The variable a ``run`` cannot do without, if one is missing."""
-    problems = settings.hss_problems() + settings.slack_problems()
-    return problems[0].variable if problems else None
 
 
 class SlackAuth:
@@ -184,13 +170,11 @@ class Readiness:
         redis: aioredis.Redis,
         lookups: LookupService,
         slack: SlackAuth | None,
-        settings: Settings | None = None,
         redis_timeout: float = REDIS_TIMEOUT,
     ) -> None:
         self._redis = redis
         self._lookups = lookups
         self.slack = slack
-        self._config = config_problem(settings) if settings is not None else None
         self._redis_timeout = redis_timeout
         #: Set when shutdown begins; ``/readyz`` then answers 503 until the listener closes.
         self.stopping = False
@@ -202,7 +186,6 @@ class Readiness:
         # With Redis down the lock cannot be read: that outage is the reason already.
         hss_auth = await self._hss_lock() if redis_error is None else None
         return CheckResults(
-            config=self._config,
             redis=redis_error,
             slack=slack_error,
             hss_auth=hss_auth,
@@ -224,7 +207,7 @@ class Readiness:
                 await self._redis.ping()
         except TimeoutError:
             return "timeout"
-        except (RedisError, OSError) as exc:  # refused, reset, NOAUTH...: all "unreachable"
+        except PING_FAILED as exc:  # refused, reset, NOAUTH...: all "unreachable"
             return _code(type(exc).__name__)
         return None
 
@@ -234,7 +217,7 @@ class Readiness:
     async def _hss_lock(self) -> str | None:
         try:
             info = await self._lookups.auth_lock()
-        except _UNREADABLE:
+        except STORE_UNAVAILABLE:
             return None
         if info is None:
             return None

@@ -31,6 +31,7 @@ from bot.ops.workers import STOP_GRACE, Workers, build_workers
 from bot.runtime import Runtime, open_runtime
 from bot.slack.app import SlackBot, build_app
 from bot.slack.socket_mode import socket_mode_handler
+from bot.storage.outage import PING_FAILED
 from bot.storage.watch_store import WatchStore
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def build_web_app(
         # not required.
         try:
             redis_ok = bool(await runtime.redis.ping())
-        except Exception:  # any failure means "down" here; the cause is logged elsewhere
+        except PING_FAILED:  # down; the cause is logged elsewhere
             redis_ok = False
         return web.json_response({"ok": True, "redis": "up" if redis_ok else "down"})
 
@@ -168,7 +169,7 @@ async def _start(settings: Settings, host: str, parts: _Parts) -> None:
     slack_auth = SlackAuth(slack.app.client)
     await slack_auth.check()  # a failure is logged, and /readyz reports it until it passes
     parts.readiness = readiness = Readiness(
-        redis=runtime.redis, lookups=runtime.lookups, slack=slack_auth, settings=settings
+        redis=runtime.redis, lookups=runtime.lookups, slack=slack_auth
     )
     app = build_web_app(None if socket_mode else slack.app, runtime, readiness=readiness)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 from slack_bolt.context.ack.async_ack import AsyncAck
@@ -26,7 +26,8 @@ from bot.alerting.message import (
     decode_alert_action,
     render_alert,
 )
-from bot.alerting.pipeline import decode_state, scope_of
+from bot.alerting.pipeline import scope_of
+from bot.alerting.state import ack, read_state
 from bot.errors import BotError
 from bot.lookup import LookupService
 from bot.models import TaskRef
@@ -81,7 +82,7 @@ class AlertButtons:
         channel = str(body.get("channel", {}).get("id", ""))
         ref = self._lookups.ref(decoded.request)
         if decoded.action_id == ACTION_ACK:
-            await self._redis.hset(keys.alert_state(channel, ref), "acked_by", user)
+            await ack(self._redis, keys.alert_state(channel, ref), user)
         elif decoded.action_id == ACTION_UNMUTE:
             await self._watches.unmute(task=ref, channel=channel)
         elif decoded.mute_seconds is not None:
@@ -93,7 +94,7 @@ class AlertButtons:
         """Queue an update of the alert message from its stored state."""
         watch = await self._watches.get(task=ref, channel=channel)
         key = keys.alert_state(channel, ref)
-        state = decode_state(cast("dict[bytes, bytes]", await self._redis.hgetall(key)))
+        state = await read_state(self._redis, key)
         if watch is None or state.incident is None:
             return
         now = self._clock()

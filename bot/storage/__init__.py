@@ -1,5 +1,5 @@
-"""Redis: every key name, the URL, the embedded server, outages, and the stores built on it
-(the task mirror, channel watches).
+"""Redis: every key name, the URL, the embedded server, outages, leases, transactions, reading
+replies, and the stores built on it (the task mirror, channel watches).
 
 May import: the core (``errors``, ``models``, ``config``, ``mirror``) and
 ``ops.logs``/``ops.metrics``.

@@ -116,8 +116,9 @@ def alert_cursor(ref: TaskRef) -> str:
 def alert_state(channel: str, ref: TaskRef) -> str:
     """HASH ``incident`` (JSON), ``history`` (JSON failure times), ``opened_at``, ``acked_by``
     (Acknowledge button), ``parent_ts`` (set by the outbox sender once the alert is posted).
-    One channel's incident for one task, re-rendered whole on every change. No TTL: an open
-    incident may last days; one older than its watch is ignored, so a re-watch starts fresh.
+    One channel's incident for one task, re-rendered whole on every change; read and written
+    only through ``bot.alerting.state``. No TTL: an open incident may last days; one older
+    than its watch is ignored, so a re-watch starts fresh.
     (Slack channel ids are upper case, so no channel id collides with ``cursor``.)"""
     return f"{PREFIX}:alert:{_part(channel)}:{task_part(ref)}"
 

@@ -1,9 +1,10 @@
 """The mirror in Redis, with an in-memory stand-in for when Redis is down.
 
 A task's snapshot is one Redis hash: ``meta`` (JSON: generation, views) and ``c0..cN``
-(zlib-compressed JSON chunks of rows). It is replaced whole inside ``WATCH``/``MULTI`` so a
-reader never sees half a refresh and two replicas never overwrite each other's refresh: the
-loser re-merges onto the winner's snapshot. Compressed chunks keep Redis memory near 40
+(zlib-compressed JSON chunks of rows). It is replaced whole inside ``WATCH``/``MULTI``
+(:func:`bot.storage.transact.transact`) so a reader never sees half a refresh and two
+replicas never overwrite each other's refresh: :meth:`MirrorStore.update` re-merges the
+loser's fetch onto the winner's snapshot. Compressed chunks keep Redis memory near 40
 bytes per registry, and each process keeps the decoded snapshot of the current generation,
 so a lookup usually costs one small ``HGET``.
 """
@@ -16,15 +17,17 @@ import logging
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
+from redis.asyncio.client import Pipeline
 
 from bot.mirror import LARGE_SNAPSHOT, Change, Row, Snapshot, View, parse_view_key, view_key
 from bot.models import UNKNOWN_STATUS, TaskRef
 from bot.storage import keys
 from bot.storage.outage import REDIS_OUTAGE, RedisHealth
+from bot.storage.transact import transact
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +39,18 @@ CACHE_TASKS = 64
 CACHE_ROWS = 400_000
 
 T = TypeVar("T")
+#: What :meth:`MirrorStore.update` does to a snapshot: the new one and its status changes.
+Updater = Callable[[Snapshot], Awaitable[tuple[Snapshot, Sequence[Change]]]]
 
-# KEYS[1] = lock key; ARGV[1] = owner id; ARGV[2] = new TTL in ms (0 = release)
-_LOCK_SCRIPT = """
+# KEYS[1] = lock key; ARGV[1] = owner id; ARGV[2] = new TTL in ms
+_EXTEND_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if tonumber(ARGV[2]) == 0 then return redis.call('DEL', KEYS[1]) end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+# KEYS[1] = lock key; ARGV[1] = owner id
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
 """
 
 
@@ -54,12 +63,23 @@ class MirrorStore(Protocol):
         """Store ``snap`` if the stored generation is still ``expected``; False otherwise."""
         ...
 
+    async def update(self, ref: TaskRef, change: Updater) -> tuple[Snapshot, Sequence[Change]]:
+        """Store ``change(stored snapshot)``, read again and re-changed if another writer
+        saved first; the snapshot stored and its changes. ``Contended`` if that never ends."""
+        ...
+
     async def generation(self, ref: TaskRef) -> int: ...
 
-    async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool: ...
+    async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        """Take the view's refresh lock for ``ttl`` seconds, unless someone holds it."""
+        ...
 
-    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
-        """Release the lock (``ttl`` 0) or extend it, if ``owner`` still holds it."""
+    async def extend_lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        """Give the lock ``ttl`` seconds from now, if ``owner`` still holds it."""
+        ...
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
+        """Release the lock, if ``owner`` still holds it."""
         ...
 
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]: ...
@@ -67,6 +87,31 @@ class MirrorStore(Protocol):
     async def get_auth_lock(self, scope: str) -> dict[str, Any] | None: ...
 
     async def set_auth_lock(self, scope: str, info: dict[str, Any] | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ViewLock:
+    """One task view's refresh lock (``keys.refresh_lock``) for ``owner``, through whichever
+    store (Redis, memory, or failover between them): a ``bot.storage.lease.Lease``."""
+
+    store: MirrorStore
+    ref: TaskRef
+    view: str
+    owner: str
+    ttl: float
+
+    @property
+    def name(self) -> str:
+        return keys.refresh_lock(self.ref, self.view)
+
+    async def acquire(self) -> bool:
+        return await self.store.lock(self.ref, self.view, self.owner, self.ttl)
+
+    async def extend(self) -> bool:
+        return await self.store.extend_lock(self.ref, self.view, self.owner, self.ttl)
+
+    async def release(self) -> bool:
+        return await self.store.unlock(self.ref, self.view, self.owner)
 
 
 # --- encoding ---
@@ -151,18 +196,22 @@ class RedisMirrorStore:
         # save: if the key is lost (flush, restart without persistence) generations restart
         # from 0, but a new save's views carry new fetch times.
         self._cache: OrderedDict[str, tuple[bytes | None, Snapshot]] = OrderedDict()
-        self._lock_script = redis.register_script(_LOCK_SCRIPT)
+        self._extend_script = redis.register_script(_EXTEND_SCRIPT)
+        self._release_script = redis.register_script(_RELEASE_SCRIPT)
 
     async def generation(self, ref: TaskRef) -> int:
         return int(decode_meta(await self._redis.hget(keys.mirror(ref), "meta"))["gen"])
 
     async def load(self, ref: TaskRef) -> Snapshot:
-        key = keys.mirror(ref)
+        return await self._read(self._redis, keys.mirror(ref))
+
+    async def _read(self, redis: aioredis.Redis | Pipeline, key: str) -> Snapshot:
+        """The stored snapshot: this process's copy while the meta field says it is current."""
         cached = self._cache.get(key)
-        if cached is not None and cached[0] == await self._redis.hget(key, "meta"):
+        if cached is not None and cached[0] == await redis.hget(key, "meta"):
             self._cache.move_to_end(key)
             return cached[1]
-        fields = cast("dict[bytes, bytes]", await self._redis.hgetall(key))
+        fields = cast("dict[bytes, bytes]", await redis.hgetall(key))
         if sum(len(v) for v in fields.values()) > LARGE_SNAPSHOT * 40:  # ~40 B a row
             snap = await asyncio.to_thread(decode_snapshot, fields)
         else:
@@ -188,38 +237,44 @@ class RedisMirrorStore:
         self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change], *, expected: int
     ) -> bool:
         key = keys.mirror(ref)
-        if len(snap.rows) > LARGE_SNAPSHOT:
-            fields = await asyncio.to_thread(encode_snapshot, snap)
-        else:
-            fields = encode_snapshot(snap)
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(key)
-                if int(decode_meta(await pipe.hget(key, "meta"))["gen"]) != expected:
-                    return False
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.delete(key)
-                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                for change in changes:
-                    pipe.xadd(
-                        keys.mirror_changes(ref),
-                        _change_fields(change),  # type: ignore[arg-type]
-                        maxlen=CHANGES_MAXLEN,
-                        approximate=True,
-                    )
-                await pipe.execute()
-        except WatchError:
+        fields = await _encoded(snap)
+
+        async def body(pipe: Pipeline) -> bool:
+            if int(decode_meta(await pipe.hget(key, "meta"))["gen"]) != expected:
+                return False
+            _replace(pipe, ref, fields, changes)
+            return True
+
+        # A lost race is retried, and then refused here if the generation moved.
+        if not await transact(self._redis, body, watch=[key]):
             return False
         self._remember(key, fields["meta"], snap)
         return True
+
+    async def update(self, ref: TaskRef, change: Updater) -> tuple[Snapshot, Sequence[Change]]:
+        key = keys.mirror(ref)
+
+        async def body(pipe: Pipeline) -> tuple[Snapshot, Sequence[Change], bytes]:
+            new, changes = await change(await self._read(pipe, key))
+            fields = await _encoded(new)
+            _replace(pipe, ref, fields, changes)
+            return new, changes, fields["meta"]
+
+        # Another replica saving first makes ours re-read its snapshot and change that.
+        new, changes, meta = await transact(self._redis, body, watch=[key])
+        self._remember(key, meta, new)
+        return new, changes
 
     async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
         ok = await self._redis.set(keys.refresh_lock(ref, view), owner, nx=True, px=_ms(ttl))
         return bool(ok)
 
-    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
-        done = await self._lock_script(keys=[keys.refresh_lock(ref, view)], args=[owner, _ms(ttl)])
-        return bool(done)
+    async def extend_lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        key = keys.refresh_lock(ref, view)
+        return bool(await self._extend_script(keys=[key], args=[owner, _ms(ttl)]))
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
+        return bool(await self._release_script(keys=[keys.refresh_lock(ref, view)], args=[owner]))
 
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
         entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
@@ -238,8 +293,33 @@ class RedisMirrorStore:
             await self._redis.set(keys.auth_lock(scope), json.dumps(info))
 
 
+async def _encoded(snap: Snapshot) -> dict[str, bytes]:
+    if len(snap.rows) > LARGE_SNAPSHOT:
+        return await asyncio.to_thread(encode_snapshot, snap)
+    return encode_snapshot(snap)
+
+
+def _replace(
+    pipe: Pipeline, ref: TaskRef, fields: Mapping[str, bytes], changes: Sequence[Change]
+) -> None:
+    """Queue the whole snapshot's replacement and its changes, in the caller's MULTI."""
+    key = keys.mirror(ref)
+    pipe.multi()  # type: ignore[no-untyped-call]
+    pipe.delete(key)
+    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+    for change in changes:
+        pipe.xadd(
+            keys.mirror_changes(ref),
+            _change_fields(change),  # type: ignore[arg-type]
+            maxlen=CHANGES_MAXLEN,
+            approximate=True,
+        )
+
+
 def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000)) if seconds > 0 else 0
+    if not seconds > 0:
+        raise ValueError("a lock needs a positive TTL")
+    return max(1, int(seconds * 1000))
 
 
 # --- memory (Redis down, or no Redis wanted) ---
@@ -254,6 +334,8 @@ class MemoryMirrorStore:
         self._locks: dict[tuple[TaskRef, str], tuple[str, float]] = {}
         self._auth: dict[str, dict[str, Any]] = {}
         self._clock = clock
+        # One writer at a time: an update awaits its change between its read and its write.
+        self._writing = asyncio.Lock()
 
     async def generation(self, ref: TaskRef) -> int:
         return self._snaps.get(ref, Snapshot()).generation
@@ -268,13 +350,23 @@ class MemoryMirrorStore:
     async def save(
         self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change], *, expected: int
     ) -> bool:
-        if await self.generation(ref) != expected:
-            return False
+        async with self._writing:
+            if await self.generation(ref) != expected:
+                return False
+            self._store(ref, snap, changes)
+            return True
+
+    async def update(self, ref: TaskRef, change: Updater) -> tuple[Snapshot, Sequence[Change]]:
+        async with self._writing:
+            new, changes = await change(await self.load(ref))
+            self._store(ref, new, changes)
+            return new, changes
+
+    def _store(self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change]) -> None:
         self._snaps[ref] = snap
         log = self._changes.setdefault(ref, [])
         log.extend((f"{snap.generation}-{i}", c) for i, c in enumerate(changes))
         del log[:-CHANGES_MAXLEN]
-        return True
 
     async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
         held = self._locks.get((ref, view))
@@ -283,15 +375,21 @@ class MemoryMirrorStore:
         self._locks[(ref, view)] = (owner, self._clock() + ttl)
         return True
 
-    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
-        held = self._locks.get((ref, view))
-        if held is None or held[0] != owner:
+    async def extend_lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        if not self._holds(ref, view, owner):
             return False
-        if ttl > 0:
-            self._locks[(ref, view)] = (owner, self._clock() + ttl)
-        else:
-            del self._locks[(ref, view)]
+        self._locks[(ref, view)] = (owner, self._clock() + ttl)
         return True
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
+        if not self._holds(ref, view, owner):
+            return False
+        del self._locks[(ref, view)]
+        return True
+
+    def _holds(self, ref: TaskRef, view: str, owner: str) -> bool:
+        held = self._locks.get((ref, view))
+        return held is not None and held[0] == owner and held[1] > self._clock()
 
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
         log = self._changes.get(ref, [])
@@ -356,11 +454,17 @@ class FailoverMirrorStore:
     ) -> bool:
         return await self._call(lambda s: s.save(ref, snap, changes, expected=expected))
 
+    async def update(self, ref: TaskRef, change: Updater) -> tuple[Snapshot, Sequence[Change]]:
+        return await self._call(lambda s: self._seeded(s, ref).update(ref, change))
+
     async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
         return await self._call(lambda s: s.lock(ref, view, owner, ttl))
 
-    async def unlock(self, ref: TaskRef, view: str, owner: str, ttl: float = 0.0) -> bool:
-        return await self._call(lambda s: s.unlock(ref, view, owner, ttl))
+    async def extend_lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
+        return await self._call(lambda s: s.extend_lock(ref, view, owner, ttl))
+
+    async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
+        return await self._call(lambda s: s.unlock(ref, view, owner))
 
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
         return await self._call(lambda s: s.changes(ref, after))
@@ -377,6 +481,7 @@ __all__ = [
     "MemoryMirrorStore",
     "MirrorStore",
     "RedisMirrorStore",
+    "ViewLock",
     "decode_snapshot",
     "encode_snapshot",
     "view_key",

@@ -28,12 +28,13 @@ from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
 from bot.errors import StoreError
 from bot.models import TaskRef
 from bot.storage import keys
 from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.replies import as_str
+from bot.storage.transact import Contended, transact
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,6 @@ T = TypeVar("T")
 
 #: Slack errors after which a channel cannot take our messages until people fix something.
 PAUSE_REASONS = frozenset({"channel_not_found", "is_archived", "not_in_channel", "token_revoked"})
-#: Every lost race means another change went through, so a retry loop ends after at most as
-#: many rounds as there are concurrent writers: far fewer than this in practice.
-_MAX_ATTEMPTS = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,10 +86,6 @@ def _field(task: TaskRef) -> str:
 
 def _task_member(task: TaskRef) -> str:
     return json.dumps([task.project_id, task.task_id, task.enterprise_project_id])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _task_of_member(raw: bytes | str) -> TaskRef:
@@ -147,20 +141,12 @@ class WatchStore:
         self._clock = clock
 
     async def _transact(self, watched: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
-        """Run ``body`` with the ``watched`` keys WATCHed; it reads, then queues its writes after
-        ``pipe.multi()``. Retried from the start when a watched key changed meanwhile."""
+        """:func:`~bot.storage.transact.transact`, in the watch store's words."""
         with _outage():
-            for _ in range(_MAX_ATTEMPTS):
-                try:
-                    async with self._redis.pipeline(transaction=True) as pipe:
-                        await pipe.watch(*watched)
-                        result = await body(pipe)
-                        if pipe.explicit_transaction:
-                            await pipe.execute()
-                        return result
-                except WatchError:
-                    continue
-        raise StoreError("Watches are changing too fast to update; try again.")
+            try:
+                return await transact(self._redis, body, watch=watched)
+            except Contended:
+                raise StoreError("Watches are changing too fast to update; try again.") from None
 
     # --- changes ---
 
@@ -290,7 +276,7 @@ class WatchStore:
         if task is None:
             return set()
         await pipe.watch(keys.watch_task(task))
-        return {_text(c) for c in await pipe.smembers(keys.watch_task(task))}
+        return {as_str(c) for c in await pipe.smembers(keys.watch_task(task))}
 
     @staticmethod
     def _unindex(pipe: Pipeline, task: TaskRef, channel: str, channels: set[str]) -> None:
@@ -313,7 +299,7 @@ class WatchStore:
     async def of_task(self, task: TaskRef) -> list[Watch]:
         """Every channel's watch of exactly this task (project, ep and task id)."""
         with _outage():
-            channels = sorted(_text(c) for c in await self._redis.smembers(keys.watch_task(task)))
+            channels = sorted(as_str(c) for c in await self._redis.smembers(keys.watch_task(task)))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for channel in channels:
                     pipe.hget(keys.watch_channel(channel), _field(task))
@@ -327,7 +313,7 @@ class WatchStore:
 
     async def channels(self) -> list[str]:
         with _outage():
-            return sorted(_text(c) for c in await self._redis.smembers(keys.watch_channels()))
+            return sorted(as_str(c) for c in await self._redis.smembers(keys.watch_channels()))
 
     async def all(self) -> list[Watch]:
         """Every channel's watches, by channel then task id."""
