@@ -60,7 +60,8 @@ from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import _ROUTE, SimConfig, SimRequest, SimResponse, Simulator
 from bot.sandbox.slack_standin import Call
 from bot.storage import keys
-from bot.storage.mirror_store import RedisMirrorStore, decode_meta
+from bot.storage.mirror_codec import decode_meta
+from bot.storage.mirror_store import RedisMirrorStore
 
 RATE_CALLS = 5
 REAL_WINDOW = 60.0  # HSS: 5 calls per 60 s per IAM user

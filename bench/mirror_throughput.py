@@ -59,12 +59,8 @@ from bot.mirror import LARGE_SNAPSHOT, Snapshot, merge  # noqa: E402
 from bot.models import ApiFilter, Registry, TaskRef  # noqa: E402
 from bot.sandbox.simdata import TaskData  # noqa: E402
 from bot.storage import keys  # noqa: E402
-from bot.storage.mirror_store import (  # noqa: E402
-    CHANGES_MAXLEN,
-    RedisMirrorStore,
-    decode_snapshot,
-    encode_snapshot,
-)
+from bot.storage.mirror_codec import decode_snapshot, encode_snapshot  # noqa: E402
+from bot.storage.mirror_store import CHANGES_MAXLEN, RedisMirrorStore  # noqa: E402
 
 TARGET_PER_S = 100_000
 PIPE_BATCH = 5000

@@ -21,7 +21,8 @@ from bot.hss.client import HssClient
 from bot.hss.signer import Credentials
 from bot.lookup import LookupService
 from bot.storage.embedded import EmbeddedRedis, ensure_embedded_redis
-from bot.storage.mirror_store import FailoverMirrorStore, MemoryMirrorStore, RedisMirrorStore
+from bot.storage.mirror_fallback import FailoverMirrorStore, MemoryMirrorStore
+from bot.storage.mirror_store import RedisMirrorStore
 from bot.storage.outage import RedisHealth
 from bot.storage.redis_url import DirectUrl, parse_redis_url
 

@@ -17,7 +17,8 @@ from bot.models import TaskRef
 from bot.storage import keys
 from bot.storage.embedded import EmbeddedRedis
 from bot.storage.lease import Held, Lease, RedisLease, keep_alive
-from bot.storage.mirror_store import MemoryMirrorStore, RedisMirrorStore, ViewLock
+from bot.storage.mirror_fallback import MemoryMirrorStore
+from bot.storage.mirror_store import RedisMirrorStore, ViewLock
 from tests.plugins.redis_server import RedisFactory
 
 NAME = "hss:test:lease"

@@ -17,15 +17,9 @@ from bot.mirror import REMOVED, Change, Row, Snapshot, View, view_key
 from bot.models import REGISTRY_TYPES, UNKNOWN_STATUS, ApiFilter, SyncStatus, TaskRef
 from bot.storage import keys
 from bot.storage.embedded import EmbeddedRedis
-from bot.storage.mirror_store import (
-    CHUNK_ROWS,
-    FailoverMirrorStore,
-    MemoryMirrorStore,
-    MirrorStore,
-    RedisMirrorStore,
-    decode_snapshot,
-    encode_snapshot,
-)
+from bot.storage.mirror_codec import CHUNK_ROWS, decode_snapshot, encode_snapshot
+from bot.storage.mirror_fallback import FailoverMirrorStore, MemoryMirrorStore
+from bot.storage.mirror_store import MirrorStore, RedisMirrorStore
 from bot.storage.outage import RedisHealth
 
 T0 = 1_764_000_000.125

@@ -47,7 +47,7 @@ from bot.models import ApiFilter, LookupRequest, TaskRef
 from bot.ops import logs
 from bot.storage import keys
 from bot.storage.lease import RedisLease, keep_alive
-from bot.storage.mirror_store import decode_meta
+from bot.storage.mirror_codec import decode_meta
 from bot.storage.outage import STORE_UNAVAILABLE, OutageGate
 from bot.storage.watch_store import WatchStore
 

@@ -23,7 +23,7 @@ from bot.mirror import view_key
 from bot.models import ApiFilter, TaskRef
 from bot.ops.metrics import REGISTRY
 from bot.storage import keys
-from bot.storage.mirror_store import decode_meta
+from bot.storage.mirror_codec import decode_meta
 from bot.storage.outage import STORE_UNAVAILABLE
 from bot.storage.replies import as_str
 from bot.storage.watch_store import WatchStore

@@ -1,4 +1,4 @@
-"""The mirror in Redis, with an in-memory stand-in for when Redis is down.
+"""The mirror in Redis (its stand-ins for an outage are ``mirror_fallback``).
 
 A task's snapshot is one Redis hash: ``meta`` (JSON: generation, views) and ``c0..cN``
 (zlib-compressed JSON chunks of rows). It is replaced whole inside ``WATCH``/``MULTI``
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,15 +22,20 @@ from typing import Any, Protocol, TypeVar, cast
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from bot.mirror import LARGE_SNAPSHOT, Change, Row, Snapshot, View, parse_view_key, view_key
-from bot.models import UNKNOWN_STATUS, TaskRef
+from bot.mirror import LARGE_SNAPSHOT, Change, Snapshot
+from bot.models import TaskRef
 from bot.storage import keys
-from bot.storage.outage import REDIS_OUTAGE, RedisHealth
+from bot.storage.mirror_codec import (
+    change_fields,
+    change_of,
+    decode_meta,
+    decode_snapshot,
+    encode_snapshot,
+)
 from bot.storage.transact import transact
 
 logger = logging.getLogger(__name__)
 
-CHUNK_ROWS = 5000
 CHANGES_MAXLEN = 10_000
 CACHE_TASKS = 64
 #: Decoded rows take about 400 bytes each in Python: bound the cache by rows, not tasks,
@@ -112,78 +116,6 @@ class ViewLock:
 
     async def release(self) -> bool:
         return await self.store.unlock(self.ref, self.view, self.owner)
-
-
-# --- encoding ---
-
-
-def encode_snapshot(snap: Snapshot) -> dict[str, bytes]:
-    rows = [_row_list(r) for r in snap.rows.values()]
-    chunks = [rows[i : i + CHUNK_ROWS] for i in range(0, len(rows), CHUNK_ROWS)]
-    meta = {
-        "gen": snap.generation,
-        "views": {k: [v.fetched_at, v.total] for k, v in snap.views.items()},
-        "rows": len(rows),
-        "chunks": len(chunks),
-        "total": snap.task_total,
-    }
-    out = {"meta": json.dumps(meta).encode()}
-    for i, chunk in enumerate(chunks):
-        out[f"c{i}"] = zlib.compress(json.dumps(chunk, separators=(",", ":")).encode(), 1)
-    return out
-
-
-def _row_list(r: Row) -> list[object]:
-    # known_status is stored only when it differs: it usually equals status.
-    known = "" if r.known_status == r.status else r.known_status
-    return [r.registry_id, r.name, r.type, r.status, r.reason, round(r.seen_at, 3), known]
-
-
-def decode_meta(raw: object) -> dict[str, Any]:
-    if raw is None:
-        return {"gen": 0, "views": {}, "chunks": 0}
-    meta: dict[str, Any] = json.loads(cast(bytes, raw))
-    return meta
-
-
-def decode_snapshot(fields: Mapping[bytes, bytes]) -> Snapshot:
-    meta = decode_meta(fields.get(b"meta"))
-    rows: dict[str, Row] = {}
-    for i in range(int(meta["chunks"])):
-        for rid, name, rtype, status, reason, seen_at, known in json.loads(
-            zlib.decompress(fields[f"c{i}".encode()])
-        ):
-            # "" means "same as status", except that an unknown status never is a known one.
-            known = known or (status if status != UNKNOWN_STATUS else "")
-            rows[rid] = Row(rid, name, rtype, status, reason, seen_at, known)
-    views = {
-        k: View(flt=parse_view_key(k), fetched_at=float(at), total=int(total))
-        for k, (at, total) in meta["views"].items()
-    }
-    total = meta.get("total")
-    return Snapshot(
-        rows=rows,
-        views=views,
-        generation=int(meta["gen"]),
-        task_total=int(total) if total is not None else None,
-    )
-
-
-def _change_fields(c: Change) -> dict[str, str]:
-    return {
-        "id": c.registry_id,
-        "name": c.name,
-        "type": c.type,
-        "old": c.old,
-        "new": c.new,
-        "reason": c.reason,
-        "at": repr(c.at),
-    }
-
-
-def _change_of(f: dict[bytes, bytes]) -> Change:
-    d = {k.decode(): v.decode() for k, v in f.items()}
-    return Change(d["id"], d["name"], d["type"], d["old"], d["new"], d["reason"], float(d["at"]))
 
 
 # --- Redis ---
@@ -280,7 +212,7 @@ class RedisMirrorStore:
         entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
             keys.mirror_changes(ref), min=f"({after}" if after != "0" else "-"
         )
-        return [(eid.decode(), _change_of(f)) for eid, f in entries]
+        return [(eid.decode(), change_of(f)) for eid, f in entries]
 
     async def get_auth_lock(self, scope: str) -> dict[str, Any] | None:
         raw = await self._redis.get(keys.auth_lock(scope))
@@ -310,7 +242,7 @@ def _replace(
     for change in changes:
         pipe.xadd(
             keys.mirror_changes(ref),
-            _change_fields(change),  # type: ignore[arg-type]
+            change_fields(change),  # type: ignore[arg-type]
             maxlen=CHANGES_MAXLEN,
             approximate=True,
         )
@@ -320,169 +252,3 @@ def _ms(seconds: float) -> int:
     if not seconds > 0:
         raise ValueError("a lock needs a positive TTL")
     return max(1, int(seconds * 1000))
-
-
-# --- memory (Redis down, or no Redis wanted) ---
-
-
-class MemoryMirrorStore:
-    """The same contract in one process: used while Redis is unreachable."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._snaps: dict[TaskRef, Snapshot] = {}
-        self._changes: dict[TaskRef, list[tuple[str, Change]]] = {}
-        self._locks: dict[tuple[TaskRef, str], tuple[str, float]] = {}
-        self._auth: dict[str, dict[str, Any]] = {}
-        self._clock = clock
-        # One writer at a time: an update awaits its change between its read and its write.
-        self._writing = asyncio.Lock()
-
-    async def generation(self, ref: TaskRef) -> int:
-        return self._snaps.get(ref, Snapshot()).generation
-
-    def seed(self, ref: TaskRef, snap: Snapshot) -> None:
-        """Start from ``snap`` unless this store already holds something for ``ref``."""
-        self._snaps.setdefault(ref, snap)
-
-    async def load(self, ref: TaskRef) -> Snapshot:
-        return self._snaps.get(ref, Snapshot())
-
-    async def save(
-        self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change], *, expected: int
-    ) -> bool:
-        async with self._writing:
-            if await self.generation(ref) != expected:
-                return False
-            self._store(ref, snap, changes)
-            return True
-
-    async def update(self, ref: TaskRef, change: Updater) -> tuple[Snapshot, Sequence[Change]]:
-        async with self._writing:
-            new, changes = await change(await self.load(ref))
-            self._store(ref, new, changes)
-            return new, changes
-
-    def _store(self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change]) -> None:
-        self._snaps[ref] = snap
-        log = self._changes.setdefault(ref, [])
-        log.extend((f"{snap.generation}-{i}", c) for i, c in enumerate(changes))
-        del log[:-CHANGES_MAXLEN]
-
-    async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
-        held = self._locks.get((ref, view))
-        if held is not None and held[1] > self._clock():
-            return False
-        self._locks[(ref, view)] = (owner, self._clock() + ttl)
-        return True
-
-    async def extend_lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
-        if not self._holds(ref, view, owner):
-            return False
-        self._locks[(ref, view)] = (owner, self._clock() + ttl)
-        return True
-
-    async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
-        if not self._holds(ref, view, owner):
-            return False
-        del self._locks[(ref, view)]
-        return True
-
-    def _holds(self, ref: TaskRef, view: str, owner: str) -> bool:
-        held = self._locks.get((ref, view))
-        return held is not None and held[0] == owner and held[1] > self._clock()
-
-    async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
-        log = self._changes.get(ref, [])
-        if after == "0":
-            return list(log)
-        ids = [eid for eid, _ in log]
-        return log[ids.index(after) + 1 :] if after in ids else list(log)
-
-    async def get_auth_lock(self, scope: str) -> dict[str, Any] | None:
-        return self._auth.get(scope)
-
-    async def set_auth_lock(self, scope: str, info: dict[str, Any] | None) -> None:
-        if info is None:
-            self._auth.pop(scope, None)
-        else:
-            self._auth[scope] = info
-
-
-class FailoverMirrorStore:
-    """Redis when it answers, memory while it does not: lookups keep working through an
-    outage and go back to the shared mirror by themselves. ``health`` is shared with the
-    call budget, so an outage is logged once and probed once per interval."""
-
-    def __init__(
-        self,
-        primary: RedisMirrorStore,
-        fallback: MemoryMirrorStore,
-        *,
-        health: RedisHealth | None = None,
-    ) -> None:
-        self._primary = primary
-        self._fallback = fallback
-        self._health = health or RedisHealth()
-
-    async def _call(self, use: Callable[[MirrorStore], Awaitable[T]]) -> T:
-        if self._health.should_try():
-            try:
-                result = await use(self._primary)
-            except REDIS_OUTAGE as exc:
-                self._health.failed(exc)
-            else:
-                self._health.succeeded()
-                return result
-        return await use(self._fallback)
-
-    async def generation(self, ref: TaskRef) -> int:
-        return await self._call(lambda s: s.generation(ref))
-
-    async def load(self, ref: TaskRef) -> Snapshot:
-        return await self._call(lambda s: self._seeded(s, ref).load(ref))
-
-    def _seeded(self, store: MirrorStore, ref: TaskRef) -> MirrorStore:
-        # An outage should not forget what this process already knew about the task.
-        if store is self._fallback:
-            known = self._primary.last_known(ref)
-            if known is not None:
-                self._fallback.seed(ref, known)
-        return store
-
-    async def save(
-        self, ref: TaskRef, snap: Snapshot, changes: Sequence[Change], *, expected: int
-    ) -> bool:
-        return await self._call(lambda s: s.save(ref, snap, changes, expected=expected))
-
-    async def update(self, ref: TaskRef, change: Updater) -> tuple[Snapshot, Sequence[Change]]:
-        return await self._call(lambda s: self._seeded(s, ref).update(ref, change))
-
-    async def lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
-        return await self._call(lambda s: s.lock(ref, view, owner, ttl))
-
-    async def extend_lock(self, ref: TaskRef, view: str, owner: str, ttl: float) -> bool:
-        return await self._call(lambda s: s.extend_lock(ref, view, owner, ttl))
-
-    async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
-        return await self._call(lambda s: s.unlock(ref, view, owner))
-
-    async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
-        return await self._call(lambda s: s.changes(ref, after))
-
-    async def get_auth_lock(self, scope: str) -> dict[str, Any] | None:
-        return await self._call(lambda s: s.get_auth_lock(scope))
-
-    async def set_auth_lock(self, scope: str, info: dict[str, Any] | None) -> None:
-        await self._call(lambda s: s.set_auth_lock(scope, info))
-
-
-__all__ = [
-    "FailoverMirrorStore",
-    "MemoryMirrorStore",
-    "MirrorStore",
-    "RedisMirrorStore",
-    "ViewLock",
-    "decode_snapshot",
-    "encode_snapshot",
-    "view_key",
-]
