@@ -31,7 +31,7 @@ import pytest
 from bot.cli import build_parser
 from bot.config import Secret, Settings
 from bot.errors import ConfigError
-from tests.test_manifest import read_manifest
+from tests.strict_yaml import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

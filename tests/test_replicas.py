@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -32,7 +29,8 @@ from bot.sandbox.slack_requests import SlackUser
 from bot.sandbox.slack_standin import Call, Scripted, SlackStandIn
 from bot.storage import keys
 from bot.storage.mirror_store import RedisMirrorStore
-from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.plugins.hss_sim import TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.support import free_port, hss_env, run_bot
 
 TASK = "task-replicas"
 SECRET = "replica-test-signing-secret"
@@ -44,12 +42,6 @@ RATE_LIMIT = 1000
 #: Long enough for the outbox's 1 message/s per channel, a lease or two to expire, and a
 #: killed replica's fetch lock (lookup.LOCK_TTL) should it die mid-fetch.
 ALERT_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the processes ------------------------------------------------------------------------
@@ -107,23 +99,17 @@ class Cluster:
     replicas: list[Replica] = field(default_factory=list)
 
     def env(self, port: int) -> dict[str, str]:
-        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-        return {
-            **keep,
-            "PYTHONUNBUFFERED": "1",
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SECRET,
-            "SLACK_API_URL": f"{self.standin.url}/api/",
-            "CLOUD_SDK_AK": TEST_AK,
-            "CLOUD_SDK_SK": TEST_SK,
-            "HSS_PROJECT_ID": TEST_PROJECT_ID,
-            "HSS_ENDPOINT": self.sim.url,
-            "HSS_RATE_LIMIT": f"{RATE_LIMIT}/60s",
-            "POLL_INTERVAL_SECONDS": "1",
-            "REDIS_URL": self.redis_url,
-            "HSS_DATA_DIR": str(self.data_dir),
-            "PORT": str(port),
-        }
+        return hss_env(
+            self.sim.url,
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_SIGNING_SECRET=SECRET,
+            SLACK_API_URL=f"{self.standin.url}/api/",
+            HSS_RATE_LIMIT=f"{RATE_LIMIT}/60s",
+            POLL_INTERVAL_SECONDS="1",
+            REDIS_URL=self.redis_url,
+            HSS_DATA_DIR=str(self.data_dir),
+            PORT=str(port),
+        )
 
     async def start(self, count: int) -> list[Replica]:
         started = await asyncio.gather(*(self._start_one() for _ in range(count)))
@@ -131,15 +117,7 @@ class Cluster:
 
     async def _start_one(self) -> Replica:
         port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot.cli",
-            "run",
-            env=self.env(port),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await run_bot(self.env(port))
         replica = Replica(f"replica{len(self.replicas) + 1}", port, proc)
         self.replicas.append(replica)
         replica.start_reading()
@@ -172,14 +150,6 @@ class Cluster:
     async def aclose(self) -> None:
         for replica in self.replicas:
             await replica.stop(signal.SIGKILL)  # a no-op for those already stopped
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[SlackStandIn]:
-    slack = SlackStandIn()
-    await slack.start()
-    yield slack
-    await slack.stop()
 
 
 @pytest.fixture
