@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 BLOCK_MS = 500
 #: How often the loop re-reads the list of watched tasks, in seconds.
 TASKS_EVERY = 5.0
+#: How long the loop waits after a failed round (Redis not answering, mostly), in seconds.
+RETRY_DELAY = 1.0
 #: Each lost race means another replica made progress; give up (until the next wake-up)
 #: after this many in a row.
 _MAX_ATTEMPTS = 50
@@ -223,16 +225,23 @@ def scope_of(watch: Watch) -> LookupRequest:
 
 
 class AlertPipeline:
+    """``tasks_every`` and ``retry_delay`` are the loop's pace (seconds): how often it looks
+    for newly watched tasks, and how long it waits after a failed round."""
+
     def __init__(
         self,
         redis: aioredis.Redis,
         *,
         watches: WatchStore,
         clock: Callable[[], float] = time.time,
+        tasks_every: float = TASKS_EVERY,
+        retry_delay: float = RETRY_DELAY,
     ) -> None:
         self._redis = redis
         self._watches = watches
         self._clock = clock
+        self._tasks_every = tasks_every
+        self._retry_delay = retry_delay
         self._mirror = RedisMirrorStore(redis)
 
     async def run_once(self, ref: TaskRef) -> int:
@@ -375,11 +384,11 @@ class AlertPipeline:
         """Until ``stop``: wait (``XREAD BLOCK``) for new entries in any watched task's
         stream after its cursor, and :meth:`run_once` each task that has some."""
         tasks: list[TaskRef] = []
-        tasks_at = -TASKS_EVERY
+        tasks_at = -self._tasks_every
         redis_down = False
         while not stop.is_set():
             try:
-                if time.monotonic() - tasks_at >= TASKS_EVERY:
+                if time.monotonic() - tasks_at >= self._tasks_every:
                     tasks, tasks_at = await self._watches.watched_tasks(), time.monotonic()
                 for ref in await self._ready(tasks):
                     await self.run_once(ref)
@@ -387,14 +396,14 @@ class AlertPipeline:
                     redis_down = False
                     logger.info("alerting resumed: Redis answers again")
             except _LOOP_ERRORS as exc:
-                # Once per outage: the loop retries every second.
+                # Once per outage: the loop retries every ``retry_delay`` (a second).
                 if not redis_down:
                     logger.warning("alerting paused, Redis is not answering: %s", exc)
                 redis_down = True
-                await _wait(stop, 1.0)
+                await _wait(stop, self._retry_delay)
             except Exception:
                 logger.exception("alerting failed; trying again in a second")
-                await _wait(stop, 1.0)
+                await _wait(stop, self._retry_delay)
 
     async def _ready(self, tasks: list[TaskRef]) -> list[TaskRef]:
         """The tasks with entries after their cursor, waiting up to ``BLOCK_MS`` for some."""
