@@ -13,20 +13,23 @@ import re
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block, BlockElement
 
-from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
+from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus, TaskRef
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
 from bot.slack.render import Message
+from bot.storage import keys
 from bot.storage.embedded import socket_path_for
+from bot.storage.mirror_store import RedisMirrorStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 
 
@@ -133,7 +136,39 @@ def redis_server_pids(data_dir: Path) -> list[int]:
     return pids
 
 
+# --- what the alerting has done, read from Redis -------------------------------------------------
+
+
+async def refreshes_stored(redis: aioredis.Redis, ref: TaskRef) -> int:
+    """How many refreshes of ``ref`` the mirror has saved (its generation)."""
+    return await RedisMirrorStore(redis).generation(ref)
+
+
+async def change_stored(redis: aioredis.Redis, ref: TaskRef, registry_id: str, new: str) -> bool:
+    """A refresh has saved ``registry_id`` going to status ``new``."""
+    changes = await RedisMirrorStore(redis).changes(ref)
+    return any(c.registry_id == registry_id and c.new == new for _, c in changes)
+
+
+async def alerts_delivered(redis: aioredis.Redis, ref: TaskRef, channels: Sequence[str]) -> bool:
+    """Everything the saved refreshes of ``ref`` had to say has reached Slack: the alert
+    pipeline has handled the newest change (its cursor and the items it queued are written in
+    one MULTI), and no channel's outbox still holds an item (one is deleted only after Slack
+    took it)."""
+    newest = await redis.xrevrange(keys.mirror_changes(ref), count=1)
+    cursor = await redis.get(keys.alert_cursor(ref))
+    if newest and cursor != newest[0][0]:
+        return False
+    lengths = [await redis.xlen(keys.outbox(channel)) for channel in channels]
+    return not any(lengths)
+
+
 # --- a local deployment -----------------------------------------------------------------------
+
+
+#: How often ``alerting_stack``'s alert pipeline looks for newly watched tasks (the bot's 5 s
+#: would delay a new watch's first alert that long).
+TASKS_EVERY = 0.1
 
 
 @asynccontextmanager
@@ -145,7 +180,12 @@ async def alerting_stack(redis_url: str, task: str) -> AsyncIterator[Stack]:
     )
     env = {"POLL_INTERVAL_SECONDS": "1", "HSS_RATE_LIMIT": "1000/60s"}
     async with local_stack(
-        sim_config=config, env=env, redis_url=redis_url, watches=True, send_interval=0.05
+        sim_config=config,
+        env=env,
+        redis_url=redis_url,
+        watches=True,
+        send_interval=0.05,
+        tasks_every=TASKS_EVERY,
     ) as running:
         yield running
 
