@@ -26,6 +26,7 @@ from bot.sandbox.simulator import Faults
 from bot.storage import keys
 from bot.storage.watch_store import WatchStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.support import until
 
 POLL = 0.2
 FAST = {"HSS_RATE_LIMIT": "5/500ms"}
@@ -264,15 +265,15 @@ async def test_interactive_lookups_go_before_background_refreshes(
     await asyncio.gather(*(rep.lookups.refresh(LookupRequest(t)) for t in ("x1", "x2")))
     stop = asyncio.Event()
     loop = asyncio.create_task(rep.scheduler.run(stop))
-    await asyncio.sleep(0.1)  # the scheduler is waiting for a background slot
+    # The scheduler's refresh has begun: the window is spent, it waits for a background slot.
+    await until(lambda: bool(rep.log.running), what="a background refresh waiting")
 
     async def person(task_id: str) -> float:
         await rep.lookups.lookup(LookupRequest(task_id))
         return time.time()
 
     answered = await asyncio.gather(person("y1"), person("y2"))
-    while not rep.log.refreshes:
-        await asyncio.sleep(0.05)
+    await until(lambda: bool(rep.log.refreshes), what="the background refresh done")
     stop.set()
     await loop
     assert max(answered) < min(end for _, _, end in rep.log.refreshes)
