@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.plugins.hss_sim",
     "tests.plugins.slack_standin",
     "tests.plugins.log_secrets",
+    "tests.plugins.spread",
 ]
