@@ -296,7 +296,8 @@ class _Health(BaseHTTPRequestHandler):
 def health_server() -> Iterator[tuple[int, type[_Health]]]:
     handler = type("Health", (_Health,), {"status": 200, "paths": []})
     server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield server.server_address[1], handler
