@@ -1,12 +1,35 @@
-"""Small pieces several test modules share."""
+"""Small pieces several test modules share: a settable clock, waiting on a condition, the bot
+as a process, a local deployment with watches on, and the checks every Slack message passes.
+
+Test modules import from here (and from ``tests.plugins``), never from each other."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import inspect
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
+import httpx
+import redis.asyncio as aioredis
+from hypothesis import strategies as st
+from slack_sdk.models.blocks import Block, BlockElement
+
+from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus, TaskRef
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
+from bot.slack.render import Message
+from bot.storage import keys
+from bot.storage.embedded import socket_path_for
+from bot.storage.mirror_store import RedisMirrorStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 
 
@@ -20,6 +43,134 @@ class Clock:
         return self.now
 
 
+# --- waiting on a condition -------------------------------------------------------------------
+
+#: How often ``until`` looks again: short next to anything a test waits for.
+POLL = 0.02
+
+
+async def until(
+    check: Callable[[], bool | Awaitable[bool]], *, timeout: float = 10.0, what: str = ""
+) -> None:
+    """Return as soon as ``check()`` (sync or async) is true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = check()
+        if inspect.isawaitable(done):
+            done = await done
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what or check}")
+        await asyncio.sleep(POLL)
+
+
+# --- the bot as a process -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the kernel's pick of an ephemeral one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bot_env(**extra: str) -> dict[str, str]:
+    """A process environment with nothing of the test's own but the basics, plus ``extra``."""
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    return {**keep, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def hss_env(sim_url: str, **extra: str) -> dict[str, str]:
+    """``bot_env`` with the test simulator's credentials and endpoint."""
+    return bot_env(
+        CLOUD_SDK_AK=TEST_AK,
+        CLOUD_SDK_SK=TEST_SK,
+        HSS_PROJECT_ID=TEST_PROJECT_ID,
+        HSS_ENDPOINT=sim_url,
+        **extra,
+    )
+
+
+async def run_bot(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``hss-sync-bot run`` in a subprocess, its output piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def wait_healthy(
+    url: str, proc: asyncio.subprocess.Process, timeout: float = 30.0
+) -> httpx.Response:
+    """The first 200 from ``url``; fails if the process exits first or after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while proc.returncode is None and time.monotonic() < deadline:
+            try:
+                response = await http.get(url, timeout=1.0)
+                if response.status_code == 200:
+                    return response
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("the bot never became healthy")
+
+
+def redis_server_pids(data_dir: Path) -> list[int]:
+    """Live redis-server processes serving ``data_dir`` (their title names the socket)."""
+    needle = os.fsencode(socket_path_for(data_dir))
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"redis-server" in cmdline and needle in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+# --- what the alerting has done, read from Redis -------------------------------------------------
+
+
+async def refreshes_stored(redis: aioredis.Redis, ref: TaskRef) -> int:
+    """How many refreshes of ``ref`` the mirror has saved (its generation)."""
+    return await RedisMirrorStore(redis).generation(ref)
+
+
+async def change_stored(redis: aioredis.Redis, ref: TaskRef, registry_id: str, new: str) -> bool:
+    """A refresh has saved ``registry_id`` going to status ``new``."""
+    changes = await RedisMirrorStore(redis).changes(ref)
+    return any(c.registry_id == registry_id and c.new == new for _, c in changes)
+
+
+async def alerts_delivered(redis: aioredis.Redis, ref: TaskRef, channels: Sequence[str]) -> bool:
+    """Everything the saved refreshes of ``ref`` had to say has reached Slack: the alert
+    pipeline has handled the newest change (its cursor and the items it queued are written in
+    one MULTI), and no channel's outbox still holds an item (one is deleted only after Slack
+    took it)."""
+    newest = await redis.xrevrange(keys.mirror_changes(ref), count=1)
+    cursor = await redis.get(keys.alert_cursor(ref))
+    if newest and cursor != newest[0][0]:
+        return False
+    lengths = [await redis.xlen(keys.outbox(channel)) for channel in channels]
+    return not any(lengths)
+
+
+# --- a local deployment -----------------------------------------------------------------------
+
+
+#: How often ``alerting_stack``'s alert pipeline looks for newly watched tasks (the bot's 5 s
+#: would delay a new watch's first alert that long).
+TASKS_EVERY = 0.1
+
+
 @asynccontextmanager
 async def alerting_stack(redis_url: str, task: str) -> AsyncIterator[Stack]:
     """A local deployment with watches on, refreshing every second, no budget pressure and
@@ -29,6 +180,104 @@ async def alerting_stack(redis_url: str, task: str) -> AsyncIterator[Stack]:
     )
     env = {"POLL_INTERVAL_SECONDS": "1", "HSS_RATE_LIMIT": "1000/60s"}
     async with local_stack(
-        sim_config=config, env=env, redis_url=redis_url, watches=True, send_interval=0.05
+        sim_config=config,
+        env=env,
+        redis_url=redis_url,
+        watches=True,
+        send_interval=0.05,
+        tasks_every=TASKS_EVERY,
     ) as running:
         yield running
+
+
+# --- what every Slack message must be -----------------------------------------------------------
+
+#: Text people or the API may send that Slack would turn into mentions, links or formatting.
+HOSTILE = [
+    "<!channel>",
+    "<!here>",
+    "<@U123>",
+    "<!subteam^S1>",
+    "<https://evil.example|click>",
+    "*bold*",
+    "`tick`",
+    "```fence",
+    "_it_ ~s~",
+    "a & b",
+]
+HOSTILE_RAW = [h for h in HOSTILE if "<" in h]
+
+#: Any lookup a person could ask for.
+lookup_requests = st.builds(
+    LookupRequest,
+    task_id=st.text(min_size=1, max_size=64).filter(lambda s: bool(s.strip())),
+    status=st.none() | st.sampled_from(SyncStatus),
+    types=st.frozensets(st.sampled_from(REGISTRY_TYPES)),
+    name=st.none() | st.text(min_size=1, max_size=128).filter(lambda s: bool(s.strip())),
+    ep=st.none() | st.text(min_size=1, max_size=256).filter(lambda s: bool(s.strip())),
+)
+
+
+def printable(request: LookupRequest) -> bool:
+    """No control characters in what the request would show."""
+    values = [request.task_id, request.name or "", request.ep or ""]
+    return not any(ord(c) < 32 or c == "\x7f" or 0x80 <= ord(c) < 0xA0 for v in values for c in v)
+
+
+def block_texts(block: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every text object inside a block."""
+    if "text" in block:
+        yield block["text"]
+    for element in block.get("elements", []):
+        if element.get("type") in ("mrkdwn", "plain_text"):
+            yield element
+        elif "text" in element:
+            yield element["text"]
+
+
+def check_message(message: Message, ours: re.Pattern[str]) -> None:
+    """Slack's limits (slack_sdk's models and explicit numbers) and nothing unescaped: the
+    only ``<...>`` tokens in mrkdwn are those matching ``ours``, the ones the bot writes."""
+    json.dumps(message.blocks)
+    assert 0 < len(message.blocks) <= 50
+    assert 0 < len(message.text) <= 3000
+    assert not re.search("[<>]", message.text), message.text
+    total = 0
+    for block in message.blocks:
+        Block.parse(block).validate_json()  # type: ignore[union-attr]
+        check_block(block)
+        for text in block_texts(block):
+            total += len(text["text"])
+            if text["type"] == "mrkdwn":
+                assert not re.search("[<>]", ours.sub("", text["text"])), text["text"]
+    assert total <= 10_000
+
+
+def mrkdwn_of(message: Message) -> str:
+    """The message's mrkdwn texts, one per line."""
+    return "\n".join(
+        t["text"] for b in message.blocks for t in block_texts(b) if t["type"] == "mrkdwn"
+    )
+
+
+def check_block(block: dict[str, Any]) -> None:
+    """Slack's limits for one block of the kinds the bot writes."""
+    kind = block["type"]
+    if kind == "header":
+        assert block["text"]["type"] == "plain_text"
+        assert 0 < len(block["text"]["text"]) <= 150
+    elif kind == "section":
+        assert 0 < len(block["text"]["text"]) <= 3000
+    elif kind == "context":
+        assert 0 < len(block["elements"]) <= 10
+    elif kind == "actions":
+        elements = block["elements"]
+        assert 0 < len(elements) <= 25
+        assert len({e["action_id"] for e in elements}) == len(elements)
+        for element in elements:
+            BlockElement.parse(element).validate_json()  # type: ignore[union-attr]
+            assert len(element["text"]["text"]) <= 75
+            assert len(element["value"]) <= 2000
+            assert len(element["action_id"]) <= 255
+    else:
+        assert kind == "divider"

@@ -20,7 +20,7 @@ from bot.storage import keys
 from bot.storage.embedded import EmbeddedRedis
 from bot.storage.watch_store import Watch, WatchStore
 from tests.plugins.redis_server import RedisFactory
-from tests.support import Clock
+from tests.support import Clock, until
 
 T1 = TaskRef(project_id="p", task_id="t1")
 T2 = TaskRef(project_id="p", task_id="t2", enterprise_project_id="ep0")
@@ -442,46 +442,59 @@ async def test_run_loop_wakes_on_new_entries(
     stop = asyncio.Event()
     loop = asyncio.create_task(pipeline.run(stop))
     try:
-        await asyncio.sleep(0.1)
+        await until(lambda: blocked_in_xread(redis), what="the loop waiting for entries")
         await refresh(redis, clock, fail("r1"))
-        for _ in range(100):
-            if await outbox(redis):
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: has_items(redis, 1), what="the post")
         await refresh(redis, clock, fail("r2"))
-        for _ in range(100):
-            if len(await outbox(redis)) == 3:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: has_items(redis, 3), what="the update and the thread line")
     finally:
         stop.set()
         await asyncio.wait_for(loop, 5)
     assert kinds(await outbox(redis)) == ["post", "update", "thread"]
 
 
+async def blocked_in_xread(redis: aioredis.Redis) -> bool:
+    """Some client of this Redis is blocked in XREAD (``CLIENT LIST`` flag ``b``)."""
+    clients = await redis.client_list()
+    return any(c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in clients)
+
+
+async def has_items(redis: aioredis.Redis, count: int) -> bool:
+    return len(await outbox(redis)) >= count
+
+
+class CountingRedis(aioredis.Redis):
+    """A client that counts the commands it was asked to run, answered or not: each round of
+    the pipeline's loop begins with one."""
+
+    commands = 0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.commands += 1
+        return await super().execute_command(*args, **options)
+
+
 async def test_a_redis_outage_is_logged_once_and_its_end_once(
-    redis_server: EmbeddedRedis,
-    redis_factory: RedisFactory,
-    clock: Clock,
-    caplog: pytest.LogCaptureFixture,
+    redis_server: EmbeddedRedis, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = redis_factory(redis_server.url)
+    client = CountingRedis.from_url(redis_server.url)
     own_watches = WatchStore(client, clock=clock)
     await watch(own_watches)
+    pipeline = AlertPipeline(client, watches=own_watches, clock=clock, retry_delay=0.05)
     stop = asyncio.Event()
-    loop = asyncio.create_task(AlertPipeline(client, watches=own_watches, clock=clock).run(stop))
+    loop = asyncio.create_task(pipeline.run(stop))
     try:
-        await asyncio.sleep(0.2)
+        await until(lambda: client.commands > 1, what="the loop running")
         redis_server.stop()
-        await asyncio.sleep(3.5)  # the loop retries every second meanwhile
+        await until(lambda: "alerting paused" in caplog.text, what="the outage noticed")
+        tried = client.commands
+        await until(lambda: client.commands >= tried + 3, what="three more rounds, all failing")
         redis_server.start()
-        for _ in range(100):
-            if "alerting resumed" in caplog.text:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: "alerting resumed" in caplog.text, what="the end noticed")
     finally:
         stop.set()
         await asyncio.wait_for(loop, 5)
+        await client.aclose()
     lines = [r.getMessage() for r in caplog.records if r.name == "bot.alerting.pipeline"]
     assert len([m for m in lines if m.startswith("alerting paused")]) == 1
     assert len([m for m in lines if m.startswith("alerting resumed")]) == 1

@@ -8,7 +8,6 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from slack_sdk.models.blocks import Block
 
 from bot.alerting.flips import AlertPlan, Flip, FlipKind, Incident, accumulate
 from bot.alerting.message import (
@@ -30,7 +29,15 @@ from bot.alerting.message import (
 from bot.errors import CommandError
 from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus, Totals
 from bot.slack.render import Message
-from tests.test_render import HOSTILE, HOSTILE_RAW, _check_block, _printable, _requests, _texts
+from tests.support import (
+    HOSTILE,
+    HOSTILE_RAW,
+    block_texts,
+    check_message,
+    lookup_requests,
+    mrkdwn_of,
+    printable,
+)
 
 NOW = 1_764_000_000.0
 SCOPE = LookupRequest(task_id="task-42")
@@ -46,28 +53,11 @@ ALL_ACTIONS = [ACTION_ACK, ACTION_MUTE_1H, ACTION_MUTE_24H, ACTION_UNMUTE, ACTIO
 
 
 def check(message: Message) -> None:
-    """Slack's limits (slack_sdk's models and explicit numbers) and nothing unescaped."""
-    json.dumps(message.blocks)
-    assert 0 < len(message.blocks) <= 50
-    assert 0 < len(message.text) <= 3000
-    assert not re.search("[<>]", message.text), message.text
-    total = 0
-    for block in message.blocks:
-        Block.parse(block).validate_json()  # type: ignore[union-attr]
-        _check_block(block)  # header <= 150, section <= 3000, actions <= 25, button limits
-        for text in _texts(block):
-            total += len(text["text"])
-            if text["type"] == "mrkdwn":
-                assert not re.search("[<>]", OURS.sub("", text["text"])), text["text"]
-    assert total <= 10_000
+    check_message(message, OURS)
 
 
 def body(message: Message) -> str:
-    return "\n".join(t["text"] for b in message.blocks for t in _texts(b))
-
-
-def mrkdwn(message: Message) -> str:
-    return "\n".join(t["text"] for b in message.blocks for t in _texts(b) if t["type"] == "mrkdwn")
+    return "\n".join(t["text"] for b in message.blocks for t in block_texts(b))
 
 
 def buttons(message: Message) -> dict[str, str]:
@@ -166,7 +156,7 @@ def test_five_hundred_hostile_flips_with_huge_reasons_stay_escaped_and_within_li
     scope = LookupRequest(task_id="<!channel>", types=frozenset({"Harbor"}), name="<@U1>", ep="0")
     message = render_alert(scope, state, now=NOW, acked_by="<!here>", muted_until=NOW + 60)
     check(message)
-    everything = mrkdwn(message) + message.text  # the header is plain_text: shown literally
+    everything = mrkdwn_of(message) + message.text  # the header is plain_text: shown literally
     for raw in HOSTILE_RAW:
         assert raw not in everything
     assert "&lt;!channel&gt;" in body(message)
@@ -310,7 +300,7 @@ def test_thread_line_with_hundreds_of_hostile_flips() -> None:
     message = render_thread_line(plan, now=NOW)
     check(message)
     for raw in HOSTILE_RAW:
-        assert raw not in mrkdwn(message)
+        assert raw not in mrkdwn_of(message)
     for what in ("failed", "flapping", "retrying", "recovered", "removed"):
         assert f"_+{500 - THREAD_LINES} more {what}_" in body(message)
 
@@ -342,7 +332,7 @@ def test_show_all_carries_the_watch_filters() -> None:
 
 
 @settings(deadline=None)
-@given(_requests.filter(_printable), st.sampled_from([*ALL_ACTIONS, ACTION_ALL]))
+@given(lookup_requests.filter(printable), st.sampled_from([*ALL_ACTIONS, ACTION_ALL]))
 def test_any_value_round_trips(scope: LookupRequest, action_id: str) -> None:
     value = encode_alert_value(action_id, scope)
     assert len(value) <= 2000

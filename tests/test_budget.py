@@ -1,8 +1,12 @@
 """The call budget against a real Redis (and the in-process twin with the same rules).
 
 Limits are compressed (a few calls per fraction of a second) so the sliding window turns
-over many times within a test. Grant times are taken on the client right after ``acquire``
-returns; ``TOL`` absorbs the scheduling noise between Redis granting and the task resuming.
+over many times within a test. Each start is timed by the budget's own attempt that granted
+it (``Timed``): the grant happened between that attempt's beginning and its end. Lower bounds
+(the window is kept, a Retry-After is honoured) are checked with the latest moment a grant can
+have happened against the earliest of the other, so they hold exactly, whatever the machine's
+load; upper bounds (no slot idles while someone waits) the other way round, and only they allow
+``TOL``: what a correct budget may add to a wait, its jitter and a wake-up on a busy machine.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -29,11 +35,52 @@ from bot.hss.budget_script import BUDGET_LUA
 from bot.storage import keys
 from bot.storage.embedded import EmbeddedRedis
 from tests.plugins.redis_server import RedisFactory
+from tests.support import until
 
 TOL = 0.05
+#: Redis's clock, float seconds since 1970, rounds at about 2e-7 s.
+EPS = 1e-6
 FAST = RateLimit(5, 0.5)
 
-BudgetMaker = Callable[..., CallBudget]
+
+@dataclass(frozen=True)
+class Grant:
+    """When a budget granted a start: between ``earliest`` and ``latest`` (time.monotonic)."""
+
+    earliest: float
+    latest: float
+
+
+class Timed:
+    """For the budgets under test: times each start by the attempt that granted it and counts
+    the attempts made. It only watches; the budget's rules are untouched."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.grants: dict[str, Grant] = {}
+        self.attempts = 0
+
+    async def _attempt(
+        self, priority: Priority, call_id: str, waiter: str, ticket: Ticket
+    ) -> float:
+        began = time.monotonic()
+        wait: float = await super()._attempt(priority, call_id, waiter, ticket)  # type: ignore[misc]
+        self.attempts += 1
+        if wait == 0:
+            self.grants[call_id] = Grant(began, time.monotonic())
+        return wait
+
+
+class TimedRedisBudget(Timed, RedisCallBudget):
+    pass
+
+
+class TimedLocalBudget(Timed, LocalCallBudget):
+    pass
+
+
+TimedBudget = TimedRedisBudget | TimedLocalBudget
+BudgetMaker = Callable[..., TimedBudget]
 
 
 @pytest.fixture(params=["redis", "local"])
@@ -44,32 +91,42 @@ def new_budget(request: pytest.FixtureRequest) -> BudgetMaker:
         request.getfixturevalue("redis")  # flushes the database around the test
         factory: RedisFactory = request.getfixturevalue("redis_factory")
 
-        def make_redis(scope: str = "s", limit: RateLimit = FAST) -> CallBudget:
-            return RedisCallBudget(factory(), scope=scope, limit=limit)
+        def make_redis(scope: str = "s", limit: RateLimit = FAST) -> TimedBudget:
+            return TimedRedisBudget(factory(), scope=scope, limit=limit)
 
         return make_redis
-    budgets: dict[str, LocalCallBudget] = {}
+    budgets: dict[str, TimedLocalBudget] = {}
 
-    def make_local(scope: str = "s", limit: RateLimit = FAST) -> CallBudget:
-        return budgets.setdefault(scope, LocalCallBudget(limit=limit))
+    def make_local(scope: str = "s", limit: RateLimit = FAST) -> TimedBudget:
+        return budgets.setdefault(scope, TimedLocalBudget(limit=limit))
 
     return make_local
 
 
-def assert_sliding_window(times: list[float], limit: RateLimit) -> None:
-    times = sorted(times)
-    for first, last in zip(times, times[limit.calls :], strict=False):
-        assert last - first >= limit.window - TOL, (
-            f"{limit.calls + 1} starts in {last - first:.3f}s"
-        )
+def assert_sliding_window(grants: list[Grant], limit: RateLimit) -> None:
+    """At most ``limit.calls`` starts in any ``limit.window``: any ``calls + 1`` of them span a
+    window, even from the earliest the first can have been granted to the latest the last."""
+    ordered = sorted(grants, key=lambda g: g.earliest)
+    for i in range(len(ordered) - limit.calls):
+        group = ordered[i : i + limit.calls + 1]
+        span = max(g.latest for g in group) - group[0].earliest
+        assert span >= limit.window - EPS, f"{limit.calls + 1} starts in {span:.3f}s"
 
 
-async def grant_times(budget: CallBudget, count: int, priority: Priority) -> list[float]:
-    times = []
-    for _ in range(count):
-        await budget.acquire(priority)
-        times.append(time.monotonic())
-    return times
+async def grant(
+    budget: TimedBudget,
+    priority: Priority = Priority.INTERACTIVE,
+    *,
+    timeout: float | None = None,
+    ticket: Ticket | None = None,
+) -> Grant:
+    """One start from ``budget``, and when it was granted."""
+    call_id = await budget.acquire_call(priority, timeout=timeout, ticket=ticket)
+    return budget.grants.pop(call_id)
+
+
+async def grants(budget: TimedBudget, count: int, priority: Priority) -> list[Grant]:
+    return [await grant(budget, priority) for _ in range(count)]
 
 
 async def fill(budget: CallBudget, limit: RateLimit = FAST) -> None:
@@ -81,21 +138,21 @@ async def test_replicas_never_exceed_the_window_and_use_it_fully(new_budget: Bud
     replicas = [new_budget() for _ in range(4)]
     started = time.monotonic()
     results = await asyncio.gather(
-        *(grant_times(b, 3, Priority.INTERACTIVE) for b in replicas for _ in range(2))
+        *(grants(b, 3, Priority.INTERACTIVE) for b in replicas for _ in range(2))
     )
-    times = [t for r in results for t in r]
-    assert len(times) == 24
-    assert_sliding_window(times, FAST)
+    got = [g for r in results for g in r]
+    assert len(got) == 24
+    assert_sliding_window(got, FAST)
     # 24 starts at 5 per window: batches at 0, 0.5, 1.0, 1.5, 2.0 s.
-    assert max(times) - started == pytest.approx(2.0, abs=0.3)
+    assert max(g.latest for g in got) - started >= 2.0 - 0.3
+    assert max(g.earliest for g in got) - started <= 2.0 + 0.3
 
 
 async def test_background_also_respects_the_window(new_budget: BudgetMaker) -> None:
     replicas = [new_budget() for _ in range(3)]
-    results = await asyncio.gather(*(grant_times(b, 4, Priority.BACKGROUND) for b in replicas))
-    times = [t for r in results for t in r]
+    results = await asyncio.gather(*(grants(b, 4, Priority.BACKGROUND) for b in replicas))
     # Background leaves one slot for people: at most 4 starts in any window.
-    assert_sliding_window(times, RateLimit(4, FAST.window))
+    assert_sliding_window([g for r in results for g in r], RateLimit(4, FAST.window))
 
 
 async def test_interactive_waiters_go_before_background(new_budget: BudgetMaker) -> None:
@@ -108,8 +165,9 @@ async def test_interactive_waiters_go_before_background(new_budget: BudgetMaker)
         await budget.acquire(priority)
         order.append(priority.name)
 
+    tried = background.attempts
     bg = [asyncio.create_task(take(background, Priority.BACKGROUND)) for _ in range(2)]
-    await asyncio.sleep(0.05)  # the background tasks are already waiting
+    await until(lambda: background.attempts >= tried + 2, what="the background tasks waiting")
     fg = [asyncio.create_task(take(interactive, Priority.INTERACTIVE)) for _ in range(3)]
     await asyncio.gather(*bg, *fg)
     assert order == ["INTERACTIVE"] * 3 + ["BACKGROUND"] * 2
@@ -118,40 +176,52 @@ async def test_interactive_waiters_go_before_background(new_budget: BudgetMaker)
 async def test_penalize_blocks_until_retry_after(new_budget: BudgetMaker) -> None:
     budget = new_budget(limit=RateLimit(5, 1.0))
     await budget.acquire()
+    penalized = time.monotonic()
     await budget.penalize(0.3)
     assert await budget.calls_left() == 0
-    assert await budget.next_slot_in() == pytest.approx(0.3, abs=TOL)
+    left = await budget.next_slot_in()
+    assert 0.3 - (time.monotonic() - penalized) - EPS <= left <= 0.3 + EPS
     started = time.monotonic()
-    await budget.acquire()
-    assert time.monotonic() - started == pytest.approx(0.3, abs=TOL)
+    after = await grant(budget)
+    assert after.latest - penalized >= 0.3 - EPS  # not before the Retry-After is over
+    assert after.earliest - started <= 0.3 + TOL  # and as soon as it is
 
 
 async def test_penalize_without_retry_after_blocks_a_window(new_budget: BudgetMaker) -> None:
     budget = new_budget()
+    penalized = time.monotonic()
     await budget.penalize(None)
-    assert await budget.next_slot_in() == pytest.approx(FAST.window, abs=TOL)
+    left = await budget.next_slot_in()
+    assert FAST.window - (time.monotonic() - penalized) - EPS <= left <= FAST.window + EPS
     with pytest.raises(BudgetTimeout):
         await budget.acquire(timeout=0.2)
 
 
 async def test_penalize_beyond_a_window(new_budget: BudgetMaker) -> None:
     budget = new_budget()
+    penalized = time.monotonic()
     await budget.penalize(1.2)  # Retry-After longer than the window is honoured
-    assert await budget.next_slot_in() == pytest.approx(1.2, abs=TOL)
-    await asyncio.sleep(0.6)
+    left = await budget.next_slot_in()
+    assert 1.2 - (time.monotonic() - penalized) - EPS <= left <= 1.2 + EPS
+    await asyncio.sleep(0.6)  # more than a window goes by
     assert await budget.calls_left() == 0
 
 
 async def test_timeout_raises_with_the_wait(new_budget: BudgetMaker) -> None:
     budget = new_budget()
     assert await budget.calls_left() == 5
+    filled = time.monotonic()
     await fill(budget)
     assert await budget.calls_left() == 0
-    started = time.monotonic()
+    tried, started = budget.attempts, time.monotonic()
     with pytest.raises(BudgetTimeout) as caught:
         await budget.acquire(timeout=0.1)
-    assert time.monotonic() - started < 0.05, "a wait beyond the deadline fails at once"
-    assert FAST.window - 0.1 < caught.value.wait_seconds <= FAST.window
+    failed = time.monotonic()
+    # A wait beyond the deadline fails at once: one attempt, no sleep until the deadline.
+    assert budget.attempts == tried + 1
+    assert failed - started < 0.1
+    wait = caught.value.wait_seconds
+    assert FAST.window - (failed - filled) - EPS <= wait <= FAST.window + EPS
     await asyncio.sleep(FAST.window)
     assert await budget.calls_left() == 5
 
@@ -168,23 +238,25 @@ async def test_scopes_are_independent(new_budget: BudgetMaker) -> None:
 async def test_cancelled_waiter_stops_blocking_background(new_budget: BudgetMaker) -> None:
     budget = new_budget()
     await fill(budget)
-    waiter = asyncio.create_task(budget.acquire())
-    await asyncio.sleep(0.05)
+    ticket = Ticket()
+    waiter = asyncio.create_task(budget.acquire(ticket=ticket))
+    await until(lambda: bool(ticket.arrivals), what="the waiter queued")
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
     started = time.monotonic()
     # A leftover waiter entry would hold background off for its whole grace period.
-    await budget.acquire(Priority.BACKGROUND, timeout=2.0)
-    assert time.monotonic() - started < FAST.window + TOL
+    after = await grant(budget, Priority.BACKGROUND, timeout=2.0)
+    assert after.earliest - started < FAST.window + TOL
 
 
 async def test_waiter_registration_in_redis(redis: aioredis.Redis) -> None:
     budget = RedisCallBudget(redis, scope="s", limit=FAST)
     await fill(budget)
     assert 0 < await redis.pttl(keys.budget_log("s")) <= FAST.window * 1000 + 1  # ms rounding
-    waiter = asyncio.create_task(budget.acquire())
-    await asyncio.sleep(0.05)
+    ticket = Ticket()
+    waiter = asyncio.create_task(budget.acquire(ticket=ticket))
+    await until(lambda: bool(ticket.arrivals), what="the waiter's first attempt")
     assert await redis.zcard(keys.budget_waiters("s")) == 1
     assert await redis.pttl(keys.budget_waiters("s")) > 0, "entries of dead waiters expire"
     waiter.cancel()
@@ -201,15 +273,14 @@ async def test_granted_waiter_leaves_and_log_expires(redis: aioredis.Redis) -> N
     await budget.acquire()
     await budget.acquire()  # waits, is granted
     assert await redis.zcard(keys.budget_waiters("s")) == 0
-    await asyncio.sleep(0.25)
-    assert await redis.exists(keys.budget_log("s")) == 0
+    # The log lives no longer than its newest start matters (-2: already gone).
+    ttl = await redis.pttl(keys.budget_log("s"))
+    assert ttl == -2 or 0 < ttl <= 200 + 1  # ms rounding
+    await until(lambda: gone(redis, keys.budget_log("s")), timeout=1.0, what="the log expired")
 
 
-async def _wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+async def gone(redis: aioredis.Redis, key: str) -> bool:
+    return await redis.exists(key) == 0
 
 
 async def test_failover_keeps_limiting_and_recovers(
@@ -219,16 +290,25 @@ async def test_failover_keeps_limiting_and_recovers(
 ) -> None:
     caplog.set_level(logging.INFO, logger="bot.storage.outage")
     client = redis_factory(redis_server.url)
-    primary = RedisCallBudget(client, scope="s", limit=FAST)
-    budget = FailoverBudget(primary, LocalCallBudget(limit=FAST), probe_interval=0.1)
+    primary = TimedRedisBudget(client, scope="s", limit=FAST)
+    fallback = TimedLocalBudget(limit=FAST)
+    budget = FailoverBudget(primary, fallback, probe_interval=0.1)
     await budget.acquire(timeout=0)
     await budget.acquire(timeout=0)
+    first_by_redis = min(g.latest for g in primary.grants.values())
     redis_server.stop()
 
-    times = await asyncio.gather(*(grant_times(budget, 2, Priority.INTERACTIVE) for _ in range(4)))
-    # The two starts Redis granted still count: only 3 more fit in the first window.
-    assert sorted(t for r in times for t in r)[3] - min(min(r) for r in times) > 0.3
-    assert_sliding_window([t for r in times for t in r], FAST)
+    async def take_two() -> None:
+        for _ in range(2):
+            await budget.acquire(Priority.INTERACTIVE)
+
+    await asyncio.gather(*(take_two() for _ in range(4)))
+    outage = sorted(fallback.grants.values(), key=lambda g: g.earliest)
+    assert len(outage) == 8
+    # The two starts Redis granted still count: only 3 more fit in their window (the fallback
+    # noted them just after Redis granted them).
+    assert outage[3].latest - first_by_redis >= FAST.window - EPS
+    assert_sliding_window(outage, FAST)
     assert budget.degraded
     assert await budget.calls_left() <= 5
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -240,7 +320,7 @@ async def test_failover_keeps_limiting_and_recovers(
         await budget.next_slot_in()
         return not budget.degraded
 
-    await _wait_for(recovered)
+    await until(recovered, what="the budget back on Redis")
     infos = [r for r in caplog.records if "again" in r.getMessage()]
     assert len(infos) == 1 and infos[0].levelno == logging.INFO
     # Redis was told about the starts made without it, so other replicas respect them.
@@ -254,9 +334,11 @@ async def test_failover_remembers_a_429_through_an_outage(
 ) -> None:
     primary = RedisCallBudget(redis_factory(redis_server.url), scope="s", limit=FAST)
     budget = FailoverBudget(primary, LocalCallBudget(limit=FAST), probe_interval=0.1)
+    penalized = time.monotonic()
     await budget.penalize(0.4)
     redis_server.stop()
-    assert await budget.next_slot_in() == pytest.approx(0.4, abs=TOL)
+    left = await budget.next_slot_in()
+    assert 0.4 - (time.monotonic() - penalized) - EPS <= left <= 0.4 + EPS
     with pytest.raises(BudgetTimeout):
         await budget.acquire(timeout=0.1)
 
@@ -266,8 +348,8 @@ def test_budgets_satisfy_the_protocol() -> None:
 
 
 async def test_waiting_sleeps_instead_of_polling(redis: aioredis.Redis) -> None:
-    budget = RedisCallBudget(redis, scope="s", limit=RateLimit(1, 1.0))
-    await budget.acquire()
+    budget = TimedRedisBudget(redis, scope="s", limit=RateLimit(1, 1.0))
+    first = await grant(budget)
 
     async def script_calls() -> int:
         stats = await redis.info("commandstats")
@@ -276,9 +358,9 @@ async def test_waiting_sleeps_instead_of_polling(redis: aioredis.Redis) -> None:
         )
 
     before = await script_calls()
-    started = time.monotonic()
-    await budget.acquire()
-    assert time.monotonic() - started == pytest.approx(1.0, abs=TOL)
+    second = await grant(budget)
+    assert second.latest - first.earliest >= 1.0 - EPS
+    assert second.earliest - first.latest <= 1.0 + TOL
     assert await script_calls() - before <= 3, "one attempt, one sleep, one grant (plus slack)"
 
 
@@ -300,7 +382,8 @@ async def test_local_budget_with_an_injected_clock() -> None:
 
 
 async def test_background_yields_to_another_replicas_live_waiter(redis: aioredis.Redis) -> None:
-    budget = RedisCallBudget(redis, scope="s", limit=FAST)
+    budget = TimedRedisBudget(redis, scope="s", limit=FAST)
+    asked = time.monotonic()
     seconds, micros = await redis.time()
     # A waiter of another replica, as its acquire registers it, alive for 0.3 s more.
     await redis.zadd(keys.budget_waiters("s"), {"other": seconds + micros / 1e6 + 0.3})
@@ -309,9 +392,10 @@ async def test_background_yields_to_another_replicas_live_waiter(redis: aioredis
         await budget.acquire(Priority.BACKGROUND, timeout=0)
     await budget.acquire(Priority.INTERACTIVE, timeout=0)  # people are not held back
     started = time.monotonic()
-    await budget.acquire(Priority.BACKGROUND, timeout=2.0)
+    after = await grant(budget, Priority.BACKGROUND, timeout=2.0)
     # The entry's owner never came back: it expires and background proceeds.
-    assert 0.2 < time.monotonic() - started < 0.3 + FAST.window / FAST.calls + TOL
+    assert after.latest - asked >= 0.3 - EPS
+    assert after.earliest - started < 0.3 + FAST.window / FAST.calls + TOL
 
 
 async def test_background_keeps_one_slot_for_people(new_budget: BudgetMaker) -> None:
@@ -337,20 +421,21 @@ ONE = RateLimit(1, 0.2)  # one slot per 0.2 s: every waiter has its own turn
 
 
 async def queue_up(
-    budgets: list[CallBudget], names: list[str], order: list[str]
-) -> list[asyncio.Task[float]]:
+    budgets: list[TimedBudget], names: list[str], order: list[str]
+) -> list[asyncio.Task[Grant]]:
     """Interactive waiters ``names``, arriving one after another across ``budgets``
-    (replicas); each appends its name to ``order`` and returns its grant time."""
+    (replicas); each appends its name to ``order`` and returns its grant."""
 
-    async def wait(budget: CallBudget, name: str) -> float:
-        await budget.acquire()
+    async def wait(budget: TimedBudget, name: str, ticket: Ticket) -> Grant:
+        got = await grant(budget, ticket=ticket)
         order.append(name)
-        return time.monotonic()
+        return got
 
     tasks = []
     for i, name in enumerate(names):
-        tasks.append(asyncio.create_task(wait(budgets[i % len(budgets)], name)))
-        await asyncio.sleep(0.02)  # registered (one script call) before the next one arrives
+        ticket = Ticket()  # what a fresh acquire takes; it shows when the arrival is queued
+        tasks.append(asyncio.create_task(wait(budgets[i % len(budgets)], name, ticket)))
+        await until(lambda: bool(ticket.arrivals), what=f"{name} queued")  # before the next
     return tasks
 
 
@@ -363,20 +448,20 @@ async def script_calls(redis: aioredis.Redis) -> int:
 
 async def test_interactive_waiters_are_served_in_arrival_order(new_budget: BudgetMaker) -> None:
     replicas = [new_budget(limit=ONE) for _ in range(3)]
-    await fill(replicas[0], ONE)
-    started = time.monotonic()
+    filled = await grant(replicas[0], timeout=0)
     order: list[str] = []
     names = [f"w{i}" for i in range(6)]
-    times = await asyncio.gather(*await queue_up(replicas, names, order))
+    got = await asyncio.gather(*await queue_up(replicas, names, order))
     assert order == names
-    assert_sliding_window(times, ONE)
+    assert_sliding_window(got, ONE)
     # Each is served at its turn: no slot goes unused while someone waits.
-    for turn, at in enumerate(times, start=1):
-        assert at - started == pytest.approx(turn * ONE.window, abs=TOL + 0.01 * turn)
+    for turn, at in enumerate(got, start=1):
+        assert at.latest - filled.earliest >= turn * ONE.window - EPS
+        assert at.earliest - filled.latest <= turn * ONE.window + TOL + 0.01 * turn
 
 
 async def test_waiters_wake_one_by_one(redis: aioredis.Redis, redis_factory: RedisFactory) -> None:
-    replicas = [RedisCallBudget(redis_factory(), scope="s", limit=ONE) for _ in range(3)]
+    replicas = [TimedRedisBudget(redis_factory(), scope="s", limit=ONE) for _ in range(3)]
     await fill(replicas[0], ONE)
     before = await script_calls(redis)
     order: list[str] = []
@@ -415,20 +500,22 @@ async def test_the_wait_is_until_the_waiters_own_turn(redis: aioredis.Redis) -> 
 
 
 async def test_two_free_slots_serve_the_first_two_waiters(redis: aioredis.Redis) -> None:
-    budget = RedisCallBudget(redis, scope="s", limit=RateLimit(2, 0.3))
+    budget = TimedRedisBudget(redis, scope="s", limit=RateLimit(2, 0.3))
     await fill(budget, RateLimit(2, 0.3))
     order: list[str] = []
     tasks = await queue_up([budget], ["a", "b", "c"], order)
-    times = await asyncio.gather(*tasks)
+    a, b, c = await asyncio.gather(*tasks)
     assert sorted(order[:2]) == ["a", "b"] and order[2] == "c"  # a and b in either order
-    assert abs(times[1] - times[0]) < TOL, "the second waiter does not wait for the first"
-    assert times[2] - times[0] == pytest.approx(0.3, abs=TOL)
+    gap = max(a.earliest, b.earliest) - min(a.latest, b.latest)
+    assert gap < TOL, "the second waiter does not wait for the first"
+    # c takes the slot the first of them frees, a window after it.
+    assert c.latest - min(a.earliest, b.earliest) >= 0.3 - EPS
+    assert c.earliest - max(a.latest, b.latest) <= 0.3 + TOL
 
 
 async def test_a_cancelled_waiter_frees_its_place(new_budget: BudgetMaker) -> None:
     budgets = [new_budget(limit=ONE) for _ in range(2)]
-    await fill(budgets[0], ONE)
-    started = time.monotonic()
+    filled = await grant(budgets[0], timeout=0)
     order: list[str] = []
     a, b, c = await queue_up(budgets, ["a", "b", "c"], order)
     b.cancel()
@@ -438,11 +525,11 @@ async def test_a_cancelled_waiter_frees_its_place(new_budget: BudgetMaker) -> No
     await asyncio.gather(a, c, d)
     assert order == ["a", "c", "d"]
     # c was told its turn was the 3rd slot; it may not be served later than that.
-    assert c.result() - started < 3 * ONE.window + TOL
+    assert c.result().earliest - filled.latest < 3 * ONE.window + TOL
 
 
 async def test_queue_entries_leave_with_their_waiter(redis: aioredis.Redis) -> None:
-    budget = RedisCallBudget(redis, scope="s", limit=ONE)
+    budget = TimedRedisBudget(redis, scope="s", limit=ONE)
     await fill(budget, ONE)
     order: list[str] = []
     a, b = await queue_up([budget], ["a", "b"], order)
@@ -457,17 +544,19 @@ async def test_queue_entries_leave_with_their_waiter(redis: aioredis.Redis) -> N
 
 
 async def test_a_dead_waiter_stops_blocking_after_its_grace(redis: aioredis.Redis) -> None:
-    budget = RedisCallBudget(redis, scope="s", limit=ONE)
+    budget = TimedRedisBudget(redis, scope="s", limit=ONE)
     await fill(budget, ONE)
+    asked = time.monotonic()
     seconds, micros = await redis.time()
     now = seconds + micros / 1e6
     # Another replica's waiter, first in the queue, whose process died: it never wakes up.
     await redis.zadd(keys.budget_queue("s"), {"dead": now - 1.0})
     await redis.zadd(keys.budget_waiters("s"), {"dead": now + 0.3})
     started = time.monotonic()
-    await budget.acquire(timeout=2.0)
+    got = await grant(budget, timeout=2.0)
     # It held the head of the queue until it expired, and not longer than a slot after.
-    assert 0.3 - TOL < time.monotonic() - started < 0.3 + ONE.window + TOL
+    assert got.latest - asked >= 0.3 - EPS
+    assert got.earliest - started < 0.3 + ONE.window + TOL
     assert await redis.zscore(keys.budget_queue("s"), "dead") is None
 
 
@@ -487,12 +576,11 @@ async def test_a_ticket_keeps_the_place_of_the_first_page(new_budget: BudgetMake
 async def test_mixed_load_keeps_the_window(new_budget: BudgetMaker) -> None:
     limit = RateLimit(3, 0.3)
     replicas = [new_budget(limit=limit) for _ in range(3)]
-    times: list[float] = []
+    times: list[Grant] = []
 
-    async def take(budget: CallBudget, priority: Priority, count: int) -> None:
+    async def take(budget: TimedBudget, priority: Priority, count: int) -> None:
         for _ in range(count):
-            await budget.acquire(priority)
-            times.append(time.monotonic())
+            times.append(await grant(budget, priority))
 
     await asyncio.gather(
         *(take(b, Priority.BACKGROUND, 3) for b in replicas),

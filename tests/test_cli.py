@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from bot.sandbox.simdata import Query
 from bot.sandbox.simulator import DEMO_AK, DEMO_PROJECT_ID, DEMO_SK, SimConfig, Simulator
 from bot.storage.embedded import EmbeddedRedis, probe, socket_path_for
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.support import free_port, redis_server_pids
 
 API_FIELDS = ["registry_id", "registry_name", "registry_type", "sync_status", "failed_reason"]
 SECRET_VARIABLES = (
@@ -161,20 +161,6 @@ def embedded_cli(sim: RunningSim, tmp_path: Path) -> Iterator[Cli]:
     assert not leftovers, "a redis-server outlived the CLI run"
 
 
-def redis_server_pids(data_dir: Path) -> list[int]:
-    """Live redis-server processes serving ``data_dir`` (their title names the socket)."""
-    needle = os.fsencode(socket_path_for(data_dir))
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
-        except OSError:
-            continue
-        if b"redis-server" in cmdline and needle in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def api_filter(
     status: str | None = None, types: Sequence[str] = (), name: str | None = None
 ) -> Query:
@@ -196,13 +182,6 @@ def by_id(rows: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
 
 def exit_for(rows: Sequence[Registry]) -> int:
     return 3 if any(r.sync_status == SyncStatus.FAILED for r in rows) else 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- output ----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import pytest
 from bot.cli import build_parser
 from bot.config import Secret, Settings
 from bot.errors import ConfigError
-from tests.test_manifest import read_manifest
+from tests.strict_yaml import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -296,7 +296,8 @@ class _Health(BaseHTTPRequestHandler):
 def health_server() -> Iterator[tuple[int, type[_Health]]]:
     handler = type("Health", (_Health,), {"status": 200, "paths": []})
     server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield server.server_address[1], handler

@@ -12,12 +12,15 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,29 +55,49 @@ class Run:
     seconds: float
 
 
-def demo_redis_servers() -> set[int]:
-    """Pids of running embedded Redis servers that a demo started (socket in hss-demo-*)."""
+def demo_redis_servers(tmpdir: Path) -> set[int]:
+    """Pids of running embedded Redis servers that a demo given ``tmpdir`` as its temp dir
+    started (its socket is in ``tmpdir``/hss-demo-*)."""
+    needle = os.fsencode(tmpdir / "hss-demo-")
     found = set()
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"redis-server" in cmdline and b"hss-demo-" in cmdline:
+        if b"redis-server" in cmdline and needle in cmdline:
             found.add(int(proc.name))
     return found
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, **FOREIGN_ENV}
+@contextmanager
+def own_tmpdir() -> Iterator[Path]:
+    """A temp dir (``TMPDIR``) for the demos of one test: the Redis servers they start are
+    told apart from those of demos running meanwhile (other xdist workers, other test runs).
+    Short, since a unix socket's path is."""
+    path = Path(tempfile.mkdtemp(prefix="hss-t-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def run_demo(cwd: Path, *args: str) -> Run:
+@pytest.fixture
+def tmpdir_of_demo() -> Iterator[Path]:
+    with own_tmpdir() as path:
+        yield path
+
+
+def env(tmpdir: Path) -> dict[str, str]:
+    return {**os.environ, **FOREIGN_ENV, "TMPDIR": str(tmpdir)}
+
+
+def run_demo(cwd: Path, tmpdir: Path, *args: str) -> Run:
     started = time.monotonic()
     done = subprocess.run(
         [*DEMO, *args],
         cwd=cwd,
-        env=env(),
+        env=env(tmpdir),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -87,13 +110,14 @@ def run_demo(cwd: Path, *args: str) -> Run:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
     """The text and the ``--json`` demo, run side by side (each has its own Redis)."""
-    before = demo_redis_servers()
     cwd = tmp_path_factory.mktemp("cwd")
-    with ThreadPoolExecutor(2) as pool:
-        text, as_json = pool.map(lambda args: run_demo(cwd, *args), [(), ("--json",)])
-    yield {"text": text, "json": as_json}
-    assert list(cwd.iterdir()) == [], "the demo wrote into the working directory"
-    assert demo_redis_servers() <= before, "an embedded Redis outlived the demo"
+    with own_tmpdir() as tmpdir:
+        with ThreadPoolExecutor(2) as pool:
+            runs = pool.map(lambda args: run_demo(cwd, tmpdir, *args), [(), ("--json",)])
+            text, as_json = runs
+        yield {"text": text, "json": as_json}
+        assert list(cwd.iterdir()) == [], "the demo wrote into the working directory"
+        assert not demo_redis_servers(tmpdir), "an embedded Redis outlived the demo"
 
 
 def message(out: str, label: str, nth: int = 0) -> str:
@@ -202,12 +226,12 @@ class Session:
         return self.proc.returncode, self.out + rest.decode(), err.decode()
 
 
-async def interactive(cwd: Path) -> Session:
+async def interactive(cwd: Path, tmpdir: Path) -> Session:
     proc = await asyncio.create_subprocess_exec(
         *DEMO,
         "--interactive",
         cwd=cwd,
-        env=env(),
+        env=env(tmpdir),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -218,9 +242,10 @@ async def interactive(cwd: Path) -> Session:
 
 
 @pytest.mark.timeout(90)
-async def test_interactive_lookup_watch_flip_shows_the_alert(tmp_path: Path) -> None:
-    before = demo_redis_servers()
-    session = await interactive(tmp_path)
+async def test_interactive_lookup_watch_flip_shows_the_alert(
+    tmp_path: Path, tmpdir_of_demo: Path
+) -> None:
+    session = await interactive(tmp_path, tmpdir_of_demo)
     try:
         await session.type(f"/hss-sync {TASK} failed")
         await session.expect("ack in")
@@ -247,17 +272,17 @@ async def test_interactive_lookup_watch_flip_shows_the_alert(tmp_path: Path) -> 
             await session.proc.wait()
     assert code == 0, out + err
     assert "bye" in out and "Traceback" not in out + err
-    assert demo_redis_servers() <= before
+    assert not demo_redis_servers(tmpdir_of_demo)
 
 
 @pytest.mark.timeout(90)
 async def test_interactive_says_when_a_flip_would_be_part_of_the_watch_baseline(
-    tmp_path: Path,
+    tmp_path: Path, tmpdir_of_demo: Path
 ) -> None:
     """A flip typed before the watch's first refresh becomes its baseline: no alert, and the
     prompt says so (and says when the baseline has been taken); ``watches`` here points at
     ``watches all``."""
-    session = await interactive(tmp_path)
+    session = await interactive(tmp_path, tmpdir_of_demo)
     try:
         await session.type(f"watch {TASK} #{ALERTS.name}")
         await session.expect(f"the first background refresh of {TASK} takes the baseline")
@@ -299,13 +324,13 @@ BAD_LINES = [
 
 @pytest.mark.timeout(60)
 async def test_interactive_bad_input_gets_a_short_answer_and_end_of_input_exits_0(
-    tmp_path: Path,
+    tmp_path: Path, tmpdir_of_demo: Path
 ) -> None:
     proc = await asyncio.create_subprocess_exec(
         *DEMO,
         "--interactive",
         cwd=tmp_path,
-        env=env(),
+        env=env(tmpdir_of_demo),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -327,14 +352,15 @@ async def test_interactive_bad_input_gets_a_short_answer_and_end_of_input_exits_
 
 
 @pytest.mark.timeout(60)
-async def test_interactive_ctrl_c_stops_everything_and_exits_0(tmp_path: Path) -> None:
-    before = demo_redis_servers()
-    session = await interactive(tmp_path)
+async def test_interactive_ctrl_c_stops_everything_and_exits_0(
+    tmp_path: Path, tmpdir_of_demo: Path
+) -> None:
+    session = await interactive(tmp_path, tmpdir_of_demo)
     session.proc.send_signal(signal.SIGINT)
     code, out, err = await session.finish()
     assert code == 0, out + err
     assert "bye" in out and "Traceback" not in out + err
-    assert demo_redis_servers() <= before
+    assert not demo_redis_servers(tmpdir_of_demo)
 
 
 # --- a reader that stops early (demo | head) ---------------------------------------------
@@ -345,16 +371,15 @@ async def test_interactive_ctrl_c_stops_everything_and_exits_0(tmp_path: Path) -
     "args", [(), ("--json",), ("--interactive",)], ids=["text", "json", "interactive"]
 )
 def test_a_reader_that_stops_early_ends_the_demo_quietly_with_0(
-    tmp_path: Path, args: tuple[str, ...]
+    tmp_path: Path, tmpdir_of_demo: Path, args: tuple[str, ...]
 ) -> None:
     """``demo | head -5``: the pipe closes under the demo; it stops, tears everything down
     and exits 0 with nothing on stderr (no BrokenPipeError traceback)."""
-    before = demo_redis_servers()
     with (tmp_path / "stderr").open("w+b") as err:
         proc = subprocess.Popen(
             [*DEMO, *args],
             cwd=tmp_path,
-            env=env(),
+            env=env(tmpdir_of_demo),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -378,7 +403,7 @@ def test_a_reader_that_stops_early_ends_the_demo_quietly_with_0(
         stderr = err.read().decode()
     assert code == 0, stderr
     assert stderr == ""
-    assert demo_redis_servers() <= before, "an embedded Redis outlived the demo"
+    assert not demo_redis_servers(tmpdir_of_demo), "an embedded Redis outlived the demo"
 
 
 class _GoneReader(io.StringIO):

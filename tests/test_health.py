@@ -23,7 +23,7 @@ from bot.runtime import Runtime, open_runtime
 from bot.sandbox.slack_standin import Scripted, SlackStandIn
 from bot.storage.embedded import EmbeddedRedis
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
-from tests.test_run import free_port, hss_env, run_bot, wait_healthy
+from tests.support import free_port, hss_env, run_bot, wait_healthy
 
 SIGNING = "logs-test-signing-secret"
 BOT_TOKEN = "xoxb-logs-test-token"
@@ -82,14 +82,6 @@ def test_every_failure_is_reported_at_once() -> None:
 
 
 # --- over HTTP -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[SlackStandIn]:
-    slack = SlackStandIn()
-    await slack.start()
-    yield slack
-    await slack.stop()
 
 
 def settings_for(sim: RunningSim, slack: SlackStandIn, redis_url: str, **env: str) -> Settings:

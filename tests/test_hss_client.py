@@ -36,6 +36,7 @@ from bot.errors import (
 from bot.hss.budget import CallBudget, LocalCallBudget, Priority, RedisCallBudget
 from bot.hss.client import FetchResult, HssClient
 from bot.hss.signer import Credentials
+from bot.mirror import view_key
 from bot.models import REGISTRY_TYPES, ApiFilter, Registry, SyncStatus, TaskRef
 from bot.sandbox.simdata import Query, parse_query
 from bot.sandbox.simulator import Faults, Simulator, parse_raw_query
@@ -118,7 +119,9 @@ FILTERS = [
 ]
 
 
-@pytest.mark.parametrize("flt", FILTERS, ids=lambda f: repr(f)[9:60])
+# view_key sorts the registry types: a frozenset's repr follows the hash seed, and xdist's
+# workers must all collect the same test ids.
+@pytest.mark.parametrize("flt", FILTERS, ids=view_key)
 async def test_fetch_all_pages_every_filter(make_hss_sim: MakeSim, flt: ApiFilter) -> None:
     running = await make_hss_sim(task_sizes={"big": 430})
     async with client_for(running) as client:

@@ -13,7 +13,7 @@ import pytest
 
 from bot.ops.server import build_web_app
 from bot.ops.workers import STOP_GRACE
-from tests.test_manifest import read_manifest
+from tests.strict_yaml import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_SETTINGS = re.compile(r"^(SLACK_|CLOUD_SDK_)|^REDIS_URL$")

@@ -16,7 +16,9 @@ from bot.mirror import REMOVED
 from bot.models import UNKNOWN_STATUS, LookupRequest, SyncStatus
 from bot.runtime import Runtime, open_runtime
 from bot.sandbox.simulator import Faults
+from bot.storage import keys
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.support import until
 
 MakeRuntime = Callable[..., Awaitable[Runtime]]
 FAILED = SyncStatus.FAILED
@@ -48,6 +50,10 @@ async def make_runtime(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[M
 
 def calls(sim: RunningSim) -> int:
     return sum(sim.sim.calls.values())
+
+
+async def queued(redis: aioredis.Redis, waiters: str) -> bool:
+    return await redis.zcard(waiters) == 1
 
 
 def names(sim: RunningSim, task: str, status: str | None = None) -> set[str]:
@@ -224,15 +230,17 @@ async def test_waiting_for_the_budget_does_not_make_a_fetch_stale(
 
 
 async def test_drain_finishes_a_fetch_whose_call_began_and_drops_one_still_waiting(
-    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime, redis: aioredis.Redis
 ) -> None:
     sim = await make_hss_sim(task_sizes={"a": 30, "b": 30}, faults=Faults(latency_ms=1000.0))
     # One call a minute: "b" waits for a slot the whole test.
     rt = await make_runtime(sim, HSS_RATE_LIMIT="1/60s")
     calling = asyncio.create_task(rt.lookups.refresh(LookupRequest("a")))
-    await asyncio.sleep(0.3)  # "a" holds the only slot; its call is in flight
+    # "a" holds the only slot; its call is in flight (the simulator counts it on arrival).
+    await until(lambda: calls(sim) == 1, what="the call of a")
     waiting = asyncio.create_task(rt.lookups.refresh(LookupRequest("b")))
-    await asyncio.sleep(0.2)
+    waiters = keys.budget_waiters(rt.settings.budget_scope)
+    await until(lambda: queued(redis, waiters), what="b waiting for a slot")
     loop = asyncio.get_running_loop()
     started = loop.time()
 
@@ -254,7 +262,7 @@ async def test_drain_gives_up_on_a_call_that_outlasts_its_timeout(
     sim = await make_hss_sim(task_sizes={"a": 30}, faults=Faults(latency_ms=5000.0))
     rt = await make_runtime(sim)
     calling = asyncio.create_task(rt.lookups.refresh(LookupRequest("a")))
-    await asyncio.sleep(0.3)
+    await until(lambda: calls(sim) == 1, what="the call in flight")
 
     await rt.lookups.drain(timeout=0.5)
 

@@ -22,7 +22,7 @@ from bot.sandbox.slack_standin import Call, Scripted, SlackStandIn
 from bot.storage import keys
 from bot.storage.embedded import EmbeddedRedis
 from tests.plugins.redis_server import RedisFactory
-from tests.support import Clock
+from tests.support import Clock, until
 
 ALERT = "hss:alert:C1:p:-:t1"
 
@@ -372,6 +372,10 @@ async def test_one_channels_failure_hides_no_other_and_stops_none(
 # --- replicas, a killed sender, a Redis restart ------------------------------------------------
 
 
+async def outboxes_empty(redis: aioredis.Redis, channels: list[str]) -> bool:
+    return not any([await redis.xlen(keys.outbox(channel)) for channel in channels])
+
+
 async def test_two_replicas_never_duplicate_or_reorder(
     redis: aioredis.Redis,
     redis_factory: RedisFactory,
@@ -388,7 +392,8 @@ async def test_two_replicas_never_duplicate_or_reorder(
     stop = asyncio.Event()
     runners = [asyncio.create_task(s.run(stop)) for s in senders]
     await slack.wait_for(lambda calls: len(calls) == 60, timeout=20)
-    await asyncio.sleep(0.1)  # anything extra would show up now
+    # Every item was deleted after Slack took it: nothing is left to send again.
+    await until(lambda: outboxes_empty(redis, channels), what="the outboxes emptied")
     stop.set()
     await asyncio.gather(*runners)
     for channel in channels:

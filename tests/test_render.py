@@ -3,14 +3,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from slack_sdk.models.blocks import Block, BlockElement
 
 from bot.errors import CommandError
 from bot.models import (
@@ -35,22 +33,11 @@ from bot.slack.render import (
     render_error,
     render_help,
 )
+from tests import support
+from tests.support import HOSTILE, lookup_requests, mrkdwn_of, printable
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW = 1_700_000_042.0
-HOSTILE = [
-    "<!channel>",
-    "<!here>",
-    "<@U123>",
-    "<!subteam^S1>",
-    "<https://evil.example|click>",
-    "*bold*",
-    "`tick`",
-    "```fence",
-    "_it_ ~s~",
-    "a & b",
-]
-HOSTILE_RAW = [h for h in HOSTILE if "<" in h]
 #: The only `<...>` tokens the renderer itself writes: a date and a user mention.
 OURS = re.compile(r"<!date\^\d+\^\{time_secs\}\|[0-9:]+ UTC>|<@[UW][A-Z0-9]+>")
 
@@ -58,64 +45,14 @@ OURS = re.compile(r"<!date\^\d+\^\{time_secs\}\|[0-9:]+ UTC>|<@[UW][A-Z0-9]+>")
 # --- the limit checker used by every test ----------------------------------------------------
 
 
-def _texts(block: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every text object inside a block."""
-    if "text" in block:
-        yield block["text"]
-    for element in block.get("elements", []):
-        if element.get("type") in ("mrkdwn", "plain_text"):
-            yield element
-        elif "text" in element:
-            yield element["text"]
-
-
 def check_message(message: Message) -> None:
-    """Slack's limits, checked by slack_sdk's models and explicitly."""
-    json.dumps(message.blocks)
-    assert 0 < len(message.blocks) <= 50
-    assert 0 < len(message.text) <= 3000
-    assert "<" not in message.text and ">" not in message.text
-    total = 0
-    for block in message.blocks:
-        Block.parse(block).validate_json()  # type: ignore[union-attr]
-        _check_block(block)
-        for text in _texts(block):
-            total += len(text["text"])
-            if text["type"] == "mrkdwn":
-                assert not re.search("[<>]", OURS.sub("", text["text"])), text["text"]
-    assert total <= 10_000
-
-
-def _check_block(block: dict[str, Any]) -> None:
-    kind = block["type"]
-    if kind == "header":
-        assert block["text"]["type"] == "plain_text"
-        assert 0 < len(block["text"]["text"]) <= 150
-    elif kind == "section":
-        assert 0 < len(block["text"]["text"]) <= 3000
-    elif kind == "context":
-        assert 0 < len(block["elements"]) <= 10
-    elif kind == "actions":
-        elements = block["elements"]
-        assert 0 < len(elements) <= 25
-        assert len({e["action_id"] for e in elements}) == len(elements)
-        for element in elements:
-            BlockElement.parse(element).validate_json()  # type: ignore[union-attr]
-            assert len(element["text"]["text"]) <= 75
-            assert len(element["value"]) <= 2000
-            assert len(element["action_id"]) <= 255
-    else:
-        assert kind == "divider"
+    support.check_message(message, OURS)
 
 
 def buttons(message: Message) -> dict[str, dict[str, Any]]:
     return {
         e["action_id"]: e for b in message.blocks if b["type"] == "actions" for e in b["elements"]
     }
-
-
-def mrkdwn(message: Message) -> str:
-    return "\n".join(t["text"] for b in message.blocks for t in _texts(b) if t["type"] == "mrkdwn")
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -193,7 +130,7 @@ def test_golden_failed_filter_page_two_shared() -> None:
 
 def test_typical_content() -> None:
     message = render_answer(typical(), now=NOW)
-    body = mrkdwn(message)
+    body = mrkdwn_of(message)
     assert message.blocks[0]["text"]["text"] == "HSS image sync · task task-42"
     assert "*3* failed" in body and "*1* running" in body and "*1* finished" in body
     assert "*1* unknown" in body and "6 in all" in body
@@ -212,7 +149,7 @@ def test_failed_registries_are_grouped_by_reason_most_common_first() -> None:
         reg(4, "failed", "common "),  # trailing space: same reason
         reg(5, "failed", ""),
     )
-    body = mrkdwn(render_answer(answer(regs), now=NOW))
+    body = mrkdwn_of(render_answer(answer(regs), now=NOW))
     common = body.index("*Failed* (2 registries): `common`")
     rare = body.index("*Failed* (1 registry): `rare`")
     none = body.index("*Failed* (1 registry): _no reason given_")
@@ -223,7 +160,7 @@ def test_failed_registries_are_grouped_by_reason_most_common_first() -> None:
 
 def test_totals_unknown_render_as_question_marks() -> None:
     message = render_answer(answer((), totals=Totals(failed=2), fetched_at=None), now=NOW)
-    body = mrkdwn(message)
+    body = mrkdwn_of(message)
     assert "*2* failed" in body and "*?* running" in body and "? in all" in body
     assert "no data yet" in body and "_No data yet._" in body
     assert "?" in message.text
@@ -246,7 +183,7 @@ def test_totals_unknown_render_as_question_marks() -> None:
 def test_empty_result_says_so(request_: LookupRequest, expected: str) -> None:
     message = render_answer(answer((), request_), now=NOW)
     check_message(message)
-    assert expected in mrkdwn(message)
+    assert expected in mrkdwn_of(message)
 
 
 def test_notice_is_prominent_and_escaped() -> None:
@@ -263,16 +200,16 @@ def test_odd_statuses_from_the_api_still_render() -> None:
     regs = (reg(1, "paused"), reg(2, ""), reg(3, "<!here>"))
     message = render_answer(answer(regs), now=NOW)
     check_message(message)
-    assert "status `paused`" in mrkdwn(message)
+    assert "status `paused`" in mrkdwn_of(message)
 
 
 def test_share_and_shared_by() -> None:
     shared = render_answer(typical(), now=NOW, shareable=False, shared_by="U0ABC")
     assert ACTION_SHARE not in buttons(shared)
-    assert "Shared by <@U0ABC>" in mrkdwn(shared)
+    assert "Shared by <@U0ABC>" in mrkdwn_of(shared)
     odd = render_answer(typical(), now=NOW, shared_by="<!channel>")
     check_message(odd)
-    assert "Shared by &lt;!channel&gt;" in mrkdwn(odd)
+    assert "Shared by &lt;!channel&gt;" in mrkdwn_of(odd)
 
 
 @pytest.mark.parametrize(
@@ -300,7 +237,7 @@ def test_the_answer_says_how_old_its_data_is(fetched_at: float | None, expected:
 
 
 def _page_text(message: Message) -> str:
-    return mrkdwn(message)
+    return mrkdwn_of(message)
 
 
 def test_paging_buttons_and_values() -> None:
@@ -385,8 +322,8 @@ def test_two_thousand_hostile_registries_stay_within_limits(page: int) -> None:
     ]
     text = json.dumps(shown, ensure_ascii=False) + message.text
     for hostile in ("<!here>", "<!subteam^S1>", "<https://evil.example|click>", "<@U999>", "<@U1>"):
-        assert hostile not in mrkdwn(message) + message.text
-    assert "<!channel>" not in mrkdwn(message) + message.text
+        assert hostile not in mrkdwn_of(message) + message.text
+    assert "<!channel>" not in mrkdwn_of(message) + message.text
     # The only place an untrusted `<` is shown is the plain_text header, which Slack shows
     # literally.
     assert text.count("<!channel>") == 1
@@ -397,7 +334,7 @@ def test_every_reason_unique_per_page_still_fits() -> None:
     regs = tuple(reg(i, "failed", f"{i} " + "<é>" * 3000, name="&" * 128) for i in range(PAGE_SIZE))
     message = render_answer(answer(regs), now=NOW, notice="x" * 5000)
     check_message(message)
-    assert mrkdwn(message).count("*Failed* (1 registry)") == PAGE_SIZE
+    assert mrkdwn_of(message).count("*Failed* (1 registry)") == PAGE_SIZE
 
 
 _text = st.text(max_size=200) | st.sampled_from(HOSTILE)
@@ -455,22 +392,7 @@ def test_invalid_request_renders_without_buttons() -> None:
     assert buttons(message) == {}
 
 
-_requests = st.builds(
-    LookupRequest,
-    task_id=st.text(min_size=1, max_size=64).filter(lambda s: bool(s.strip())),
-    status=st.none() | st.sampled_from(SyncStatus),
-    types=st.frozensets(st.sampled_from(REGISTRY_TYPES)),
-    name=st.none() | st.text(min_size=1, max_size=128).filter(lambda s: bool(s.strip())),
-    ep=st.none() | st.text(min_size=1, max_size=256).filter(lambda s: bool(s.strip())),
-)
-
-
-def _printable(request: LookupRequest) -> bool:
-    values = [request.task_id, request.name or "", request.ep or ""]
-    return not any(ord(c) < 32 or c == "\x7f" or 0x80 <= ord(c) < 0xA0 for v in values for c in v)
-
-
-@given(_requests.filter(_printable), st.integers(min_value=0, max_value=100_000))
+@given(lookup_requests.filter(printable), st.integers(min_value=0, max_value=100_000))
 def test_action_value_round_trip(request: LookupRequest, page: int) -> None:
     value = encode_action_value(request, page)
     assert len(value) <= 2000
@@ -542,8 +464,8 @@ def test_decoding_anything_raises_only_command_error(value: str) -> None:
 def test_help() -> None:
     message = render_help()
     check_message(message)
-    assert "/hss-sync" in mrkdwn(message)
-    assert "Harbor" in mrkdwn(message)
+    assert "/hss-sync" in mrkdwn_of(message)
+    assert "Harbor" in mrkdwn_of(message)
     odd = render_help("/hss`<!channel>" + "x" * 300)
     check_message(odd)
 
@@ -552,5 +474,5 @@ def test_error_is_short_and_escaped() -> None:
     message = render_error('Unknown option "<!channel>=". ' + "y" * 10_000)
     check_message(message)
     assert len(message.blocks) == 1
-    assert "&lt;!channel&gt;" in mrkdwn(message)
-    assert len(mrkdwn(message)) < 2000
+    assert "&lt;!channel&gt;" in mrkdwn_of(message)
+    assert len(mrkdwn_of(message)) < 2000

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +29,11 @@ from bot.sandbox.slack_requests import SlackUser
 from bot.sandbox.slack_standin import Call, Scripted, SlackStandIn
 from bot.storage import keys
 from bot.storage.mirror_store import RedisMirrorStore
-from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.plugins.hss_sim import TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.support import alerts_delivered, free_port, hss_env, refreshes_stored, run_bot, until
 
 TASK = "task-replicas"
+REF = TaskRef(TEST_PROJECT_ID, TASK)
 SECRET = "replica-test-signing-secret"
 BOT_TOKEN = "xoxb-replica-test-token"
 CHANNEL_A = "C0REPLICA1"
@@ -44,12 +43,6 @@ RATE_LIMIT = 1000
 #: Long enough for the outbox's 1 message/s per channel, a lease or two to expire, and a
 #: killed replica's fetch lock (lookup.LOCK_TTL) should it die mid-fetch.
 ALERT_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the processes ------------------------------------------------------------------------
@@ -102,28 +95,23 @@ class Cluster:
     sim: RunningSim
     standin: SlackStandIn
     redis_url: str
+    redis: aioredis.Redis
     data_dir: Path
     http: httpx.AsyncClient
     replicas: list[Replica] = field(default_factory=list)
 
     def env(self, port: int) -> dict[str, str]:
-        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-        return {
-            **keep,
-            "PYTHONUNBUFFERED": "1",
-            "SLACK_BOT_TOKEN": BOT_TOKEN,
-            "SLACK_SIGNING_SECRET": SECRET,
-            "SLACK_API_URL": f"{self.standin.url}/api/",
-            "CLOUD_SDK_AK": TEST_AK,
-            "CLOUD_SDK_SK": TEST_SK,
-            "HSS_PROJECT_ID": TEST_PROJECT_ID,
-            "HSS_ENDPOINT": self.sim.url,
-            "HSS_RATE_LIMIT": f"{RATE_LIMIT}/60s",
-            "POLL_INTERVAL_SECONDS": "1",
-            "REDIS_URL": self.redis_url,
-            "HSS_DATA_DIR": str(self.data_dir),
-            "PORT": str(port),
-        }
+        return hss_env(
+            self.sim.url,
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_SIGNING_SECRET=SECRET,
+            SLACK_API_URL=f"{self.standin.url}/api/",
+            HSS_RATE_LIMIT=f"{RATE_LIMIT}/60s",
+            POLL_INTERVAL_SECONDS="1",
+            REDIS_URL=self.redis_url,
+            HSS_DATA_DIR=str(self.data_dir),
+            PORT=str(port),
+        )
 
     async def start(self, count: int) -> list[Replica]:
         started = await asyncio.gather(*(self._start_one() for _ in range(count)))
@@ -131,15 +119,7 @@ class Cluster:
 
     async def _start_one(self) -> Replica:
         port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot.cli",
-            "run",
-            env=self.env(port),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await run_bot(self.env(port))
         replica = Replica(f"replica{len(self.replicas) + 1}", port, proc)
         self.replicas.append(replica)
         replica.start_reading()
@@ -147,16 +127,15 @@ class Cluster:
         return replica
 
     async def _wait_healthy(self, replica: Replica) -> None:
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline and replica.proc.returncode is None:
+        async def healthy() -> bool:
+            assert replica.proc.returncode is None, f"{replica.name}:\n{replica.stderr[-3000:]}"
             try:
                 response = await self.http.get(f"{replica.url}/healthz", timeout=1.0)
-                if response.status_code == 200 and response.json()["redis"] == "up":
-                    return
             except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{replica.name} never became healthy:\n{replica.stderr[-3000:]}")
+                return False
+            return response.status_code == 200 and response.json()["redis"] == "up"
+
+        await until(healthy, timeout=30.0, what=f"{replica.name} healthy")
 
     def user(self, replica: Replica, channel: str) -> SlackUser:
         """Someone in ``channel`` whose commands reach ``replica``."""
@@ -175,14 +154,6 @@ class Cluster:
 
 
 @pytest.fixture
-async def standin() -> AsyncIterator[SlackStandIn]:
-    slack = SlackStandIn()
-    await slack.start()
-    yield slack
-    await slack.stop()
-
-
-@pytest.fixture
 async def cluster(
     make_hss_sim: MakeSim,
     standin: SlackStandIn,
@@ -192,7 +163,7 @@ async def cluster(
 ) -> AsyncIterator[Cluster]:
     sim = await make_hss_sim(task_sizes={TASK: 30}, rate_limit=RATE_LIMIT, window=60.0)
     async with httpx.AsyncClient(timeout=10.0) as http:
-        running = Cluster(sim, standin, redis_url, tmp_path / "data", http)
+        running = Cluster(sim, standin, redis_url, redis, tmp_path / "data", http)
         try:
             yield running
         finally:
@@ -248,22 +219,23 @@ def calls_made(sim: RunningSim) -> int:
 async def wait_refreshes(sim: RunningSim, count: int = 1, timeout: float = ALERT_TIMEOUT) -> None:
     """Wait until the replicas have fetched the task ``count`` more times."""
     base = calls_made(sim)
-    await _until(lambda: calls_made(sim) >= base + count, timeout, "the task was never refreshed")
+    await until(lambda: calls_made(sim) >= base + count, timeout=timeout, what="a refresh")
 
 
-async def settle(sim: RunningSim, refreshes: int = 3) -> None:
-    """Let a few more refreshes and the outbox's pace go by: anything that was going to be
-    posted has been by then."""
-    await wait_refreshes(sim, refreshes)
-    await asyncio.sleep(1.5)
+async def settle(cluster: Cluster, refreshes: int = 3) -> None:
+    """Let ``refreshes`` more refreshes be saved and everything they had to say reach Slack:
+    anything that was going to be posted has been by then."""
+    base = await refreshes_stored(cluster.redis, REF)
 
+    async def saved() -> bool:
+        return await refreshes_stored(cluster.redis, REF) >= base + refreshes
 
-async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(what)
-        await asyncio.sleep(0.05)
+    await until(saved, timeout=ALERT_TIMEOUT, what=f"{refreshes} more refreshes saved")
+    await until(
+        lambda: alerts_delivered(cluster.redis, REF, (CHANNEL_A, CHANNEL_B)),
+        timeout=ALERT_TIMEOUT,
+        what="the alerts delivered",
+    )
 
 
 def healthy_registries(sim: RunningSim, count: int) -> list[Registry]:
@@ -276,7 +248,7 @@ async def watch(user: SlackUser, sim: RunningSim) -> None:
     reply = await user.command_text(f"watch {TASK}")
     assert reply.status == 200
     assert "Watching task" in json.dumps(reply.body), reply.body
-    await _until(lambda: calls_made(sim) > base, ALERT_TIMEOUT, "no first refresh")
+    await until(lambda: calls_made(sim) > base, timeout=ALERT_TIMEOUT, what="a first refresh")
 
 
 #: The stand-in's ts of the first message it accepts: every test's first alert.
@@ -300,7 +272,7 @@ async def test_each_flip_is_alerted_once_and_its_recovery_goes_to_the_thread(
     [alert] = await wait_posts(standin, CHANNEL_A, 1)
     assert victim.registry_name in text_of(alert)
     assert "thread_ts" not in alert.body
-    await settle(sim)
+    await settle(cluster)
     assert len(posts(standin, CHANNEL_A)) == 1
     assert updates(standin, CHANNEL_A) == []
 
@@ -310,7 +282,7 @@ async def test_each_flip_is_alerted_once_and_its_recovery_goes_to_the_thread(
     assert thread.body.get("thread_ts") == FIRST_TS
     assert "recovered" in text_of(thread)
     assert update.body.get("ts") == FIRST_TS
-    await settle(sim)
+    await settle(cluster)
     assert len(posts(standin, CHANNEL_A)) == 2
     assert len(updates(standin, CHANNEL_A)) == 1
 
@@ -332,7 +304,7 @@ async def test_an_unwatched_channel_hears_nothing_more(cluster: Cluster) -> None
     sim.sim.set_status(TASK, first.registry_id, "finished")
     thread = (await wait_posts(standin, CHANNEL_B, 2))[1]
     assert second.registry_name in text_of(thread)
-    await settle(sim)
+    await settle(cluster)
     assert len(posts(standin, CHANNEL_A)) == 1
     assert updates(standin, CHANNEL_A) == []
     assert len(posts(standin, CHANNEL_B)) == 2
@@ -349,7 +321,7 @@ async def test_a_muted_channel_hears_nothing_until_unmuted(cluster: Cluster) -> 
     first, second = healthy_registries(sim, 2)
     sim.sim.set_status(TASK, first.registry_id, "failed", "boom")
     await wait_posts(standin, CHANNEL_B, 1)
-    await settle(sim)
+    await settle(cluster)
     assert posts(standin, CHANNEL_A) == []
     assert updates(standin, CHANNEL_A) == []
 
@@ -358,7 +330,7 @@ async def test_a_muted_channel_hears_nothing_until_unmuted(cluster: Cluster) -> 
     sim.sim.set_status(TASK, second.registry_id, "failed", "boom again")
     [alert] = await wait_posts(standin, CHANNEL_A, 1)
     assert second.registry_name in text_of(alert)
-    await settle(sim)
+    await settle(cluster)
     assert len(posts(standin, CHANNEL_A)) == 1
     assert len(posts(standin, CHANNEL_B)) == 2  # its alert, and the second failure's line
 
@@ -386,7 +358,7 @@ async def test_a_429_from_slack_delays_the_alert_and_it_still_arrives_once(
     sim.sim.set_status(TASK, victim.registry_id, "finished")
     thread = (await wait_posts(standin, CHANNEL_A, 3))[2]
     assert thread.body.get("thread_ts") == FIRST_TS  # the delivered post is the parent
-    await settle(sim)
+    await settle(cluster)
     assert len(posts(standin, CHANNEL_A)) == 3
     assert len(updates(standin, CHANNEL_A)) == 1
 
@@ -399,7 +371,7 @@ async def test_a_killed_replica_is_taken_over(cluster: Cluster) -> None:
     first, second = healthy_registries(sim, 2)
     sim.sim.set_status(TASK, first.registry_id, "failed", "boom")
     await wait_posts(standin, CHANNEL_A, 1)
-    await settle(sim, refreshes=2)
+    await settle(cluster, refreshes=2)
 
     # Killed with a flip in flight: it may be refreshing, alerting or holding leases.
     sim.sim.set_status(TASK, second.registry_id, "failed", "boom again")
@@ -415,7 +387,7 @@ async def test_a_killed_replica_is_taken_over(cluster: Cluster) -> None:
     recovered = (await wait_posts(standin, CHANNEL_A, 3))[2]
     assert "recovered" in text_of(recovered)
     await wait_updates(standin, CHANNEL_A, 2)
-    await settle(sim)
+    await settle(cluster)
     assert len(posts(standin, CHANNEL_A)) == 3
     assert len(updates(standin, CHANNEL_A)) == 2
     assert survivor.proc.returncode is None
@@ -431,14 +403,14 @@ async def test_restarting_every_replica_loses_no_watch_and_realerts_nothing(
     first, second = healthy_registries(sim, 2)
     sim.sim.set_status(TASK, first.registry_id, "failed", "boom")
     await wait_posts(standin, CHANNEL_A, 1)
-    await settle(sim, refreshes=2)
+    await settle(cluster, refreshes=2)
 
     codes = await asyncio.gather(*(r.stop(signal.SIGTERM) for r in old))
     assert codes == [0, 0]
     new = await cluster.start(2)
     listed = await cluster.user(new[1], CHANNEL_A).command_text("watches")
     assert TASK in json.dumps(listed.body)
-    await settle(sim, refreshes=3)  # the new replicas refresh: the same data, no news
+    await settle(cluster, refreshes=3)  # the new replicas refresh: the same data, no news
     assert len(posts(standin, CHANNEL_A)) == 1
     assert updates(standin, CHANNEL_A) == []
 
@@ -448,7 +420,7 @@ async def test_restarting_every_replica_loses_no_watch_and_realerts_nothing(
     assert thread.body.get("thread_ts") == FIRST_TS  # the old incident, carried over
     [update] = await wait_updates(standin, CHANNEL_A, 1)
     assert update.body.get("ts") == FIRST_TS
-    await settle(sim)
+    await settle(cluster)
     assert len(posts(standin, CHANNEL_A)) == 2
     assert len(updates(standin, CHANNEL_A)) == 1
 
@@ -478,7 +450,7 @@ async def test_a_replica_killed_mid_refresh_is_taken_over(cluster: Cluster) -> N
     takeover = time.monotonic() - killed_at
     assert victim.registry_name in text_of(alert)
     assert takeover < LOCK_TTL + 10.0, f"taken over after {takeover:.1f} s"
-    await settle(sim)
+    await settle(cluster)
     assert len(posts(standin, CHANNEL_A)) == 1
     assert survivor.proc.returncode is None
 
@@ -512,14 +484,13 @@ async def test_sigterm_during_a_refresh_finishes_it_and_loses_no_alert(
     assert code == 0
     assert stopped_after < 10.0, f"took {stopped_after:.1f} s to stop"
     # The refresh in flight was finished and saved, not abandoned, and its lease is free.
-    ref = TaskRef(TEST_PROJECT_ID, TASK)
-    snap = await RedisMirrorStore(redis).load(ref)
+    snap = await RedisMirrorStore(redis).load(REF)
     assert snap.rows[victim.registry_id].status == "failed"
-    assert await redis.exists(keys.scheduler_lease(ref)) == 0
+    assert await redis.exists(keys.scheduler_lease(REF)) == 0
     # Whether the stopping replica posted the alert or left it queued, it arrives once.
     sim.sim.set_faults(latency_ms=0)
     await cluster.start(1)
     [alert] = await wait_posts(standin, CHANNEL_A, 1)
     assert victim.registry_name in text_of(alert)
-    await settle(sim)
+    await settle(cluster)
     assert len(posts(standin, CHANNEL_A)) == 1

@@ -6,8 +6,6 @@ import asyncio
 import os
 import signal
 import socket
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -15,67 +13,18 @@ import pytest
 
 from bot.sandbox.slack_requests import SlackUser
 from bot.sandbox.slack_standin import SlackStandIn
-from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim
-from tests.test_cli import redis_server_pids
+from tests.plugins.hss_sim import TEST_SK, MakeSim
+from tests.support import (
+    bot_env,
+    free_port,
+    hss_env,
+    redis_server_pids,
+    run_bot,
+    until,
+    wait_healthy,
+)
 
 SECRET = "run-test-signing-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[SlackStandIn]:
-    slack = SlackStandIn()
-    await slack.start()
-    yield slack
-    await slack.stop()
-
-
-def bot_env(**extra: str) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-    return {**keep, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def hss_env(sim_url: str, **extra: str) -> dict[str, str]:
-    """``bot_env`` with the test simulator's credentials and endpoint."""
-    return bot_env(
-        CLOUD_SDK_AK=TEST_AK,
-        CLOUD_SDK_SK=TEST_SK,
-        HSS_PROJECT_ID=TEST_PROJECT_ID,
-        HSS_ENDPOINT=sim_url,
-        **extra,
-    )
-
-
-async def run_bot(env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "run",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def wait_healthy(url: str, proc: asyncio.subprocess.Process) -> httpx.Response:
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            if proc.returncode is not None:
-                break
-            try:
-                response = await http.get(url, timeout=1.0)
-                if response.status_code == 200:
-                    return response
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("the bot never became healthy")
 
 
 async def test_run_serves_http_answers_a_command_and_stops_on_sigterm(
@@ -175,10 +124,7 @@ async def test_run_in_socket_mode_acks_over_the_websocket(
     )
     try:
         await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
-        for _ in range(200):
-            if standin.socket_clients:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: bool(standin.socket_clients), what="the bot never connected")
         envelope = await standin.send_envelope(
             "slash_commands",
             {

@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 BLOCK_MS = 500
 #: How often the loop re-reads the list of watched tasks, in seconds.
 TASKS_EVERY = 5.0
+#: How long the loop waits after a failed round (Redis not answering, mostly), in seconds.
+RETRY_DELAY = 1.0
 #: How far replicas' clocks may disagree, in seconds: an incident opened this much before
 #: its watch was created belongs to an earlier watch of the channel.
 _CLOCK_SKEW = 60.0
@@ -257,16 +259,23 @@ async def _queue(pipe: Pipeline, ref: TaskRef, writes: Writes) -> None:
 
 
 class AlertPipeline:
+    """``tasks_every`` and ``retry_delay`` are the loop's pace (seconds): how often it looks
+    for newly watched tasks, and how long it waits after a failed round."""
+
     def __init__(
         self,
         redis: aioredis.Redis,
         *,
         watches: WatchStore,
         clock: Callable[[], float] = time.time,
+        tasks_every: float = TASKS_EVERY,
+        retry_delay: float = RETRY_DELAY,
     ) -> None:
         self._redis = redis
         self._watches = watches
         self._clock = clock
+        self._tasks_every = tasks_every
+        self._retry_delay = retry_delay
         self._mirror = RedisMirrorStore(redis)
         # The loop retries every second: its outage is logged once, and its end once.
         self._outage = OutageGate(
@@ -324,20 +333,21 @@ class AlertPipeline:
         """Until ``stop``: wait (``XREAD BLOCK``) for new entries in any watched task's
         stream after its cursor, and :meth:`run_once` each task that has some."""
         tasks: list[TaskRef] = []
-        tasks_at = -TASKS_EVERY
+        tasks_at = -self._tasks_every
         while not stop.is_set():
             try:
-                if time.monotonic() - tasks_at >= TASKS_EVERY:
+                if time.monotonic() - tasks_at >= self._tasks_every:
                     tasks, tasks_at = await self._watches.watched_tasks(), time.monotonic()
                 for ref in await self._ready(tasks):
                     await self.run_once(ref)
                 self._outage.succeeded()
             except STORE_UNAVAILABLE as exc:
+                # Logged once per outage; the loop retries every ``retry_delay`` (a second).
                 self._outage.failed(exc)
-                await _wait(stop, 1.0)
+                await _wait(stop, self._retry_delay)
             except Exception:
                 logger.exception("alerting failed; trying again in a second")
-                await _wait(stop, 1.0)
+                await _wait(stop, self._retry_delay)
 
     async def _ready(self, tasks: list[TaskRef]) -> list[TaskRef]:
         """The tasks with entries after their cursor, waiting up to ``BLOCK_MS`` for some."""

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from bot.alerting.outbox import OutboxSender, web_client
-from bot.alerting.pipeline import AlertPipeline
+from bot.alerting.pipeline import TASKS_EVERY, AlertPipeline
 from bot.alerting.scheduler import Scheduler
 from bot.config import Settings
 from bot.runtime import Runtime
@@ -62,8 +62,15 @@ class Workers:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-def build_workers(runtime: Runtime, settings: Settings, *, min_interval: float = 1.0) -> Workers:
-    """``min_interval``: seconds between two messages to one channel (Slack allows ~1)."""
+def build_workers(
+    runtime: Runtime,
+    settings: Settings,
+    *,
+    min_interval: float = 1.0,
+    tasks_every: float = TASKS_EVERY,
+) -> Workers:
+    """``min_interval``: seconds between two messages to one channel (Slack allows ~1);
+    ``tasks_every``: how often the alert pipeline looks for newly watched tasks."""
     assert settings.slack_bot_token is not None
     watches = WatchStore(runtime.redis)
     slack = web_client(token=settings.slack_bot_token.reveal(), base_url=settings.slack_api_url)
@@ -101,6 +108,6 @@ def build_workers(runtime: Runtime, settings: Settings, *, min_interval: float =
             redis=runtime.redis,
             poll_interval=settings.poll_interval_seconds,
         ),
-        pipeline=AlertPipeline(runtime.redis, watches=watches),
+        pipeline=AlertPipeline(runtime.redis, watches=watches, tasks_every=tasks_every),
         sender=sender,
     )

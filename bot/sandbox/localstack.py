@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from bot.alerting.pipeline import TASKS_EVERY
 from bot.config import Settings
 from bot.ops.server import build_web_app, start_http, web_client
 from bot.ops.workers import Workers, build_workers
@@ -48,11 +49,13 @@ async def local_stack(
     max_wait: float = MAX_WAIT,
     watches: bool = False,
     send_interval: float = 1.0,
+    tasks_every: float = TASKS_EVERY,
     channels: Sequence[Channel] = (),
 ) -> AsyncIterator[Stack]:
     """Redis (embedded unless ``redis_url``) + simulator + Slack stand-in + the bot over
     HTTP, all torn down after. ``env`` overrides the bot's settings; ``channels`` are named
-    in the stand-in, and the user's ``#name`` in command text becomes Slack's reference."""
+    in the stand-in, and the user's ``#name`` in command text becomes Slack's reference.
+    ``send_interval`` and ``tasks_every`` go to ``build_workers``."""
     async with AsyncExitStack() as stack:
         if redis_url is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hss-demo-")))
@@ -81,7 +84,11 @@ async def local_stack(
         )
         runtime = await open_runtime(settings)
         stack.push_async_callback(runtime.aclose)
-        workers = build_workers(runtime, settings, min_interval=send_interval) if watches else None
+        workers = (
+            build_workers(runtime, settings, min_interval=send_interval, tasks_every=tasks_every)
+            if watches
+            else None
+        )
         if workers is not None:
             workers.start()
             stack.push_async_callback(workers.aclose)

@@ -137,10 +137,11 @@ def make_app(sim: Simulator) -> web.Application:
 
 
 async def start_simulator(
-    sim: Simulator, host: str = "127.0.0.1", port: int = 0
+    sim: Simulator, host: str = "127.0.0.1", port: int = 0, *, shutdown_timeout: float = 60.0
 ) -> tuple[web.AppRunner, str]:
-    """Serve ``sim``; returns the runner (``await runner.cleanup()`` to stop) and base URL."""
-    runner = web.AppRunner(make_app(sim), access_log=None)
+    """Serve ``sim``; returns the runner (``await runner.cleanup()`` to stop) and base URL.
+    ``cleanup`` lets answers in flight (a latency fault) finish for ``shutdown_timeout`` s."""
+    runner = web.AppRunner(make_app(sim), access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

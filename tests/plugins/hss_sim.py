@@ -27,6 +27,8 @@ TEST_AK = "AKTESTSIMULATOR00000"
 TEST_SK = "SKtestsimulator00000000000000000000000000"
 TEST_PROJECT_ID = "0123456789abcdef0123456789abcdef"
 GENEROUS_LIMIT = 10_000
+#: Seconds the teardown waits for answers in flight (aiohttp waits a minute by default).
+SHUTDOWN_TIMEOUT = 0.1
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ async def make_hss_sim() -> AsyncIterator[MakeSim]:
         }
         settings.update(config)
         sim = Simulator(SimConfig(**settings))
-        runner, url = await start_simulator(sim)
+        # An answer still in flight at teardown (a latency fault) has no one left to read it.
+        runner, url = await start_simulator(sim, shutdown_timeout=SHUTDOWN_TIMEOUT)
         runners.append(runner)
         return RunningSim(url=url, sim=sim)
 

@@ -10,6 +10,10 @@ the CLI check their stderr themselves.
 
 ``SECRETS`` is the one list of the suite's secret values; ``test_logs`` checks that every
 secret-looking literal of the tests (and of the bot's demo defaults) is in it.
+
+Under pytest-xdist each worker process has its own detector; at its end a worker hands its
+count and leaks to the controller (``workeroutput``), which adds them to its own, prints the
+one summary line and fails the session on any leak, as a single process does.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -116,6 +121,8 @@ class SecretDetector(logging.Handler):
 
 
 _detector: SecretDetector | None = None
+#: The key of a worker's report in xdist's ``workeroutput``.
+_OUTPUT = "log_secrets"
 _root_level = logging.WARNING
 
 
@@ -144,8 +151,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     root = logging.getLogger()
     root.removeHandler(_detector)
     root.setLevel(_root_level)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller reports and fails
+        leaks = [[x.test, x.logger, x.level, list(x.secrets)] for x in _detector.leaks]
+        workeroutput[_OUTPUT] = {"records": _detector.records, "leaks": leaks}
+        return
     if _detector.leaks:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist's controller, as each worker ends: take over the worker's count and leaks."""
+    report = getattr(node, "workeroutput", {}).get(_OUTPUT)
+    if _detector is None or report is None:
+        return
+    _detector.records += report["records"]
+    for test, logger, level, secrets in report["leaks"]:
+        if len(_detector.leaks) < _detector.MAX_LEAKS:
+            _detector.leaks.append(Leak(test, logger, level, tuple(secrets)))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

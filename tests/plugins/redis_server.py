@@ -1,7 +1,8 @@
 """Redis fixtures: a real Redis server for the whole test session.
 
 - ``redis_url`` (session): ``$TEST_REDIS_URL`` if set, else an embedded, non-persistent
-  ``redis-server`` started for the session and shut down at the end.
+  ``redis-server`` started for the session and shut down at the end. Under pytest-xdist the
+  session is a worker's: each starts its own server. ``$TEST_REDIS_URL`` turns xdist off.
 - ``redis`` (function, async): a ``redis.asyncio.Redis`` (bytes replies) on ``redis_url``,
   with the database flushed before and after the test.
 - ``redis_factory`` (function, async): ``make(url=None) -> Redis`` for tests that need
@@ -23,6 +24,14 @@ import redis.asyncio as aioredis
 from bot.storage.embedded import EmbeddedRedis
 
 RedisFactory = Callable[..., aioredis.Redis]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """One process on ``$TEST_REDIS_URL``: pytest-xdist's workers would share that server, and
+    tests read server-wide figures (``INFO commandstats``, ``CLIENT LIST``) of their own."""
+    if os.environ.get("TEST_REDIS_URL", "").strip() and getattr(config.option, "numprocesses", 0):
+        config.option.numprocesses = 0
 
 
 @pytest.fixture(scope="session")
