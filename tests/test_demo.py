@@ -149,15 +149,17 @@ def test_the_demo_plays_lookup_paging_watch_alert_and_recovery(runs: dict[str, R
     assert "POLL_INTERVAL_SECONDS=5" in out  # the demo's setting is said, not hidden
 
     first = message(out, "answer replacing the one above")
-    # mrkdwn read as Slack shows it: emoji as symbols, no *bold* or `code` markers.
+    # mrkdwn read as Slack shows it: emoji as symbols, no *bold* markers, code in backticks.
     assert f"task {TASK}" in first and "✗ 8 failed   ↻ 5 running" in first
     assert "page 2 of 3 · registries 21–40 of 57" in message(out, "answer replacing", 1)
-    assert "Watching task daily-sync in #sync-alerts" in out
-    assert not re.search(r"[*`]|:[a-z_]+:|&(lt|gt|amp);", out.split("Summary:")[0]), out
+    assert "Watching task `daily-sync` in #sync-alerts" in out
+    shown = out.split("Summary:")[0]
+    assert not re.search(r"[*]|:[a-z_]+:|&(lt|gt|amp);", shown), out
+    assert all(line.count("`") % 2 == 0 for line in shown.splitlines()), out
 
     alert = message(out, f"#{ALERTS.name} · new message from the bot")
     assert f"Sync failures · task {TASK}" in alert
-    assert f"Failed (1 registry): {FLIP_REASON}\n• {VICTIM.registry_name} · " in alert
+    assert f"Failed (1 registry): `{FLIP_REASON}`\n• `{VICTIM.registry_name}` · " in alert
     assert "[Acknowledge]" in alert
     acked = message(out, f"#{ALERTS.name} · the message 1700000000.000001 updated in place")
     assert "👀 Acknowledged by @demo.user" in acked
@@ -252,7 +254,7 @@ async def test_interactive_lookup_watch_flip_shows_the_alert(
         answer = await session.expect("registries 1–8 of 8")
         assert "answer replacing the one above" in answer
         await session.type(f"watch {TASK} #{ALERTS.name}")
-        await session.expect(f"Watching task {TASK} in #{ALERTS.name}")
+        await session.expect(f"Watching task `{TASK}` in #{ALERTS.name}")
         # The lookup fetched the whole (small) task: the baseline is there already.
         await session.expect(f"the bot already has every registry of {TASK}: a flip now shows")
         await session.expect("`watches all` lists the watch")
@@ -261,7 +263,7 @@ async def test_interactive_lookup_watch_flip_shows_the_alert(
         # The scheduler's next refresh (5 s at most) finds it; the alert is posted.
         alert = await session.expect("[Acknowledge]", timeout=40.0)
         assert f"#{ALERTS.name} · new message from the bot" in alert
-        assert f"Failed (1 registry): disk <full> & gone\n    • {VICTIM.registry_name}" in alert
+        assert f"Failed (1 registry): `disk <full> & gone`\n    • `{VICTIM.registry_name}`" in alert
         await session.type("click ack")
         await session.expect("Acknowledged by @demo.user")
         await session.type("quit")
