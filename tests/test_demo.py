@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,13 +173,35 @@ def test_the_demo_plays_lookup_paging_watch_alert_and_recovery(runs: dict[str, R
     assert int(summary[1]) <= 5
 
 
+def json_lines(out: str) -> list[dict[str, Any]]:
+    """Every line of ``demo --json``'s output, each parsed on its own (as ``jq`` reads it)."""
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records and all(isinstance(r, dict) and "kind" in r for r in records)
+    return records
+
+
+def json_message(records: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """The payload of the first message record whose label starts with ``label``."""
+    found = [
+        r["message"] for r in records if r["kind"] == "message" and r["label"].startswith(label)
+    ]
+    assert found, f"no message {label!r}"
+    message: dict[str, Any] = found[0]
+    return message
+
+
 @pytest.mark.timeout(150)
-def test_demo_json_prints_the_block_kit(runs: dict[str, Run]) -> None:
+def test_demo_json_prints_json_lines_with_the_block_kit(runs: dict[str, Run]) -> None:
     run = runs["json"]
     assert run.code == 0, run.out + run.err
-    alert = json.loads(message(run.out, f"#{ALERTS.name} · new message from the bot"))
-    thread = json.loads(message(run.out, f"#{ALERTS.name} · reply in the thread of"))
-    answer = json.loads(message(run.out, "answer replacing the one above"))
+    records = json_lines(run.out)
+    assert {r["kind"] for r in records} == {"text", "step", "note", "message"}
+    assert records[0]["kind"] == "text" and records[0]["text"].startswith("hss-sync-bot demo:")
+    steps = [r["text"] for r in records if r["kind"] == "step"]
+    assert f"/hss-sync {TASK} failed" in steps
+    alert = json_message(records, f"#{ALERTS.name} · new message from the bot")
+    thread = json_message(records, f"#{ALERTS.name} · reply in the thread of")
+    answer = json_message(records, "answer replacing the one above")
     for payload in (alert, thread, answer):
         assert payload["blocks"] and all(isinstance(b["type"], str) for b in payload["blocks"])
     assert alert["channel"] == ALERTS.id and "thread_ts" not in alert
@@ -191,7 +214,8 @@ def test_demo_json_prints_the_block_kit(runs: dict[str, Run]) -> None:
     assert answer["replace_original"] is True
     # --json is the Block Kit itself: mrkdwn as the bot wrote it.
     assert ":x: *8* failed" in json.dumps(answer, ensure_ascii=False)
-    assert SUMMARY.search(run.out) is not None
+    summaries = [r["text"] for r in records if r["kind"] == "text" and SUMMARY.search(r["text"])]
+    assert len(summaries) == 1 and summaries[0].startswith("Summary: ")
 
 
 # --- demo --interactive --------------------------------------------------------------------
@@ -354,6 +378,29 @@ async def test_interactive_bad_input_gets_a_short_answer_and_end_of_input_exits_
 
 
 @pytest.mark.timeout(60)
+async def test_interactive_json_is_json_lines_too(tmp_path: Path, tmpdir_of_demo: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *DEMO,
+        "--interactive",
+        "--json",
+        cwd=tmp_path,
+        env=env(tmpdir_of_demo),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    async with asyncio.timeout(40):
+        out_b, err_b = await proc.communicate(b"tasks\nflip\nquit\n")
+    out, err = out_b.decode(), err_b.decode()
+    assert proc.returncode == 0, out + err
+    records = json_lines(out)
+    assert [r["text"] for r in records if r["kind"] == "step"] == ["tasks", "flip", "quit"]
+    texts = [r["text"] for r in records if r["kind"] == "text"]
+    assert any("flip needs a task, a registry and a status" in t for t in texts)
+    assert texts[-1].startswith("bye")
+
+
+@pytest.mark.timeout(60)
 async def test_interactive_ctrl_c_stops_everything_and_exits_0(
     tmp_path: Path, tmpdir_of_demo: Path
 ) -> None:
@@ -389,7 +436,8 @@ def test_a_reader_that_stops_early_ends_the_demo_quietly_with_0(
         try:
             assert proc.stdin is not None and proc.stdout is not None
             lines = [proc.stdout.readline() for _ in range(5)]
-            assert lines[0].startswith(b"hss-sync-bot demo:"), lines
+            first = json.loads(lines[0])["text"].encode() if "--json" in args else lines[0]
+            assert first.startswith(b"hss-sync-bot demo:"), lines
             proc.stdout.close()
             # The interactive demo waits for input (stdin stays open): a line makes it print.
             proc.stdin.write(b"tasks\n")

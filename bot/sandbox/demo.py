@@ -4,7 +4,8 @@ It starts an embedded Redis, the HSS simulator (with the real 5 calls/minute rul
 stand-in for Slack's Web API and the bot in HTTP mode, then plays a short session through
 real signed Slack requests (a lookup, paging, a watch, a registry failing, the alert, the
 recovery in its thread) and prints every message the bot sends, as text or (``--json``) as
-Block Kit. ``--interactive`` gives a prompt instead (see ``bot.sandbox.demo_prompt``).
+JSON Lines with each message's Block Kit. ``--interactive`` gives a prompt instead (see
+``bot.sandbox.demo_prompt``).
 """
 
 from __future__ import annotations
@@ -265,7 +266,12 @@ def _response_to(ident: str) -> Callable[[Call], bool]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="hss-sync-bot demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--json", action="store_true", help="print Block Kit JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON Lines instead of text: one object per line (kind text, step, note or "
+        "message; a message with the Block Kit payload Slack got), for jq",
+    )
     parser.add_argument(
         "--interactive", action="store_true", help="type commands at a prompt instead"
     )
