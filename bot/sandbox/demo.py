@@ -264,17 +264,32 @@ def _response_to(ident: str) -> Callable[[Call], bool]:
     return lambda c: c.kind == "response" and c.name == ident
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hss-sync-bot demo", description=__doc__.split("\n")[0])
+_DESCRIPTION = """\
+Play a short Slack session with the whole bot, no accounts needed: an embedded Redis, the
+HSS simulator (5 calls per 60 s, as HSS), a local stand-in for Slack's Web API and the bot,
+sent real signed Slack requests (a lookup, paging, a watch, a failure, its alert, the
+recovery). Every message the bot sends is printed as a person would read it in Slack."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hss-sync-bot demo", description=_DESCRIPTION)
     parser.add_argument(
         "--json",
         action="store_true",
         help="print JSON Lines instead of text: one object per line (kind text, step, note or "
-        "message; a message with the Block Kit payload Slack got), for jq",
+        "message; a message with the Block Kit payload Slack got), for jq (default: text)",
     )
     parser.add_argument(
-        "--interactive", action="store_true", help="type commands at a prompt instead"
+        "--interactive",
+        action="store_true",
+        help="type slash commands at a prompt instead of the scripted session; any channel "
+        "name works (default: the script)",
     )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
