@@ -282,12 +282,20 @@ async def test_interactive_lookup_watch_flip_shows_the_alert(
         # The lookup fetched the whole (small) task: the baseline is there already.
         await session.expect(f"the bot already has every registry of {TASK}: a flip now shows")
         await session.expect("`watches all` lists the watch")
+        # Any channel name works: the demo's workspace makes the channel up.
+        await session.type(f"watch {TASK} #ops-oncall")
+        await session.expect("#ops-oncall is a new channel of the demo's workspace")
+        await session.expect(f"Watching task `{TASK}` in #ops-oncall")
+        await session.expect("`watches all` lists the watch")
         await session.type(f"flip {TASK} {VICTIM.registry_name} failed disk <full> & gone")
         await session.expect("the bot sees it at its next background refresh")
-        # The scheduler's next refresh (5 s at most) finds it; the alert is posted.
-        alert = await session.expect("[Acknowledge]", timeout=40.0)
-        assert f"#{ALERTS.name} · new message from the bot" in alert
-        assert f"Failed (1 registry): `disk <full> & gone`\n    • `{VICTIM.registry_name}`" in alert
+        # The scheduler's next refresh (5 s at most) finds it; an alert goes to each channel.
+        alerts = await session.expect("[Acknowledge]", timeout=40.0)
+        alerts += await session.expect("[Acknowledge]", timeout=20.0)
+        for channel in (ALERTS.name, "ops-oncall"):
+            assert f"#{channel} · new message from the bot" in alerts
+        failed = f"Failed (1 registry): `disk <full> & gone`\n    • `{VICTIM.registry_name}`"
+        assert alerts.count(failed) == 2
         await session.type("click ack")
         await session.expect("Acknowledged by @demo.user")
         await session.type("quit")
