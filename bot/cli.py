@@ -200,7 +200,10 @@ def _configured(command: str, work: Callable[[Settings], int]) -> int:
     try:
         settings = _settings(command)
         level = settings.log_level or ("INFO" if command == "run" else "WARNING")
-        _configure_logging(level, logs.secret_values(settings))
+        # LOG_LEVEL is obeyed to the letter; by default a one-shot command still says which
+        # embedded Redis (and data directory) it used.
+        notice = settings.log_level is None
+        _configure_logging(level, logs.secret_values(settings), embedded_notice=notice)
         return work(settings)
     except ConfigError as exc:
         for each in exc.problems if isinstance(exc, ConfigErrors) else [exc]:
@@ -219,10 +222,14 @@ def _settings(command: str) -> Settings:
     return Settings.for_command(os.environ, hss=True, slack=command == "run")
 
 
-def _configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+def _configure_logging(
+    level: str, secrets: Iterable[str] = (), *, embedded_notice: bool = False
+) -> None:
     """JSON lines on stderr (plain text on a terminal), with ``secrets`` masked in every
     line whatever logged them (see ``bot.ops.logs``)."""
-    logs.configure(level, stream=sys.stderr, secrets=secrets, queued=True)
+    logs.configure(
+        level, stream=sys.stderr, secrets=secrets, queued=True, embedded_notice=embedded_notice
+    )
 
 
 def _run(settings: Settings) -> int:

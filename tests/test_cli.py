@@ -507,6 +507,20 @@ async def test_embedded_redis_is_started_stopped_and_its_mirror_persists(
     assert by_id(second.json()) == by_id(first.json())
 
 
+@pytest.mark.parametrize(
+    ("log_level", "lines"), [("WARNING", 0), ("ERROR", 0), ("INFO", 1)], ids=str
+)
+async def test_log_level_decides_whether_the_embedded_redis_line_is_printed(
+    embedded_cli: Cli, log_level: str, lines: int
+) -> None:
+    # The line is INFO: LOG_LEVEL=WARNING must keep it out, as it keeps out every INFO line.
+    for _ in range(2):  # the first run starts the server, the second finds it running
+        run = await embedded_cli("query", TASK, "--json", LOG_LEVEL=log_level)
+        assert run.code in (0, 3)
+        assert len([line for line in run.errors if "embedded Redis" in line]) == lines
+    assert run.json() and embedded_cli.calls == 1
+
+
 async def test_embedded_redis_of_another_process_is_used_and_left_running(
     embedded_cli: Cli,
 ) -> None:
