@@ -257,6 +257,11 @@ def test_the_notification_text_puts_each_failure_under_its_own_reason(reasons: i
         assert groups[-1] == f"+{reasons - 3} more reasons"
 
 
+def test_the_notification_text_of_an_incident_only_retrying() -> None:
+    text = render_alert(SCOPE, incident(flip(1, RETRY, "")), now=NOW).text
+    assert text == "HSS sync task task-42: 0 registries failing. 1 retrying"
+
+
 def test_the_notification_text_escapes_names_and_reasons() -> None:
     flips = [
         flip(1, reason="<!channel> & <https://x|y>", name="<@U123>"),

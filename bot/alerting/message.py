@@ -265,7 +265,8 @@ def _fallback(task_id: str, incident: Incident) -> str:
         raw = f"HSS sync task {task_id}: {head[:1].lower()}{head[1:]}"
     else:
         raw = f"HSS sync task {task_id}: {_plural(len(incident.failing))} failing"
-        raw += " — " + "; ".join(_fallback_groups(incident.failing))
+        if incident.failing:
+            raw += " — " + "; ".join(_fallback_groups(incident.failing))
     others = [
         (FlipKind.RETRY, "retrying"),
         (FlipKind.RECOVERY, "recovered"),
