@@ -29,8 +29,10 @@ failure (``• `name` ...``), or a thread line says ``:x: `name` ... failed`` or
 send interval before its thread line and is not counted). Latency = first alert after the
 injection. Duplicate = the same flip alerted in more than one postMessage. Loss = a flip
 never alerted by the end (counted as infinitely slow in the percentiles).
-``detect`` = injection -> the mirror's change-stream entry (Redis stream id = time of the
-refresh's save); ``deliver`` = that entry -> the Slack post (alert pipeline + outbox).
+``detect`` = injection -> the refresh's save that recorded the change (the lookup service's
+mirror update returning it); ``deliver`` = that save -> the Slack post (alert pipeline +
+outbox). (Read as it happens: the alert pipeline trims the change stream once it has
+handled an entry.)
 
 Run: ``.venv/bin/python -m bench.flip_latency [--seed N] [--factor F]``; one figure per line,
 times in simulated seconds unless named ``_over_*``.
@@ -54,14 +56,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import INF, emit, percentile, quiet, ratio
-from bot.mirror import view_key
+from bot.mirror import Change, view_key
 from bot.models import PAGE_LIMIT_MAX, ApiFilter, LookupRequest, TaskRef
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import _ROUTE, SimConfig, SimRequest, SimResponse, Simulator
 from bot.sandbox.slack_standin import Call
 from bot.storage import keys
 from bot.storage.mirror_codec import decode_meta
-from bot.storage.mirror_store import RedisMirrorStore
 
 RATE_CALLS = 5
 REAL_WINDOW = 60.0  # HSS: 5 calls per 60 s per IAM user
@@ -99,7 +100,7 @@ class Flip:
     recover_delay: float | None = None  # failures: simulated seconds after the alert
     injected: float = INF  # perf_counter
     alerts: list[float] = field(default_factory=list)  # perf_counter of each alerting post
-    detected: float = INF  # perf_counter of the change-stream entry
+    detected: float = INF  # perf_counter of the save that recorded the change
     seen: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -198,6 +199,16 @@ class Bench:
             await record(call)
 
         stack.standin._record = recorded  # type: ignore[method-assign]
+        self.by_change: dict[tuple[str, str, str], Flip] = {}
+        store = stack.runtime.lookups._store
+        update = store.update
+
+        async def saved(ref: TaskRef, change: Any) -> Any:
+            new, changes = await update(ref, change)
+            self._on_saved(time.perf_counter(), ref, changes)
+            return new, changes
+
+        store.update = saved  # type: ignore[method-assign]
 
     # --- time ---
 
@@ -233,6 +244,13 @@ class Bench:
             flip.alerts.append(now)
             flip.seen.set()
         self.changed.set()
+
+    def _on_saved(self, now: float, ref: TaskRef, changes: Sequence[Change]) -> None:
+        """When the mirror saw each flip: the save that recorded its change."""
+        for change in changes:
+            flip = self.by_change.get((ref.task_id, change.registry_id, change.new))
+            if flip is not None and flip.injected <= now:
+                flip.detected = min(flip.detected, now)
 
     # --- set-up ---
 
@@ -301,6 +319,8 @@ class Bench:
     def add(self, flip: Flip) -> None:
         self.flips.append(flip)
         self.by_key[(flip.task, flip.name, flip.kind)] = flip
+        new = "failed" if flip.kind == "failure" else "finished"
+        self.by_change[(flip.task, flip.registry_id, new)] = flip
 
     # --- flipping ---
 
@@ -349,19 +369,6 @@ class Bench:
         done = time.perf_counter()
         await asyncio.sleep(tail)
         return done
-
-    async def read_detections(self, epoch_offset: float) -> None:
-        """When the mirror saw each flip: its change-stream entry's id is the save time."""
-        store = RedisMirrorStore(self.stack.runtime.redis)
-        wanted = {
-            (f.registry_id, "failed" if f.kind == "failure" else "finished"): f for f in self.flips
-        }
-        for task in self.sizes:
-            for entry_id, change in await store.changes(self.ref(task)):
-                flip = wanted.get((change.registry_id, change.new))
-                if flip is not None and flip.task == task:
-                    wall = int(entry_id.split("-")[0]) / 1000
-                    flip.detected = min(flip.detected, wall - epoch_offset)
 
 
 def refresh_intervals(calls: Sequence[SimCall], since: float) -> list[float]:
@@ -479,12 +486,10 @@ async def main_async(args: argparse.Namespace) -> None:
         bench.plan(bound)
         start = time.perf_counter()
         phase_end = start + args.flip_cycles * bound / factor
-        epoch_offset = time.time() - time.perf_counter()
         await bench.inject(start, phase_end, bound)
         last = max(f.injected for f in bench.flips)
         await bench.settle(last, args.horizon * bound / factor, args.tail * bound / factor)
         end = time.perf_counter()
-        await bench.read_detections(epoch_offset)
         if baseline_posts:
             print(f"# {baseline_posts} posts during the warm-up (baseline must be silent)")
         report(bench, s_calls=s_calls, start=start, end=end, warm_s=warm_s)

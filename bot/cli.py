@@ -61,23 +61,77 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
+_QUERY_EPILOG = """\
+exit status:
+  0  no printed registry failed
+  3  some printed registry failed
+  2  bad usage or configuration (each problem on stderr, naming its variable)
+  1  HSS, Redis or the network failed (the reason on stderr)
+
+environment (the bot's settings; see the README's Configuration):
+  CLOUD_SDK_AK, CLOUD_SDK_SK   the access key pair (required)
+  HSS_PROJECT_ID               project id of the HSS region (required)
+  HSS_REGION or HSS_ENDPOINT   where HSS is (one of them required)
+  CLOUD_SDK_SECURITY_TOKEN     for temporary credentials
+  HSS_ENTERPRISE_PROJECT_ID    the default of --ep (HSS's default is 0)
+  REDIS_URL                    share the bot's mirror and call budget (default: an
+                               embedded Redis in HSS_DATA_DIR, .hss-sync-bot)
+  HSS_RATE_LIMIT               the call budget (default 5/60s)
+  HSS_FRESH_SECONDS            answer from data younger than this (default 60)
+  LOG_LEVEL                    log level on stderr (default WARNING)
+
+The data's age goes to stderr; the registries to stdout."""
+
+_RUN_DESCRIPTION = """\
+Serve Slack: over Socket Mode when SLACK_APP_TOKEN is set, else over HTTP on PORT
+(POST /slack/events, verified with SLACK_SIGNING_SECRET); /healthz, /readyz and /metrics on
+PORT either way. Needs SLACK_BOT_TOKEN and the HSS settings of query --help."""
+
+_RESET_DESCRIPTION = """\
+Allow HSS calls again after an authentication failure (401/403) stopped them. The lock
+belongs to one AK/SK pair: after changing CLOUD_SDK_AK or CLOUD_SDK_SK there is nothing to
+reset. Needs the bot's settings: its HSS key pair and project (see query --help), and its
+REDIS_URL (or HSS_DATA_DIR for the embedded Redis), where the lock is kept."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="hss-sync-bot",
         description=__doc__.splitlines()[0].replace("``", "") if __doc__ else "",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="serve Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)")
-    run.set_defaults(func=_run_command)
-    q = sub.add_parser("query", help="print the registries of an image-sync task")
-    q.add_argument("task_id")
-    q.add_argument("status", nargs="?", help="finished, running or failed")
-    q.add_argument(
-        "--type", dest="types", help="registry types, comma-separated (e.g. Harbor,Jfrog)"
+    run = sub.add_parser(
+        "run",
+        help="serve Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)",
+        description=_RUN_DESCRIPTION,
     )
-    q.add_argument("--name", help="registry name (substring)")
+    run.set_defaults(func=_run_command)
+    q = sub.add_parser(
+        "query",
+        help="print the registries of an image-sync task",
+        description="Print the registries of an image-sync task as a table (or JSON): from\n"
+        "the mirror when its data is fresh, else from HSS within the shared call budget.",
+        epilog=_QUERY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    q.add_argument("task_id", help="the image-sync task's id")
+    q.add_argument(
+        "status",
+        nargs="?",
+        help="only registries that are finished, running or failed (default: every status)",
+    )
+    q.add_argument(
+        "--type",
+        dest="types",
+        help="registry types, comma-separated, e.g. Harbor,Jfrog (default: every type)",
+    )
+    q.add_argument("--name", help="registries whose name contains NAME (default: any name)")
     q.add_argument("--ep", help="enterprise project id (default HSS_ENTERPRISE_PROJECT_ID)")
-    q.add_argument("--json", action="store_true", help="print a JSON array")
+    q.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array with the API's field names (default: a table)",
+    )
     q.set_defaults(func=_query_command)
     simulate = sub.add_parser(
         "simulate",
@@ -94,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo_command)
     reset = sub.add_parser(
-        "reset-auth", help="allow HSS calls again after an authentication failure"
+        "reset-auth",
+        help="allow HSS calls again after an authentication failure",
+        description=_RESET_DESCRIPTION,
     )
     reset.set_defaults(func=_reset_auth_command)
     return parser
@@ -144,7 +200,10 @@ def _configured(command: str, work: Callable[[Settings], int]) -> int:
     try:
         settings = _settings(command)
         level = settings.log_level or ("INFO" if command == "run" else "WARNING")
-        _configure_logging(level, logs.secret_values(settings))
+        # LOG_LEVEL is obeyed to the letter; by default a one-shot command still says which
+        # embedded Redis (and data directory) it used.
+        notice = settings.log_level is None
+        _configure_logging(level, logs.secret_values(settings), embedded_notice=notice)
         return work(settings)
     except ConfigError as exc:
         for each in exc.problems if isinstance(exc, ConfigErrors) else [exc]:
@@ -163,10 +222,14 @@ def _settings(command: str) -> Settings:
     return Settings.for_command(os.environ, hss=True, slack=command == "run")
 
 
-def _configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+def _configure_logging(
+    level: str, secrets: Iterable[str] = (), *, embedded_notice: bool = False
+) -> None:
     """JSON lines on stderr (plain text on a terminal), with ``secrets`` masked in every
     line whatever logged them (see ``bot.ops.logs``)."""
-    logs.configure(level, stream=sys.stderr, secrets=secrets, queued=True)
+    logs.configure(
+        level, stream=sys.stderr, secrets=secrets, queued=True, embedded_notice=embedded_notice
+    )
 
 
 def _run(settings: Settings) -> int:

@@ -418,21 +418,131 @@ async def test_two_replicas_queue_each_item_once(
         conn = redis_factory()
         replicas.append(AlertPipeline(conn, watches=WatchStore(conn, clock=clock), clock=clock))
     total = 0
+    stream = keys.mirror_changes(T1)
+    written: dict[bytes, dict[bytes, bytes]] = {}  # the replicas trim what they handled
     for i in range(12):
         await refresh(redis, clock, fail(f"r{i}") if i % 3 else recover(f"r{i - 1}"))
+        written.update(await redis.xrange(stream))
         counts = await asyncio.gather(*(r.run_once(T1) for r in replicas for _ in range(3)))
         total += sum(counts)
     items = await outbox(redis, C1) + await outbox(redis, C2)
     dedups = [i["dedup"] for i in items]
     assert len(dedups) == len(set(dedups)) == total
-    # Same as one replica alone would have queued.
-    await redis.delete(keys.outbox(C1), keys.outbox(C2), keys.alert_cursor(T1))
+    # Same as one replica alone would have queued, from the same entries (same ids).
+    await redis.delete(keys.outbox(C1), keys.outbox(C2), keys.alert_cursor(T1), stream)
     await redis.delete(keys.alert_state(C1, T1), keys.alert_state(C2, T1))
+    for entry_id in sorted(written, key=lambda e: tuple(map(int, e.split(b"-")))):
+        await redis.xadd(stream, written[entry_id], id=entry_id)  # type: ignore[arg-type]
     alone = AlertPipeline(redis, watches=watches, clock=clock)
     assert await alone.run_once(T1) == total
     assert sorted(i["dedup"] for i in await outbox(redis, C1) + await outbox(redis, C2)) == sorted(
         dedups
     )
+
+
+# --- the change stream is trimmed to the cursor ---------------------------------------------
+
+
+async def stream_ids(redis: aioredis.Redis, task: TaskRef = T1) -> list[str]:
+    return [eid.decode() for eid, _ in await redis.xrange(keys.mirror_changes(task))]
+
+
+async def test_a_busy_task_keeps_only_its_unalerted_changes(
+    redis: aioredis.Redis, watches: WatchStore, pipeline: AlertPipeline, clock: Clock
+) -> None:
+    await watch(watches)
+    longest, queued = 0, 0
+    for i in range(150):  # 600 changes: without trimming the stream would hold them all
+        rows = [fail(f"r{j}") if i % 2 == 0 else recover(f"r{j}") for j in range(4)]
+        await refresh(redis, clock, *rows)
+        longest = max(longest, await redis.xlen(keys.mirror_changes(T1)))
+        queued += await pipeline.run_once(T1)
+        # Everything handled is gone but the cursor's own entry.
+        cursor = (await redis.get(keys.alert_cursor(T1))).decode()
+        assert await stream_ids(redis) == [cursor]
+    assert longest == 4 + 1  # one refresh's changes, and the last one handled
+    assert queued > 0  # the alerts kept up: flips were alerted all along
+
+
+class SavesDuringTheRound(WatchStore):
+    """A refresh saved while a pipeline round finishes: after its MULTI, before its trim."""
+
+    saved: list[str]
+
+    async def note_alert(self, *, task: TaskRef, channel: str, at: float) -> None:
+        await super().note_alert(task=task, channel=channel, at=at)
+        fields = {"id": "late", "name": "repo-late", "type": "Harbor", "old": "running"}
+        fields |= {"new": "failed", "reason": "disk full", "at": repr(at + 1)}
+        self.saved.append((await self._redis.xadd(keys.mirror_changes(task), fields)).decode())
+
+
+async def test_an_entry_saved_during_a_round_is_not_trimmed_and_alerts_next(
+    redis: aioredis.Redis, clock: Clock
+) -> None:
+    watches = SavesDuringTheRound(redis, clock=clock)
+    watches.saved = []
+    pipeline = AlertPipeline(redis, watches=watches, clock=clock)
+    await watch(watches)
+    await refresh(redis, clock, fail("r1"))
+
+    assert await pipeline.run_once(T1) == 1  # the post; the late entry came after its read
+    [late] = watches.saved
+    cursor = (await redis.get(keys.alert_cursor(T1))).decode()
+    assert await stream_ids(redis) == [cursor, late]  # trimmed to the cursor, not past it
+
+    assert await pipeline.run_once(T1) == 2  # update and thread for the late failure
+    assert "repo-late" in body((await outbox(redis))[-1])
+
+
+async def test_a_task_nobody_watches_is_left_to_its_cap_and_a_later_watch_alerts(
+    redis: aioredis.Redis, watches: WatchStore, pipeline: AlertPipeline, clock: Clock
+) -> None:
+    for i in range(3):  # nobody watches: no cursor, nothing trimmed
+        await refresh(redis, clock, fail(f"old{i}"))
+    assert len(await stream_ids(redis)) == 3 and await redis.get(keys.alert_cursor(T1)) is None
+    clock.now += 1
+    await watch(watches, C1)
+    assert await pipeline.run_once(T1) == 0  # those changes are the watch's baseline
+    assert len(await stream_ids(redis)) == 1
+
+    await refresh(redis, clock, fail("r1"))
+    assert await pipeline.run_once(T1) == 1
+    clock.now += 1
+    await watch(watches, C2)  # a second channel, after the stream was trimmed
+    await refresh(redis, clock, fail("r2"))
+    assert await pipeline.run_once(T1) == 3  # C1: update and thread; C2: its first post
+    [post] = await outbox(redis, C2)
+    assert post["kind"] == "post" and "repo-r2" in body(post) and "repo-r1" not in body(post)
+    assert len(await stream_ids(redis)) == 1
+
+
+async def test_replicas_with_a_busy_writer_trim_nothing_unhandled(
+    redis: aioredis.Redis, redis_factory: RedisFactory, watches: WatchStore, clock: Clock
+) -> None:
+    """Every failure written while two replicas race to handle and trim is alerted once."""
+    await watch(watches)
+    replicas = []
+    for _ in range(2):
+        conn = redis_factory()
+        replicas.append(AlertPipeline(conn, watches=WatchStore(conn, clock=clock), clock=clock))
+    done = asyncio.Event()
+
+    async def write() -> None:
+        for i in range(40):
+            await refresh(redis, clock, fail(f"r{i}"))
+            await asyncio.sleep(0)  # let the replicas in between refreshes
+        done.set()
+
+    async def handle(replica: AlertPipeline) -> None:
+        while not done.is_set():
+            await replica.run_once(T1)
+            await asyncio.sleep(0)
+        await replica.run_once(T1)
+
+    await asyncio.gather(write(), *(handle(r) for r in replicas))
+    text = " ".join(body(i) for i in await outbox(redis))
+    assert all(f"repo-r{i}`" in text for i in range(40))
+    assert len(await stream_ids(redis)) == 1
 
 
 async def test_run_loop_wakes_on_new_entries(

@@ -108,7 +108,11 @@ def test_typical_alert() -> None:
     assert text.index("(2 registries): `auth failed`") < text.index("(1 registry): `timeout`")
     assert text.index("`reg-2`") < text.index("`reg-3`") < text.index("`reg-1`")
     assert set(buttons(message)) == {ACTION_ACK, ACTION_MUTE_1H, ACTION_MUTE_24H, ACTION_DETAILS}
-    assert "3 registries failing (auth failed): reg-1, reg-2, reg-3; 1 recovered" in message.text
+    # Each failing registry under its own reason, never all under the most common one.
+    assert message.text == (
+        "HSS sync task task-42: 3 registries failing — auth failed (2): reg-2, reg-3; "
+        "timeout (1): reg-1. 1 recovered"
+    )
 
 
 @pytest.mark.parametrize(
@@ -207,11 +211,66 @@ def test_all_recovered() -> None:
     message = render_alert(SCOPE, state, now=NOW)
     check(message)
     assert message.blocks[0]["text"]["text"] == "All recovered · task task-42"
-    assert "*All recovered*" in body(message)
-    assert "*2* recovered" in body(message)
+    # Said once, with how many: not "All recovered ✓ 2 recovered".
+    assert "*All recovered* (2 registries)" in body(message)
+    assert "recovered" not in body(message).replace("All recovered", "").split("\n")[1]
+    assert ":wastebasket: *1* removed" in body(message)
     assert "*Removed from the task* (not recoveries)" in body(message)
     assert ACTION_ACK not in buttons(message)
-    assert message.text == "HSS sync task task-42: all recovered; 2 recovered"
+    assert (
+        message.text
+        == "HSS sync task task-42: all recovered (2 registries). 1 removed from the task"
+    )
+
+
+def test_one_recovered_is_said_once() -> None:
+    message = render_alert(SCOPE, incident(flip(1, RECOVERY)), now=NOW)
+    check(message)
+    summary = body(message).split("\n")[1]
+    assert summary == ":white_check_mark: *All recovered* (1 registry)"
+    assert message.text == "HSS sync task task-42: all recovered (1 registry)"
+
+
+def test_all_removed_counts_without_calling_it_recovered() -> None:
+    message = render_alert(SCOPE, incident(flip(1, GONE), flip(2, GONE)), now=NOW)
+    check(message)
+    assert body(message).split("\n")[1] == (
+        ":white_check_mark: *All removed from the task* (2 registries)"
+    )
+    assert message.text == "HSS sync task task-42: all removed from the task (2 registries)"
+
+
+@pytest.mark.parametrize("reasons", [1, 2, 3, 4, 40])
+def test_the_notification_text_puts_each_failure_under_its_own_reason(reasons: int) -> None:
+    flips = [flip(i, reason=f"reason-{i % reasons}") for i in range(40)]
+    text = render_alert(SCOPE, incident(*flips), now=NOW).text
+    assert text.startswith("HSS sync task task-42: 40 registries failing — ")
+    groups = text.split(" — ", 1)[1].split("; ")
+    named = [g for g in groups if not g.startswith("+")]
+    assert len(named) == min(reasons, 3)
+    for group in named:
+        reason, names = group.split(": ", 1)
+        wanted = reason.split(" (")[0]
+        for name in re.findall(r"reg-\d+", names):  # every name listed is one with that reason
+            assert flips[int(name[4:])].reason == wanted
+    if reasons > 3:
+        assert groups[-1] == f"+{reasons - 3} more reasons"
+
+
+def test_the_notification_text_of_an_incident_only_retrying() -> None:
+    text = render_alert(SCOPE, incident(flip(1, RETRY, "")), now=NOW).text
+    assert text == "HSS sync task task-42: 0 registries failing. 1 retrying"
+
+
+def test_the_notification_text_escapes_names_and_reasons() -> None:
+    flips = [
+        flip(1, reason="<!channel> & <https://x|y>", name="<@U123>"),
+        flip(2, reason="a\nsecond <!here> line", name="`tick` *b*"),
+    ]
+    text = render_alert(SCOPE, incident(*flips), now=NOW).text
+    for raw in ("<!channel>", "<@U123>", "<!here>", "<https://x|y>"):
+        assert raw not in text
+    assert "&lt;!channel&gt; &amp; &lt;https://x|y&gt;" in text and "\n" not in text
 
 
 def test_the_message_is_rendered_from_state_so_updates_replace_it() -> None:

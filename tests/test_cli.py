@@ -9,6 +9,7 @@ Unless a test says otherwise the runs share the session's test Redis (flushed pe
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -26,6 +27,7 @@ import redis.asyncio as aioredis
 
 from bot.cli import build_parser
 from bot.models import REGISTRY_TYPES, Registry, SyncStatus
+from bot.sandbox import demo, sim_server
 from bot.sandbox.simdata import Query
 from bot.sandbox.simulator import DEMO_AK, DEMO_PROJECT_ID, DEMO_SK, SimConfig, Simulator
 from bot.storage.embedded import EmbeddedRedis, probe, socket_path_for
@@ -505,6 +507,20 @@ async def test_embedded_redis_is_started_stopped_and_its_mirror_persists(
     assert by_id(second.json()) == by_id(first.json())
 
 
+@pytest.mark.parametrize(
+    ("log_level", "lines"), [("WARNING", 0), ("ERROR", 0), ("INFO", 1)], ids=str
+)
+async def test_log_level_decides_whether_the_embedded_redis_line_is_printed(
+    embedded_cli: Cli, log_level: str, lines: int
+) -> None:
+    # The line is INFO: LOG_LEVEL=WARNING must keep it out, as it keeps out every INFO line.
+    for _ in range(2):  # the first run starts the server, the second finds it running
+        run = await embedded_cli("query", TASK, "--json", LOG_LEVEL=log_level)
+        assert run.code in (0, 3)
+        assert len([line for line in run.errors if "embedded Redis" in line]) == lines
+    assert run.json() and embedded_cli.calls == 1
+
+
 async def test_embedded_redis_of_another_process_is_used_and_left_running(
     embedded_cli: Cli,
 ) -> None:
@@ -580,6 +596,65 @@ async def test_help_exits_0(cli: Cli, argv: list[str], says: list[str]) -> None:
     assert run.code == 0
     for text in says:
         assert text in run.stdout
+
+
+#: Markup of docstrings (reST literals and roles) that would show as is in a terminal.
+_MARKUP = re.compile(r"``|:(?:class|func|mod|meth|data|attr):`")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["run"], ["query"], ["simulate"], ["demo"], ["reset-auth"]],
+    ids=["top", "run", "query", "simulate", "demo", "reset-auth"],
+)
+async def test_every_help_is_plain_text(cli: Cli, argv: list[str]) -> None:
+    run = await cli(*argv, "--help")
+    assert run.code == 0
+    assert run.stdout.startswith("usage: hss-sync-bot")
+    assert not _MARKUP.search(run.stdout), run.stdout
+
+
+async def test_query_help_states_its_exit_codes_and_variables(cli: Cli) -> None:
+    run = await cli("query", "--help")
+    assert run.code == 0
+    lines = [line.strip() for line in run.stdout.splitlines()]
+    for code, meaning in [
+        ("0", "no printed"),
+        ("3", "some printed"),
+        ("2", "bad usage"),
+        ("1", ""),
+    ]:
+        assert any(line.startswith(f"{code}  {meaning}") for line in lines), code
+    for variable in (
+        "CLOUD_SDK_AK",
+        "CLOUD_SDK_SK",
+        "HSS_PROJECT_ID",
+        "HSS_REGION or HSS_ENDPOINT",
+        "REDIS_URL",
+        "HSS_ENTERPRISE_PROJECT_ID",
+    ):
+        assert variable in run.stdout
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every parser a --help comes from: the top one, each sub-command's, simulate's, demo's."""
+    top = build_parser()
+    [commands] = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    found: dict[str, argparse.ArgumentParser] = {"hss-sync-bot": top, **commands.choices}
+    found["simulate"] = sim_server._parser()  # they parse their own flags
+    found["demo"] = demo._parser()
+    return found
+
+
+@pytest.mark.parametrize("name", list(_parsers()))
+def test_every_option_has_a_description_and_says_its_default(name: str) -> None:
+    parser = _parsers()[name]
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+            continue
+        assert action.help, (name, action.dest)
+        if action.option_strings:
+            assert "default" in action.help, (name, action.option_strings, action.help)
 
 
 @pytest.mark.parametrize("command", ["simulate", "demo"])

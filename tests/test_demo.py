@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,15 +150,17 @@ def test_the_demo_plays_lookup_paging_watch_alert_and_recovery(runs: dict[str, R
     assert "POLL_INTERVAL_SECONDS=5" in out  # the demo's setting is said, not hidden
 
     first = message(out, "answer replacing the one above")
-    # mrkdwn read as Slack shows it: emoji as symbols, no *bold* or `code` markers.
+    # mrkdwn read as Slack shows it: emoji as symbols, no *bold* markers, code in backticks.
     assert f"task {TASK}" in first and "✗ 8 failed   ↻ 5 running" in first
     assert "page 2 of 3 · registries 21–40 of 57" in message(out, "answer replacing", 1)
-    assert "Watching task daily-sync in #sync-alerts" in out
-    assert not re.search(r"[*`]|:[a-z_]+:|&(lt|gt|amp);", out.split("Summary:")[0]), out
+    assert "Watching task `daily-sync` in #sync-alerts" in out
+    shown = out.split("Summary:")[0]
+    assert not re.search(r"[*]|:[a-z_]+:|&(lt|gt|amp);", shown), out
+    assert all(line.count("`") % 2 == 0 for line in shown.splitlines()), out
 
     alert = message(out, f"#{ALERTS.name} · new message from the bot")
     assert f"Sync failures · task {TASK}" in alert
-    assert f"Failed (1 registry): {FLIP_REASON}\n• {VICTIM.registry_name} · " in alert
+    assert f"Failed (1 registry): `{FLIP_REASON}`\n• `{VICTIM.registry_name}` · " in alert
     assert "[Acknowledge]" in alert
     acked = message(out, f"#{ALERTS.name} · the message 1700000000.000001 updated in place")
     assert "👀 Acknowledged by @demo.user" in acked
@@ -170,13 +173,35 @@ def test_the_demo_plays_lookup_paging_watch_alert_and_recovery(runs: dict[str, R
     assert int(summary[1]) <= 5
 
 
+def json_lines(out: str) -> list[dict[str, Any]]:
+    """Every line of ``demo --json``'s output, each parsed on its own (as ``jq`` reads it)."""
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records and all(isinstance(r, dict) and "kind" in r for r in records)
+    return records
+
+
+def json_message(records: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """The payload of the first message record whose label starts with ``label``."""
+    found = [
+        r["message"] for r in records if r["kind"] == "message" and r["label"].startswith(label)
+    ]
+    assert found, f"no message {label!r}"
+    message: dict[str, Any] = found[0]
+    return message
+
+
 @pytest.mark.timeout(150)
-def test_demo_json_prints_the_block_kit(runs: dict[str, Run]) -> None:
+def test_demo_json_prints_json_lines_with_the_block_kit(runs: dict[str, Run]) -> None:
     run = runs["json"]
     assert run.code == 0, run.out + run.err
-    alert = json.loads(message(run.out, f"#{ALERTS.name} · new message from the bot"))
-    thread = json.loads(message(run.out, f"#{ALERTS.name} · reply in the thread of"))
-    answer = json.loads(message(run.out, "answer replacing the one above"))
+    records = json_lines(run.out)
+    assert {r["kind"] for r in records} == {"text", "step", "note", "message"}
+    assert records[0]["kind"] == "text" and records[0]["text"].startswith("hss-sync-bot demo:")
+    steps = [r["text"] for r in records if r["kind"] == "step"]
+    assert f"/hss-sync {TASK} failed" in steps
+    alert = json_message(records, f"#{ALERTS.name} · new message from the bot")
+    thread = json_message(records, f"#{ALERTS.name} · reply in the thread of")
+    answer = json_message(records, "answer replacing the one above")
     for payload in (alert, thread, answer):
         assert payload["blocks"] and all(isinstance(b["type"], str) for b in payload["blocks"])
     assert alert["channel"] == ALERTS.id and "thread_ts" not in alert
@@ -189,7 +214,8 @@ def test_demo_json_prints_the_block_kit(runs: dict[str, Run]) -> None:
     assert answer["replace_original"] is True
     # --json is the Block Kit itself: mrkdwn as the bot wrote it.
     assert ":x: *8* failed" in json.dumps(answer, ensure_ascii=False)
-    assert SUMMARY.search(run.out) is not None
+    summaries = [r["text"] for r in records if r["kind"] == "text" and SUMMARY.search(r["text"])]
+    assert len(summaries) == 1 and summaries[0].startswith("Summary: ")
 
 
 # --- demo --interactive --------------------------------------------------------------------
@@ -252,16 +278,24 @@ async def test_interactive_lookup_watch_flip_shows_the_alert(
         answer = await session.expect("registries 1–8 of 8")
         assert "answer replacing the one above" in answer
         await session.type(f"watch {TASK} #{ALERTS.name}")
-        await session.expect(f"Watching task {TASK} in #{ALERTS.name}")
+        await session.expect(f"Watching task `{TASK}` in #{ALERTS.name}")
         # The lookup fetched the whole (small) task: the baseline is there already.
         await session.expect(f"the bot already has every registry of {TASK}: a flip now shows")
         await session.expect("`watches all` lists the watch")
+        # Any channel name works: the demo's workspace makes the channel up.
+        await session.type(f"watch {TASK} #ops-oncall")
+        await session.expect("#ops-oncall is a new channel of the demo's workspace")
+        await session.expect(f"Watching task `{TASK}` in #ops-oncall")
+        await session.expect("`watches all` lists the watch")
         await session.type(f"flip {TASK} {VICTIM.registry_name} failed disk <full> & gone")
         await session.expect("the bot sees it at its next background refresh")
-        # The scheduler's next refresh (5 s at most) finds it; the alert is posted.
-        alert = await session.expect("[Acknowledge]", timeout=40.0)
-        assert f"#{ALERTS.name} · new message from the bot" in alert
-        assert f"Failed (1 registry): disk <full> & gone\n    • {VICTIM.registry_name}" in alert
+        # The scheduler's next refresh (5 s at most) finds it; an alert goes to each channel.
+        alerts = await session.expect("[Acknowledge]", timeout=40.0)
+        alerts += await session.expect("[Acknowledge]", timeout=20.0)
+        for channel in (ALERTS.name, "ops-oncall"):
+            assert f"#{channel} · new message from the bot" in alerts
+        failed = f"Failed (1 registry): `disk <full> & gone`\n    • `{VICTIM.registry_name}`"
+        assert alerts.count(failed) == 2
         await session.type("click ack")
         await session.expect("Acknowledged by @demo.user")
         await session.type("quit")
@@ -352,6 +386,29 @@ async def test_interactive_bad_input_gets_a_short_answer_and_end_of_input_exits_
 
 
 @pytest.mark.timeout(60)
+async def test_interactive_json_is_json_lines_too(tmp_path: Path, tmpdir_of_demo: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *DEMO,
+        "--interactive",
+        "--json",
+        cwd=tmp_path,
+        env=env(tmpdir_of_demo),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    async with asyncio.timeout(40):
+        out_b, err_b = await proc.communicate(b"tasks\nflip\nquit\n")
+    out, err = out_b.decode(), err_b.decode()
+    assert proc.returncode == 0, out + err
+    records = json_lines(out)
+    assert [r["text"] for r in records if r["kind"] == "step"] == ["tasks", "flip", "quit"]
+    texts = [r["text"] for r in records if r["kind"] == "text"]
+    assert any("flip needs a task, a registry and a status" in t for t in texts)
+    assert texts[-1].startswith("bye")
+
+
+@pytest.mark.timeout(60)
 async def test_interactive_ctrl_c_stops_everything_and_exits_0(
     tmp_path: Path, tmpdir_of_demo: Path
 ) -> None:
@@ -387,7 +444,8 @@ def test_a_reader_that_stops_early_ends_the_demo_quietly_with_0(
         try:
             assert proc.stdin is not None and proc.stdout is not None
             lines = [proc.stdout.readline() for _ in range(5)]
-            assert lines[0].startswith(b"hss-sync-bot demo:"), lines
+            first = json.loads(lines[0])["text"].encode() if "--json" in args else lines[0]
+            assert first.startswith(b"hss-sync-bot demo:"), lines
             proc.stdout.close()
             # The interactive demo waits for input (stdin stays open): a line makes it print.
             proc.stdin.write(b"tasks\n")

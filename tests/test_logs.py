@@ -192,6 +192,20 @@ def test_configure_writes_json_lines_to_a_pipe_and_text_to_a_terminal() -> None:
     assert not terminal.getvalue().lstrip().startswith("{")
 
 
+@pytest.mark.usefixtures("logging_state")
+@pytest.mark.parametrize(("notice", "shown"), [(False, False), (True, True)])
+def test_the_level_applies_to_the_embedded_redis_line_unless_a_notice_is_asked(
+    notice: bool, shown: bool
+) -> None:
+    pipe = io.StringIO()
+    logs.configure("WARNING", stream=pipe, embedded_notice=notice)
+    logging.getLogger("bot.storage.embedded").info("Started an embedded Redis at x")
+    logging.getLogger("bot.lookup").info("any other INFO line")
+    assert [json.loads(line)["msg"] for line in pipe.getvalue().splitlines()] == (
+        ["Started an embedded Redis at x"] if shown else []
+    )
+
+
 class WriterThreads(io.StringIO):
     """A pipe that notes which thread wrote each line."""
 

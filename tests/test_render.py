@@ -158,12 +158,44 @@ def test_failed_registries_are_grouped_by_reason_most_common_first() -> None:
     assert common < body.index("`reg-2`") < body.index("`reg-4`") < rare
 
 
-def test_totals_unknown_render_as_question_marks() -> None:
+def test_totals_unknown_render_as_question_marks_in_the_body_only() -> None:
     message = render_answer(answer((), totals=Totals(failed=2), fetched_at=None), now=NOW)
     body = mrkdwn_of(message)
     assert "*2* failed" in body and "*?* running" in body and "? in all" in body
     assert "no data yet" in body and "_No data yet._" in body
-    assert "?" in message.text
+    # The notification says what is known, without placeholders.
+    assert message.text == "HSS sync task task-42: 2 failed"
+
+
+@pytest.mark.parametrize(
+    ("totals", "fetched_at", "notice", "expected"),
+    [
+        (
+            Totals(),
+            None,
+            "Fetching fresh data from HSS…",
+            "HSS sync task task-42: no data yet. Fetching fresh data from HSS…",
+        ),
+        (Totals(failed=3, size=1200), NOW, None, "HSS sync task task-42: 3 failed of 1200"),
+        (Totals(), NOW, None, "HSS sync task task-42: 2 matching registries"),
+        (
+            Totals(failed=0, running=1, finished=5),
+            NOW,
+            None,
+            "HSS sync task task-42: 0 failed, 1 running, 5 finished",
+        ),
+    ],
+    ids=["nothing-known", "failed-only-of-size", "filtered-view", "all-known"],
+)
+def test_the_notification_text_says_only_what_is_known(
+    totals: Totals, fetched_at: float | None, notice: str | None, expected: str
+) -> None:
+    regs = (reg(1, "failed"), reg(2, "running")) if fetched_at is not None else ()
+    message = render_answer(
+        answer(regs, totals=totals, fetched_at=fetched_at), now=NOW, notice=notice
+    )
+    assert message.text == expected
+    assert "?" not in message.text
 
 
 @pytest.mark.parametrize(

@@ -179,6 +179,21 @@ async def test_change_stream_reads_after_an_id(store: MirrorStore) -> None:
     assert await store.changes(OTHER) == []
 
 
+async def test_trimming_changes_keeps_the_given_entry_and_everything_after(
+    redis: aioredis.Redis,
+) -> None:
+    store = RedisMirrorStore(redis)
+    for generation in range(4):
+        changes = [change(f"r{generation}", "running", "failed", T0 + generation)]
+        assert await store.save(REF, tricky_snapshot(generation + 1), changes, expected=generation)
+    ids = [eid for eid, _ in await store.changes(REF)]
+    assert await store.trim_changes(REF, before=ids[2]) == 2
+    assert [eid for eid, _ in await store.changes(REF)] == ids[2:]
+    assert await store.trim_changes(REF, before=ids[0]) == 0  # a stale cursor trims nothing
+    assert await store.trim_changes(OTHER, before=ids[3]) == 0  # no stream: nothing to do
+    assert [eid for eid, _ in await store.changes(REF)] == ids[2:]
+
+
 async def test_lock_is_exclusive_and_only_the_owner_releases(store: MirrorStore) -> None:
     assert await store.lock(REF, "failed||", "me", 10)
     assert not await store.lock(REF, "failed||", "you", 10)

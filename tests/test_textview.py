@@ -1,6 +1,7 @@
 """The demo's text view reads mrkdwn as a person reads it in Slack: symbols for the bot's emoji
-codes, no formatting markers or backticks, entities undone, mentions and channels by name;
-and untrusted text the bot put in a code span (``bot.slack.text.code``) comes back as it was."""
+codes, no formatting markers, code spans set apart by their backticks, entities undone,
+mentions and channels by name; and untrusted text the bot put in a code span
+(``bot.slack.text.code``) comes back as it was, inside its backticks."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.sandbox.textview import EMOJI, message_text, mrkdwn_text
+from bot.slack.render import render_help
 from bot.slack.text import BACKTICK_LOOKALIKE, code, escape
 
 NAMES = {"U0DEMO0001": "demo.user", "C0ALERTS01": "sync-alerts"}
@@ -26,10 +28,10 @@ NAMES = {"U0DEMO0001": "demo.user", "C0ALERTS01": "sync-alerts"}
         ),
         (
             "*Failed* (3 registries): `disk &lt;full&gt; &amp; gone`",
-            "Failed (3 registries): disk <full> & gone",
+            "Failed (3 registries): `disk <full> & gone`",
         ),
-        (":x: `reg-1` · Harbor", "✗ reg-1 · Harbor"),
-        ("`id-7` _(no name)_", "id-7 (no name)"),
+        (":x: `reg-1` · Harbor", "✗ `reg-1` · Harbor"),
+        ("`id-7` _(no name)_", "`id-7` (no name)"),
         ("_No data yet._", "No data yet."),
         ("~struck~ out", "struck out"),
         (":warning: Unknown status &quot;x&quot;", "⚠ Unknown status &quot;x&quot;"),
@@ -81,10 +83,16 @@ def test_mrkdwn_reads_as_slack_shows_it(mrkdwn: str, shown: str) -> None:
 def test_untrusted_text_in_a_code_span_reads_as_it_was(name: str) -> None:
     # bot.slack.text.code escapes & < > and swaps a backtick for a look-alike: read back, the
     # name is the same but for that look-alike, wherever the span sits in a line.
-    expected = name.replace("`", BACKTICK_LOOKALIKE)
+    expected = "`" + name.replace("`", BACKTICK_LOOKALIKE) + "`"
     assert mrkdwn_text(code(name, 200)) == expected
     line = f":x: *Failed* (1 registry): {code(name, 200)} · _{escape('Harbor&Co')}_"
     assert mrkdwn_text(line, NAMES) == f"✗ Failed (1 registry): {expected} · Harbor&Co"
+
+
+def test_a_command_in_a_code_span_stays_apart_from_the_words_after_it() -> None:
+    # /hss-sync help's lines: without the backticks they read "/hss-sync task-42 every...".
+    line = "• `/hss-sync task-42 failed` only the failed ones, grouped by reason"
+    assert mrkdwn_text(line) == line
 
 
 def test_text_outside_a_code_span_is_unescaped() -> None:
@@ -100,7 +108,7 @@ def test_plain_text_objects_are_shown_as_they_are() -> None:
                 "type": "context",
                 "elements": [
                     {"type": "plain_text", "text": "`kept`"},
-                    {"type": "mrkdwn", "text": "`dropped`"},
+                    {"type": "mrkdwn", "text": "`kept too`"},
                 ],
             },
             {
@@ -118,7 +126,7 @@ def test_plain_text_objects_are_shown_as_they_are() -> None:
         "*not* bold :x:",
         "==============",
         "_as is_ &amp;",
-        "  `kept` · dropped",
+        "  `kept` · `kept too`",
         "✗ 1",
         "a | *b*",
         "[Next ▶]",
@@ -149,3 +157,12 @@ def test_every_emoji_code_the_bot_writes_has_a_symbol() -> None:
     used -= {"class", "func", "mod", "meth", "data", "attr"}
     assert used, "no emoji codes found: the pattern is wrong"
     assert used <= EMOJI.keys(), sorted(used - EMOJI.keys())
+
+
+def test_the_help_reads_with_each_command_set_apart() -> None:
+    help_message = render_help()
+    lines = message_text({"text": help_message.text, "blocks": help_message.blocks}).splitlines()
+    examples = [line for line in lines if line.startswith("• ")]
+    assert len(examples) >= 5
+    for line in examples:
+        assert re.match(r"• `/hss-sync [^`]*` \S", line), line

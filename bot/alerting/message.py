@@ -29,7 +29,7 @@ from bot.models import LookupRequest, SyncStatus, Totals
 from bot.slack.action_value import decode_action_value, encode_action_value
 from bot.slack.blocks import button, context, header, pack, section
 from bot.slack.render import Message, describe_filters
-from bot.slack.text import USER_ID, code, date_token, escape_truncated
+from bot.slack.text import USER_ID, code, date_token, escape_truncated, single_line, truncate
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ _NAME_SHOWN = 72
 _TYPE_SHOWN = 24
 _REASON_SHOWN = 160
 _FALLBACK_SHOWN = 300
+#: The notification text lists this many reasons, each with this many names.
+_FALLBACK_REASONS = 3
+_FALLBACK_NAMES = 3
+_FALLBACK_REASON_SHOWN = 60
 _BAD_VALUE = "This button's data is out of date or damaged; run /hss-sync again."
 
 
@@ -164,6 +168,21 @@ def resolution(incident: Incident) -> str:
     return "Nothing failing any more"
 
 
+def _resolved_kind(incident: Incident) -> FlipKind | None:
+    """The kind the resolution's headline already counts (not repeated beside it)."""
+    if not incident.resolved:
+        return None
+    kinds = {f.kind for f in incident.latest.values()}
+    return FlipKind.RECOVERY if FlipKind.RECOVERY in kinds else next(iter(kinds), None)
+
+
+def _headline(incident: Incident, *, bold: bool = False) -> str:
+    """``All recovered (2 registries)``: the resolution with how many it concerns."""
+    said = f"*{resolution(incident)}*" if bold else resolution(incident)
+    kind = _resolved_kind(incident)
+    return f"{said} ({_plural(len(incident.of_kind(kind)))})" if kind is not None else said
+
+
 def _summary(incident: Incident, scope: LookupRequest, totals: Totals | None) -> str:
     failing = len(incident.failing)
     counts = [
@@ -173,10 +192,10 @@ def _summary(incident: Incident, scope: LookupRequest, totals: Totals | None) ->
     ]
     parts = [f":x: *{_plural(failing)}* failing"] if failing or not incident.resolved else []
     if incident.resolved and incident.latest:
-        parts.append(f":white_check_mark: *{resolution(incident)}*")
+        parts.append(f":white_check_mark: {_headline(incident, bold=True)}")
     for kind, emoji, label in counts:
         n = len(incident.of_kind(kind))
-        if n:
+        if n and kind is not _resolved_kind(incident):
             parts.append(f"{emoji} *{n}* {label}")
     lines = ["   ".join(parts) or "_No changes yet._"]
     if totals is not None and totals.failed is not None:
@@ -239,18 +258,45 @@ def _buttons(scope: LookupRequest, *, ack: bool, muted: bool, more: bool) -> lis
 
 
 def _fallback(task_id: str, incident: Incident) -> str:
-    failing = incident.failing
+    """The notification text: failures under their own reasons (or how it ended), then the
+    other news; escaped whole."""
     if incident.resolved:
-        raw = f"HSS sync task {task_id}: {resolution(incident).lower()}"
+        head = _headline(incident)
+        raw = f"HSS sync task {task_id}: {head[:1].lower()}{head[1:]}"
     else:
-        groups = group_by_reason(failing)
-        top = f" ({groups[0][0]})" if groups and groups[0][0] else ""
-        names = ", ".join(f.name or f.registry_id for f in sorted(failing, key=by_name)[:3])
-        raw = f"HSS sync task {task_id}: {_plural(len(failing))} failing{top}: {names}"
-    recovered = len(incident.of_kind(FlipKind.RECOVERY))
-    if recovered:
-        raw += f"; {recovered} recovered"
+        raw = f"HSS sync task {task_id}: {_plural(len(incident.failing))} failing"
+        if incident.failing:
+            raw += " — " + "; ".join(_fallback_groups(incident.failing))
+    others = [
+        (FlipKind.RETRY, "retrying"),
+        (FlipKind.RECOVERY, "recovered"),
+        (FlipKind.REMOVED, "removed from the task"),
+    ]
+    news = [
+        f"{len(incident.of_kind(kind))} {label}"
+        for kind, label in others
+        if incident.of_kind(kind) and kind is not _resolved_kind(incident)
+    ]
+    if news:
+        raw += ". " + ", ".join(news)
     return escape_truncated(raw, _FALLBACK_SHOWN)
+
+
+def _fallback_groups(failing: Sequence[Flip]) -> list[str]:
+    """``reason (n): name, name…`` for the first few reasons, each with its own names."""
+    groups = group_by_reason(failing)
+    shown = []
+    for reason, members in groups[:_FALLBACK_REASONS]:
+        said = truncate(single_line(reason), _FALLBACK_REASON_SHOWN) or "no reason given"
+        names = ", ".join(
+            truncate(single_line(f.name or f.registry_id), _NAME_SHOWN)
+            for f in members[:_FALLBACK_NAMES]
+        )
+        more = f" +{len(members) - _FALLBACK_NAMES} more" if len(members) > _FALLBACK_NAMES else ""
+        shown.append(f"{said} ({len(members)}): {names}{more}")
+    if len(groups) > _FALLBACK_REASONS:
+        shown.append(f"+{len(groups) - _FALLBACK_REASONS} more reasons")
+    return shown
 
 
 def render_alert(

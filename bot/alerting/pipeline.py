@@ -17,6 +17,11 @@ incident:
 The cursor, every incident state and the outbox items are written in one ``MULTI`` under
 ``WATCH`` of the cursor and the states read, so any number of replicas queue each item once:
 the loser of a race re-reads and finds the work done.
+
+After that ``MULTI`` the stream is trimmed up to the committed cursor (the cursor's own entry
+kept): everything below it has been handled, the cursor only moves forward, and the stream's
+ids only grow, so no replica ever trims an entry nobody has handled. A watched task's stream
+thus holds what is not alerted yet, not the last 10,000 changes.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from bot.ops import metrics
 from bot.slack.render import Message
 from bot.storage import keys
 from bot.storage.mirror_store import RedisMirrorStore
-from bot.storage.outage import STORE_UNAVAILABLE, OutageGate
+from bot.storage.outage import REDIS_OUTAGE, STORE_UNAVAILABLE, OutageGate, class_name
 from bot.storage.replies import as_str
 from bot.storage.transact import Contended, transact
 from bot.storage.watch_store import Watch, WatchStore
@@ -302,7 +307,16 @@ class AlertPipeline:
             return 0
         _note_flips(ref, writes.flips)  # only now: a lost race re-reads the same entries
         await self._note_alerts(ref, {i.channel for i in writes.items})
+        await self._trim(ref, writes.cursor)
         return len(writes.items)
+
+    async def _trim(self, ref: TaskRef, cursor: str) -> None:
+        """Forget the entries the committed ``cursor`` has passed; best effort, as a failed
+        trim is made good by the next round's."""
+        try:
+            await self._mirror.trim_changes(ref, before=cursor)
+        except REDIS_OUTAGE as exc:
+            logger.debug("task %s: change stream not trimmed (%s)", ref.task_id, class_name(exc))
 
     async def _round(self, pipe: Pipeline, ref: TaskRef, watches: list[Watch]) -> Writes | None:
         """Read under ``WATCH``, plan, queue the writes; None when there was nothing new."""

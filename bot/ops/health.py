@@ -1,18 +1,35 @@
 """Readiness: may this replica take traffic? ``/readyz`` answers from :class:`Readiness`.
 
-Ready means all of (the configuration is valid too, but is not checked here: ``run``
-refuses to start without what it needs, so ``checks.config`` is always ``ok``):
+Readiness is for routing: a replica that answers 503 is taken out of the load balancer, so
+503 means "send this traffic to another replica", and is kept for what stops *this* replica
+from serving. A fault every replica shares, that still leaves the bot answering, is
+reported as *degraded* instead (200, ``"degraded": [...]``): taking every replica out at
+once would turn a partial outage into a whole one (no Slack request reaches any of them).
 
-- Redis answers PING within a second (the bot limps on without it, but then each replica
-  keeps its own budget and mirror: better to let the orchestrator know);
-- Slack's ``auth.test`` passed for the bot token (checked at start-up; a failure is re-tried
-  when a probe comes and the last try is 10 s old, a pass re-checked every 5 minutes);
-- HSS is not in an authentication lock-out (the lookup service's lock in Redis, set on a
-  401/403 and lifted by ``hss-sync-bot reset-auth``).
+Not ready (503, ``"reasons": [...]``):
 
-:func:`readiness` turns the check results into (ready, reasons), pure. Reasons name what is
-wrong with error codes and exception class names only, never a message that could quote a
-URL, a token or a key.
+- shutting down (SIGTERM received: finishing work in hand, new traffic goes elsewhere);
+- Slack's ``auth.test`` failed for the bot token (Bolt then refuses every request; checked
+  at start-up, a failure re-tried when a probe comes and the last try is 10 s old, a pass
+  re-checked every 5 minutes);
+- Socket Mode only: Slack's WebSocket is not connected (no request reaches this replica).
+
+Degraded (200, ``"degraded": [...]``), each also a ``checks`` entry:
+
+- Redis does not answer PING within a second: lookups go on from this replica's memory
+  (its own mirror copy and call budget), while watches, alerts and the shared budget wait
+  for Redis. Alert on ``hss_sync_redis_up == 0`` in ``/metrics``;
+- HSS is in an authentication lock-out (the lookup service's lock, set on a 401/403): the
+  bot answers from the mirror, with the data's age, but fetches nothing new until the
+  credentials are fixed. Alert on ``hss_sync_hss_calls_total{status=~"401|403"}`` rising
+  and on ``hss_sync_mirror_age_seconds``.
+
+The configuration is valid too, but is not checked here: ``run`` refuses to start without
+what it needs, so ``checks.config`` is always ``ok``.
+
+:func:`readiness` and :func:`degradations` turn the check results into reasons, pure.
+Reasons name what is wrong with error codes and exception class names only, never a message
+that could quote a URL, a token or a key.
 """
 
 from __future__ import annotations
@@ -43,6 +60,8 @@ SLACK_RETRY_FAILED = 10.0
 SLACK_RECHECK_PASSED = 300.0
 NOT_CHECKED = "not_checked_yet"
 _CODE = re.compile(r"[^A-Za-z0-9_.-]")
+#: Reading the HSS lock failed or took too long: not known this time.
+_LOCK_UNKNOWN: tuple[type[BaseException], ...] = (TimeoutError, *STORE_UNAVAILABLE)
 
 
 def _code(text: str) -> str:
@@ -64,27 +83,39 @@ class CheckResults:
 
 
 def readiness(results: CheckResults) -> tuple[bool, list[str]]:
-    """(ready, the reasons it is not), pure."""
+    """(ready, the reasons it is not), pure: only what stops this replica from serving."""
     reasons = []
     if results.stopping:
         reasons.append("shutting down")
-    if results.redis is not None:
-        reasons.append(f"redis unreachable ({results.redis})")
     if results.slack is not None:
         reasons.append(f"slack auth.test failed ({results.slack})")
     if results.socket_down:
         reasons.append("slack socket mode not connected (see the log for why)")
-    if results.hss_auth is not None:
-        reasons.append(
-            f"hss authentication locked out after {results.hss_auth}; fix the credentials "
-            "or run hss-sync-bot reset-auth"
-        )
     return not reasons, reasons
 
 
+def degradations(results: CheckResults) -> list[str]:
+    """What is wrong while the replica still serves, pure (see the module docstring)."""
+    degraded = []
+    if results.redis is not None:
+        degraded.append(
+            f"redis unreachable ({results.redis}): lookups answer from this replica's memory; "
+            "watches and alerts wait for Redis"
+        )
+    if results.hss_auth is not None:
+        degraded.append(
+            f"hss authentication locked out after {results.hss_auth}: answers come from the "
+            "mirror only; a corrected AK/SK pair lifts it, or run hss-sync-bot reset-auth "
+            "once the cause is fixed"
+        )
+    return degraded
+
+
 def body(results: CheckResults) -> tuple[int, dict[str, Any]]:
-    """The ``/readyz`` HTTP status and JSON body."""
+    """The ``/readyz`` HTTP status and JSON body: 200 when ready (``degraded`` listed when
+    something is), else 503 with the ``reasons``."""
     ready, reasons = readiness(results)
+    degraded = degradations(results)
     checks = {
         "config": "ok",  # kept in the body that monitors read; see the module docstring
         "redis": results.redis or "ok",
@@ -93,9 +124,13 @@ def body(results: CheckResults) -> tuple[int, dict[str, Any]]:
         "shutdown": "stopping" if results.stopping else "no",
         "socket_mode": "down" if results.socket_down else "ok",
     }
-    if ready:
-        return 200, {"ready": True, "checks": checks}
-    return 503, {"ready": False, "reasons": reasons, "checks": checks}
+    doc: dict[str, Any] = {"ready": ready}
+    if not ready:
+        doc["reasons"] = reasons
+    if degraded:
+        doc["degraded"] = degraded
+    doc["checks"] = checks
+    return (200 if ready else 503), doc
 
 
 class SlackAuth:
@@ -182,9 +217,9 @@ class Readiness:
         self.socket_connected: Callable[[], Awaitable[bool]] | None = None
 
     async def results(self) -> CheckResults:
-        redis_error, slack_error = await asyncio.gather(self._ping(), self._slack())
-        # With Redis down the lock cannot be read: that outage is the reason already.
-        hss_auth = await self._hss_lock() if redis_error is None else None
+        redis_error, slack_error, hss_auth = await asyncio.gather(
+            self._ping(), self._slack(), self._hss_lock()
+        )
         return CheckResults(
             redis=redis_error,
             slack=slack_error,
@@ -215,9 +250,11 @@ class Readiness:
         return await self.slack.current() if self.slack is not None else None
 
     async def _hss_lock(self) -> str | None:
+        """The lock the lookups obey: Redis's, or while Redis is down this process's copy."""
         try:
-            info = await self._lookups.auth_lock()
-        except STORE_UNAVAILABLE:
+            async with asyncio.timeout(self._redis_timeout):
+                info = await self._lookups.auth_lock()
+        except _LOCK_UNKNOWN:  # unknown right now; the Redis check says why
             return None
         if info is None:
             return None

@@ -270,10 +270,15 @@ def configure(
     json_lines: bool | None = None,
     secrets: Iterable[str] = (),
     queued: bool = False,
+    embedded_notice: bool = False,
 ) -> logging.Handler:
     """Send every log record to ``stream`` (stderr): JSON lines unless it is a terminal
     (``json_lines`` decides otherwise), request ids stamped, ``secrets`` masked; written by
-    a thread of its own when ``queued`` (see ``_QueuedBotHandler``)."""
+    a thread of its own when ``queued`` (see ``_QueuedBotHandler``).
+
+    ``level`` applies to every logger. ``embedded_notice`` lets one INFO line through below
+    it: which embedded Redis is in use and where its data is (for a default level chosen by
+    the CLI, never one a person set with ``LOG_LEVEL``)."""
     out = sys.stderr if stream is None else stream
     if json_lines is None:
         json_lines = not _is_terminal(out)
@@ -288,8 +293,9 @@ def configure(
             old.stop()
     root.addHandler(handler)
     root.setLevel(level)
-    # The one line saying an embedded Redis is in use is always worth seeing.
-    logging.getLogger("bot.storage.embedded").setLevel(logging.INFO)
+    # Set either way, so that configuring again undoes an earlier notice.
+    embedded = logging.getLogger("bot.storage.embedded")
+    embedded.setLevel(logging.INFO if embedded_notice else logging.NOTSET)
     if logging.getLevelName(level) != logging.DEBUG:
         # httpx logs every request at INFO; our HSS call line already says all of it.
         logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -4,7 +4,8 @@ It starts an embedded Redis, the HSS simulator (with the real 5 calls/minute rul
 stand-in for Slack's Web API and the bot in HTTP mode, then plays a short session through
 real signed Slack requests (a lookup, paging, a watch, a registry failing, the alert, the
 recovery in its thread) and prints every message the bot sends, as text or (``--json``) as
-Block Kit. ``--interactive`` gives a prompt instead (see ``bot.sandbox.demo_prompt``).
+JSON Lines with each message's Block Kit. ``--interactive`` gives a prompt instead (see
+``bot.sandbox.demo_prompt``).
 """
 
 from __future__ import annotations
@@ -263,12 +264,32 @@ def _response_to(ident: str) -> Callable[[Call], bool]:
     return lambda c: c.kind == "response" and c.name == ident
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hss-sync-bot demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--json", action="store_true", help="print Block Kit JSON")
+_DESCRIPTION = """\
+Play a short Slack session with the whole bot, no accounts needed: an embedded Redis, the
+HSS simulator (5 calls per 60 s, as HSS), a local stand-in for Slack's Web API and the bot,
+sent real signed Slack requests (a lookup, paging, a watch, a failure, its alert, the
+recovery). Every message the bot sends is printed as a person would read it in Slack."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hss-sync-bot demo", description=_DESCRIPTION)
     parser.add_argument(
-        "--interactive", action="store_true", help="type commands at a prompt instead"
+        "--json",
+        action="store_true",
+        help="print JSON Lines instead of text: one object per line (kind text, step, note or "
+        "message; a message with the Block Kit payload Slack got), for jq (default: text)",
     )
+    parser.add_argument(
+        "--interactive",
+        action="store_true",
+        help="type slash commands at a prompt instead of the scripted session; any channel "
+        "name works (default: the script)",
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

@@ -6,6 +6,10 @@ the simulator holds, ``click`` presses a button of the last message that has som
 ``wait``, ``help`` and ``quit``. Whatever the bot sends (answers, alerts, thread replies,
 updates) is printed as it arrives by a ``Feed`` following the Slack stand-in.
 
+Any ``#name`` typed in a command is a channel of the demo's workspace: the first use makes
+it up (an id in the Slack stand-in, which tells the bot it is a member), and it is sent as
+Slack sends a channel picked from the ``#`` autocomplete.
+
 Standard input is read by a daemon thread, so the event loop (the bot, its workers, the
 feed) never waits on the keyboard, and a pending read does not hold up the exit.
 """
@@ -30,7 +34,8 @@ from bot.models import LookupRequest, Registry
 from bot.sandbox.demo_view import Feed, Printer
 from bot.sandbox.localstack import Stack
 from bot.sandbox.simdata import STATUSES
-from bot.sandbox.slack_requests import button_labelled
+from bot.sandbox.slack_requests import button_labelled, channel_names
+from bot.sandbox.slack_standin import Channel
 
 #: Names shown per status by ``tasks``.
 _NAMES_SHOWN = 8
@@ -141,6 +146,7 @@ def help_text(command: str, poll_seconds: float, alerts_channel: str, here: str)
         (f"{command} daily-sync failed", "look up a task (any task id works: the simulator"),
         ("", "makes its registries up; each new task costs a call)"),
         (f"watch daily-sync #{alerts_channel}", f"alerts for daily-sync in #{alerts_channel}"),
+        ("", "(any #channel name works: the demo makes the channel up)"),
         ("watches all", f"every channel's watches (plain `watches`: only #{here}'s)"),
         (f"{command} help", "the bot's own help"),
         ("The demo's own commands:", ""),
@@ -276,6 +282,8 @@ class Prompt:
             self.printer.line(self.help())
 
     async def _command(self, text: str) -> None:
+        for name in channel_names(text):
+            self._make_channel(name)
         reply = await self.stack.user.command_text(text)
         if reply.status != 200:
             self.printer.line(f"  ! the bot answered HTTP {reply.status}")
@@ -289,6 +297,17 @@ class Prompt:
                 f"`watches` lists #{self.here}'s watches; `watches all` lists every channel's "
                 f"(the demo's alerts go to #{self.alerts})"
             )
+
+    def _make_channel(self, name: str) -> None:
+        """Make ``#name`` a channel of the workspace, the bot in it, unless it is one."""
+        user = self.stack.user
+        if name in user.channels:
+            return
+        ident = f"C0CHAN{len(user.channels):04d}"
+        self.stack.standin.channels[ident] = Channel(ident, name)
+        user.channels[name] = ident
+        self.printer.names[ident] = name
+        self.printer.note(f"#{name} is a new channel of the demo's workspace, with the bot in it")
 
     async def _after_watch(self, task_id: str) -> None:
         """Say when a flip will alert: only once the bot has fetched the task (its first

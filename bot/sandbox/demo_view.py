@@ -1,9 +1,11 @@
 """The demo's terminal: what the bot sent to Slack, printed as a person would read it.
 
-``Printer`` writes steps, notes and messages (Block Kit as text, or ``--json`` as the JSON
-itself), bold only on a terminal. ``Feed`` follows the Slack stand-in's recorded calls and
-prints each message the bot sent (``response_url`` answers, channel posts, thread replies,
-in-place updates) in the order they arrived.
+``Printer`` writes steps, notes and messages (Block Kit as text, bold only on a terminal),
+or with ``--json`` JSON Lines: one object per line, ``{"kind": "text"|"step"|"note",
+"text": ...}`` or ``{"kind": "message", "label": ..., "message": <the payload Slack got>}``,
+so that ``demo --json | jq`` reads every line. ``Feed`` follows the Slack stand-in's
+recorded calls and prints each message the bot sent (``response_url`` answers, channel
+posts, thread replies, in-place updates) in the order they arrived.
 
 When the reader goes away (``demo | head``: the pipe's far end closed), the first write that
 fails points the stream's file descriptor at ``os.devnull`` (so that Python's flush at exit
@@ -74,8 +76,9 @@ class Printer:
 
     def prompt(self, text: str | None) -> None:
         """Show ``text`` as the prompt (on a terminal) until it is set to None. Output that
-        arrives meanwhile replaces the prompt's line and shows the prompt again under it."""
-        self._prompt = text if self._tty else None
+        arrives meanwhile replaces the prompt's line and shows the prompt again under it.
+        JSON Lines get no prompt: every line of theirs is an object."""
+        self._prompt = text if self._tty and not self._json else None
         if self._prompt:
             self._emit(self._prompt)
 
@@ -107,18 +110,34 @@ class Printer:
             finally:
                 os.close(devnull)
 
+    def _record(self, kind: str, **fields: Any) -> None:
+        """One JSON Lines object (``--json``)."""
+        self._write(json.dumps({"kind": kind, **fields}, ensure_ascii=False) + "\n")
+
     def line(self, text: str = "") -> None:
+        if self._json:
+            if text.strip():
+                self._record("text", text=text.strip("\n"))
+            return
         self._write(text + "\n")
 
     def step(self, text: str) -> None:
+        if self._json:
+            self._record("step", text=text)
+            return
         self._write(f"\n\033[1m» {text}\033[0m\n" if self._tty else f"\n» {text}\n")
 
     def note(self, text: str) -> None:
+        if self._json:
+            self._record("note", text=text)
+            return
         self._write(f"  · {text}\n")
 
     def message(self, label: str, payload: dict[str, Any]) -> None:
-        body = json.dumps(payload, indent=2, ensure_ascii=False) if self._json else None
-        body = body or message_text(payload, self.names) or "(empty)"
+        if self._json:
+            self._record("message", label=label, message=payload)
+            return
+        body = message_text(payload, self.names) or "(empty)"
         head = f"\033[36m  ← {label}\033[0m\n" if self._tty else f"  ← {label}\n"
         self._write(head + "".join(f"    {line}\n" for line in body.splitlines()))
 

@@ -176,35 +176,136 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+_DESCRIPTION = """\
+Serve an HSS stand-in over HTTP: ListAssociateRegistries with the API gateway's signature
+check, its rate limit (HTTP 429, APIGW.0308), paging, made-up but repeatable registries,
+faults and status flips. Point the bot at it with HSS_ENDPOINT=http://HOST:PORT and the
+--ak, --sk and --project-id below (CLOUD_SDK_AK, CLOUD_SDK_SK, HSS_PROJECT_ID)."""
+
+_EPILOG = """\
+control endpoints (no signature needed):
+  GET  /_sim/stats    counters
+  POST /_sim/reset    forget data changes, counters, faults and lock-outs
+  POST /_sim/faults   {"latency_ms", "error_rate", "throttle_rate", "malformed_rate",
+                       "queue": [503, 429, "malformed", "timeout", 200]}
+  POST /_sim/limit    {"rate_limit", "window", "retry_after"}
+  POST /_sim/flip     {"task_id", "registry", "status", "reason"} or {"task_id", "count"}
+  POST /_sim/shift    {"task_id", "insert": N, "remove": N, "at": ROW}
+A task id starting with "missing-" is unknown to HSS (HSS.0011)."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hss-sync-bot simulate", description=__doc__.split("\n")[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8931)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--registries", type=int, default=120, help="registries per task")
+    p = argparse.ArgumentParser(
+        prog="hss-sync-bot simulate",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8931, help="port to listen on, 0 for any (default %(default)s)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the made-up registries and flips: the same seed, the same data "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--registries",
+        type=int,
+        default=120,
+        help="registries in a task without --task-size (default %(default)s)",
+    )
     p.add_argument(
         "--task-size",
         type=_task_size,
         action="append",
         default=[],
         metavar="ID=N",
-        help="size of one task (repeatable)",
+        help="registries in task ID; repeat for more tasks (default: --registries for all)",
     )
-    p.add_argument("--rate-limit", type=_positive(int), default=5, help="calls per window")
-    p.add_argument("--window", type=_positive(float), default=60.0, help="seconds")
-    p.add_argument("--retry-after", action="store_true", help="send Retry-After on 429")
-    p.add_argument("--latency-ms", type=float, default=0.0)
-    p.add_argument("--error-rate", type=_share, default=0.0, help="share of random 5xx")
-    p.add_argument("--throttle-rate", type=_share, default=0.0, help="share of random 429")
-    p.add_argument("--malformed-rate", type=_share, default=0.0, help="share of broken JSON")
-    p.add_argument("--flip-every", type=_positive(float), default=None, metavar="S")
-    p.add_argument("--flip-count", type=int, default=1)
-    p.add_argument("--lockout", action="store_true", help="lock an AK after 5 failed signatures")
-    p.add_argument("--hostile", action="store_true", help="names and reasons that attack Slack")
-    p.add_argument("--ak", default=DEMO_AK)
-    p.add_argument("--sk", default=DEMO_SK)
-    p.add_argument("--security-token", default=None)
-    p.add_argument("--project-id", default=DEMO_PROJECT_ID)
+    p.add_argument(
+        "--rate-limit",
+        type=_positive(int),
+        default=5,
+        help="calls allowed per window and AK, as HSS allows (default %(default)s)",
+    )
+    p.add_argument(
+        "--window",
+        type=_positive(float),
+        default=60.0,
+        help="the rate limit's window in seconds (default %(default)g)",
+    )
+    p.add_argument(
+        "--retry-after",
+        action="store_true",
+        help="send a Retry-After header with each 429 (default: none, as HSS)",
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="wait this many milliseconds before each answer (default %(default)g)",
+    )
+    p.add_argument(
+        "--error-rate",
+        type=_share,
+        default=0.0,
+        help="share of calls, 0 to 1, answered with a random 5xx (default %(default)g)",
+    )
+    p.add_argument(
+        "--throttle-rate",
+        type=_share,
+        default=0.0,
+        help="share of calls, 0 to 1, answered 429 at random, besides the rate limit "
+        "(default %(default)g)",
+    )
+    p.add_argument(
+        "--malformed-rate",
+        type=_share,
+        default=0.0,
+        help="share of calls, 0 to 1, answered 200 with broken JSON (default %(default)g)",
+    )
+    p.add_argument(
+        "--flip-every",
+        type=_positive(float),
+        default=None,
+        metavar="S",
+        help="every S seconds, give --flip-count random registries of each task another "
+        "status (default: never)",
+    )
+    p.add_argument(
+        "--flip-count",
+        type=int,
+        default=1,
+        help="registries per task that --flip-every changes (default %(default)s)",
+    )
+    p.add_argument(
+        "--lockout",
+        action="store_true",
+        help="lock an AK for 5 minutes after 5 failed signatures in a row, as HSS does "
+        "(default: off)",
+    )
+    p.add_argument(
+        "--hostile",
+        action="store_true",
+        help="registry names and failure reasons that attack Slack (mentions, links, markup) "
+        "(default: off)",
+    )
+    p.add_argument("--ak", default=DEMO_AK, help="the access key accepted (default %(default)s)")
+    p.add_argument("--sk", default=DEMO_SK, help="its secret key (default %(default)s)")
+    p.add_argument(
+        "--security-token",
+        default=None,
+        help="require this X-Security-Token, as temporary credentials do (default: none)",
+    )
+    p.add_argument(
+        "--project-id",
+        default=DEMO_PROJECT_ID,
+        help="the project id in the API path (default %(default)s)",
+    )
     return p
 
 

@@ -27,6 +27,11 @@ _counter = itertools.count(1)
 _CHANNEL_NAME = re.compile(r"(?<![\w<|])#([a-z0-9][a-z0-9_-]{0,79})(?![\w-])")
 
 
+def channel_names(text: str) -> list[str]:
+    """The ``#name`` channel names in command text, in order (as Slack would escape them)."""
+    return [m[1] for m in _CHANNEL_NAME.finditer(text)]
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """The bot's HTTP answer to one request (the ack) and the response_url id it was given."""

@@ -1,11 +1,13 @@
 """Block Kit as terminal text, for the demo: what a person would see in Slack, roughly.
 
 mrkdwn is rendered for a reader (:func:`mrkdwn_text`): the emoji codes the bot uses become
-short symbols, ``*bold*``, ``_italic_`` and ``~strike~`` lose their markers, code spans
-their backticks, Slack's tokens (mentions, channels, links, dates) show as Slack shows them,
-and the ``&lt; &gt; &amp;`` entities are undone. Text inside a code span is shown exactly as
-:func:`bot.slack.text.code` put it there (entities undone, nothing else): a registry name with
-``*``, ``_`` or ``:x:`` in it reads as the name. ``plain_text`` objects are shown as they are.
+short symbols, ``*bold*``, ``_italic_`` and ``~strike~`` lose their markers, Slack's tokens
+(mentions, channels, links, dates) show as Slack shows them, and the ``&lt; &gt; &amp;``
+entities are undone. Code spans keep their backticks: Slack sets them apart in a box, and
+without a mark a command runs into the words around it (``• /hss-sync help this help``).
+Text inside a code span is shown exactly as :func:`bot.slack.text.code` put it there
+(entities undone, nothing else): a registry name with ``*``, ``_`` or ``:x:`` in it reads as
+the name. ``plain_text`` objects are shown as they are.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def mrkdwn_text(text: str, names: Names | None = None) -> str:
     pieces: list[str] = []
 
     def hold(m: re.Match[str]) -> str:
-        pieces.append(unescape(m[1]) if m[1] is not None else _token(m[0], names))
+        pieces.append(f"`{unescape(m[1])}`" if m[1] is not None else _token(m[0], names))
         return f"<{len(pieces) - 1}>"
 
     text = _PIECE.sub(hold, text)

@@ -215,14 +215,26 @@ def _empty_text(answer: Answer) -> str:
 
 
 def _fallback(answer: Answer, notice: str | None) -> str:
-    t = answer.totals
-    raw = (
-        f"HSS sync task {answer.request.task_id}: {_count(t.failed)} failed, "
-        f"{_count(t.running)} running, {_count(t.finished)} finished"
-    )
+    """The notification text: the counts that are known (never a ``?``), then the notice."""
+    raw = f"HSS sync task {answer.request.task_id}: {_known_counts(answer)}"
     if notice:
         raw += f". {notice}"
     return escape_truncated(raw, _FALLBACK_SHOWN)
+
+
+def _known_counts(answer: Answer) -> str:
+    t = answer.totals
+    counts = [(t.failed, "failed"), (t.running, "running"), (t.finished, "finished")]
+    known = [f"{n} {label}" for n, label in counts if n is not None]
+    if not known:  # a filtered view of a big task: what matched is all that is known
+        if not answer.has_data:
+            return "no data yet"
+        n = len(answer.registries)
+        return f"{n} matching {'registry' if n == 1 else 'registries'}"
+    shown = ", ".join(known)
+    if len(known) < len(counts) and t.size is not None:
+        shown += f" of {t.size}"
+    return shown
 
 
 def _shared_by(user: str) -> str:

@@ -63,8 +63,12 @@ def mirror(ref: TaskRef) -> str:
 
 
 def mirror_changes(ref: TaskRef) -> str:
-    """STREAM of status changes the mirror saw (registry id, old, new, reason, time),
-    capped near 10,000 entries; the alerting loop reads it."""
+    """STREAM of status changes the mirror saw (registry id, old, new, reason, time), added
+    in the save's MULTI. The alert pipeline reads it after ``alert_cursor(ref)`` and, once a
+    round's MULTI has moved the cursor, trims it to the cursor (XTRIM MINID: the cursor's
+    entry stays, every later one too), so a watched task keeps only what is not alerted
+    yet. Nothing else reads it. A task nobody watches has no cursor and no reader: XADD's
+    MAXLEN ~10,000 bounds it, and a later watch takes those entries as its baseline. No TTL."""
     return f"{PREFIX}:mirror:{task_part(ref)}:changes"
 
 
@@ -109,7 +113,8 @@ def watch_channels() -> str:
 def alert_cursor(ref: TaskRef) -> str:
     """STRING: id of the last ``mirror_changes(ref)`` entry the alerting pipeline handled.
     WATCHed and set in the MULTI that queues the alerts, so each entry alerts once across
-    replicas. No TTL: losing it would replay the stream's backlog as new flips."""
+    replicas; the stream is trimmed up to it after that MULTI. No TTL: losing it would
+    replay what is left of the stream as new flips."""
     return f"{PREFIX}:alert:cursor:{task_part(ref)}"
 
 

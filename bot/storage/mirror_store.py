@@ -36,6 +36,8 @@ from bot.storage.transact import transact
 
 logger = logging.getLogger(__name__)
 
+#: A backstop on every task's change stream (XADD MAXLEN ~): what bounds a task nobody
+#: watches, or a stream the alert pipeline stopped reading; the pipeline trims to its cursor.
 CHANGES_MAXLEN = 10_000
 CACHE_TASKS = 64
 #: Decoded rows take about 400 bytes each in Python: bound the cache by rows, not tasks,
@@ -213,6 +215,15 @@ class RedisMirrorStore:
             keys.mirror_changes(ref), min=f"({after}" if after != "0" else "-"
         )
         return [(eid.decode(), change_of(f)) for eid, f in entries]
+
+    async def trim_changes(self, ref: TaskRef, *, before: str) -> int:
+        """Drop the change-stream entries older than id ``before`` (kept itself); how many.
+
+        For the alert pipeline, with its committed cursor: ids only grow, so nothing saved
+        after that cursor, however late, is below it, and a stale caller's smaller id trims
+        less, never more (XTRIM MINID, exact)."""
+        removed = await self._redis.xtrim(keys.mirror_changes(ref), minid=before, approximate=False)
+        return int(removed)
 
     async def get_auth_lock(self, scope: str) -> dict[str, Any] | None:
         raw = await self._redis.get(keys.auth_lock(scope))
