@@ -494,6 +494,42 @@ async def test_an_entry_saved_during_a_round_is_not_trimmed_and_alerts_next(
     assert "repo-late" in body((await outbox(redis))[-1])
 
 
+class WatchedDuringTheRound(WatchStore):
+    """A channel starts watching while a pipeline round reads, and a refresh then saves a
+    failure: after the round read the watches, before its EXEC."""
+
+    clock: Clock
+    done = False
+
+    async def of_task(self, task: TaskRef) -> list[Watch]:
+        found = await super().of_task(task)
+        if not self.done:
+            self.done = True
+            self.clock.now += 1  # after r1 failed: r1 is the new watch's baseline
+            await self.add(task=task, channel=C2, created_by="U2")
+            await refresh(self._redis, self.clock, fail("r2"))
+        return found
+
+
+async def test_a_watch_added_during_a_round_hears_of_what_the_round_passes(
+    redis: aioredis.Redis, clock: Clock
+) -> None:
+    watches = WatchedDuringTheRound(redis, clock=clock)
+    watches.clock = clock
+    pipeline = AlertPipeline(redis, watches=watches, clock=clock)
+    await watch(watches)  # C1
+    await refresh(redis, clock, fail("r1"))
+
+    await pipeline.run_once(T1)
+    # The new channel's watch began before r2 failed: it must hear of r2, although the round
+    # that moved the cursor past r2 began before the watch existed.
+    assert kinds(await outbox(redis, C2)) == ["post"]
+    assert "repo-r2" in body((await outbox(redis, C2))[0])
+    assert "repo-r1" not in body((await outbox(redis, C2))[0])  # its baseline
+    assert kinds(await outbox(redis, C1)) == ["post", "update", "thread"]  # r1, then r2
+    assert "repo-r2" in body((await outbox(redis, C1))[-1])
+
+
 async def test_a_task_nobody_watches_is_left_to_its_cap_and_a_later_watch_alerts(
     redis: aioredis.Redis, watches: WatchStore, pipeline: AlertPipeline, clock: Clock
 ) -> None:

@@ -293,12 +293,12 @@ class AlertPipeline:
     async def run_once(self, ref: TaskRef) -> int:
         """Handle ``ref``'s change-stream entries after its cursor; the number of outbox
         items queued (0 when another replica got there first)."""
-        watches = await self._watches.of_task(ref)
-        watched = [keys.alert_cursor(ref), *(keys.alert_state(w.channel, ref) for w in watches)]
+        # The task's set of watching channels is WATCHed with the cursor: a watch added or
+        # removed while this round reads makes it read again, so no new watch misses the
+        # entries this round moves the cursor past.
+        watched = [keys.alert_cursor(ref), keys.watch_task(ref)]
         try:
-            writes = await transact(
-                self._redis, lambda pipe: self._round(pipe, ref, watches), watch=watched
-            )
+            writes = await transact(self._redis, lambda pipe: self._round(pipe, ref), watch=watched)
         except Contended:
             # Each lost race means another replica made progress: the next wake-up goes on.
             logger.warning("task %s: alert state kept changing; trying again later", ref.task_id)
@@ -318,8 +318,11 @@ class AlertPipeline:
         except REDIS_OUTAGE as exc:
             logger.debug("task %s: change stream not trimmed (%s)", ref.task_id, class_name(exc))
 
-    async def _round(self, pipe: Pipeline, ref: TaskRef, watches: list[Watch]) -> Writes | None:
+    async def _round(self, pipe: Pipeline, ref: TaskRef) -> Writes | None:
         """Read under ``WATCH``, plan, queue the writes; None when there was nothing new."""
+        watches = await self._watches.of_task(ref)
+        if watches:
+            await pipe.watch(*(keys.alert_state(w.channel, ref) for w in watches))
         cursor = await pipe.get(keys.alert_cursor(ref))
         # Read on another connection: the stream only grows, and the WATCHed cursor is what
         # makes this replica's view of "after the cursor" the one that commits.
