@@ -38,11 +38,26 @@ def budget_waiters(scope: str) -> str:
 
 
 def budget_queue(scope: str) -> str:
-    """ZSET member=waiter id, score=arrival time (s). The live waiters of ``budget_waiters``
-    in arrival order, so slots go first come, first served across replicas (the expiry set
-    alone cannot keep order: it is rewritten on every wake-up). Trimmed with the waiters'
-    set; same TTL."""
+    """ZSET member=``{arrival:017.6f}:{waiter id}:{asker}``, score=round. The live waiters of
+    ``budget_waiters`` in the order slots go across replicas: round robin between askers
+    (score), first come, first served within a round (the member starts with the arrival,
+    Redis clock, s). The expiry set alone cannot keep order: it is rewritten on every
+    wake-up. Another ordering key (a question's size) would go into the member before the
+    arrival. Trimmed with the waiters' set; same TTL."""
     return f"{PREFIX}:budget:{scope}:queue"
+
+
+def budget_places(scope: str) -> str:
+    """HASH field=waiter id, value=its member of ``budget_queue``: how a waiter finds its
+    place. Changed with the queue in the budget script; same TTL."""
+    return f"{PREFIX}:budget:{scope}:places"
+
+
+def budget_askers(scope: str) -> str:
+    """HASH field ``n:{asker}`` = places the asker holds in ``budget_queue``, ``r:{asker}`` =
+    round of the last of them: the per-asker cap and where the asker's next question goes.
+    Both fields leave with the asker's last place; same TTL as the queue."""
+    return f"{PREFIX}:budget:{scope}:askers"
 
 
 def auth_lock(scope: str) -> str:
