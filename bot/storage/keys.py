@@ -67,6 +67,21 @@ def auth_lock(scope: str) -> str:
     return f"{PREFIX}:auth:{scope}:lock"
 
 
+def auth_proven(scope: str) -> str:
+    """STRING JSON {at}: a call with this AK/SK pair got past HSS's gateway (a 200 or an
+    ``HSS.*`` error). Until it exists at most one call is in flight (``auth_probe``), so a
+    wrong secret costs one 401, not a burst. PX one day, renewed by every such call, so a
+    restart keeps it; deleted with every change of ``auth_lock``."""
+    return f"{PREFIX}:auth:{scope}:proven"
+
+
+def auth_probe(scope: str) -> str:
+    """STRING lock token (``redis.asyncio.lock.Lock``), PX 10 s, renewed by its holder while
+    it waits for a call slot and calls: the one call in flight while the pair is not
+    proven, across replicas and CLI runs. A dead holder's probe expires by itself."""
+    return f"{PREFIX}:auth:{scope}:probe"
+
+
 # --- the mirror ---
 
 
@@ -81,6 +96,13 @@ def mirror_changes(ref: TaskRef) -> str:
     """STREAM of status changes the mirror saw (registry id, old, new, reason, time),
     capped near 10,000 entries; the alerting loop reads it."""
     return f"{PREFIX}:mirror:{task_part(ref)}:changes"
+
+
+def missing_task(ref: TaskRef) -> str:
+    """STRING JSON {error_code, error_msg, request_id, status}: HSS said the task does not
+    exist (``HSS.0011``). While it lives, asking about the task again gets this answer
+    without a call. PX 60 s: a short TTL, because the task may be created any time."""
+    return f"{PREFIX}:missing:{task_part(ref)}"
 
 
 def refresh_lock(ref: TaskRef, view: str) -> str:
