@@ -25,6 +25,7 @@ from bot.config import RateLimit
 from bot.errors import BudgetTimeout, TooManyQuestions
 from bot.hss.budget import (
     MAX_QUEUED_PER_ASKER,
+    REDIS_CONNECTIONS,
     CallBudget,
     FailoverBudget,
     LocalCallBudget,
@@ -706,3 +707,27 @@ async def test_mixed_load_keeps_the_window(new_budget: BudgetMaker) -> None:
     )
     assert len(times) == 21
     assert_sliding_window(times, limit)
+
+
+# --- what waiting costs Redis ---
+
+
+async def test_two_hundred_waiters_share_a_few_connections(
+    redis: aioredis.Redis, redis_factory: RedisFactory
+) -> None:
+    client = redis_factory(client_name="budget-under-test")
+    budget = TimedRedisBudget(client, scope="s", limit=RateLimit(1, 60.0))
+    await fill(budget, RateLimit(1, 60.0))
+    tickets = [Ticket() for _ in range(200)]
+    waiters = [asyncio.create_task(budget.acquire(ticket=t)) for t in tickets]
+    await until(lambda: all(t.arrivals for t in tickets), what="200 waiters queued")
+    assert await redis.zcard(keys.budget_waiters("s")) == 200
+    for waiter in waiters:  # shutdown: every waiter leaves at once
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(w.cancelled() for w in waiters)
+    assert await redis.zcard(keys.budget_waiters("s")) == 0, "every waiter left"
+    assert await redis.exists(keys.budget_queue("s"), keys.budget_places("s")) == 0
+    clients = await redis.client_list()
+    held = [c for c in clients if c.get("name") == "budget-under-test"]
+    assert 0 < len(held) <= REDIS_CONNECTIONS
