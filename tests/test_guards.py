@@ -95,7 +95,7 @@ async def test_a_revoked_key_locks_after_one_401_although_calls_were_queued(
     # One call per 0.4 s: after the first, every lookup waits for its slot in the queue.
     a, b = [await make_runtime(sim, HSS_RATE_LIMIT="1/400ms") for _ in range(2)]
     assert (await a.lookups.refresh(LookupRequest("t0"))).has_data  # the key is proven
-    sim.sim.config = dataclasses.replace(sim.sim.config, sk="revoked-" + TEST_SK[8:])
+    sim.sim.config = dataclasses.replace(sim.sim.config, sk=WRONG_SK)  # revoked at IAM
     waiters = keys.budget_waiters(a.settings.budget_scope)
     lookups = []
     for i, runtime in enumerate([a, b, a, b]):

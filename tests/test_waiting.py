@@ -66,8 +66,9 @@ async def test_two_hundred_waiting_lookups_hold_a_few_connections_through_shutdo
 
         held = await connections(redis) - before
         assert 0 < held <= BOUND, f"{held} connections for {WAITERS} waiting lookups"
-        assert lookups[0].result().has_data  # the one call was made and saved
-        assert all(t.cancelled() for t in lookups[1:])
+        # The one call of the minute was made and saved; everyone else was still waiting.
+        done = [t for t in lookups if not t.cancelled()]
+        assert len(done) == 1 and done[0].result().has_data
         assert not runtime.budget.degraded
         assert not [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
         # Every waiter left the queue and released its view lock.
