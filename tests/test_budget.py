@@ -677,6 +677,25 @@ async def test_the_cap_counts_questions_not_their_pages(new_budget: BudgetMaker)
     await asyncio.gather(*held, page_2)
 
 
+async def test_the_wait_told_is_until_the_askers_turn(new_budget: BudgetMaker) -> None:
+    budget = new_budget(limit=ONE)
+    await grant(budget, timeout=0)
+    order: list[str] = []
+    held = await queue_up([budget], ["ann/1", "ann/2", "ann/3"], order)
+    asker.set("bob")
+    bob = await budget.next_slot_in()
+    asker.set("ann")
+    ann = await budget.next_slot_in()
+    asker.set(None)
+    anyone = await budget.next_slot_in()
+    # bob would go after ann/1 (the round being served), ann after her own three, and a
+    # question of nobody in particular like bob.
+    assert ann - bob == pytest.approx(2 * ONE.window, abs=0.03)
+    assert anyone == pytest.approx(bob, abs=0.03)
+    assert ONE.window - 0.05 <= bob <= 2 * ONE.window + EPS
+    await asyncio.gather(*held)
+
+
 async def test_a_fetch_of_many_pages_takes_turns(new_budget: BudgetMaker) -> None:
     budget = new_budget(limit=ONE)
     order: list[str] = []

@@ -169,6 +169,12 @@ class _TurnQueue:
     def ahead_of(self, place: _Place) -> int:
         return sum(other < place for other in self._places.values())
 
+    def ahead_of_new(self, asker: str) -> int:
+        """Places a new question of ``asker`` would queue behind (every one of its round)."""
+        held, last = self._askers.get(asker, (0, 0)) if asker else (0, 0)
+        round_ = self._round(asker, None, held, last)
+        return sum(place.round <= round_ for place in self._places.values())
+
     def join(
         self, waiter: str, arrival: float, asker: str, last_turn: int | None
     ) -> tuple[_Place, int]:
@@ -251,6 +257,7 @@ class _SlidingWindowBudget(ABC):
         await asyncio.sleep(max(0.001, wait + random.uniform(0.0, self._jitter)))
 
     async def next_slot_in(self) -> float:
+        """Seconds until a new question of the current ``asker`` could start."""
         return (await self._peek())[0]
 
     async def calls_left(self) -> int:
@@ -334,7 +341,7 @@ class RedisCallBudget(_SlidingWindowBudget):
             await self._run("leave", "", waiter)
 
     async def _peek(self) -> tuple[float, int]:
-        reply = await self._run("peek", "")
+        reply = await self._run("peek", "", asker.get() or "")
         return reply.wait, reply.count
 
     async def penalize(self, retry_after: float | None) -> None:
@@ -424,7 +431,8 @@ class LocalCallBudget(_SlidingWindowBudget):
 
     async def _peek(self) -> tuple[float, int]:
         now = self._trim()
-        return self._wait_for(len(self._queue) + 1, now), len(self._starts)
+        ahead = self._queue.ahead_of_new(asker.get() or "")
+        return self._wait_for(ahead + 1, now), len(self._starts)
 
     async def penalize(self, retry_after: float | None) -> None:
         now = self._trim()

@@ -22,6 +22,8 @@ BUDGET_LUA = """
 --           ARGV[11] = places one asker may hold (absent: no cap; new questions only);
 --           ARGV[12] = round of this question's last granted call ('' or absent: none)
 -- leave:    ARGV[5] = waiter id
+-- peek:     ARGV[5] = asker ('' or absent: nobody in particular): whose new question the
+--           returned wait is for
 -- penalize: ARGV[5] = seconds until the next call may start
 -- note:     ARGV[5..] = call id, age (s) pairs of starts Redis has not seen
 -- returns {granted 1, 0 or -1 (refused: the asker holds the cap), wait (s) as a string,
@@ -144,6 +146,10 @@ if mode == 'acquire' then
   return reply(1, 0, arrival, round)
 elseif mode == 'leave' then
   dequeue(ARGV[5])
+elseif mode == 'peek' then
+  -- a new question of the asker goes after every place of its round and the rounds before
+  local round = round_for(ARGV[5] or '', nil)
+  return reply(0, wait_for(redis.call('ZCOUNT', queue, '-inf', round) + 1))
 elseif mode == 'penalize' then
   local score = now + tonumber(ARGV[5]) - window
   -- starts older than the phantoms leave the window before them: they no longer matter
