@@ -301,7 +301,10 @@ def _query(request: LookupRequest, settings: Settings, *, as_json: bool) -> int:
 
 
 async def _fetch(settings: Settings, request: LookupRequest) -> Answer:
+    from bot.hss.budget import asker
+
     started = time.monotonic()
+    asker.set("cli")  # CLI runs take turns with people in the budget's queue, as one asker
     runtime = await _open_runtime(settings)
     try:
         question = await runtime.lookups.ask(request, started=started)

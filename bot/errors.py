@@ -6,6 +6,7 @@
     ├── CommandError              bad slash-command or CLI input: ephemeral reply / exit 2
     ├── StoreError                Redis failed in a way we cannot route around
     ├── BudgetTimeout             no HSS call slot within the caller's deadline
+    ├── TooManyQuestions          the asker already holds their share of the call queue
     └── HssError                  HSS refused or failed; carries code, message, request id
         ├── HssAuthError          401/403: never retried (5 failures lock the AK/SK for 5 min)
         ├── HssThrottledError     429 APIGW.0308
@@ -123,3 +124,16 @@ class HssRequestError(HssError):
 
 class HssUnavailableError(HssError):
     meaning = "HSS is not answering properly right now; try again in a minute."
+
+
+class TooManyQuestions(BotError):
+    """A person already has ``limit`` questions waiting for an HSS call slot: a new one is
+    refused before it queues, so one person cannot push everyone else's back."""
+
+    def __init__(self, asker: str, limit: int) -> None:
+        super().__init__(
+            f"You already have {limit} questions waiting for an HSS call slot, and everyone "
+            "shares the few HSS allows a minute; ask again once they are answered."
+        )
+        self.asker = asker
+        self.limit = limit

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import RateLimit
-from bot.errors import BotError, HssAuthError, StoreError
-from bot.hss.budget import CallBudget, Priority, on_grant
+from bot.errors import BotError, StoreError, TooManyQuestions
+from bot.hss.budget import CallBudget, Priority, Ticket, asker, on_grant
 from bot.hss.client import FetchResult, HssClient
+from bot.hss.guards import AuthGate
 from bot.mirror import (
     LARGE_SNAPSHOT,
     Change,
@@ -62,6 +63,8 @@ POLL_OTHERS = 0.1
 #: How long a peek may reuse the snapshot it last read without asking Redis: a burst of
 #: commands costs one round trip, and another replica's refresh shows within this time.
 PEEK_REUSE = 0.25
+#: Redis connections the view locks of this process's fetches use at once (see ``_InTurn``).
+LOCK_CONNECTIONS = 4
 _CACHED_ANSWERS = 256
 _CACHED_ROWS = 200_000
 
@@ -101,23 +104,23 @@ class LookupService:
         store: MirrorStore,
         client: HssClient,
         budget: CallBudget,
+        auth: AuthGate,
         limit: RateLimit,
         project_id: str,
         default_ep: str | None,
         fresh_seconds: float,
-        budget_scope: str,
-        auth_scope: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._client = client
         self._budget = budget
+        # The client's gate: the lock-out is about one AK/SK pair, so a corrected secret
+        # may call at once.
+        self._auth = auth
         self._limit = limit
         self._project_id = project_id
         self._default_ep = default_ep
         self.fresh_seconds = fresh_seconds
-        # A lock-out is about one AK/SK pair: a corrected secret may call at once.
-        self._auth_scope = auth_scope or budget_scope
         self._clock = clock
         self._inflight: dict[tuple[TaskRef, str], asyncio.Task[None]] = {}
         #: In-flight fetches whose HSS call has begun (``drain`` finishes these).
@@ -125,6 +128,9 @@ class LookupService:
         self._recent: OrderedDict[TaskRef, tuple[float, Snapshot]] = OrderedDict()
         self._loading: dict[TaskRef, asyncio.Future[Snapshot]] = {}
         self._answers: OrderedDict[LookupRequest, tuple[Snapshot, Answer]] = OrderedDict()
+        #: What fetches waiting for their turn (view locks held or wanted) may use of the
+        #: Redis pool at once: hundreds of them renew and release together.
+        self._lock_turns = asyncio.Semaphore(LOCK_CONNECTIONS)
 
     def ref(self, request: LookupRequest) -> TaskRef:
         return TaskRef(
@@ -285,12 +291,12 @@ class LookupService:
 
     async def auth_lock(self) -> dict[str, Any] | None:
         """The authentication lock-out in force (error code, HSS request id, when), if any."""
-        return await self._store.get_auth_lock(self._auth_scope)
+        return await self._auth.lock_info()
 
     async def reset_auth(self) -> bool:
         """Operator action: allow calls again after an authentication failure."""
-        had = await self._store.get_auth_lock(self._auth_scope) is not None
-        await self._store.set_auth_lock(self._auth_scope, None)
+        had = await self._auth.lock_info() is not None
+        await self._auth.set_lock(None)
         return had
 
     # --- fetching ---
@@ -311,7 +317,13 @@ class LookupService:
                 on_grant.reset(hook)
             self._inflight[key] = task
             task.add_done_callback(_retrieve_exception)
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except TooManyQuestions as exc:
+            # Joined someone else's question as it was refused for their cap: not ours to
+            # show; the caller's next round fetches on our own account.
+            if exc.asker == (asker.get() or ""):
+                raise
 
     async def _fetch_once(
         self,
@@ -335,14 +347,18 @@ class LookupService:
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
     ) -> None:
         view = view_key(flt)
-        lock = ViewLock(store=self._store, ref=ref, view=view, owner=uuid.uuid4().hex, ttl=LOCK_TTL)
+        owner = uuid.uuid4().hex
+        lock = _InTurn(
+            lock=ViewLock(store=self._store, ref=ref, view=view, owner=owner, ttl=LOCK_TTL),
+            turns=self._lock_turns,
+        )
         before = _fetched_at(snap, view)
         while not await lock.acquire():
             await asyncio.sleep(POLL_OTHERS)
             # Another replica is fetching this view: its result is ours when it lands.
-            if _fetched_at(await self._store.load(ref), view) != before:
+            if await self._landed(ref, view, before):
                 return
-        if _fetched_at(await self._store.load(ref), view) != before:
+        if await self._landed(ref, view, before):
             # It landed between our last look and taking the lock.
             await lock.release()
             return
@@ -351,31 +367,38 @@ class LookupService:
         async with keep_alive(lock):
             await self._fetch_and_merge(ref, snap, query, flt, priority)
 
+    async def _landed(self, ref: TaskRef, view: str, before: float | None) -> bool:
+        """Another fetch of ``view`` has saved since ``before``."""
+        async with self._lock_turns:
+            snap = await self._store.load(ref)
+        return _fetched_at(snap, view) != before
+
     async def _fetch_and_merge(
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
     ) -> None:
-        await self._check_auth()
-        try:
-            result, flt, size = await self._fetch(ref, snap, query, flt, priority)
-        except HssAuthError as exc:
-            await self._store.set_auth_lock(self._auth_scope, _auth_info(exc, self._clock()))
-            raise
+        # The client checks the lock-out before queuing for a slot and again once granted.
+        result, flt, size = await self._fetch(ref, snap, query, flt, priority)
         await self._merge_save(ref, flt, result, size)
 
     async def _fetch(
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, flt: ApiFilter, priority: Priority
     ) -> tuple[FetchResult, ApiFilter, int | None]:
-        """The fetch, the filter it used, and the task's size if a probe learned it."""
+        """The fetch, the filter it used, and the task's size if a probe learned it. All its
+        calls are one question in the budget's queue (one ticket)."""
+        ticket = Ticket()
+        client = self._client
         if not (flt.is_full and task_size(snap) is None):
-            return await self._client.fetch_all(ref, flt, priority=priority), flt, None
+            return await client.fetch_all(ref, flt, priority=priority, ticket=ticket), flt, None
         # Size unknown: the first full page tells it, and is all of a small task.
-        first = await self._client.list_page(ref, flt, limit=PAGE_LIMIT_MAX, priority=priority)
+        first = await client.list_page(
+            ref, flt, limit=PAGE_LIMIT_MAX, priority=priority, ticket=ticket
+        )
         narrower = choose_view(snap, query, size_hint=first.total_num)
         if narrower.is_full:
-            full = await self._client.fetch_all(ref, flt, priority=priority, first=first)
+            full = await client.fetch_all(ref, flt, priority=priority, first=first, ticket=ticket)
             return full, flt, None
         logger.info("task has %d registries: fetching only %s", first.total_num, view_key(narrower))
-        narrow = await self._client.fetch_all(ref, narrower, priority=priority)
+        narrow = await client.fetch_all(ref, narrower, priority=priority, ticket=ticket)
         return narrow, narrower, first.total_num
 
     async def _merge_save(
@@ -403,16 +426,6 @@ class LookupService:
         self._remember(ref, new)
         if changes:
             logger.info("task %s: %d status changes", ref.task_id, len(changes))
-
-    async def _check_auth(self) -> None:
-        info = await self._store.get_auth_lock(self._auth_scope)
-        if info is not None:
-            raise HssAuthError(
-                error_code=str(info.get("error_code", "APIGW.0301")),
-                error_msg="calls stopped after an earlier authentication failure",
-                request_id=str(info.get("request_id", "")),
-                status=int(info.get("status", 401)),
-            )
 
 
 def _note_lookup(
@@ -451,6 +464,37 @@ def _note_lookup(
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _InTurn:
+    """A view lock (a ``bot.storage.lease.Lease``) whose Redis calls take turns: a fetch
+    holds its lock while it waits for a call slot, so 200 waiting fetches would otherwise
+    renew (and, at shutdown, release) 200 locks at once, each on a connection of its own,
+    and run the pool out."""
+
+    lock: ViewLock
+    turns: asyncio.Semaphore
+
+    @property
+    def name(self) -> str:
+        return self.lock.name
+
+    @property
+    def ttl(self) -> float:
+        return self.lock.ttl
+
+    async def acquire(self) -> bool:
+        async with self.turns:
+            return await self.lock.acquire()
+
+    async def extend(self) -> bool:
+        async with self.turns:
+            return await self.lock.extend()
+
+    async def release(self) -> bool:
+        async with self.turns:
+            return await self.lock.release()
+
+
 def _retrieve_exception(task: asyncio.Task[None]) -> None:
     # Retrieved here so that a failure nobody awaited is not logged as lost.
     if not task.cancelled():
@@ -464,12 +508,3 @@ def _age_mark(view: View | None) -> float:
 def _fetched_at(snap: Snapshot, view: str) -> float | None:
     done = snap.views.get(view)
     return done.fetched_at if done is not None else None
-
-
-def _auth_info(exc: HssAuthError, now: float) -> dict[str, Any]:
-    return {
-        "error_code": exc.error_code,
-        "request_id": exc.request_id,
-        "status": exc.status,
-        "at": now,
-    }

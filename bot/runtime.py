@@ -18,6 +18,7 @@ from bot.config import Settings
 from bot.errors import ConfigError
 from bot.hss.budget import FailoverBudget, LocalCallBudget, RedisCallBudget
 from bot.hss.client import HssClient
+from bot.hss.guards import AuthGate, MissingTasks
 from bot.hss.signer import Credentials
 from bot.lookup import LookupService
 from bot.storage.embedded import EmbeddedRedis, ensure_embedded_redis
@@ -116,14 +117,15 @@ async def open_runtime(
                 "REDIS_URL to a Redis server",
             ) from None
     redis = redis_client(url)
-    scope = settings.budget_scope
     limit = settings.rate_limit.padded()
     health = RedisHealth()
     budget = FailoverBudget(
-        RedisCallBudget(redis, scope=scope, limit=limit),
+        RedisCallBudget(redis, scope=settings.budget_scope, limit=limit),
         LocalCallBudget(limit=limit),
         health=health,
     )
+    # A lock-out and a proof are about one AK/SK pair: a corrected secret may call at once.
+    auth = AuthGate(redis, scope=settings.auth_scope, health=health, clock=clock)
     assert settings.ak is not None and settings.sk is not None and settings.project_id
     credentials = Credentials(
         ak=settings.ak.reveal(),
@@ -135,6 +137,8 @@ async def open_runtime(
         project_id=settings.project_id,
         credentials=credentials,
         budget=budget,
+        auth=auth,
+        missing=MissingTasks(redis, health=health),
         transport=transport,
     )
     store = FailoverMirrorStore(RedisMirrorStore(redis), MemoryMirrorStore(clock), health=health)
@@ -142,12 +146,11 @@ async def open_runtime(
         store=store,
         client=client,
         budget=budget,
+        auth=auth,
         limit=limit,
         project_id=settings.project_id,
         default_ep=settings.enterprise_project_id,
         fresh_seconds=settings.fresh_seconds,
-        budget_scope=scope,
-        auth_scope=settings.auth_scope,
         clock=clock,
     )
     return Runtime(

@@ -22,14 +22,17 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.config import RateLimit
-from bot.errors import BudgetTimeout
+from bot.errors import BudgetTimeout, TooManyQuestions
 from bot.hss.budget import (
+    MAX_QUEUED_PER_ASKER,
+    REDIS_CONNECTIONS,
     CallBudget,
     FailoverBudget,
     LocalCallBudget,
     Priority,
     RedisCallBudget,
     Ticket,
+    asker,
 )
 from bot.hss.budget_script import BUDGET_LUA
 from bot.storage import keys
@@ -424,9 +427,13 @@ async def queue_up(
     budgets: list[TimedBudget], names: list[str], order: list[str]
 ) -> list[asyncio.Task[Grant]]:
     """Interactive waiters ``names``, arriving one after another across ``budgets``
-    (replicas); each appends its name to ``order`` and returns its grant."""
+    (replicas); each appends its name to ``order`` and returns its grant. A name
+    ``person/question`` is asked by ``person`` (the ``asker`` of its task); others by
+    nobody in particular."""
 
     async def wait(budget: TimedBudget, name: str, ticket: Ticket) -> Grant:
+        if "/" in name:
+            asker.set(name.split("/")[0])
         got = await grant(budget, ticket=ticket)
         order.append(name)
         return got
@@ -471,14 +478,34 @@ async def test_waiters_wake_one_by_one(redis: aioredis.Redis, redis_factory: Red
     assert await script_calls(redis) - before <= 3 * 6
 
 
+BUDGET_KEYS = [
+    keys.budget_log("s"),
+    keys.budget_waiters("s"),
+    keys.budget_queue("s"),
+    keys.budget_places("s"),
+    keys.budget_askers("s"),
+]
+
+
+async def queue_order(redis: aioredis.Redis) -> list[str]:
+    """The waiter ids of the Redis queue, in the order slots go to them."""
+    return [m.decode().split(":")[1] for m in await redis.zrange(keys.budget_queue("s"), 0, -1)]
+
+
+async def queued_arrival(redis: aioredis.Redis, waiter: str) -> float:
+    """The arrival (Redis clock) the waiter was queued with, as its place records it."""
+    place = await redis.hget(keys.budget_places("s"), waiter)
+    assert place is not None, f"{waiter} is not queued"
+    return float(place.decode().split(":")[0])
+
+
 async def test_the_wait_is_until_the_waiters_own_turn(redis: aioredis.Redis) -> None:
     limit = RateLimit(2, 1.0)
     script = redis.register_script(BUDGET_LUA)
-    budget_keys = [keys.budget_log("s"), keys.budget_waiters("s"), keys.budget_queue("s")]
 
     async def acquire(waiter: str, arrival: float | str = "") -> tuple[bool, float, float]:
         args = ["acquire", limit.calls, limit.window, f"call-{waiter}", 0, waiter, 2.0, 1, arrival]
-        granted, wait, _, queued_at = await script(keys=budget_keys, args=args)
+        granted, wait, _, queued_at, _ = await script(keys=BUDGET_KEYS, args=args)
         return bool(granted), float(wait), float(queued_at)
 
     # Two starts in the window; their slots free in 0.1 s and 0.5 s.
@@ -486,17 +513,18 @@ async def test_the_wait_is_until_the_waiters_own_turn(redis: aioredis.Redis) -> 
     waits = [(await acquire(w))[1] for w in "abcd"]
     # The 3rd and 4th waiters need slots the 1st and 2nd will take: a window later.
     assert waits == pytest.approx([0.1, 0.5, 1.1, 1.5], abs=0.02)
-    arrival_a = await redis.zscore(keys.budget_queue("s"), "a")
+    arrival_a = await queued_arrival(redis, "a")
     _, wait, queued_at = await acquire("a")  # waking up again does not move it to the back
     assert wait == pytest.approx(0.1, abs=0.02)
     assert queued_at == pytest.approx(arrival_a, abs=1e-5)
-    assert await redis.zscore(keys.budget_queue("s"), "a") == arrival_a
+    assert await queued_arrival(redis, "a") == arrival_a
     # A caller that brings an earlier arrival (a ticket) goes before them all.
     _, wait, _ = await acquire("e", arrival=arrival_a - 1)
     assert wait == pytest.approx(0.1, abs=0.02)
     assert (await acquire("a"))[1] == pytest.approx(0.5, abs=0.02)
-    assert await redis.zrange(keys.budget_queue("s"), 0, -1) == [b"e", b"a", b"b", b"c", b"d"]
-    assert await redis.pttl(keys.budget_queue("s")) > 0, "entries of dead waiters expire"
+    assert await queue_order(redis) == ["e", "a", "b", "c", "d"]
+    for key in BUDGET_KEYS[1:4]:
+        assert await redis.pttl(key) > 0, "entries of dead waiters expire"
 
 
 async def test_two_free_slots_serve_the_first_two_waiters(redis: aioredis.Redis) -> None:
@@ -550,14 +578,19 @@ async def test_a_dead_waiter_stops_blocking_after_its_grace(redis: aioredis.Redi
     seconds, micros = await redis.time()
     now = seconds + micros / 1e6
     # Another replica's waiter, first in the queue, whose process died: it never wakes up.
-    await redis.zadd(keys.budget_queue("s"), {"dead": now - 1.0})
+    place = f"{now - 1.0:017.6f}:dead:U1"
+    await redis.zadd(keys.budget_queue("s"), {place: 0})
+    await redis.hset(keys.budget_places("s"), "dead", place)
+    await redis.hset(keys.budget_askers("s"), mapping={"n:U1": 1, "r:U1": 0})
     await redis.zadd(keys.budget_waiters("s"), {"dead": now + 0.3})
     started = time.monotonic()
     got = await grant(budget, timeout=2.0)
     # It held the head of the queue until it expired, and not longer than a slot after.
     assert got.latest - asked >= 0.3 - EPS
     assert got.earliest - started < 0.3 + ONE.window + TOL
-    assert await redis.zscore(keys.budget_queue("s"), "dead") is None
+    assert await redis.zscore(keys.budget_queue("s"), place) is None
+    assert await redis.hget(keys.budget_places("s"), "dead") is None
+    assert await redis.hgetall(keys.budget_askers("s")) == {}, "its asker holds nothing"
 
 
 async def test_a_ticket_keeps_the_place_of_the_first_page(new_budget: BudgetMaker) -> None:
@@ -571,6 +604,110 @@ async def test_a_ticket_keeps_the_place_of_the_first_page(new_budget: BudgetMake
     await question
     await budget.acquire()  # without a ticket: the back of the queue
     assert order == ["page 2", "question"]
+
+
+# --- people take turns ---
+
+
+async def test_people_take_turns_across_replicas(new_budget: BudgetMaker) -> None:
+    replicas = [new_budget(limit=ONE) for _ in range(2)]
+    filled = await grant(replicas[0], timeout=0)
+    order: list[str] = []
+    # One person asks three questions, then two others ask one each, then the first again
+    # (after one of theirs was served, it holds the cap again) and a third person.
+    names = ["ann/1", "ann/2", "ann/3", "bob/1", "cy/1"]
+    got = await asyncio.gather(*await queue_up(replicas, names, order))
+    # Round robin, each round in arrival order: ann's first, bob's and cy's, then ann's others.
+    assert order == ["ann/1", "bob/1", "cy/1", "ann/2", "ann/3"]
+    assert_sliding_window(got, ONE)
+    # No slot idles while someone waits.
+    last = max(g.earliest for g in got)
+    assert last - filled.latest <= len(names) * ONE.window + TOL + 0.01 * len(names)
+
+
+async def test_a_new_question_joins_the_round_being_served(new_budget: BudgetMaker) -> None:
+    budget = new_budget(limit=ONE)
+    await grant(budget, timeout=0)
+    order: list[str] = []
+    first = await queue_up([budget], ["ann/1", "ann/2", "ann/3", "bob/1"], order)
+    await until(lambda: len(order) == 2, what="two served")  # ann/1, bob/1; ann/2 is next
+    # ann's places are rounds 1 and 2 now: a newcomer goes before ann/3, after ann/2.
+    later = await queue_up([budget], ["cy/1"], order)
+    await asyncio.gather(*first, *later)
+    assert order == ["ann/1", "bob/1", "ann/2", "cy/1", "ann/3"]
+
+
+async def test_over_the_cap_a_question_is_refused_at_once(new_budget: BudgetMaker) -> None:
+    replicas = [new_budget(limit=ONE) for _ in range(2)]
+    await grant(replicas[0], timeout=0)
+    order: list[str] = []
+    held = await queue_up(replicas, ["ann/1", "ann/2", "ann/3", "bob/1"], order)
+    asker.set("ann")
+    started = time.monotonic()
+    with pytest.raises(TooManyQuestions) as refused:
+        await replicas[1].acquire(timeout=5.0)
+    assert time.monotonic() - started < ONE.window, "refused, not queued"
+    assert (refused.value.asker, refused.value.limit) == ("ann", MAX_QUEUED_PER_ASKER)
+    assert "3 questions waiting" in refused.value.user_message()
+    # Someone else is not held to ann's cap, and the refused question left no place behind.
+    asker.set("cy")
+    with pytest.raises(BudgetTimeout):
+        await replicas[1].acquire(timeout=0)
+    await until(lambda: order[:1] == ["ann/1"], what="ann's first served")
+    asker.set("ann")
+    again = asyncio.create_task(grant(replicas[1]))  # below the cap again
+    await asyncio.gather(*held, again)
+    assert order == ["ann/1", "bob/1", "ann/2", "ann/3"]
+
+
+async def test_the_cap_counts_questions_not_their_pages(new_budget: BudgetMaker) -> None:
+    budget = new_budget(limit=ONE)
+    asker.set("ann")
+    fetch = Ticket()
+    await budget.acquire(ticket=fetch)  # page 1 of ann's fetch, granted at once
+    order: list[str] = []
+    held = await queue_up([budget], ["ann/1", "ann/2", "ann/3"], order)
+    # Page 2 of the fetch is not a new question: it queues although ann holds the cap.
+    tried = budget.attempts
+    page_2 = asyncio.create_task(grant(budget, ticket=fetch))
+    await until(lambda: budget.attempts > tried, what="page 2 queued")
+    assert not page_2.done()
+    with pytest.raises(TooManyQuestions):  # a new question is refused
+        await budget.acquire()
+    await asyncio.gather(*held, page_2)
+
+
+async def test_the_wait_told_is_until_the_askers_turn(new_budget: BudgetMaker) -> None:
+    budget = new_budget(limit=ONE)
+    await grant(budget, timeout=0)
+    order: list[str] = []
+    held = await queue_up([budget], ["ann/1", "ann/2", "ann/3"], order)
+    asker.set("bob")
+    bob = await budget.next_slot_in()
+    asker.set("ann")
+    ann = await budget.next_slot_in()
+    asker.set(None)
+    anyone = await budget.next_slot_in()
+    # bob would go after ann/1 (the round being served), ann after her own three, and a
+    # question of nobody in particular like bob.
+    assert ann - bob == pytest.approx(2 * ONE.window, abs=0.03)
+    assert anyone == pytest.approx(bob, abs=0.03)
+    assert ONE.window - 0.05 <= bob <= 2 * ONE.window + EPS
+    await asyncio.gather(*held)
+
+
+async def test_a_fetch_of_many_pages_takes_turns(new_budget: BudgetMaker) -> None:
+    budget = new_budget(limit=ONE)
+    order: list[str] = []
+    asker.set("ann")
+    fetch = Ticket()
+    await budget.acquire(ticket=fetch)  # page 1 of ann's fetch
+    (bob,) = await queue_up([budget], ["bob/1"], order)
+    # Page 2 keeps the first page's arrival but takes the round after it: bob goes first.
+    await budget.acquire(ticket=fetch)
+    order.append("ann page 2")
+    await bob
+    assert order == ["bob/1", "ann page 2"]
 
 
 async def test_mixed_load_keeps_the_window(new_budget: BudgetMaker) -> None:
@@ -589,3 +726,27 @@ async def test_mixed_load_keeps_the_window(new_budget: BudgetMaker) -> None:
     )
     assert len(times) == 21
     assert_sliding_window(times, limit)
+
+
+# --- what waiting costs Redis ---
+
+
+async def test_two_hundred_waiters_share_a_few_connections(
+    redis: aioredis.Redis, redis_factory: RedisFactory
+) -> None:
+    client = redis_factory(client_name="budget-under-test")
+    budget = TimedRedisBudget(client, scope="s", limit=RateLimit(1, 60.0))
+    await fill(budget, RateLimit(1, 60.0))
+    tickets = [Ticket() for _ in range(200)]
+    waiters = [asyncio.create_task(budget.acquire(ticket=t)) for t in tickets]
+    await until(lambda: all(t.arrivals for t in tickets), what="200 waiters queued")
+    assert await redis.zcard(keys.budget_waiters("s")) == 200
+    for waiter in waiters:  # shutdown: every waiter leaves at once
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(w.cancelled() for w in waiters)
+    assert await redis.zcard(keys.budget_waiters("s")) == 0, "every waiter left"
+    assert await redis.exists(keys.budget_queue("s"), keys.budget_places("s")) == 0
+    clients = await redis.client_list()
+    held = [c for c in clients if c.get("name") == "budget-under-test"]
+    assert 0 < len(held) <= REDIS_CONNECTIONS

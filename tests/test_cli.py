@@ -26,13 +26,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.cli import build_parser
+from bot.config import Settings
+from bot.errors import TooManyQuestions
+from bot.hss.budget import MAX_QUEUED_PER_ASKER, RedisCallBudget, Ticket, asker
 from bot.models import REGISTRY_TYPES, Registry, SyncStatus
 from bot.sandbox import demo, sim_server
 from bot.sandbox.simdata import Query
 from bot.sandbox.simulator import DEMO_AK, DEMO_PROJECT_ID, DEMO_SK, SimConfig, Simulator
 from bot.storage.embedded import EmbeddedRedis, probe, socket_path_for
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
-from tests.support import free_port, redis_server_pids
+from tests.support import free_port, redis_server_pids, until
 
 API_FIELDS = ["registry_id", "registry_name", "registry_type", "sync_status", "failed_reason"]
 SECRET_VARIABLES = (
@@ -747,3 +750,28 @@ async def test_query_logs_one_lookup_line_per_run(cli: Cli) -> None:
     [fresh] = lookups(again)
     assert (refreshed["task"], refreshed["status_filter"]) == (TASK, "failed")
     assert (refreshed["outcome"], fresh["outcome"]) == ("refreshed", "fresh")
+
+
+async def test_query_takes_turns_as_the_cli_and_is_refused_over_the_cap(
+    cli: Cli, redis: aioredis.Redis
+) -> None:
+    # Other CLI runs (a shell loop, say) already hold three places in the budget's queue.
+    env = {**cli.env, "HSS_RATE_LIMIT": "1/60s"}
+    settings = Settings.from_env(env)
+    budget = RedisCallBudget(redis, scope=settings.budget_scope, limit=settings.rate_limit.padded())
+    await budget.acquire(timeout=0)  # the minute's one call
+    asker.set("cli")
+    places = [Ticket() for _ in range(MAX_QUEUED_PER_ASKER)]
+    waiting = [asyncio.create_task(budget.acquire(ticket=t)) for t in places]
+    await until(lambda: all(t.arrivals for t in places), what="three CLI runs waiting")
+
+    run = await cli("query", TASK, HSS_RATE_LIMIT="1/60s")
+
+    assert run.code == 1
+    refusal = TooManyQuestions("cli", MAX_QUEUED_PER_ASKER).user_message()
+    assert run.errors[-1] == f"hss-sync-bot query: {refusal}"
+    assert run.stdout == ""
+    assert cli.calls == 0
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)

@@ -33,7 +33,7 @@ from bot.errors import (
     HssThrottledError,
     HssUnavailableError,
 )
-from bot.hss.budget import CallBudget, LocalCallBudget, Priority, RedisCallBudget
+from bot.hss.budget import CallBudget, LocalCallBudget, Priority, RedisCallBudget, Ticket
 from bot.hss.client import FetchResult, HssClient
 from bot.hss.signer import Credentials
 from bot.mirror import view_key
@@ -86,14 +86,20 @@ class RecordingBudget:
     on_acquire: Callable[[int], None] = lambda n: None
     acquired: list[Priority] = field(default_factory=list)
     penalties: list[float | None] = field(default_factory=list)
+    tickets: list[Ticket | None] = field(default_factory=list)
 
     async def acquire(
-        self, priority: Priority = Priority.INTERACTIVE, *, timeout: float | None = None
+        self,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        timeout: float | None = None,
+        ticket: Ticket | None = None,
     ) -> None:
         self.acquired.append(priority)
+        self.tickets.append(ticket)
         self.on_acquire(len(self.acquired))
         if self.inner is not None:
-            await self.inner.acquire(priority, timeout=timeout)
+            await self.inner.acquire(priority, timeout=timeout, ticket=ticket)
 
     async def next_slot_in(self) -> float:
         return await self.inner.next_slot_in() if self.inner else 0.0
@@ -315,6 +321,43 @@ async def test_429_until_attempts_run_out(hss_sim: RunningSim) -> None:
     assert hss_sim.sim.by_status == {429: 3}
     assert budget.penalties == [None, None, None]  # no Retry-After: the budget picks the wait
     assert (info.value.retry_after, info.value.error_code) == (None, "APIGW.0308")
+
+
+async def test_the_pages_and_retries_of_a_fetch_are_one_question(hss_sim: RunningSim) -> None:
+    hss_sim.sim.queue("ok", 503)  # the second page's first attempt fails
+    budget = RecordingBudget()
+    async with client_for(hss_sim, budget=budget) as client:
+        result = await client.fetch_all(ref(), ApiFilter(), limit=50)  # 120 rows: 3 pages
+    assert result.calls == len(budget.acquired) == 4
+    # One ticket for every slot: the budget's queue sees one question, not four.
+    assert budget.tickets[0] is not None
+    assert all(t is budget.tickets[0] for t in budget.tickets)
+
+
+async def test_a_429_is_a_wait_not_a_failed_attempt(hss_sim: RunningSim) -> None:
+    hss_sim.sim.queue(429, 503, 503)  # then served
+    budget = RecordingBudget()
+    async with client_for(hss_sim, budget=budget, max_attempts=3) as client:
+        page = await client.list_page(ref(), ApiFilter())
+    assert page.total_num == 120
+    assert hss_sim.sim.by_status == {429: 1, 503: 2, 200: 1}
+    assert budget.penalties == [None]  # the 429 still holds the budget back
+    assert len(budget.acquired) == 4
+
+
+async def test_throttles_and_failures_are_bounded_each_on_their_own(hss_sim: RunningSim) -> None:
+    hss_sim.sim.queue(429, 503, 429, 503, 429, 503)
+    async with client_for(hss_sim, max_attempts=3, max_throttles=3) as client:
+        with pytest.raises(HssThrottledError):
+            await client.list_page(ref(), ApiFilter())
+    # Two failures (of three allowed) and three 429s (of three): a throttled API still ends.
+    assert hss_sim.sim.by_status == {429: 3, 503: 2}
+    hss_sim.sim.reset()
+    hss_sim.sim.queue(503, 429, 503, 429, 503)
+    async with client_for(hss_sim, max_attempts=3, max_throttles=3) as client:
+        with pytest.raises(HssUnavailableError):
+            await client.list_page(ref(), ApiFilter())
+    assert hss_sim.sim.by_status == {429: 2, 503: 3}
 
 
 async def test_429_with_a_long_retry_after_is_not_waited_out(make_hss_sim: MakeSim) -> None:

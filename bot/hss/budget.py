@@ -11,14 +11,24 @@ Rules shared by both implementations:
   fewer than ``reserve`` (default 1) slots free, so a person never queues behind the refresher.
 - A 429 from HSS (``penalize``) fills the window with phantom starts: nothing starts until
   ``retry_after`` (or, without one, a whole window) has passed.
-- Interactive callers go first come, first served across processes: a caller starts only
-  while fewer live waiters arrived before it than slots are free (two free slots: the first
-  two may both go). A waiter keeps its arrival across its wake-ups, and a ``Ticket`` lets
-  several acquires (the pages of one fetch) share the arrival of the first.
+- Interactive callers take turns by asker (``asker``: the person behind the call), round
+  robin across processes: a new question joins the round being served, after its asker's
+  questions already waiting; the next call of a question just served (a fetch's next page,
+  a retry) waits for the round after. Within a round, first come, first served: a caller
+  starts only while fewer live waiters are ahead of it than slots are free (two free slots:
+  the first two may both go). The order is (round, arrival), so another key (a question's
+  size) can go between them. A waiter keeps its place across its wake-ups, and a ``Ticket``
+  carries a question's arrival and last round from one acquire to the next (its pages).
+  Questions of nobody in particular (no asker) stay in the round being served: among
+  themselves, first come, first served.
+- Nobody holds more than ``MAX_QUEUED_PER_ASKER`` places in the queue: a new question of
+  an asker who does is refused at once (``TooManyQuestions``), before any call.
 - Waiting sleeps until the reported wait (plus jitter), never polls in a tight loop. The
   wait is until this caller's turn: with k waiters ahead, until the (k+1)-th slot frees,
   so waiters wake one by one, not together. A waiter that is cancelled or times out
   deregisters; one whose process died expires after its grace and stops holding others up.
+- Waiting costs Redis connections only while a waiter looks: a process's budget uses at
+  most ``REDIS_CONNECTIONS`` at once, however many wait (hundreds, at a burst or shutdown).
 
 ``FailoverBudget`` keeps the bot usable while Redis is down: the budget is then enforced per
 process by a ``LocalCallBudget`` that has been shadowing this process's own starts.
@@ -36,13 +46,14 @@ from abc import ABC, abstractmethod
 from bisect import insort
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol, TypeVar, runtime_checkable
 
 import redis.asyncio as aioredis
 
 from bot.config import RateLimit
-from bot.errors import BudgetTimeout
+from bot.errors import BudgetTimeout, TooManyQuestions
 from bot.hss.budget_script import BUDGET_LUA
 from bot.storage import keys
 from bot.storage.outage import REDIS_OUTAGE, RedisHealth
@@ -51,6 +62,17 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Places in the interactive queue one asker may hold (a fetch holds one, however many
+#: people share it): one person cannot push everyone else's questions back.
+MAX_QUEUED_PER_ASKER = 3
+#: Redis connections one budget uses at once: waiters look in turn instead of each taking
+#: one of the pool's connections (which ran out with 200 waiters at shutdown).
+REDIS_CONNECTIONS = 4
+
+#: The person behind the current call (a Slack user id, ``cli``), set per request; tasks
+#: spawned for the request inherit it. None: nobody in particular (background work).
+asker: ContextVar[str | None] = ContextVar("asker", default=None)
+
 
 class Priority(IntEnum):
     INTERACTIVE = 0
@@ -58,18 +80,22 @@ class Priority(IntEnum):
 
 
 class Ticket:
-    """A place in the interactive queue that outlasts one ``acquire``.
+    """A question's place in the interactive queue, outlasting one ``acquire``.
 
-    Every interactive acquire holds one while it waits, so its retries keep its arrival.
-    Passing the same ticket to several acquires (the pages of one fetch) queues each of
-    them at the arrival of the first instead of at the back. Arrivals are kept per clock
-    (Redis's, this process's): a ticket may move from Redis to the fallback and back.
+    Every interactive acquire holds one while it waits, so its wake-ups keep its place.
+    Passing the same ticket to several acquires (the pages of one fetch, retries) makes
+    them one question: each keeps the arrival of the first and takes the round after the
+    last granted one, and only the first can be refused for its asker's cap. Arrivals and
+    rounds are kept per clock (Redis's, this process's): a ticket may move from Redis to
+    the fallback and back. ``asker`` is read from the context at the first acquire.
     """
 
-    __slots__ = ("arrivals",)
+    __slots__ = ("arrivals", "asker", "turns")
 
     def __init__(self) -> None:
         self.arrivals: dict[str, float] = {}
+        self.turns: dict[str, int] = {}
+        self.asker: str | None = None
 
 
 @runtime_checkable
@@ -106,6 +132,80 @@ def _penalty_seconds(limit: RateLimit, retry_after: float | None) -> float:
     return retry_after
 
 
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What the budget script answered (see ``BUDGET_LUA``)."""
+
+    granted: int
+    wait: float
+    count: int
+    arrival: float | None
+    turn: int | None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class _Place:
+    """A waiter's place in the in-process queue, ordered as Redis orders them."""
+
+    round: int
+    arrival: float
+    waiter: str
+    asker: str = field(compare=False)
+
+
+class _TurnQueue:
+    """The in-process twin of the script's queue: rounds by asker, then arrival."""
+
+    def __init__(self) -> None:
+        self._places: dict[str, _Place] = {}
+        self._askers: dict[str, tuple[int, int]] = {}  # asker -> (places held, last round)
+
+    def __len__(self) -> int:
+        return len(self._places)
+
+    def place_of(self, waiter: str) -> _Place | None:
+        return self._places.get(waiter)
+
+    def ahead_of(self, place: _Place) -> int:
+        return sum(other < place for other in self._places.values())
+
+    def ahead_of_new(self, asker: str) -> int:
+        """Places a new question of ``asker`` would queue behind (every one of its round)."""
+        held, last = self._askers.get(asker, (0, 0)) if asker else (0, 0)
+        round_ = self._round(asker, None, held, last)
+        return sum(place.round <= round_ for place in self._places.values())
+
+    def join(
+        self, waiter: str, arrival: float, asker: str, last_turn: int | None
+    ) -> tuple[_Place, int]:
+        """The waiter's place (a new one if it has none) and how many its asker held before."""
+        if (place := self._places.get(waiter)) is not None:
+            return place, 0
+        held, last = self._askers.get(asker, (0, 0)) if asker else (0, 0)
+        round_ = self._round(asker, last_turn, held, last)
+        self._places[waiter] = place = _Place(round_, arrival, waiter, asker)
+        if asker:
+            self._askers[asker] = (held + 1, round_)
+        return place, held
+
+    def _round(self, asker: str, last_turn: int | None, held: int, last: int) -> int:
+        head = min(self._places.values(), default=None)
+        round_ = head.round if head is not None else 0
+        if not asker:
+            return round_
+        if last_turn is not None and last_turn >= round_:
+            round_ += 1
+        return max(round_, last + 1) if held else round_
+
+    def leave(self, waiter: str) -> None:
+        place = self._places.pop(waiter, None)
+        if place is None or not place.asker:
+            return
+        held, last = self._askers.pop(place.asker)
+        if held > 1:
+            self._askers[place.asker] = (held - 1, last)
+
+
 class _SlidingWindowBudget(ABC):
     """The waiting loop shared by the Redis and in-process budgets."""
 
@@ -136,6 +236,8 @@ class _SlidingWindowBudget(ABC):
         call_id = _new_id()
         waiter = _new_id() if priority is Priority.INTERACTIVE else ""
         place = Ticket() if ticket is None else ticket
+        if place.asker is None:
+            place.asker = asker.get() or ""
         try:
             while (wait := await self._attempt(priority, call_id, waiter, place)) > 0:
                 await self._sleep(wait, deadline)
@@ -155,6 +257,7 @@ class _SlidingWindowBudget(ABC):
         await asyncio.sleep(max(0.001, wait + random.uniform(0.0, self._jitter)))
 
     async def next_slot_in(self) -> float:
+        """Seconds until a new question of the current ``asker`` could start."""
         return (await self._peek())[0]
 
     async def calls_left(self) -> int:
@@ -185,42 +288,61 @@ class RedisCallBudget(_SlidingWindowBudget):
         limit: RateLimit,
         reserve: int = 1,
         waiter_grace: float = 2.0,
+        max_queued_per_asker: int = MAX_QUEUED_PER_ASKER,
+        connections: int = REDIS_CONNECTIONS,
     ) -> None:
         super().__init__(limit=limit, reserve=reserve)
         self._redis = redis
-        self._keys = [keys.budget_log(scope), keys.budget_waiters(scope), keys.budget_queue(scope)]
+        self._keys = [
+            keys.budget_log(scope),
+            keys.budget_waiters(scope),
+            keys.budget_queue(scope),
+            keys.budget_places(scope),
+            keys.budget_askers(scope),
+        ]
         # A waiter refreshes its entry each time it wakes; the grace covers a slow wake-up.
         self._grace = waiter_grace
+        self._cap = max_queued_per_asker
+        self._connections = asyncio.Semaphore(connections)
         self._script = redis.register_script(BUDGET_LUA)
 
-    async def _run(
-        self, mode: str, call_id: str, *args: str | float
-    ) -> tuple[bool, float, int, float | None]:
+    async def _run(self, mode: str, call_id: str, *args: str | float) -> _Reply:
         base: list[str | float] = [mode, self.limit.calls, self.limit.window, call_id]
-        granted, wait, count, arrival = await self._script(keys=self._keys, args=[*base, *args])
-        return bool(int(granted)), float(wait), int(count), float(arrival) if arrival else None
+        async with self._connections:
+            raw = await self._script(keys=self._keys, args=[*base, *args])
+        granted, wait, count, arrival, turn = raw
+        return _Reply(
+            granted=int(granted),
+            wait=float(wait),
+            count=int(count),
+            arrival=float(arrival) if arrival else None,
+            turn=int(turn) if turn else None,
+        )
 
     async def _attempt(
         self, priority: Priority, call_id: str, waiter: str, ticket: Ticket
     ) -> float:
         arrival = ticket.arrivals.get("redis", "")
-        args = (int(priority), waiter, self._grace, self.reserve, arrival)
-        granted, wait, _, queued_at = await self._run("acquire", call_id, *args)
-        if queued_at is not None:
-            ticket.arrivals["redis"] = queued_at
-        return 0.0 if granted else max(wait, 0.001)
+        turn = ticket.turns.get("redis", "")
+        question = (ticket.asker or "", self._cap, turn)
+        args = (int(priority), waiter, self._grace, self.reserve, arrival, *question)
+        reply = await self._run("acquire", call_id, *args)
+        if reply.granted < 0:
+            raise TooManyQuestions(ticket.asker or "", self._cap)
+        if reply.arrival is not None:
+            ticket.arrivals["redis"] = reply.arrival
+        if reply.granted and reply.turn is not None:
+            ticket.turns["redis"] = reply.turn
+        return 0.0 if reply.granted else max(reply.wait, 0.001)
 
     async def _leave(self, waiter: str) -> None:
         # Best effort: if Redis is gone the entries expire on their own after the grace.
         with contextlib.suppress(*REDIS_OUTAGE):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(self._keys[1], waiter)
-                pipe.zrem(self._keys[2], waiter)
-                await pipe.execute()
+            await self._run("leave", "", waiter)
 
     async def _peek(self) -> tuple[float, int]:
-        _, wait, count, _ = await self._run("peek", "")
-        return wait, count
+        reply = await self._run("peek", "", asker.get() or "")
+        return reply.wait, reply.count
 
     async def penalize(self, retry_after: float | None) -> None:
         await self._run("penalize", f"429:{_new_id()}", _penalty_seconds(self.limit, retry_after))
@@ -240,14 +362,15 @@ class LocalCallBudget(_SlidingWindowBudget):
         clock: Callable[[], float] = time.monotonic,
         reserve: int = 1,
         waiter_grace: float = 2.0,
+        max_queued_per_asker: int = MAX_QUEUED_PER_ASKER,
     ) -> None:
         super().__init__(limit=limit, reserve=reserve)
         self._clock = clock
         self._grace = waiter_grace
+        self._cap = max_queued_per_asker
         self._starts: list[tuple[float, str]] = []  # sorted by time; phantoms may be ahead
-        # Interactive waiters, in arrival order (ties by id, as in Redis), and their expiry.
-        self._queue: dict[str, tuple[float, str]] = {}
-        self._expiry: dict[str, float] = {}
+        self._queue = _TurnQueue()
+        self._expiry: dict[str, float] = {}  # of each interactive waiter
 
     def _trim(self) -> float:
         now = self._clock()
@@ -259,7 +382,7 @@ class LocalCallBudget(_SlidingWindowBudget):
         return now
 
     def _forget(self, waiter: str) -> None:
-        self._queue.pop(waiter, None)
+        self._queue.leave(waiter)
         self._expiry.pop(waiter, None)
 
     def _wait_for(self, needed: int, now: float) -> float:
@@ -272,11 +395,16 @@ class LocalCallBudget(_SlidingWindowBudget):
     def _interactive_wait(self, waiter: str, ticket: Ticket, now: float) -> float:
         if not waiter:
             return self._wait_for(len(self._queue) + 1, now)
-        place = self._queue.setdefault(
-            waiter, (min(ticket.arrivals.get("local", now), now), waiter)
-        )
-        ticket.arrivals["local"] = place[0]
-        return self._wait_for(sum(other < place for other in self._queue.values()) + 1, now)
+        new = "local" not in ticket.arrivals
+        arrival = min(ticket.arrivals.get("local", now), now)
+        turn = ticket.turns.get("local")
+        place, held = self._queue.join(waiter, arrival, ticket.asker or "", turn)
+        wait = self._wait_for(self._queue.ahead_of(place) + 1, now)
+        if wait > 0 and new and place.asker and held >= self._cap:
+            self._forget(waiter)
+            raise TooManyQuestions(place.asker, self._cap)
+        ticket.arrivals["local"] = place.arrival
+        return wait
 
     async def _attempt(
         self, priority: Priority, call_id: str, waiter: str, ticket: Ticket
@@ -293,6 +421,8 @@ class LocalCallBudget(_SlidingWindowBudget):
                 self._expiry[waiter] = now + wait + self._grace
             return wait
         self.record(call_id, now)
+        if (place := self._queue.place_of(waiter)) is not None:
+            ticket.turns["local"] = place.round
         self._forget(waiter)
         return 0.0
 
@@ -301,7 +431,8 @@ class LocalCallBudget(_SlidingWindowBudget):
 
     async def _peek(self) -> tuple[float, int]:
         now = self._trim()
-        return self._wait_for(len(self._queue) + 1, now), len(self._starts)
+        ahead = self._queue.ahead_of_new(asker.get() or "")
+        return self._wait_for(ahead + 1, now), len(self._starts)
 
     async def penalize(self, retry_after: float | None) -> None:
         now = self._trim()

@@ -8,30 +8,52 @@ atomic across processes and uses Redis's clock (replicas' clocks may disagree).
 BUDGET_LUA = """
 -- KEYS[1] = budget log: ZSET member = call id, score = start time (Redis clock, s)
 -- KEYS[2] = interactive waiters: ZSET member = waiter id, score = expiry (Redis clock, s)
--- KEYS[3] = interactive queue: ZSET member = waiter id, score = arrival (Redis clock, s);
---           the live members of KEYS[2] (one that expires there leaves both)
--- ARGV[1] = mode: acquire | peek | penalize | note
+-- KEYS[3] = interactive queue: ZSET score = round, member = place (see `enqueue`); the order
+--           of the live members of KEYS[2] (one that expires there leaves every key)
+-- KEYS[4] = places: HASH waiter id -> its member of KEYS[3]
+-- KEYS[5] = askers: HASH 'n:' .. asker -> places queued, 'r:' .. asker -> round of the last
+-- ARGV[1] = mode: acquire | leave | peek | penalize | note
 -- ARGV[2] = calls per window; ARGV[3] = window (s); ARGV[4] = call id (phantom id prefix)
 -- acquire:  ARGV[5] = priority (0 interactive, 1 background); ARGV[6] = waiter id ('' none);
 --           ARGV[7] = waiter grace (s); ARGV[8] = slots background must leave free;
---           ARGV[9] = interactive arrival (Redis clock, s; '' = now); a waiter already
---           queued keeps the arrival it was queued with
+--           ARGV[9] = interactive arrival (Redis clock, s; '' = now: a new question); a
+--           waiter already queued keeps the place it was queued with;
+--           ARGV[10] = asker ('' or absent: nobody in particular, first come first served);
+--           ARGV[11] = places one asker may hold (absent: no cap; new questions only);
+--           ARGV[12] = round of this question's last granted call ('' or absent: none)
+-- leave:    ARGV[5] = waiter id
+-- peek:     ARGV[5] = asker ('' or absent: nobody in particular): whose new question the
+--           returned wait is for
 -- penalize: ARGV[5] = seconds until the next call may start
 -- note:     ARGV[5..] = call id, age (s) pairs of starts Redis has not seen
--- returns {granted 0/1, wait (s) as a string, starts in the window,
---          arrival (s) as a string: the interactive caller's place in the queue, else ''}
+-- returns {granted 1, 0 or -1 (refused: the asker holds the cap), wait (s) as a string,
+--          starts in the window, arrival (s) as a string: the interactive caller's place in
+--          the queue, else '', round of that place (granted: of the call) or ''}
 -- (acquire: the wait of this caller; otherwise the wait of a new interactive caller)
 if redis.replicate_commands then redis.replicate_commands() end
-local log, waiters, queue = KEYS[1], KEYS[2], KEYS[3]
+local log, waiters, queue, places, askers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local mode, limit, window, id = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
-redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
-for _, dead in ipairs(redis.call('ZRANGEBYSCORE', waiters, '-inf', now)) do
-  redis.call('ZREM', queue, dead)
+-- a place is '<arrival>:<waiter>:<asker>': within a round, first come first served
+local function asker_of(place) return string.match(place, '^[^:]*:[^:]*:(.*)$') end
+local function arrival_of(place) return tonumber(string.match(place, '^[^:]*')) end
+
+local function dequeue(waiter)
+  redis.call('ZREM', waiters, waiter)
+  local place = redis.call('HGET', places, waiter)
+  if not place then return end
+  redis.call('HDEL', places, waiter)
+  redis.call('ZREM', queue, place)
+  local asker = asker_of(place)
+  if asker ~= '' and redis.call('HINCRBY', askers, 'n:' .. asker, -1) <= 0 then
+    redis.call('HDEL', askers, 'n:' .. asker, 'r:' .. asker)
+  end
 end
-redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
+
+redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window)
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', waiters, '-inf', now)) do dequeue(dead) end
 
 -- seconds until `needed` slots are free: starts leave the window oldest first, and a slot
 -- needed beyond the window's calls is one taken (by a waiter ahead) a window earlier
@@ -49,27 +71,64 @@ local function expire(key, extra, also)
   if last[2] then
     local at = math.ceil((tonumber(last[2]) + extra) * 1000)
     redis.call('PEXPIREAT', key, at)
-    if also then redis.call('PEXPIREAT', also, at) end
+    for _, other in ipairs(also or {}) do redis.call('PEXPIREAT', other, at) end
   end
 end
 
-local function reply(granted, wait, arrival)
+local function reply(granted, wait, arrival, round)
   local place = arrival and string.format('%.6f', arrival) or ''
-  return {granted, string.format('%.6f', wait), redis.call('ZCARD', log), place}
+  return {granted, string.format('%.6f', wait), redis.call('ZCARD', log), place,
+          round and tostring(round) or ''}
+end
+
+-- Round robin between askers: a question joins the round being served (the head's), after
+-- its asker's places already queued; the next call of a question that was just served
+-- waits for the round after its own. Questions of nobody in particular stay in the head's
+-- round: among themselves, first come first served.
+local function round_for(asker, last_turn)
+  local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  local round = head[2] and tonumber(head[2]) or 0
+  if asker == '' then return round end
+  if last_turn and last_turn >= round then round = round + 1 end
+  local queued = tonumber(redis.call('HGET', askers, 'n:' .. asker) or '0')
+  if queued > 0 then
+    round = math.max(round, tonumber(redis.call('HGET', askers, 'r:' .. asker)) + 1)
+  end
+  return round, queued
+end
+
+local function enqueue(waiter, arrival, asker, last_turn)
+  local round, queued = round_for(asker, last_turn)
+  local place = string.format('%017.6f', arrival) .. ':' .. waiter .. ':' .. asker
+  redis.call('ZADD', queue, round, place)
+  redis.call('HSET', places, waiter, place)
+  if asker ~= '' then
+    redis.call('HSET', askers, 'n:' .. asker, queued + 1, 'r:' .. asker, round)
+  end
+  return place, queued or 0
 end
 
 -- an interactive caller goes when fewer waiters are ahead of it than slots are free
-local function interactive(waiter, arrival)
-  if waiter == '' then return wait_for(redis.call('ZCARD', queue) + 1), arrival end
-  redis.call('ZADD', queue, 'NX', arrival, waiter)
-  local ahead = redis.call('ZRANK', queue, waiter)
-  return wait_for(ahead + 1), tonumber(redis.call('ZSCORE', queue, waiter))
+local function interactive(waiter, arrival, asker, last_turn)
+  if waiter == '' then return wait_for(redis.call('ZCARD', queue) + 1), arrival, nil, 0 end
+  local place, held = redis.call('HGET', places, waiter), 0
+  if not place then place, held = enqueue(waiter, arrival, asker, last_turn) end
+  local ahead = redis.call('ZRANK', queue, place)
+  return wait_for(ahead + 1), arrival_of(place), tonumber(redis.call('ZSCORE', queue, place)),
+         held
 end
 
 if mode == 'acquire' then
-  local waiter, wait, arrival = ARGV[6], 0, nil
+  local waiter, wait, arrival, round, held = ARGV[6], 0, nil, nil, 0
   if tonumber(ARGV[5]) == 0 then
-    wait, arrival = interactive(waiter, math.min(tonumber(ARGV[9]) or now, now))
+    local asker, turn = ARGV[10] or '', tonumber(ARGV[12] or '')
+    wait, arrival, round, held =
+      interactive(waiter, math.min(tonumber(ARGV[9]) or now, now), asker, turn)
+    local cap = tonumber(ARGV[11] or '')
+    if wait > 0 and ARGV[9] == '' and cap and asker ~= '' and held >= cap then
+      dequeue(waiter)
+      return reply(-1, wait, nil, nil)
+    end
   else
     wait = wait_for(1 + tonumber(ARGV[8]))
     if wait == 0 and redis.call('ZCARD', waiters) > 0 then wait = window / limit end
@@ -77,17 +136,20 @@ if mode == 'acquire' then
   if wait > 0 then
     if waiter ~= '' then
       redis.call('ZADD', waiters, now + wait + tonumber(ARGV[7]), waiter)
-      expire(waiters, 0, queue)
+      expire(waiters, 0, {queue, places, askers})
     end
-    return reply(0, wait, arrival)
+    return reply(0, wait, arrival, round)
   end
   redis.call('ZADD', log, now, id)
   expire(log, window)
-  if waiter ~= '' then
-    redis.call('ZREM', waiters, waiter)
-    redis.call('ZREM', queue, waiter)
-  end
-  return reply(1, 0, arrival)
+  if waiter ~= '' then dequeue(waiter) end
+  return reply(1, 0, arrival, round)
+elseif mode == 'leave' then
+  dequeue(ARGV[5])
+elseif mode == 'peek' then
+  -- a new question of the asker goes after every place of its round and the rounds before
+  local round = round_for(ARGV[5] or '', nil)
+  return reply(0, wait_for(redis.call('ZCOUNT', queue, '-inf', round) + 1))
 elseif mode == 'penalize' then
   local score = now + tonumber(ARGV[5]) - window
   -- starts older than the phantoms leave the window before them: they no longer matter

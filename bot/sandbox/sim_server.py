@@ -36,11 +36,15 @@ async def _api(request: web.Request) -> web.StreamResponse:
     sim: Simulator = request.app[SIM_KEY]
     raw_path, _, raw_query = request.raw_path.partition("?")
     body = await request.read()
-    answer = sim.handle(
-        SimRequest(request.method, raw_path, raw_query, dict(request.headers), body)
-    )
-    if answer.delay:
-        await asyncio.sleep(answer.delay)
+    sim.started()
+    try:
+        answer = sim.handle(
+            SimRequest(request.method, raw_path, raw_query, dict(request.headers), body)
+        )
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
+    finally:
+        sim.finished()
     return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
 
 

@@ -174,6 +174,9 @@ class Simulator:
         self.by_status: Counter[int] = Counter()
         self.throttled = 0
         self.max_in_window: Counter[str] = Counter()
+        #: API requests being answered now (the server counts them), and the most at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     # -- run-time control -------------------------------------------------------------------
 
@@ -267,11 +270,20 @@ class Simulator:
             "throttled": self.throttled,
             "auth_failures": dict(self.auth_failures),
             "max_in_window": dict(self.max_in_window),
+            "max_in_flight": self.max_in_flight,
             "rate_limit": {"calls": calls, "window": window},
             "locked": sorted(ak for ak, t in self._locked_until.items() if t > self._clock()),
         }
 
     # -- the API ----------------------------------------------------------------------------
+
+    def started(self) -> None:
+        """The server took an API request; ``finished`` when its answer is sent."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def finished(self) -> None:
+        self.in_flight -= 1
 
     def handle(self, request: SimRequest) -> SimResponse:
         request_id = uuid.uuid4().hex

@@ -25,7 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.alerting.message import ACTION_PATTERN as ALERT_ACTIONS
 from bot.errors import BotError, CommandError
-from bot.hss.budget import Priority
+from bot.hss.budget import Priority, asker
 from bot.lookup import MIN_REFRESH_AGE, LookupService, Peek, Question
 from bot.mirror import Snapshot
 from bot.models import LookupRequest
@@ -272,6 +272,7 @@ class ObservedApp(AsyncApp):
 
     async def async_dispatch(self, req: AsyncBoltRequest) -> BoltResponse:
         kind, details = describe_request(req.body)
+        asker.set(details.get("user") or None)  # whose turn a call of this request takes
         started = time.perf_counter()
         # Tasks the listener spawns copy this context: their lines carry the same id.
         with logs.request_scope(logs.new_request_id()):

@@ -38,11 +38,26 @@ def budget_waiters(scope: str) -> str:
 
 
 def budget_queue(scope: str) -> str:
-    """ZSET member=waiter id, score=arrival time (s). The live waiters of ``budget_waiters``
-    in arrival order, so slots go first come, first served across replicas (the expiry set
-    alone cannot keep order: it is rewritten on every wake-up). Trimmed with the waiters'
-    set; same TTL."""
+    """ZSET member=``{arrival:017.6f}:{waiter id}:{asker}``, score=round. The live waiters of
+    ``budget_waiters`` in the order slots go across replicas: round robin between askers
+    (score), first come, first served within a round (the member starts with the arrival,
+    Redis clock, s). The expiry set alone cannot keep order: it is rewritten on every
+    wake-up. Another ordering key (a question's size) would go into the member before the
+    arrival. Trimmed with the waiters' set; same TTL."""
     return f"{PREFIX}:budget:{scope}:queue"
+
+
+def budget_places(scope: str) -> str:
+    """HASH field=waiter id, value=its member of ``budget_queue``: how a waiter finds its
+    place. Changed with the queue in the budget script; same TTL."""
+    return f"{PREFIX}:budget:{scope}:places"
+
+
+def budget_askers(scope: str) -> str:
+    """HASH field ``n:{asker}`` = places the asker holds in ``budget_queue``, ``r:{asker}`` =
+    round of the last of them: the per-asker cap and where the asker's next question goes.
+    Both fields leave with the asker's last place; same TTL as the queue."""
+    return f"{PREFIX}:budget:{scope}:askers"
 
 
 def auth_lock(scope: str) -> str:
@@ -50,6 +65,21 @@ def auth_lock(scope: str) -> str:
     HSS with this AK until an operator clears it (`hss-sync-bot reset-auth`) or the AK/SK
     changes (a new scope). No TTL: repeated failures would lock the AK/SK at HSS."""
     return f"{PREFIX}:auth:{scope}:lock"
+
+
+def auth_proven(scope: str) -> str:
+    """STRING JSON {at}: a call with this AK/SK pair got past HSS's gateway (a 200 or an
+    ``HSS.*`` error). Until it exists at most one call is in flight (``auth_probe``), so a
+    wrong secret costs one 401, not a burst. PX one day, renewed by every such call, so a
+    restart keeps it; deleted with every change of ``auth_lock``."""
+    return f"{PREFIX}:auth:{scope}:proven"
+
+
+def auth_probe(scope: str) -> str:
+    """STRING lock token (``redis.asyncio.lock.Lock``), PX 10 s, renewed by its holder while
+    it waits for a call slot and calls: the one call in flight while the pair is not
+    proven, across replicas and CLI runs. A dead holder's probe expires by itself."""
+    return f"{PREFIX}:auth:{scope}:probe"
 
 
 # --- the mirror ---
@@ -70,6 +100,13 @@ def mirror_changes(ref: TaskRef) -> str:
     yet. Nothing else reads it. A task nobody watches has no cursor and no reader: XADD's
     MAXLEN ~10,000 bounds it, and a later watch takes those entries as its baseline. No TTL."""
     return f"{PREFIX}:mirror:{task_part(ref)}:changes"
+
+
+def missing_task(ref: TaskRef) -> str:
+    """STRING JSON {error_code, error_msg, request_id, status}: HSS said the task does not
+    exist (``HSS.0011``). While it lives, asking about the task again gets this answer
+    without a call. PX 60 s: a short TTL, because the task may be created any time."""
+    return f"{PREFIX}:missing:{task_part(ref)}"
 
 
 def refresh_lock(ref: TaskRef, view: str) -> str:

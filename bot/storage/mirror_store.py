@@ -143,7 +143,8 @@ class RedisMirrorStore:
         """The stored snapshot: this process's copy while the meta field says it is current."""
         cached = self._cache.get(key)
         if cached is not None and cached[0] == await redis.hget(key, "meta"):
-            self._cache.move_to_end(key)
+            # Another read may have evicted it while we awaited: the copy is still good.
+            self._remember(key, cached[0], cached[1])
             return cached[1]
         fields = cast("dict[bytes, bytes]", await redis.hgetall(key))
         if sum(len(v) for v in fields.values()) > LARGE_SNAPSHOT * 40:  # ~40 B a row
