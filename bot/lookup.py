@@ -48,6 +48,7 @@ from bot.mirror import (
     merge,
     pages,
     registries_of,
+    row_matches,
     task_size,
     totals,
     view_key,
@@ -454,12 +455,18 @@ class RefreshCost:
 
 
 def _calls_for(snap: Snapshot, query: ApiFilter) -> int:
-    """Calls a refresh of ``query`` would make: pages of the view it would fetch, as last seen."""
+    """Calls a refresh of ``query`` would make: pages of the view it would fetch, sized by
+    its last fetch, else by the mirror's rows (when a wider view holds them all), else by
+    the task."""
     flt = choose_view(snap, query)
     size = task_size(snap)
+    if flt.is_full:
+        return pages(size) if size is not None else 1
     known = snap.views.get(view_key(flt))
-    if not flt.is_full and known is not None:
+    if known is not None:
         return pages(known.total)
+    if covering_view(snap, flt) is not None:
+        return pages(sum(1 for row in snap.rows.values() if row_matches(flt, row)))
     return pages(size) if size is not None else 1
 
 
@@ -553,6 +560,9 @@ class KeptQuestions:
         gap = self.plan.min_gap
         self.min_gap = lookups.call_spacing if gap is None else gap
         self._kept: dict[LookupRequest, _Kept] = {}
+        #: When each request was last tried (monotonic), for ``min_gap`` beyond a kept
+        #: question's end; entries older than ``min_gap`` are dropped.
+        self._tried: dict[LookupRequest, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
@@ -576,7 +586,8 @@ class KeptQuestions:
         kept.settles[key] = settle
         if kept.trying:
             return self._state(kept, "joined")
-        since = self._clock() - kept.last_try
+        request = question.peek.answer.request
+        since = self._clock() - max(kept.last_try, self._tried.get(request, float("-inf")))
         if since < self.min_gap:
             return self._state(kept, "too_soon", self.min_gap - since)
         kept.wake.set()
@@ -664,6 +675,12 @@ class KeptQuestions:
         finally:
             kept.trying = False
             kept.last_try = self._clock()
+            self._note_try(kept.question.peek.answer.request, kept.last_try)
+
+    def _note_try(self, request: LookupRequest, at: float) -> None:
+        self._tried[request] = at
+        for old in [r for r, t in self._tried.items() if at - t >= self.min_gap]:
+            del self._tried[old]
 
     async def _settle(
         self, kept: _Kept, answer: Answer | None, error: BaseException | None

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from slack_bolt.context.respond.async_respond import AsyncRespond
@@ -51,12 +51,16 @@ def clock_time(at: float) -> str:
 
 @dataclass(eq=False)
 class Waiting:
-    """A message promising fresh data: where to post its replacement, and what it shows."""
+    """A message promising fresh data: where to post its replacement, and what it shows.
+    Posts to it go one at a time, and none after the one that ends the wait (``done``): a
+    notice such as "Trying again now" must never replace the answer."""
 
     respond: AsyncRespond
     stale: Answer
     page: int
     user: str
+    done: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class FollowUps:
@@ -106,7 +110,8 @@ class FollowUps:
         adopted = self._adopt(waiting)
         state = self.kept.retry_now(question, key=adopted, settle=self._settler(adopted))
         message = self._over_stale(adopted, _retry_notice(state, self._clock()), retry=True)
-        await adopted.respond(**payload(message, response_type="ephemeral", replace_original=True))
+        # Through this click's own response_url: each click's has its 5 posts.
+        await self._post(adopted, message, final=False, respond=waiting.respond)
 
     async def tell_restarting(self, timeout: float) -> int:
         """Shutdown: replace every waiting message with :data:`RESTARTING`, within ``timeout``
@@ -139,8 +144,7 @@ class FollowUps:
         state = self.kept.keep(question, error, key=waiting, settle=self._settler(waiting))
         why = _why(error)
         notice = f"{why} {_kept_notice(state, self._clock())}"
-        message = self._over_stale(waiting, notice, retry=True)
-        await waiting.respond(**payload(message, response_type="ephemeral", replace_original=True))
+        await self._post(waiting, self._over_stale(waiting, notice, retry=True), final=False)
 
     def _settler(self, waiting: Waiting) -> Settle:
         async def settle(answer: Answer | None, error: BaseException | None) -> None:
@@ -162,18 +166,28 @@ class FollowUps:
         )
 
     async def _finish(self, waiting: Waiting, message: Message) -> None:
-        if waiting not in self._waiting:
-            return  # already told (the bot is restarting) or answered
         self._waiting.discard(waiting)
         self.kept.forget(waiting)
-        await waiting.respond(**payload(message, response_type="ephemeral", replace_original=True))
+        await self._post(waiting, message, final=True)
 
     async def _post_restarting(self, waiting: Waiting) -> None:
         self.kept.forget(waiting)
         message = render_answer(
             waiting.stale, page=waiting.page, now=self._clock(), notice=RESTARTING
         )
-        await waiting.respond(**payload(message, response_type="ephemeral", replace_original=True))
+        await self._post(waiting, message, final=True)
+
+    @staticmethod
+    async def _post(
+        waiting: Waiting, message: Message, *, final: bool, respond: AsyncRespond | None = None
+    ) -> None:
+        async with waiting.lock:
+            if waiting.done:
+                return  # answered already, or told that the bot restarts
+            waiting.done = final
+            await (respond or waiting.respond)(
+                **payload(message, response_type="ephemeral", replace_original=True)
+            )
 
 
 def _why(error: BaseException) -> str:

@@ -281,9 +281,9 @@ def _too_young(cost: RefreshCost) -> str:
 
 def _cost_notice(cost: RefreshCost) -> str:
     return (
-        f"Refreshing this view takes {cost.calls} HSS calls (the budget allows "
-        f"{cost.limit.calls} every {cost.limit.window:g} s, shared by everyone): fresh data "
-        f"in about {cost.wait:.0f} s. Press Refresh ({cost.calls} calls) to go ahead."
+        f"Refreshing this view takes {cost.calls} HSS calls, of a budget of {cost.limit.calls} "
+        f"a window shared by everyone: fresh data in about {cost.wait:.0f} s. "
+        f"Press Refresh ({cost.calls} calls) to go ahead."
     )
 
 
