@@ -132,6 +132,14 @@ class SlackUser:
         }
         return await self._post(urlencode({"payload": json.dumps(payload)}), ident)
 
+    async def interaction(self, payload: object) -> Reply:
+        """Any interaction payload, signed, as Slack posts one (``payload=<json>``); a dict
+        without a ``response_url`` is given one on the stand-in."""
+        ident = f"ix{next(_counter)}"
+        if isinstance(payload, dict) and "response_url" not in payload:
+            payload = {**payload, "response_url": f"{self._response_base}/{ident}"}
+        return await self._post(urlencode({"payload": json.dumps(payload)}), ident)
+
     async def event(self, event: dict[str, Any]) -> Reply:
         """An Events API delivery (JSON), e.g. ``{"type": "app_home_opened", ...}``."""
         ident = f"evt{next(_counter)}"
