@@ -10,6 +10,11 @@ A lookup a person asks for goes one way, whoever asks (Slack, the CLI, an alert'
 acks with the older data, the CLI says it waits) and ``follow_up`` refreshes. Each question
 is logged and counted once, with its last answer: ``fresh``, ``refreshed``, ``failed`` or
 ``gave_up``. ``lookup`` is the two in a row, for callers with nothing to show in between.
+
+A follow-up that gives up in a way another try may mend (:data:`GIVE_UPS`) can be kept
+(:class:`KeptQuestions`): tried again in the background within the budget, a bounded number
+of times, or at once when someone presses Retry now; it is logged once more when it ends.
+``refresh_cost`` says what a refresh would spend before anything is spent.
 """
 
 from __future__ import annotations
