@@ -166,9 +166,12 @@ class FollowUps:
         )
 
     async def _finish(self, waiting: Waiting, message: Message) -> None:
-        self._waiting.discard(waiting)
         self.kept.forget(waiting)
-        await self._post(waiting, message, final=True)
+        try:
+            await self._post(waiting, message, final=True)
+        finally:
+            if waiting.done:  # not when a shutdown cut the post short: it tells the message
+                self._waiting.discard(waiting)
 
     async def _post_restarting(self, waiting: Waiting) -> None:
         self.kept.forget(waiting)
@@ -184,10 +187,16 @@ class FollowUps:
         async with waiting.lock:
             if waiting.done:
                 return  # answered already, or told that the bot restarts
-            waiting.done = final
-            await (respond or waiting.respond)(
-                **payload(message, response_type="ephemeral", replace_original=True)
-            )
+            try:
+                await (respond or waiting.respond)(
+                    **payload(message, response_type="ephemeral", replace_original=True)
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                waiting.done = waiting.done or final  # Slack refused it: no second try
+                raise
+            waiting.done = waiting.done or final
 
 
 def _why(error: BaseException) -> str:
