@@ -18,7 +18,9 @@ import redis.asyncio as aioredis
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
 from bot.sandbox.slack_requests import Probe, probe_values, probes, send_probe
+from bot.sandbox.slack_standin import Scripted
 from bot.slack.app import ObservedApp
+from bot.slack.lookup_handlers import ACK_WITHIN
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 
 TASK = "task-acks"
@@ -111,3 +113,17 @@ async def test_show_details_answers_after_the_ack(stack: Stack) -> None:
     )
     [answer] = [c for c in calls if c.name == reply.response_id]
     assert TASK in json.dumps(answer.body) and answer.body["replace_original"] is False
+
+
+async def test_a_command_slower_than_the_ack_window_acks_a_placeholder_then_answers(
+    stack: Stack,
+) -> None:
+    channel = {"ok": True, "channel": {"id": "C0SLOW0001", "is_member": True}}
+    # Slack itself is slow to say whether the bot may post in the channel.
+    stack.standin.fail_next("conversations.info", Scripted(body=channel, delay=ACK_WITHIN + 0.5))
+    reply = await stack.user.command_text(f"watch {TASK}")
+    assert reply.status == 200 and reply.elapsed < SLACK_ACK
+    assert "Working on it" in json.dumps(reply.body)
+    calls = await stack.standin.wait_for(lambda cs: any(c.name == reply.response_id for c in cs))
+    [answer] = [c.body for c in calls if c.name == reply.response_id]
+    assert "Watching task" in json.dumps(answer) and answer["replace_original"] is True
