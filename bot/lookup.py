@@ -541,6 +541,7 @@ class _Kept:
     settles: dict[Hashable, Settle] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     next_at: float | None = None
+    task: asyncio.Task[None] | None = None
 
 
 class KeptQuestions:
@@ -598,10 +599,17 @@ class KeptQuestions:
         kept.wake.set()
         return self._state(kept, "trying")
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether ``key`` waits on a kept question."""
+        return any(key in kept.settles for kept in self._kept.values())
+
     def forget(self, key: Hashable) -> None:
-        """``key`` no longer waits (its message was answered some other way)."""
-        for kept in self._kept.values():
+        """``key`` no longer waits (its message was answered some other way). A kept question
+        nobody waits for stops, unless a try is running (its call is paid for)."""
+        for kept in list(self._kept.values()):
             kept.settles.pop(key, None)
+            if not kept.settles and not kept.trying and kept.task is not None:
+                kept.task.cancel()
 
     async def aclose(self) -> None:
         """Stop every kept question without settling it (shutdown: the caller tells people)."""
@@ -613,7 +621,7 @@ class KeptQuestions:
     def _start(self, question: Question, error: BaseException | None) -> _Kept:
         kept = _Kept(question=question, last_error=error)
         self._kept[question.peek.answer.request] = kept
-        task = asyncio.create_task(self._run(kept))
+        kept.task = task = asyncio.create_task(self._run(kept))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return kept
@@ -650,6 +658,8 @@ class KeptQuestions:
             if delay is None and not kept.wake.is_set():
                 return None
             pressed = await self._wait(kept, delay)
+            if not kept.settles:
+                return None  # everyone waiting was answered some other way: spend nothing
             priority = Priority.INTERACTIVE if pressed else Priority.BACKGROUND
             answer = await self._try(kept, priority)
             if answer is not None:
@@ -690,6 +700,8 @@ class KeptQuestions:
     async def _settle(
         self, kept: _Kept, answer: Answer | None, error: BaseException | None
     ) -> None:
+        if not kept.settles:
+            return
         outcome = "refreshed" if answer is not None else _outcome_of(error)
         shown = answer if answer is not None else kept.question.peek.answer
         self._lookups._record(kept.question, shown, outcome, error=error)

@@ -21,7 +21,7 @@ from bot.sandbox.simulator import SimConfig
 from bot.sandbox.slack_requests import Reply, button
 from bot.slack.app import MAX_WAIT
 from bot.slack.followups import RESTARTING
-from bot.slack.render import ACTION_RETRY
+from bot.slack.render import ACTION_REFRESH, ACTION_RETRY
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 from tests.support import until
 
@@ -174,6 +174,22 @@ async def test_retry_now_is_not_faster_than_the_budget_allows(make_stack: MakeSt
     [too_soon] = await posts(stack, again, 1)
     assert "Retry now works again in" in text_of(too_soon)
     assert calls(stack) == 6  # no call for a click that came too soon
+
+
+async def test_a_refresh_that_answers_a_kept_message_ends_its_background_tries(
+    make_stack: MakeStack,
+) -> None:
+    stack = await make_stack(LATER)
+    stack.sim.queue(503, 503, 503)
+    reply = await stack.user.command_text(f"{TASK} failed")
+    [kept] = await posts(stack, reply, 1)
+    assert stack.slack is not None and len(stack.slack.followups.kept) == 1
+    click = await stack.user.click(button(kept, ACTION_REFRESH))
+    [fresh] = await posts(stack, click, 1)
+    assert "data from" in text_of(fresh) and not has_retry_button(fresh)
+    await settled(stack)  # the kept question stopped: nobody waits for it
+    assert calls(stack) == 4
+    assert stack.slack.followups.waiting == 0
 
 
 async def test_a_question_given_up_for_the_budget_is_kept_too(make_stack: MakeStack) -> None:

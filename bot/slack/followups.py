@@ -89,8 +89,13 @@ class FollowUps:
         *,
         priority: Priority = Priority.INTERACTIVE,
         max_age: float | None = None,
+        clicked: bool = False,
     ) -> None:
-        """Follow ``question`` up, then replace ``waiting``'s message (see the module doc)."""
+        """Follow ``question`` up, then replace ``waiting``'s message (see the module doc).
+        ``clicked``: a button on a message that may be waiting already (a kept question's):
+        this answer ends that wait too."""
+        if clicked:
+            waiting = self._adopt(waiting, kept_only=True)
         self._waiting.add(waiting)
         try:
             answer = await self._lookups.follow_up(
@@ -129,12 +134,14 @@ class FollowUps:
 
     # --- internals ---
 
-    def _adopt(self, clicked: Waiting) -> Waiting:
-        """The waiting message a Retry now click is on: the same person's for the same
-        request, now answered through the click's response_url (fresh: 5 more posts)."""
+    def _adopt(self, clicked: Waiting, *, kept_only: bool = False) -> Waiting:
+        """The waiting message a click is on: the same person's for the same request (with
+        ``kept_only``, one whose question is kept), now answered through the click's
+        response_url (fresh: 5 more posts); else the click's own."""
         request = clicked.stale.request
         for waiting in self._waiting:
-            if waiting.user == clicked.user and waiting.stale.request == request:
+            same = waiting.user == clicked.user and waiting.stale.request == request
+            if same and (not kept_only or self.kept.holds(waiting)):
                 waiting.respond, waiting.page = clicked.respond, clicked.page
                 return waiting
         self._waiting.add(clicked)

@@ -229,7 +229,7 @@ class LookupHandlers:
         # A click always asks for newer data, whatever the peek said.
         question = Question(peek=peek, started=started)
         waiting = Waiting(respond=respond, stale=peek.answer, page=page, user=user_of(body))
-        await self._followups.deliver(question, waiting, max_age=max_age)
+        await self._followups.deliver(question, waiting, max_age=max_age, clicked=True)
 
     async def _big_refresh(
         self, respond: AsyncRespond, peek: Peek, page: int, cost: RefreshCost, *, confirmed: bool
