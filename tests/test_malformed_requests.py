@@ -177,6 +177,15 @@ async def test_a_flood_of_junk_writes_a_bounded_number_of_lines(
     assert_quiet(caplog)
 
 
+@pytest.mark.parametrize("text", ["payload-task failed", "t1 name=payload", "payload"])
+async def test_a_command_whose_text_says_payload_is_a_command(stack: Stack, text: str) -> None:
+    # Bolt alone reads any form containing "payload" as an interaction without one: 404.
+    reply = await stack.user.command_text(text)
+    assert reply.status == 200
+    assert "Fetching fresh data" in json.dumps(reply.body)
+    await stack.standin.wait_for(lambda cs: any(c.name == reply.response_id for c in cs))
+
+
 async def test_real_requests_still_work_after_junk(stack: Stack) -> None:
     await post(stack, "[1]", {}, JSON)
     reply = await stack.user.command_text("help")

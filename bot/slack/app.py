@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.request.async_internals import build_async_context
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
@@ -117,12 +119,17 @@ class ObservedApp(AsyncApp):
                     headers.get("X-Slack-Signature"),
                 )
             content_type = (headers.get("Content-Type") or "").split(";")[0].strip() or None
-            problem = shape_problem(parse_body(body, content_type))
+            parsed = parse_body(body, content_type)
         except Refused as refused:
             return self.refuse(refused.status, refused.reason)
+        problem = shape_problem(parsed)
         if problem is not None:
             return self.refuse(400, problem)
         request = AsyncBoltRequest(body=body.decode("utf-8"), query=query, headers=dict(headers))
+        # Bolt's own reading differs for a command whose text contains "payload" (see
+        # parse_body); its signature check still reads the raw body.
+        request.body = parsed
+        request.context = build_async_context(AsyncBoltContext(), parsed)
         return await self.async_dispatch(request)
 
     def refuse(self, status: int, reason: str) -> BoltResponse:

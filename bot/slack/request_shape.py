@@ -46,8 +46,13 @@ def check_signature(
 
 
 def parse_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
-    """The body as ``slack_bolt.request.internals.parse_body`` reads it, which must be a JSON
-    object (or a form whose ``payload`` is one); ``Refused(400)`` otherwise."""
+    """The body, which must be a JSON object, or a form (a slash command), or a form whose
+    ``payload`` is a JSON object (an interaction); ``Refused(400)`` otherwise.
+
+    As ``slack_bolt.request.internals.parse_body`` reads it, but for one thing: Bolt takes
+    any form whose text merely contains "payload" for an interaction without a payload, so
+    ``/hss-sync payload-task`` reached no listener (404). Here only a ``payload`` field makes
+    an interaction; the app hands Bolt this reading (``ObservedApp.handle_http``)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -56,10 +61,9 @@ def parse_body(raw: bytes, content_type: str | None) -> dict[str, Any]:
         return {}
     if content_type == "application/json" or text.startswith("{"):
         return _json_object(text, "body")
-    if "payload" not in text:
-        return dict(parse_qsl(text, keep_blank_values=True))
-    payload = dict(parse_qsl(text, keep_blank_values=True)).get("payload")
-    return {} if payload is None else _json_object(payload, "payload")
+    form = dict(parse_qsl(text, keep_blank_values=True))
+    payload = form.get("payload")
+    return form if payload is None else _json_object(payload, "payload")
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
