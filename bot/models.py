@@ -1,7 +1,8 @@
-"""Plain data shared by every layer: registries, filters, answers."""
+"""Plain data shared by every layer: registries, filters, answers; and what a task id may be."""
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -32,6 +33,72 @@ PROJECT_ID_MAX = 256
 PAGE_LIMIT_MIN = 10
 PAGE_LIMIT_MAX = 200
 OFFSET_MAX = 2_000_000
+
+#: Path segments an HTTP client resolves ("." and ".."): as a task id, another HSS path.
+DOT_SEGMENTS = frozenset({".", ".."})
+#: Letters, marks and symbols that show as nothing (Hangul fillers, variation selectors, the
+#: combining grapheme joiner, the blank Braille pattern): Unicode's default-ignorable code
+#: points outside the C and Z categories, plus U+2800.
+_BLANK_LOOKING = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xE0100, 0xE01EF),
+)
+#: What a task id may be, for the sentences that refuse one.
+TASK_ID_RULE = (
+    f"Task ids are 1-{TASK_ID_MAX} visible characters (letters, digits, punctuation, symbols): "
+    'no spaces, control characters, invisible or text-direction marks, and not "." or "..".'
+)
+_BIDI_CLASSES = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
+_BIDI_MARKS = frozenset("\u200e\u200f\u061c")
+
+
+def hidden_character(value: str) -> str | None:
+    """The first character of ``value`` that does not show as itself, named, with what it is
+    (``U+200B ZERO WIDTH SPACE, an invisible character``); None if there is none."""
+    for ch in value:
+        kind = _hidden_kind(ch)
+        if kind is not None:
+            name = unicodedata.name(ch, "")
+            return f"U+{ord(ch):04X}{' ' + name if name else ''}, {kind}"
+    return None
+
+
+def _hidden_kind(ch: str) -> str | None:
+    category = unicodedata.category(ch)
+    if category == "Cc":
+        return "a control character"
+    if unicodedata.bidirectional(ch) in _BIDI_CLASSES or ch in _BIDI_MARKS:
+        return "a text-direction mark"
+    if category == "Cf":
+        return "an invisible character"
+    if category[0] == "Z" or ch.isspace():
+        return "a space"
+    if category[0] == "C":  # private use, unassigned, surrogate: nothing anyone can read
+        return "a character that cannot be shown"
+    point = ord(ch)
+    if any(low <= point <= high for low, high in _BLANK_LOOKING):
+        return "a blank-looking character"
+    return None
+
+
+def task_id_problem(task_id: str) -> str | None:
+    """Why ``task_id`` cannot be a task id, in a sentence that says what is accepted; None when
+    it can. Length is the caller's check. Refused: characters that do not show (ids that look
+    the same must be the same id, and a person must see what was asked) and dot segments
+    (``/tasks/../registries`` is another API)."""
+    if task_id in DOT_SEGMENTS:
+        return f'The task id cannot be "{task_id}". {TASK_ID_RULE}'
+    hidden = hidden_character(task_id)
+    if hidden is not None:
+        return f"The task id contains {hidden}. {TASK_ID_RULE}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

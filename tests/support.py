@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block, BlockElement
 
-from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus, TaskRef
+from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus, TaskRef, task_id_problem
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
 from bot.slack.render import Message
@@ -207,10 +207,17 @@ HOSTILE = [
 ]
 HOSTILE_RAW = [h for h in HOSTILE if "<" in h]
 
+#: Any task id a person could ask for (bot.models.task_id_problem says which).
+task_ids = st.text(
+    st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")),
+    min_size=1,
+    max_size=64,
+).filter(lambda s: task_id_problem(s) is None)
+
 #: Any lookup a person could ask for.
 lookup_requests = st.builds(
     LookupRequest,
-    task_id=st.text(min_size=1, max_size=64).filter(lambda s: bool(s.strip())),
+    task_id=task_ids,
     status=st.none() | st.sampled_from(SyncStatus),
     types=st.frozensets(st.sampled_from(REGISTRY_TYPES)),
     name=st.none() | st.text(min_size=1, max_size=128).filter(lambda s: bool(s.strip())),

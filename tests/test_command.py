@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.errors import CommandError
-from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
+from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus, task_id_problem
 from bot.slack.command import (
     USAGE,
     USAGES,
@@ -193,6 +193,19 @@ def _word(max_size: int) -> st.SearchStrategy[str]:
     )
 
 
+#: What a task id may hold: no hidden characters (see bot.models.task_id_problem).
+_task_chars = st.characters(
+    blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"),
+    blacklist_characters='"\u201c\u201d',
+)
+
+
+def _task_word() -> st.SearchStrategy[str]:
+    return st.text(_task_chars, min_size=1, max_size=64).filter(
+        lambda s: task_id_problem(s) is None
+    )
+
+
 def _quoted(value: str) -> str:
     # Slack escapes &, <, > in what the user typed; a quote keeps spaces together.
     return f'"{escape(value)}"'
@@ -201,7 +214,7 @@ def _quoted(value: str) -> str:
 @st.composite
 def lookup_commands(draw: st.DrawFn) -> tuple[str, LookupRequest]:
     task_id = draw(
-        _word(64)
+        _task_word()
         .filter(lambda s: s.casefold() not in {"help", "failed", "running", "finished"})
         .filter(lambda s: s.casefold() not in {"watch", "unwatch", "watches", "mute", "unmute"})
         .filter(lambda s: s.partition("=")[0].casefold() not in {"type", "name", "ep"})
@@ -254,7 +267,6 @@ HARBOR = frozenset({"Harbor"})
             AddWatch("t1", "C1AB", frozenset({"Harbor", "Jfrog"}), "prod reg", "0"),
         ),
         ("watch t1 <#C1AB|ops> Name=a&amp;b", AddWatch("t1", "C1AB", name="a&b")),
-        ('watch "t 1"', AddWatch("t 1")),
         ("unwatch t1", Unwatch("t1")),
         ("unwatch t1 <#C1AB|ops>", Unwatch("t1", "C1AB")),
         ("watches", ListWatches(all_channels=False)),
@@ -302,6 +314,7 @@ def test_watch_commands_accepted(text: str, expected: object) -> None:
         ("watch t1 ep=", "ep= needs an enterprise project id"),
         (f"watch {'x' * 65}", "at most 64"),
         ('watch ""', "The task id is empty. Usage: /hss-sync watch"),
+        ('watch "t 1"', "contains U+0020 SPACE, a space"),
         ("unwatch t1 extra", 'Unexpected "extra": unwatch takes a task id and optionally'),
         ("unwatch t1 type=Harbor", 'Unexpected "type=Harbor"'),
         ("unmute t1 1h", 'Unexpected "1h": unmute takes'),
@@ -340,7 +353,7 @@ _channel_ids = st.from_regex(r"C[A-Z0-9]{8,10}", fullmatch=True)
 @st.composite
 def watch_commands(draw: st.DrawFn) -> tuple[str, AddWatch]:
     task_id = draw(
-        _word(64).filter(
+        _task_word().filter(
             lambda s: (
                 not s.startswith("#")
                 and s.partition("=")[0].casefold() not in {"type", "name", "ep"}

@@ -167,7 +167,7 @@ async def test_empty_view_is_one_call(hss_sim: RunningSim) -> None:
 
 # --- request encoding, as the simulator sees it --------------------------------------------
 
-ODD_TASK_IDS = ["task 42", "100%done", "任务-ü", "a/b", "plus+and&eq=?#", "x" * 64]
+ODD_TASK_IDS = ["t!*'();:@$,~", "100%done", "任务-ü", "a/b", "plus+and&eq=?#", "x" * 64]
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from slack_sdk.signature import SignatureVerifier
 
 from bot.sandbox.slack_requests import SlackUser
 from bot.sandbox.slack_standin import SlackStandIn
@@ -250,3 +253,98 @@ async def test_sigterm_while_slack_is_unreachable_at_start_up_stops_cleanly(
     assert "Traceback" not in stderr.decode()
     assert '"stopped"' in stderr.decode()
     no_redis_left(tmp_path)
+
+
+# --- requests that are not Slack's, and shutdown with people waiting ----------------------------
+
+
+def run_env(
+    sim_url: str, standin: SlackStandIn, redis_url: str, port: int, **extra: str
+) -> dict[str, str]:
+    return hss_env(
+        sim_url,
+        SLACK_BOT_TOKEN="xoxb-run-test",
+        SLACK_SIGNING_SECRET=SECRET,
+        SLACK_API_URL=f"{standin.url}/api/",
+        REDIS_URL=redis_url,
+        PORT=str(port),
+        **extra,
+    )
+
+
+async def test_run_answers_junk_with_400_or_401_and_one_short_line_each(
+    make_hss_sim: MakeSim, standin: SlackStandIn, redis_url: str, redis: object
+) -> None:
+    sim = await make_hss_sim()
+    port = free_port()
+    proc = await run_bot(run_env(sim.url, standin, redis_url, port))
+    events = f"http://127.0.0.1:{port}/slack/events"
+    bad_actions = 'payload={"type":"block_actions","user":{"id":"U1"},"actions":[]}'
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            unsigned = [
+                await http.post(events, content=b, headers={"Content-Type": "application/json"})
+                for b in ("[1]", '{"user":5}', "[" * 100_000)
+            ]
+            stamp = {"X-Slack-Request-Timestamp": "abc", "X-Slack-Signature": "v0=x"}
+            stamped = await http.post(events, content="command=x", headers=stamp)
+            ts = str(int(time.time()))
+            signature = SignatureVerifier(SECRET).generate_signature(timestamp=ts, body=bad_actions)
+            headers = {
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Slack-Request-Timestamp": ts,
+                "X-Slack-Signature": signature,
+            }
+            shaped = await http.post(events, content=bad_actions, headers=headers)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+    assert [r.status_code for r in unsigned] == [401, 401, 401]
+    assert stamped.status_code == 401
+    assert shaped.status_code == 400
+    log = stderr.decode()
+    assert "Traceback" not in log and '"level": "ERROR"' not in log
+    refused = [line for line in log.splitlines() if "refused a Slack request" in line]
+    assert len(refused) == 5
+    assert all(len(line) < 400 for line in refused), refused
+    assert proc.returncode == 0
+
+
+async def test_sigterm_tells_waiting_people_and_exits_within_ten_seconds(
+    make_hss_sim: MakeSim, standin: SlackStandIn, redis_url: str, redis: object
+) -> None:
+    # A 1,000-registry task is 5 pages; 1 call a minute: the second page waits for a slot, and
+    # so does the other question.
+    sim = await make_hss_sim(task_sizes={"big": 1000}, rate_limit=1, window=60.0)
+    sim.sim.set_faults(latency_ms=1000.0)
+    port = free_port()
+    env = run_env(sim.url, standin, redis_url, port, HSS_RATE_LIMIT="1/60s")
+    proc = await run_bot(env)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            user = SlackUser(
+                bot_url=f"http://127.0.0.1:{port}",
+                signing_secret=SECRET,
+                response_base=f"{standin.url}/response",
+                http=http,
+            )
+            big = await user.command_text("big")
+            queued = await user.command_text("other failed")
+        assert "Fetching fresh data" in json.dumps(big.body)
+        await until(lambda: sum(sim.sim.calls.values()) >= 1, what="the first page asked for")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    took = time.monotonic() - signalled
+    print(f"exited {took:.2f} s after SIGTERM")
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert took < 10.0, f"took {took:.1f} s to exit"
+    for reply in (big, queued):
+        [told] = standin.responses(reply.response_id)
+        assert told.body["replace_original"] is True
+        assert "The bot is restarting" in json.dumps(told.body)
+        assert "Ask again in a minute" in json.dumps(told.body)
+    assert "Traceback" not in stderr.decode()

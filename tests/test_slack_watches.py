@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
-from bot.sandbox.slack_standin import Scripted
+from bot.sandbox.slack_standin import Call, Scripted
 from bot.storage.watch_store import WatchStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 
@@ -42,6 +42,14 @@ async def make_stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Mak
 
 def text_of(body: dict[str, Any]) -> str:
     return json.dumps(body, ensure_ascii=False)
+
+
+async def published(stack: Stack, count: int) -> list[Call]:
+    """The first ``count`` ``views.publish`` calls, once made (Home work runs after the ack)."""
+    await stack.standin.wait_for(
+        lambda cs: len([c for c in cs if c.name == "views.publish"]) >= count
+    )
+    return stack.standin.api("views.publish")
 
 
 async def command(stack: Stack, text: str, user: str = "U0DEMO0001") -> str:
@@ -139,17 +147,17 @@ async def test_app_home_lists_watches_and_unwatches(make_stack: MakeStack) -> No
     await command(stack, f"watch {TASK} type=Harbor")
     reply = await stack.user.event({"type": "app_home_opened", "tab": "home"})
     assert reply.status == 200
-    [published] = stack.standin.api("views.publish")
-    assert published.body["user_id"] == stack.user.user_id
-    view = published.body["view"]
+    [home] = await published(stack, 1)
+    assert home.body["user_id"] == stack.user.user_id
+    view = home.body["view"]
     view = json.loads(view) if isinstance(view, str) else view
     assert view["type"] == "home" and TASK in text_of(view)
     unwatch = next(
         b["accessory"] for b in view["blocks"] if b.get("accessory", {}).get("type") == "button"
     )
     await stack.user.click({**unwatch, "block_id": "home"})
+    again = (await published(stack, 2))[-1].body["view"]
     assert await WatchStore(stack.runtime.redis).all() == []
-    again = stack.standin.api("views.publish")[-1].body["view"]
     again = json.loads(again) if isinstance(again, str) else again
     assert "No task is watched yet" in text_of(again)
 
@@ -159,12 +167,12 @@ async def test_app_home_unwatch_checks_permission(make_stack: MakeStack) -> None
     await command(stack, f"watch {TASK}", user="U0ADMIN001")
     stack.user.user_id = "U0SOMEONE1"
     await stack.user.event({"type": "app_home_opened", "tab": "home"})
-    view = stack.standin.api("views.publish")[-1].body["view"]
+    view = (await published(stack, 1))[-1].body["view"]
     view = json.loads(view) if isinstance(view, str) else view
     unwatch = next(
         b["accessory"] for b in view["blocks"] if b.get("accessory", {}).get("type") == "button"
     )
     await stack.user.click({**unwatch, "block_id": "home"})
+    refused = (await published(stack, 2))[-1].body["view"]
     assert len(await WatchStore(stack.runtime.redis).all()) == 1
-    refused = stack.standin.api("views.publish")[-1].body["view"]
     assert "Only the watch admins" in (refused if isinstance(refused, str) else json.dumps(refused))

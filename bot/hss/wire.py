@@ -24,6 +24,7 @@ from bot.errors import (
 )
 from bot.hss.signer import canonical_query, encoded_path
 from bot.models import (
+    DOT_SEGMENTS,
     EP_ID_MAX,
     OFFSET_MAX,
     PAGE_LIMIT_MAX,
@@ -37,6 +38,7 @@ from bot.models import (
     RegistryPage,
     SyncStatus,
     TaskRef,
+    task_id_problem,
 )
 from bot.retry_after import parse_retry_after
 
@@ -56,6 +58,12 @@ def validate(task: TaskRef, flt: ApiFilter, *, offset: int, limit: int, project_
             f"for ({project_id!r})."
         )
     _check_text("task id", task.task_id, TASK_ID_MAX)
+    # The last guard: every caller validates first, but a task id that is a dot segment
+    # would make httpx call another path, and one with hidden characters is not what
+    # anyone typed.
+    problem = task_id_problem(task.task_id)
+    if problem is not None:
+        raise CommandError(problem)
     if task.enterprise_project_id is not None:
         _check_text("enterprise project id", task.enterprise_project_id, EP_ID_MAX)
     if flt.registry_name is not None:
@@ -67,10 +75,12 @@ def validate(task: TaskRef, flt: ApiFilter, *, offset: int, limit: int, project_
 
 
 def request_target(task: TaskRef, flt: ApiFilter, *, offset: int, limit: int) -> str:
-    """The encoded path and canonical query of one page request."""
-    path = encoded_path(
-        ["v5", task.project_id, "image", "image-sync", "tasks", task.task_id, "registries"]
-    )
+    """The encoded path and canonical query of one page request. A dot segment is refused
+    here too: the path would be resolved to another API (``/tasks/../registries``)."""
+    segments = ["v5", task.project_id, "image", "image-sync", "tasks", task.task_id, "registries"]
+    if DOT_SEGMENTS.intersection(segments):
+        raise CommandError('A project or task id cannot be "." or "..".')
+    path = encoded_path(segments)
     return f"{path}?{canonical_query(_query(task, flt, offset, limit))}"
 
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-from slack_bolt.async_app import AsyncApp
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -29,7 +28,7 @@ from bot.ops import gauges, health, metrics
 from bot.ops.health import Readiness, SlackAuth
 from bot.ops.workers import STOP_GRACE, Workers, build_workers
 from bot.runtime import Runtime, open_runtime
-from bot.slack.app import SlackBot, build_app
+from bot.slack.app import ObservedApp, SlackBot, build_app
 from bot.slack.socket_mode import socket_mode_handler
 from bot.storage.outage import PING_FAILED
 from bot.storage.watch_store import WatchStore
@@ -53,7 +52,7 @@ def web_client(settings: Settings) -> AsyncWebClient:
 
 
 def build_web_app(
-    bolt: AsyncApp | None, runtime: Runtime, *, readiness: Readiness | None = None
+    bolt: ObservedApp | None, runtime: Runtime, *, readiness: Readiness | None = None
 ) -> web.Application:
     """The HTTP endpoints; ``bolt`` None in Socket Mode. Without ``readiness``, Slack's
     ``auth.test`` is checked through ``bolt``'s client (not at all without ``bolt``)."""
@@ -65,11 +64,10 @@ def build_web_app(
 
     async def events(request: web.Request) -> web.Response:
         assert bolt is not None
-        try:
-            bolt_request = await to_bolt_request(request)
-        except ValueError:  # a body that is not JSON or form data: not from Slack
-            return web.Response(status=400, text="bad request")
-        return await to_aiohttp_response(await bolt.async_dispatch(bolt_request))
+        # Checked (signature, then shape) before Bolt reads it: see ObservedApp.handle_http.
+        body = await request.read()
+        answer = await bolt.handle_http(body, request.query_string, request.headers)
+        return await to_aiohttp_response(answer)
 
     async def healthz(request: web.Request) -> web.Response:
         # The bot answers even with Redis down (in-process fallback), so Redis is reported,
@@ -101,8 +99,12 @@ def build_web_app(
     return app
 
 
+#: Seconds shutdown waits for requests in flight: every listener answers within ACK_WITHIN.
+HTTP_SHUTDOWN_TIMEOUT = 1.0
+
+
 async def start_http(app: web.Application, *, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner, int(runner.addresses[0][1])
@@ -187,22 +189,34 @@ async def _start(settings: Settings, host: str, parts: _Parts) -> None:
         logger.info("serving Slack requests on http://%s:%d/slack/events", host, port)
 
 
+#: Of STOP_GRACE: time kept for telling waiting people that the bot restarts, for closing
+#: the HTTP server and Redis, and for the interpreter to exit.
+NOTICE_RESERVE = 1.5
+CLOSE_RESERVE = 1.5
+EXIT_RESERVE = 1.0
+
+
 async def _shut_down(parts: _Parts, stop: asyncio.Event) -> None:
     """Within ``STOP_GRACE``: take no new work (Slack's connection closed first, so it sends
-    to another replica), finish the HSS calls already made and the deliveries in hand, and
-    release leases, so that nothing is lost and other replicas take over at once."""
-    deadline = time.monotonic() + STOP_GRACE
+    to another replica), finish the HSS calls already made and the deliveries in hand, tell
+    everyone still waiting for fresh data to ask again, and release leases, so that nothing
+    is lost and other replicas take over at once. A fetch of many pages waiting for call
+    slots is stopped at its share of the grace, not waited out."""
+    deadline = time.monotonic() + STOP_GRACE - EXIT_RESERVE
+    work_until = deadline - NOTICE_RESERVE - CLOSE_RESERVE
     if parts.handler is not None:
         await parts.handler.close_async()  # type: ignore[no-untyped-call]
     if parts.workers is not None:
         parts.workers.stop()
+    draining = []
     if parts.runtime is not None:
         # Answers to commands acked before the signal still go out if their fetch finishes.
-        await parts.runtime.lookups.drain(timeout=deadline - time.monotonic() - 1.0)
+        draining.append(parts.runtime.lookups.drain(timeout=work_until - time.monotonic()))
     if parts.workers is not None:
-        await parts.workers.aclose(timeout=deadline - time.monotonic())
+        draining.append(parts.workers.aclose(timeout=work_until - time.monotonic()))
+    await asyncio.gather(*draining)
     if parts.slack is not None:
-        await parts.slack.aclose()
+        await parts.slack.tell_restarting(timeout=deadline - CLOSE_RESERVE - time.monotonic())
     if parts.runner is not None:
         await parts.runner.cleanup()
     if parts.runtime is not None:

@@ -15,6 +15,7 @@ import httpx
 
 from bot.alerting.pipeline import TASKS_EVERY
 from bot.config import Settings
+from bot.lookup import RetryPlan
 from bot.ops.server import build_web_app, start_http, web_client
 from bot.ops.workers import Workers, build_workers
 from bot.runtime import Runtime, open_runtime
@@ -22,7 +23,7 @@ from bot.sandbox.sim_server import start_simulator
 from bot.sandbox.simulator import SimConfig, Simulator
 from bot.sandbox.slack_requests import SlackUser
 from bot.sandbox.slack_standin import Channel, SlackStandIn
-from bot.slack.app import MAX_WAIT, build_app
+from bot.slack.app import MAX_WAIT, SlackBot, build_app
 from bot.storage.embedded import EmbeddedRedis
 
 SIGNING_SECRET = "demo-signing-secret"  # noqa: S105 (a local demo value, not a credential)
@@ -38,6 +39,8 @@ class Stack:
     user: SlackUser
     #: The scheduler, alert pipeline and outbox sender, when started with ``watches=True``.
     workers: Workers | None = None
+    #: The Bolt app and its handlers, as served.
+    slack: SlackBot | None = None
 
 
 @asynccontextmanager
@@ -51,11 +54,13 @@ async def local_stack(
     send_interval: float = 1.0,
     tasks_every: float = TASKS_EVERY,
     channels: Sequence[Channel] = (),
+    retry_plan: RetryPlan | None = None,
 ) -> AsyncIterator[Stack]:
     """Redis (embedded unless ``redis_url``) + simulator + Slack stand-in + the bot over
     HTTP, all torn down after. ``env`` overrides the bot's settings; ``channels`` are named
     in the stand-in, and the user's ``#name`` in command text becomes Slack's reference.
-    ``send_interval`` and ``tasks_every`` go to ``build_workers``."""
+    ``send_interval`` and ``tasks_every`` go to ``build_workers``; ``retry_plan`` (when kept
+    questions are tried again) to ``build_app``."""
     async with AsyncExitStack() as stack:
         if redis_url is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hss-demo-")))
@@ -100,6 +105,7 @@ async def local_stack(
             max_wait=max_wait,
             watch_commands=workers.commands if workers else None,
             alert_buttons=workers.buttons if workers else None,
+            retry_plan=retry_plan,
         )
         stack.push_async_callback(slack.aclose)
         runner, port = await start_http(build_web_app(slack.app, runtime), host="127.0.0.1", port=0)
@@ -113,4 +119,6 @@ async def local_stack(
             command=settings.command_name,
             channels={c.name: c.id for c in channels},
         )
-        yield Stack(sim=sim, standin=standin, runtime=runtime, user=user, workers=workers)
+        yield Stack(
+            sim=sim, standin=standin, runtime=runtime, user=user, workers=workers, slack=slack
+        )

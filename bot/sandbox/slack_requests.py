@@ -11,7 +11,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -19,7 +19,11 @@ from urllib.parse import urlencode
 import httpx
 from slack_sdk.signature import SignatureVerifier
 
+from bot.alerting.message import ACTION_PATTERN, encode_alert_value
+from bot.models import LookupRequest, SyncStatus, TaskRef
 from bot.sandbox.slack_standin import TEAM_ID
+from bot.slack.action_value import encode_action_value
+from bot.slack.home import encode_home_value
 from bot.slack.text import escape
 
 _counter = itertools.count(1)
@@ -133,6 +137,14 @@ class SlackUser:
         }
         return await self._post(urlencode({"payload": json.dumps(payload)}), ident)
 
+    async def interaction(self, payload: object) -> Reply:
+        """Any interaction payload, signed, as Slack posts one (``payload=<json>``); a dict
+        without a ``response_url`` is given one on the stand-in."""
+        ident = f"ix{next(_counter)}"
+        if isinstance(payload, dict) and "response_url" not in payload:
+            payload = {**payload, "response_url": f"{self._response_base}/{ident}"}
+        return await self._post(urlencode({"payload": json.dumps(payload)}), ident)
+
     async def event(self, event: dict[str, Any]) -> Reply:
         """An Events API delivery (JSON), e.g. ``{"type": "app_home_opened", ...}``."""
         ident = f"evt{next(_counter)}"
@@ -213,3 +225,77 @@ def button_labelled(message: dict[str, Any], label: str) -> dict[str, Any]:
 
 def _words(text: str) -> str:
     return " ".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split())
+
+
+# --- every listener of an app, driven -----------------------------------------------------------
+
+_GROUP = re.compile(r"\(([^()|]*(?:\|[^()|]*)*)\)")
+_PLAIN = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def ids_matching(matches: str | re.Pattern[str]) -> list[str]:
+    """Every id a listener's constraint matches: a plain id, or a pattern that is an anchored
+    literal with ``(a|b|...)`` groups (as ``^hss_page_(prev|next)$``). Anything else raises
+    ValueError: register plain ids or such alternations, so that every id can be driven."""
+    if isinstance(matches, str):
+        return [matches]
+    source = matches.pattern.removeprefix("^").removesuffix("$")
+    parts, last = [[""]], 0
+    for group in _GROUP.finditer(source):
+        parts += [[source[last : group.start()]], group[1].split("|")]
+        last = group.end()
+    parts.append([source[last:]])
+    if not all(_PLAIN.fullmatch(p) for choices in parts for p in choices):
+        raise ValueError(f"cannot list the ids {matches.pattern!r} matches")
+    ids = ["".join(pieces) for pieces in itertools.product(*parts)]
+    assert all(matches.fullmatch(i) for i in ids), ids
+    return ids
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One request for one listener: a command's text, or a button (action id and value),
+    or an event of a type."""
+
+    kind: str  # "command", "action" or "event"
+    name: str
+    value: str = ""
+
+
+def probe_values(action_id: str, task_id: str, project_id: str, channel: str) -> list[str]:
+    """Button values worth sending to ``action_id``: a lookup's, an alert's, an App Home
+    Unwatch's (each listener takes one of them and refuses the others), and junk."""
+    request = LookupRequest(task_id, SyncStatus.FAILED)
+    values = [encode_action_value(request, 0), encode_action_value(request, 3)]
+    if ACTION_PATTERN.fullmatch(action_id):
+        values.append(encode_alert_value(action_id, LookupRequest(task_id)))
+    values.append(encode_home_value(TaskRef(project_id, task_id), channel))
+    return [*values, "junk"]
+
+
+def probes(
+    routes: Iterable[tuple[str, str | re.Pattern[str]]],
+    *,
+    commands: Sequence[str],
+    values: Callable[[str], Sequence[str]],
+) -> list[Probe]:
+    """A request for every listener in ``routes`` ((kind, what it matches), as Bolt apps
+    register them): ``commands`` as the command's texts, ``values(action_id)`` per button."""
+    found: list[Probe] = []
+    for kind, matches in routes:
+        for name in ids_matching(matches):
+            if kind == "command":
+                found += [Probe("command", text) for text in commands]
+            elif kind == "action":
+                found += [Probe("action", name, value) for value in values(name)]
+            else:
+                found.append(Probe(kind, name))
+    return found
+
+
+async def send_probe(user: SlackUser, probe: Probe) -> Reply:
+    if probe.kind == "command":
+        return await user.command_text(probe.name)
+    if probe.kind == "action":
+        return await user.click({"action_id": probe.name, "value": probe.value})
+    return await user.event({"type": probe.name, "tab": "home"})

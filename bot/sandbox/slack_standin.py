@@ -41,6 +41,8 @@ class Scripted:
     status: int = 200
     body: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    #: Seconds to wait before answering (a slow Slack).
+    delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,8 @@ class SlackStandIn:
         body = await _body(request)
         scripted = self._scripted.get(method)
         s = scripted.pop(0) if scripted else Scripted(body=self._ok(method, body))
+        if s.delay:
+            await asyncio.sleep(s.delay)
         await self._record(Call("api", method, body, _headers(request), s.body))
         return web.json_response(s.body, status=s.status, headers=s.headers)
 

@@ -2,6 +2,9 @@
 ``/hss-sync`` command grammar, and the Bolt app with its handlers.
 
 The views and the grammar are pure and may import only the core. The handlers (``app``,
-``alert_buttons``, ``watch_handlers``, ``socket_mode``) may import everything below them:
-the core, ``storage``, ``hss``, ``lookup``, ``alerting`` and ``ops.logs``/``ops.metrics``.
+``lookup_handlers``, ``followups``, ``alert_buttons``, ``watch_handlers``, ``socket_mode``)
+and what they share (``request_shape``: the checks a request passes before Bolt reads it;
+``refusals``: their log lines; ``background``: work after an ack) may import everything
+below them: the core, ``storage``, ``hss``, ``lookup``, ``alerting`` and
+``ops.logs``/``ops.metrics``.
 """

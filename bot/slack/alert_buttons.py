@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 
 from bot.alerting import outbox
@@ -32,6 +31,7 @@ from bot.errors import BotError
 from bot.lookup import LookupService
 from bot.models import TaskRef
 from bot.slack.render import render_answer, render_error
+from bot.slack.request_shape import first_action, id_of, user_of
 from bot.slack.watch_handlers import WatchCommands
 from bot.storage import keys
 from bot.storage.watch_store import WatchStore
@@ -55,15 +55,15 @@ class AlertButtons:
         self._commands = commands
         self._clock = clock
 
-    async def on_action(self, ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
-        await ack()
+    async def on_click(self, body: dict[str, Any], respond: AsyncRespond) -> None:
+        """The work after a click's ack (Show details and Show all wait for a lookup)."""
         try:
             await self._act(body, respond)
         except BotError as exc:
             await _say(respond, exc.user_message())
 
     async def _act(self, body: dict[str, Any], respond: AsyncRespond) -> None:
-        action = (body.get("actions") or [{}])[0]
+        action = first_action(body)
         decoded = decode_alert_action(
             str(action.get("action_id", "")), str(action.get("value", ""))
         )
@@ -75,11 +75,11 @@ class AlertButtons:
                 replace_original=False,
             )  # fmt: skip
             return
-        user = str(body.get("user", {}).get("id", ""))
+        user = user_of(body)
         if not await self._commands.allowed(user):
             await _say(respond, self._commands.refusal())
             return
-        channel = str(body.get("channel", {}).get("id", ""))
+        channel = id_of(body, "channel")
         ref = self._lookups.ref(decoded.request)
         if decoded.action_id == ACTION_ACK:
             await ack(self._redis, keys.alert_state(channel, ref), user)

@@ -10,6 +10,7 @@ from typing import Any
 
 from bot.errors import CommandError
 from bot.models import TaskRef, Totals
+from bot.slack.action_value import BUTTON_VALUE_MAX
 from bot.slack.blocks import button, context, header, section
 from bot.slack.text import CONVERSATION_ID, channel_mention, code, date_token, escape_truncated
 from bot.slack.words import validate_ep, validate_task_id
@@ -80,9 +81,11 @@ def encode_home_value(task: TaskRef, channel: str) -> str:
 def decode_home_value(value: str) -> tuple[TaskRef, str]:
     """Slack hands button values back untrusted: check every field."""
     bad = CommandError("That button is out of date; open the Home tab again.")
+    if not isinstance(value, str) or len(value) > BUTTON_VALUE_MAX:
+        raise bad
     try:
         raw = json.loads(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise bad from None
     if not isinstance(raw, dict):
         raise bad

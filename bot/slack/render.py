@@ -46,7 +46,11 @@ ACTION_PAGE_NEXT = f"{ACTION_PAGE}_next"
 #: Slack wants action ids unique within a block, so Prev and Next differ; match both with this.
 ACTION_PAGE_PATTERN = re.compile(rf"^{ACTION_PAGE}_(prev|next)$")
 ACTION_REFRESH = "hss_refresh"
+#: Refresh of a multi-page view, once its cost has been shown.
+ACTION_REFRESH_CONFIRM = "hss_refresh_confirm"
 ACTION_SHARE = "hss_share"
+#: On an answer whose lookup gave up and is being tried again in the background.
+ACTION_RETRY = "hss_retry"
 
 # Display budgets (escaped characters) for untrusted text.
 _NAME_SHOWN = 72
@@ -246,11 +250,25 @@ def _shared_by(user: str) -> str:
 # --- buttons -------------------------------------------------------------------------------
 
 
-def _actions(answer: Answer, page: int, pages: int, shareable: bool) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What an answer's buttons offer besides paging and sharing: ``retry`` adds Retry now
+    (a lookup that gave up is being tried again); ``confirm_calls`` turns Refresh into
+    "Refresh (N calls)", pressed once its cost has been said."""
+
+    retry: bool = False
+    confirm_calls: int | None = None
+
+
+def _actions(
+    answer: Answer, page: int, pages: int, shareable: bool, offer: Offer
+) -> list[dict[str, Any]]:
     request = answer.request
     try:
         here = encode_action_value(request, page)
         buttons: list[dict[str, Any]] = []
+        if offer.retry:
+            buttons.append(button("Retry now", ACTION_RETRY, here, primary=True))
         if page > 0:
             buttons.append(
                 button("◀ Prev", ACTION_PAGE_PREV, encode_action_value(request, page - 1))
@@ -263,7 +281,11 @@ def _actions(answer: Answer, page: int, pages: int, shareable: bool) -> list[dic
         # A request that never came from the parser: show the data, just without buttons.
         logger.warning("not rendering buttons for an invalid request")
         return []
-    buttons.append(button("Refresh", ACTION_REFRESH, here))
+    if offer.confirm_calls is not None:
+        label = f"Refresh ({offer.confirm_calls} calls)"
+        buttons.append(button(label, ACTION_REFRESH_CONFIRM, here))
+    else:
+        buttons.append(button("Refresh", ACTION_REFRESH, here))
     if shareable:
         buttons.append(button("Share to channel", ACTION_SHARE, here, primary=True))
     return [{"type": "actions", "elements": buttons}]
@@ -284,8 +306,9 @@ def render_answer(
     notice: str | None = None,
     shareable: bool = True,
     shared_by: str | None = None,
+    offer: Offer | None = None,
 ) -> Message:
-    """One lookup answer; ``page`` is clamped into range."""
+    """One lookup answer; ``page`` is clamped into range; ``offer``: extra buttons."""
     ordered = _ordered(answer.registries)
     pages = page_count(len(ordered))
     page = min(max(page, 0), pages - 1)
@@ -300,7 +323,7 @@ def render_answer(
     blocks.append({"type": "divider"})
     blocks.extend(_registry_blocks(shown, ordered) if shown else [section(_empty_text(answer))])
     blocks.append(context(_context_parts(answer, page, pages, len(ordered), now, shared_by)))
-    blocks.extend(_actions(answer, page, pages, shareable))
+    blocks.extend(_actions(answer, page, pages, shareable, offer or Offer()))
     return Message(text=_fallback(answer, notice), blocks=blocks)
 
 

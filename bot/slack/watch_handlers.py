@@ -12,7 +12,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -22,6 +21,7 @@ from bot.models import LookupRequest, SyncStatus, TaskRef
 from bot.slack.blocks import section
 from bot.slack.home import HomeRow, decode_home_value, render_home
 from bot.slack.render import Message, render_error
+from bot.slack.request_shape import first_action, user_of
 from bot.slack.text import channel_mention, code, date_token, escape
 from bot.slack.watch_command import AddWatch, ListWatches, Mute, Unmute, Unwatch, WatchCommand
 from bot.storage.watch_store import Watch, WatchStore, may_change_watches
@@ -177,18 +177,18 @@ class WatchCommands:
         await self._client.views_publish(user_id=user, view=view)
 
     async def on_home_opened(self, event: dict[str, Any]) -> None:
-        if event.get("tab", "home") == "home":
-            await self.publish_home(str(event.get("user", "")))
+        user = event.get("user")
+        if event.get("tab", "home") == "home" and isinstance(user, str) and user:
+            await self.publish_home(user)
 
-    async def on_home_unwatch(self, ack: AsyncAck, body: dict[str, Any]) -> None:
-        await ack()
-        user = str(body.get("user", {}).get("id", ""))
+    async def on_home_unwatch(self, body: dict[str, Any], respond: Any = None) -> None:
+        """The work after an Unwatch click's ack (``respond`` unused: Home has no message)."""
+        user = user_of(body)
         if not await self.allowed(user):
             await self.publish_home(user, notice=self.refusal())
             return
         try:
-            actions = body.get("actions") or [{}]
-            task, channel = decode_home_value(str(actions[0].get("value", "")))
+            task, channel = decode_home_value(str(first_action(body).get("value", "")))
         except CommandError as exc:
             await self.publish_home(user, notice=exc.user_message())
             return

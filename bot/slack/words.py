@@ -24,6 +24,7 @@ from bot.models import (
     REGISTRY_TYPES,
     TASK_ID_MAX,
     SyncStatus,
+    task_id_problem,
 )
 from bot.slack.text import truncate, unescape
 
@@ -145,8 +146,19 @@ def _validate_text(value: str, *, what: str, maximum: int, empty: str) -> str:
 
 
 def validate_task_id(value: str, *, usage: str = "") -> str:
+    """A task id as typed, a button value or a CLI argument: the one rule for all of them
+    (:func:`bot.models.task_id_problem`), checked before anything is looked up."""
     empty = "The task id is empty." + (f" Usage: {usage}" if usage else "")
-    return _validate_text(value, what="Task id", maximum=TASK_ID_MAX, empty=empty)
+    if not value.strip():
+        raise CommandError(empty)
+    if len(value) > TASK_ID_MAX:
+        raise CommandError(
+            f'Task id "{echo(value)}" is too long: at most {TASK_ID_MAX} characters.'
+        )
+    problem = task_id_problem(value)
+    if problem is not None:
+        raise CommandError(problem)
+    return value
 
 
 def validate_name(value: str) -> str:
