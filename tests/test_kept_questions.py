@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.lookup import RetryPlan
+from bot.kept_questions import RetryPlan
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
 from bot.sandbox.slack_requests import Reply, button

@@ -15,7 +15,7 @@ import httpx
 
 from bot.alerting.pipeline import TASKS_EVERY
 from bot.config import Settings
-from bot.lookup import RetryPlan
+from bot.kept_questions import RetryPlan
 from bot.ops.server import build_web_app, start_http, web_client
 from bot.ops.workers import Workers, build_workers
 from bot.runtime import Runtime, open_runtime

@@ -27,7 +27,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.alerting.message import ACTION_PATTERN as ALERT_ACTIONS
 from bot.hss.budget import asker
-from bot.lookup import KeptQuestions, LookupService, RetryPlan
+from bot.kept_questions import KeptQuestions, RetryPlan
+from bot.lookup import LookupService
 from bot.ops import logs, metrics
 from bot.slack.alert_buttons import AlertButtons
 from bot.slack.background import Background

@@ -6,7 +6,7 @@ message is a :class:`Waiting` until it is replaced:
 
 - the fresh answer, or the error shown over the older data, replaces it;
 - a give-up another try may mend (HSS not answering properly, the budget busy) keeps the
-  question (:class:`bot.lookup.KeptQuestions`): the message says so and offers Retry now,
+  question (:class:`bot.kept_questions.KeptQuestions`): the message says so and offers Retry now,
   and is replaced when a background try brings the answer, or the tries run out;
 - on shutdown, every message still waiting is told that the bot is restarting, so nobody
   looks at "Fetching…" for ever.
@@ -28,7 +28,8 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 
 from bot.errors import BotError
 from bot.hss.budget import Priority
-from bot.lookup import GIVE_UPS, KeptQuestions, KeptState, LookupService, Question, Settle
+from bot.kept_questions import GIVE_UPS, KeptQuestions, KeptState, Settle
+from bot.lookup import LookupService, Question
 from bot.models import Answer
 from bot.slack.render import Message, Offer, render_answer
 
