@@ -36,6 +36,8 @@ from bot.slack.render import Message, Offer, render_answer
 logger = logging.getLogger(__name__)
 
 GAVE_UP = "Fresh data did not come within 25 minutes: the HSS call budget is busy."
+#: Said when answering failed in a way the bot cannot explain (a bug, Redis refusing a write).
+FAILED = "Something went wrong answering this; it is logged. Try again in a minute."
 RESTARTING = (
     "The bot is restarting, so the fresh data this message was waiting for will not come. "
     "Ask again in a minute."
@@ -107,6 +109,11 @@ class FollowUps:
             return
         except BotError as exc:
             await self._finish(waiting, self._over_stale(waiting, exc.user_message()))
+            return
+        except Exception:
+            # Logged here, once; the message must not promise fresh data for ever.
+            logger.exception("a lookup failed after its acknowledgement")
+            await self._finish(waiting, self._over_stale(waiting, FAILED))
             return
         await self._finish(waiting, render_answer(answer, page=waiting.page, now=self._clock()))
 
