@@ -139,7 +139,12 @@ clicks = st.fixed_dictionaries(
         ),
         "channel": st.just({"id": "C0FUZZ0001"}) | json_values,
         "team": st.just({"id": "T0STANDIN"}),
-    }
+    },
+    # Lists whose first item Bolt reads as an object.
+    optional={
+        "authorizations": st.lists(st.none() | json_values, max_size=2),
+        "response_urls": st.lists(st.none() | json_values, max_size=2),
+    },
 )
 views = st.fixed_dictionaries(
     {
