@@ -225,8 +225,8 @@ class LookupService:
         max_wait: float | None = None,
     ) -> Answer:
         """Refresh for ``question`` (see :meth:`refresh` for ``max_age``) and record how it
-        ended: ``refreshed``; ``failed``, raising the ``BotError``; or ``gave_up`` past
-        ``max_wait`` seconds, raising ``TimeoutError``."""
+        ended: ``refreshed``; ``failed``, raising the ``BotError`` (or the unexpected error);
+        or ``gave_up`` past ``max_wait`` seconds, raising ``TimeoutError``."""
         stale = question.peek.answer
         try:
             async with asyncio.timeout(max_wait):
@@ -236,6 +236,9 @@ class LookupService:
             raise
         except TimeoutError:
             self.record(question, stale, "gave_up")
+            raise
+        except Exception as exc:  # not one the bot explains (the caller logs it): counted too
+            self.record(question, stale, "failed", error=exc)
             raise
         self.record(question, answer, "refreshed")
         return answer

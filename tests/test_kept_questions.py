@@ -225,3 +225,21 @@ def test_the_plan_fits_in_response_urls_lifetime() -> None:
     assert plan.tries_left(0, age=25 * 60.0) == 2
     assert plan.delay(2, age=25 * 60.0 + 90.0) is None
     assert sum(plan.delays) < plan.lifetime < 30 * 60.0
+
+
+async def test_a_lookup_asked_after_people_were_told_of_the_restart_is_told_too(
+    make_stack: MakeStack,
+) -> None:
+    # In HTTP mode Slack's requests come in until the listener closes, after the notices:
+    # such a question would start a fetch the shutdown cuts short, its message promising
+    # fresh data for ever. It is told at once instead, without a call.
+    stack = await make_stack(LATER)
+    assert stack.slack is not None
+    assert await stack.slack.tell_restarting(timeout=5.0) == 0
+    reply = await stack.user.command_text(f"{TASK} failed")
+    assert "Fetching fresh data" in text_of(reply.body)
+    [told] = await posts(stack, reply, 1)
+    assert RESTARTING in text_of(told) and told["replace_original"] is True
+    await stack.slack.background.settled()
+    assert calls(stack) == 0
+    assert stack.slack.followups.waiting == 0

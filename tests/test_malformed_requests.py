@@ -67,6 +67,26 @@ SIGNED_JUNK = [
     form_payload({"type": "shortcut", "user": {"id": "U1"}}),
     form_payload(["not", "an", "object"]),
     form_payload({"type": "block_actions", "user": None, "actions": [ACTION]}),
+    # A null list item: Bolt reads the first action, authorization or response_url as an
+    # object (these were a 500 and an ERROR traceback).
+    form_payload({"type": "block_actions", "user": {"id": "U1"}, "actions": [None]}),
+    form_payload(
+        {
+            "type": "block_actions",
+            "user": {"id": "U1"},
+            "actions": [ACTION],
+            "authorizations": [None],
+        }
+    ),
+    form_payload(
+        {
+            "type": "block_actions",
+            "user": {"id": "U1"},
+            "actions": [ACTION],
+            "response_urls": [None],
+        }
+    ),
+    '{"type":"event_callback","event":{"type":"app_home_opened","user":"U1"},"authorizations":[null]}',
     *(body for body, _ in JUNK_BODIES if body != "\xff\xfe"),
 ]
 

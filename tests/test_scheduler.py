@@ -330,3 +330,24 @@ async def test_an_auth_lockout_idles_the_scheduler_until_cleared(
     messages = [r.getMessage() for r in caplog.records if r.name == "bot.alerting.scheduler"]
     assert sum("idle until the HSS authentication lock-out clears" in m for m in messages) == 1
     assert sum("resumed" in m for m in messages) == 1
+
+
+async def test_a_watch_whose_task_id_is_now_refused_does_not_stop_the_others(
+    make_hss_sim: MakeSim,
+    make_replica: MakeReplica,
+    redis: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Stored before task ids were checked for hidden characters (the store takes it as
+    # given): refreshing it is refused before any call, and every other watch goes on.
+    sim = await make_hss_sim(rate_limit=5, window=0.5)
+    rep = await make_replica(sim)
+    hidden = "t\u200b1"
+    await watch(redis, hidden, "ok")
+    with caplog.at_level(logging.WARNING, logger="bot.alerting.scheduler"):
+        done = [await rep.scheduler.run_once() for _ in range(2)]
+    assert [r.task_id for r in done if r is not None] == ["ok"]
+    assert rep.log.starts(hidden) and rep.log.starts("ok")
+    assert sum(sim.sim.calls.values()) == 1  # only the task that can be asked about
+    warned = [r.getMessage() for r in caplog.records if r.name == "bot.alerting.scheduler"]
+    assert len(warned) == 1 and "U+200B" in warned[0]

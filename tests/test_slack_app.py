@@ -14,12 +14,15 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from bot.models import LookupRequest, SyncStatus
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import Faults, SimConfig
 from bot.sandbox.slack_requests import Reply, button
 from bot.slack.app import GAVE_UP, MAX_WAIT
 from bot.slack.render import ACTION_PAGE_NEXT, ACTION_REFRESH, ACTION_SHARE
+from bot.storage import keys
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
+from tests.support import until
 
 TASK = "task-e2e"
 MakeStack = Callable[..., Awaitable[Stack]]
@@ -343,3 +346,27 @@ async def test_a_body_that_is_not_slacks_is_a_400_not_an_error(
 
     assert response.status_code in (400, 401)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_follow_up_that_fails_unexpectedly_still_replaces_its_message(
+    make_stack: MakeStack, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not an error the bot explains (a BotError), nor a give-up: Redis refusing the save
+    # (here WRONGTYPE; in production e.g. OOM). The person is told, not left looking at
+    # "Fetching fresh data…", and the message stops waiting; the lookup is counted, failed.
+    caplog.set_level(logging.INFO, logger="bot.lookup")
+    stack = await make_stack()
+    assert stack.slack is not None
+    stack.sim.set_faults(latency_ms=500.0)
+    reply = await stack.user.command_text("broken-task failed")
+    assert "Fetching" in text_of(reply.body)
+    await until(lambda: calls(stack) >= 1, what="the call made")
+    ref = stack.runtime.lookups.ref(LookupRequest("broken-task", SyncStatus.FAILED))
+    await redis.set(keys.mirror(ref), "not a hash")  # the save after the call fails
+    answer = text_of(await followup(stack, reply, timeout=10.0))
+    assert "Something went wrong" in answer and "Fetching" not in answer
+    await stack.slack.background.settled()
+    assert stack.slack.followups.waiting == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert outcomes(caplog) == ["failed"]

@@ -39,7 +39,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 
-from bot.errors import BudgetTimeout, HssAuthError, HssError, StoreError
+from bot.errors import BudgetTimeout, CommandError, HssAuthError, HssError, StoreError
 from bot.hss.budget import Priority
 from bot.lookup import LookupService
 from bot.mirror import view_key
@@ -227,7 +227,10 @@ class Scheduler:
         except HssAuthError as exc:
             self._idle_for_auth(exc)
             return None
-        except (HssError, BudgetTimeout, StoreError) as exc:
+        except (HssError, BudgetTimeout, StoreError, CommandError) as exc:
+            # CommandError: a watch stored before its task id was refused (hidden characters,
+            # a dot segment); no call is made. It must not stay the most overdue for ever,
+            # ahead of every other watch.
             self._note_failure(cand.ref, exc)
             return None
         self._note_success(cand.ref)

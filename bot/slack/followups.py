@@ -8,8 +8,9 @@ message is a :class:`Waiting` until it is replaced:
 - a give-up another try may mend (HSS not answering properly, the budget busy) keeps the
   question (:class:`bot.kept_questions.KeptQuestions`): the message says so and offers Retry now,
   and is replaced when a background try brings the answer, or the tries run out;
-- on shutdown, every message still waiting is told that the bot is restarting, so nobody
-  looks at "Fetching…" for ever.
+- on shutdown, every message still waiting is told that the bot is restarting, and so is
+  every one asked after that (HTTP mode serves until its listener closes), so nobody looks
+  at "Fetching…" for ever.
 
 A response_url takes 5 posts within 30 minutes: a kept question uses at most three (the
 give-up, a Retry now notice, the answer), and every try ends within 28 minutes.
@@ -36,6 +37,8 @@ from bot.slack.render import Message, Offer, render_answer
 logger = logging.getLogger(__name__)
 
 GAVE_UP = "Fresh data did not come within 25 minutes: the HSS call budget is busy."
+#: Said when answering failed in a way the bot cannot explain (a bug, Redis refusing a write).
+FAILED = "Something went wrong answering this; it is logged. Try again in a minute."
 RESTARTING = (
     "The bot is restarting, so the fresh data this message was waiting for will not come. "
     "Ask again in a minute."
@@ -78,6 +81,9 @@ class FollowUps:
         self._max_wait = max_wait
         self._clock = clock
         self._waiting: set[Waiting] = set()
+        #: Set once people are told that the bot restarts: a question asked after that
+        #: (HTTP mode serves until its listener closes) is told so at once.
+        self._restarting = False
 
     @property
     def waiting(self) -> int:
@@ -98,6 +104,9 @@ class FollowUps:
         if clicked:
             waiting = self._adopt(waiting, kept_only=True)
         self._waiting.add(waiting)
+        if self._restarting:  # a fetch now would be cut short by the shutdown
+            await self._finish(waiting, self._restart_notice(waiting))
+            return
         try:
             answer = await self._lookups.follow_up(
                 question, priority=priority, max_age=max_age, max_wait=self._max_wait
@@ -108,12 +117,20 @@ class FollowUps:
         except BotError as exc:
             await self._finish(waiting, self._over_stale(waiting, exc.user_message()))
             return
+        except Exception:
+            # Logged here, once; the message must not promise fresh data for ever.
+            logger.exception("a lookup failed after its acknowledgement")
+            await self._finish(waiting, self._over_stale(waiting, FAILED))
+            return
         await self._finish(waiting, render_answer(answer, page=waiting.page, now=self._clock()))
 
     async def retry_now(self, question: Question, waiting: Waiting) -> None:
         """Retry now on ``waiting``'s message: try at once (or join the try running), and say
         so; the answer replaces the message when it comes."""
         adopted = self._adopt(waiting)
+        if self._restarting:
+            await self._finish(adopted, self._restart_notice(adopted))
+            return
         state = self.kept.retry_now(question, key=adopted, settle=self._settler(adopted))
         message = self._over_stale(adopted, _retry_notice(state, self._clock()), retry=True)
         # Through this click's own response_url: each click's has its 5 posts.
@@ -121,7 +138,8 @@ class FollowUps:
 
     async def tell_restarting(self, timeout: float) -> int:
         """Shutdown: replace every waiting message with :data:`RESTARTING`, within ``timeout``
-        s in all; the number of messages told."""
+        s in all; the number of messages told. Questions asked later are told at once."""
+        self._restarting = True
         waiting, self._waiting = list(self._waiting), set()
         if not waiting:
             return 0
@@ -183,10 +201,10 @@ class FollowUps:
 
     async def _post_restarting(self, waiting: Waiting) -> None:
         self.kept.forget(waiting)
-        message = render_answer(
-            waiting.stale, page=waiting.page, now=self._clock(), notice=RESTARTING
-        )
-        await self._post(waiting, message, final=True)
+        await self._post(waiting, self._restart_notice(waiting), final=True)
+
+    def _restart_notice(self, waiting: Waiting) -> Message:
+        return render_answer(waiting.stale, page=waiting.page, now=self._clock(), notice=RESTARTING)
 
     @staticmethod
     async def _post(

@@ -30,7 +30,7 @@ from bot.models import LookupRequest
 from bot.slack.action_value import decode_action_value
 from bot.slack.background import Background
 from bot.slack.command import Help, Lookup, parse
-from bot.slack.followups import FollowUps, Waiting, clock_time, payload
+from bot.slack.followups import FAILED, FollowUps, Waiting, clock_time, payload
 from bot.slack.render import Message, Offer, render_answer, render_error, render_help
 from bot.slack.request_shape import first_action, user_of
 from bot.slack.text import USER_ID, data_age
@@ -53,7 +53,6 @@ WATCHES_NOT_YET = (
     "version yet. Lookups work: /hss-sync <task_id> [failed|running|finished]."
 )
 WORKING = "Working on it: the answer replaces this message in a moment."
-FAILED = "Something went wrong answering this; it is logged. Try again in a minute."
 _CACHED_MESSAGES = 256
 
 

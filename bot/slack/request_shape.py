@@ -84,7 +84,8 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class Field:
     """What one field may hold: one of ``kinds`` (null is always allowed unless
-    ``required``); for objects, their own ``fields``; for lists, what each item is."""
+    ``required``); for objects, their own ``fields``; for lists, what each item is (never
+    null)."""
 
     kinds: tuple[type, ...]
     required: bool = False
@@ -228,7 +229,12 @@ def _field_problem(value: object, spec: Field, path: str) -> str | None:
                 return problem
     if isinstance(value, list) and spec.items is not None:
         for item in value:
-            problem = _field_problem(item, spec.items, f"{path}[]")
+            # A null item is never Slack's, and Bolt indexes the first one without looking.
+            problem = (
+                f"{path}[] has a null item"
+                if item is None
+                else _field_problem(item, spec.items, f"{path}[]")
+            )
             if problem is not None:
                 return problem
     return None
