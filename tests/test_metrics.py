@@ -185,18 +185,19 @@ async def test_metrics_count_a_real_lookup(
     )
     assert again.count(lookups, outcome="fresh") == after.count(lookups, outcome="fresh") + 1
     calls = "hss_sync_hss_calls_total"
-    assert after.count(calls, status="200") == before.count(calls, status="200") + 1
-    assert again.count(calls, status="200") == after.count(calls, status="200")  # no call
+    ok = {"api": "registries", "status": "200"}
+    assert after.count(calls, **ok) == before.count(calls, **ok) + 1
+    assert again.count(calls, **ok) == after.count(calls, **ok)  # no call
     acks = "hss_sync_ack_seconds_count"
     assert again.count(acks, kind="command") == before.count(acks, kind="command") + 2
     waits = "hss_sync_budget_wait_seconds_count"
-    assert after.count(waits, priority="interactive") == (
-        before.count(waits, priority="interactive") + 1
-    )
+    people = {"api": "registries", "priority": "interactive"}
+    assert after.count(waits, **people) == before.count(waits, **people) + 1
     age = after.value("hss_sync_mirror_age_seconds", task=TASK)
     assert age is not None and 0.0 <= age < 30.0
     assert after.value("hss_sync_mirror_age_seconds", task="never-fetched") == math.inf
-    assert after.value("hss_sync_budget_calls_left") is not None
+    for api in metrics.APIS:
+        assert after.value("hss_sync_budget_calls_left", api=api) is not None
     assert after.value("hss_sync_outbox_depth") == 0.0
     assert after.value("hss_sync_redis_up") == 1.0
 
@@ -221,8 +222,9 @@ async def test_metrics_during_a_redis_outage(
     finally:
         await asyncio.to_thread(redis_server.start)
     assert down.value("hss_sync_redis_up") == 0.0
-    # The budget's in-process fallback still knows how many calls are left.
-    assert down.value("hss_sync_budget_calls_left") is not None
+    # Each budget's in-process fallback still knows how many calls are left.
+    for api in metrics.APIS:
+        assert down.value("hss_sync_budget_calls_left", api=api) is not None
     assert down.value("hss_sync_outbox_depth") is None
     assert down.labels_of("hss_sync_mirror_age_seconds") == []
 
@@ -295,13 +297,14 @@ async def test_flips_alerts_and_slack_429s_are_counted(alert_stack: Stack) -> No
 def test_scrape_time_gauges_render_and_parse() -> None:
     live = Live(
         redis_up=True,
-        calls_left=3,
+        calls_left={"registries": 3, "tasks": 5},
         outbox_depth=7,
         parked_channels=1,
         mirror_ages={"b": 12.5, "a": math.inf},
     )
     text = Scrape(render(live).decode())
-    assert text.value("hss_sync_budget_calls_left") == 3.0
+    assert text.value("hss_sync_budget_calls_left", api="registries") == 3.0
+    assert text.value("hss_sync_budget_calls_left", api="tasks") == 5.0
     assert text.value("hss_sync_outbox_depth") == 7.0
     assert text.value("hss_sync_outbox_parked_channels") == 1.0
     assert text.value("hss_sync_mirror_age_seconds", task="b") == 12.5
@@ -312,7 +315,8 @@ def test_scrape_time_gauges_render_and_parse() -> None:
 
 
 def test_every_family_has_help_text() -> None:
-    text = render(Live(redis_up=True, calls_left=1, outbox_depth=0, parked_channels=0)).decode()
+    live = Live(redis_up=True, calls_left={"registries": 1}, outbox_depth=0, parked_channels=0)
+    text = render(live).decode()
     for family in text_string_to_metric_families(text):
         assert family.documentation, family.name
 
