@@ -23,6 +23,7 @@ from bot.ops import metrics
 from bot.ops.gauges import Live, render
 from bot.ops.metrics import hss_status_label
 from bot.ops.server import build_web_app, start_http, web_client
+from bot.runs import RunFilter
 from bot.runtime import Runtime, open_runtime
 from bot.sandbox.localstack import Stack
 from bot.sandbox.slack_requests import SlackUser
@@ -210,6 +211,35 @@ async def test_metrics_count_a_real_lookup(
         for labels in (await scrape(bot.url)).labels_of("hss_sync_mirror_age_seconds")
     ]
     assert tasks == ["never-fetched"]
+
+
+async def test_metrics_say_which_api_each_call_and_wait_belonged_to(
+    make_bot: MakeBot, redis: aioredis.Redis, redis_url: str
+) -> None:
+    bot = await make_bot(redis_url)
+    before = await scrape(bot.url)
+    await bot.runtime.client.fetch_runs(RunFilter())  # one page: the simulator's few runs
+    await answered(bot, f"{TASK} failed")
+    after = await scrape(bot.url)
+
+    calls, waits = "hss_sync_hss_calls_total", "hss_sync_budget_wait_seconds_count"
+    for api in metrics.APIS:
+        ok = {"api": api, "status": "200"}
+        assert after.count(calls, **ok) == before.count(calls, **ok) + 1, api
+        people = {"api": api, "priority": "interactive"}
+        assert after.count(waits, **people) == before.count(waits, **people) + 1, api
+    # Each budget spent one call of its own five (the runtime pads the window, not the count).
+    assert after.value("hss_sync_budget_calls_left", api="registries") == 4.0
+    assert after.value("hss_sync_budget_calls_left", api="tasks") == 4.0
+
+
+def test_label_values_of_each_api_are_known_before_their_first_event() -> None:
+    text = Scrape(render(Live(redis_up=True)).decode())
+    for api in metrics.APIS:
+        for priority in metrics.PRIORITIES:
+            labels = {"api": api, "priority": priority}
+            assert text.value("hss_sync_budget_wait_seconds_count", **labels) is not None
+        assert text.value("hss_sync_hss_calls_total", api=api, status="429") is not None
 
 
 async def test_metrics_during_a_redis_outage(

@@ -45,7 +45,14 @@ from urllib.parse import unquote
 from bot.hss import signer
 from bot.models import PROJECT_ID_MAX, TASK_ID_MAX, Registry
 from bot.sandbox.simdata import STATUSES, InvalidParameter, Query, TaskData, parse_query, seeded_rng
-from bot.sandbox.simruns import RunBook, RunsConfig, SimRun, parse_run_query
+from bot.sandbox.simruns import (
+    LISTED_MAX,
+    RunBook,
+    RunQuery,
+    RunsConfig,
+    SimRun,
+    parse_run_query,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +329,10 @@ class Simulator:
     def run_info(self, run: SimRun) -> dict[str, Any]:
         """``run`` as ListImageScanTask lists it now."""
         return run.info(self._clock())
+
+    def listed_runs(self) -> list[dict[str, Any]]:
+        """Every run ListImageScanTask lists now (at most 1000), newest first."""
+        return self.runs.query(RunQuery(limit=LISTED_MAX), self._clock())[1]
 
     def is_missing(self, task_id: str) -> bool:
         prefix = self.config.missing_prefix
