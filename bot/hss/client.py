@@ -322,7 +322,8 @@ class HssClient:
                     started_at=sweep.first_sent_at,
                     finished_at=time.time(),
                 )
-            sweep.log_inconsistent(f"runs {flt}", round_no)
+            kind = flt.kind.value if flt.kind is not None else "any"
+            sweep.log_inconsistent(f"runs kind={kind} name={flt.name!r}", round_no)
         raise _inconsistent("run list")
 
     async def _sweep_runs(
