@@ -4,7 +4,7 @@ API budget.
 The package, from the bottom up (a module imports only from its own level or below; a test,
 ``tests/test_layout.py``, holds every module to it):
 
-- core, on top of the package: ``errors``, ``models``, ``config``, ``mirror`` and
+- core, on top of the package: ``errors``, ``models``, ``runs``, ``config``, ``mirror`` and
   ``retry_after`` (pure);
 - ``ops.logs`` and ``ops.metrics``: log lines and counters, which any layer may emit;
 - ``storage``: Redis (keys, URL, the embedded server, outages, the mirror and watch stores);

@@ -111,6 +111,8 @@ class Settings:
     endpoint: str | None = None
     enterprise_project_id: str | None = None
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(5, 60.0))
+    #: The budget of ListImageScanTask (the sync runs), which HSS limits on its own.
+    tasks_rate_limit: RateLimit = field(default_factory=lambda: RateLimit(5, 60.0))
     fresh_seconds: float = 60.0
     #: May carry a password (redis://:pw@host), so it stays out of repr.
     redis_url: str | None = field(default=None, repr=False)
@@ -175,6 +177,7 @@ class Settings:
                 "HSS_ENTERPRISE_PROJECT_ID", _bounded(EP_ID_MAX), d.enterprise_project_id
             ),
             rate_limit=read("HSS_RATE_LIMIT", RateLimit.parse, d.rate_limit),
+            tasks_rate_limit=read("HSS_TASKS_RATE_LIMIT", RateLimit.parse, d.tasks_rate_limit),
             fresh_seconds=read("HSS_FRESH_SECONDS", _non_negative_float, d.fresh_seconds),
             redis_url=read("REDIS_URL", _redis_url, d.redis_url),
             port=read("PORT", _port, d.port),

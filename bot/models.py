@@ -13,6 +13,14 @@ class SyncStatus(StrEnum):
     FAILED = "failed"
 
 
+class HssApi(StrEnum):
+    """The HSS APIs the bot calls. HSS counts its 5 calls a minute per API, so each has a
+    budget of its own; the values are the ``api`` label of metrics and log lines."""
+
+    REGISTRIES = "registries"  # ListAssociateRegistries: one task's registries
+    TASKS = "tasks"  # ListImageScanTask: the sync runs (tasks) themselves
+
+
 #: Shown when the mirror knows a registry left a filtered view but not where it went.
 UNKNOWN_STATUS = "unknown"
 

@@ -1,5 +1,6 @@
-"""Assembling the parts from settings: Redis (external or embedded), the budget, the mirror
-store, the HSS client and the lookup service. ``run``, ``query`` and ``demo`` share this."""
+"""Assembling the parts from settings: Redis (external or embedded), the budgets (one per HSS
+API), the mirror store, the HSS client and the lookup service. ``run``, ``query`` and ``demo``
+share this."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import httpx
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-from bot.config import Settings
+from bot.config import RateLimit, Settings
 from bot.errors import ConfigError
 from bot.hss.budget import FailoverBudget, LocalCallBudget, RedisCallBudget
 from bot.hss.client import HssClient
 from bot.hss.guards import AuthGate, MissingTasks
 from bot.hss.signer import Credentials
 from bot.lookup import LookupService
+from bot.models import HssApi
 from bot.storage.embedded import EmbeddedRedis, ensure_embedded_redis
 from bot.storage.mirror_fallback import FailoverMirrorStore, MemoryMirrorStore
 from bot.storage.mirror_store import RedisMirrorStore
@@ -36,8 +38,15 @@ class Runtime:
     redis: aioredis.Redis
     client: HssClient
     lookups: LookupService
+    #: ListAssociateRegistries' budget.
     budget: FailoverBudget
+    #: ListImageScanTask's (the sync runs): HSS counts each API's calls apart.
+    tasks_budget: FailoverBudget
     embedded: EmbeddedRedis | None = None
+
+    @property
+    def budgets(self) -> dict[HssApi, FailoverBudget]:
+        return {HssApi.REGISTRIES: self.budget, HssApi.TASKS: self.tasks_budget}
 
     async def aclose(self) -> None:
         await self.lookups.aclose()
@@ -119,10 +128,9 @@ async def open_runtime(
     redis = redis_client(url)
     limit = settings.rate_limit.padded()
     health = RedisHealth()
-    budget = FailoverBudget(
-        RedisCallBudget(redis, scope=settings.budget_scope, limit=limit),
-        LocalCallBudget(limit=limit),
-        health=health,
+    budget = _budget(redis, settings, HssApi.REGISTRIES, limit, health)
+    tasks_budget = _budget(
+        redis, settings, HssApi.TASKS, settings.tasks_rate_limit.padded(), health
     )
     # A lock-out and a proof are about one AK/SK pair: a corrected secret may call at once.
     auth = AuthGate(redis, scope=settings.auth_scope, health=health, clock=clock)
@@ -137,6 +145,7 @@ async def open_runtime(
         project_id=settings.project_id,
         credentials=credentials,
         budget=budget,
+        tasks_budget=tasks_budget,
         auth=auth,
         missing=MissingTasks(redis, health=health),
         transport=transport,
@@ -159,5 +168,21 @@ async def open_runtime(
         client=client,
         lookups=lookups,
         budget=budget,
+        tasks_budget=tasks_budget,
         embedded=embedded,
+    )
+
+
+def _budget(
+    redis: aioredis.Redis,
+    settings: Settings,
+    api: HssApi,
+    limit: RateLimit,
+    health: RedisHealth,
+) -> FailoverBudget:
+    """One API's budget, shared through Redis by everything with the same AK."""
+    return FailoverBudget(
+        RedisCallBudget(redis, scope=settings.budget_scope, limit=limit, api=api),
+        LocalCallBudget(limit=limit),
+        health=health,
     )

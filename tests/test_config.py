@@ -53,6 +53,7 @@ def test_defaults_from_an_empty_environment() -> None:
     assert (s.project_id, s.region, s.endpoint, s.enterprise_project_id) == (None,) * 4
     assert s.slack_api_url == DEFAULT_SLACK_API_URL == "https://slack.com/api/"
     assert s.rate_limit == RateLimit(calls=5, window=60.0)
+    assert s.tasks_rate_limit == RateLimit(calls=5, window=60.0)
     assert s.fresh_seconds == 60.0
     assert s.redis_url is None
     assert s.port == 3000
@@ -96,6 +97,10 @@ def test_defaults_from_an_empty_environment() -> None:
         ("HSS_RATE_LIMIT", "10/600ms", "rate_limit", RateLimit(10, 0.6)),
         ("HSS_RATE_LIMIT", "5/60", "rate_limit", RateLimit(5, 60.0)),
         ("HSS_RATE_LIMIT", " 1 / 2.5 s ", "rate_limit", RateLimit(1, 2.5)),
+        ("HSS_TASKS_RATE_LIMIT", "5/60s", "tasks_rate_limit", RateLimit(5, 60.0)),
+        ("HSS_TASKS_RATE_LIMIT", "3/1m", "tasks_rate_limit", RateLimit(3, 60.0)),
+        ("HSS_TASKS_RATE_LIMIT", "10/600ms", "tasks_rate_limit", RateLimit(10, 0.6)),
+        ("HSS_TASKS_RATE_LIMIT", " 1 / 2.5 s ", "tasks_rate_limit", RateLimit(1, 2.5)),
         ("HSS_FRESH_SECONDS", "0", "fresh_seconds", 0.0),
         ("HSS_FRESH_SECONDS", "2.5", "fresh_seconds", 2.5),
         ("POLL_INTERVAL_SECONDS", "1", "poll_interval_seconds", 1.0),
@@ -129,6 +134,7 @@ def test_each_variable_is_read(name: str, value: str, attr: str, expected: Any) 
     [
         "PORT",
         "HSS_RATE_LIMIT",
+        "HSS_TASKS_RATE_LIMIT",
         "HSS_FRESH_SECONDS",
         "REDIS_URL",
         "HSS_REGION",
@@ -187,6 +193,10 @@ MALFORMED: list[tuple[str, str]] = [
     ("HSS_RATE_LIMIT", "-1/60s"),
     ("HSS_RATE_LIMIT", "5/-60s"),
     ("HSS_RATE_LIMIT", "5 per minute"),
+    ("HSS_TASKS_RATE_LIMIT", "abc"),
+    ("HSS_TASKS_RATE_LIMIT", "0/60s"),
+    ("HSS_TASKS_RATE_LIMIT", "5/0s"),
+    ("HSS_TASKS_RATE_LIMIT", "5/60h"),
     ("HSS_FRESH_SECONDS", "abc"),
     ("HSS_FRESH_SECONDS", "-1"),
     ("HSS_FRESH_SECONDS", "nan"),
@@ -234,9 +244,16 @@ def test_malformed_value_names_its_variable(name: str, value: str) -> None:
     [("abc", "5/60s"), ("5", "5/1m"), ("5/60h", "600ms")],
 )
 def test_rate_limit_error_says_what_is_accepted(raw: str, accepted: str) -> None:
-    error = config_error({"HSS_RATE_LIMIT": raw})
-    assert repr(raw) in error.problem
-    assert accepted in error.problem
+    for name in ("HSS_RATE_LIMIT", "HSS_TASKS_RATE_LIMIT"):
+        error = config_error({name: raw})
+        assert error.variable == name
+        assert repr(raw) in error.problem
+        assert accepted in error.problem
+
+
+def test_the_two_budgets_are_set_apart() -> None:
+    s = Settings.from_env({"HSS_RATE_LIMIT": "4/60s", "HSS_TASKS_RATE_LIMIT": "2/30s"})
+    assert (s.rate_limit, s.tasks_rate_limit) == (RateLimit(4, 60.0), RateLimit(2, 30.0))
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bot",
             "bot.errors",
             "bot.models",
+            "bot.runs",
             "bot.mirror",
             "bot.config",
             "bot.retry_after",

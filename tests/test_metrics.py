@@ -23,6 +23,7 @@ from bot.ops import metrics
 from bot.ops.gauges import Live, render
 from bot.ops.metrics import hss_status_label
 from bot.ops.server import build_web_app, start_http, web_client
+from bot.runs import RunFilter
 from bot.runtime import Runtime, open_runtime
 from bot.sandbox.localstack import Stack
 from bot.sandbox.slack_requests import SlackUser
@@ -185,18 +186,19 @@ async def test_metrics_count_a_real_lookup(
     )
     assert again.count(lookups, outcome="fresh") == after.count(lookups, outcome="fresh") + 1
     calls = "hss_sync_hss_calls_total"
-    assert after.count(calls, status="200") == before.count(calls, status="200") + 1
-    assert again.count(calls, status="200") == after.count(calls, status="200")  # no call
+    ok = {"api": "registries", "status": "200"}
+    assert after.count(calls, **ok) == before.count(calls, **ok) + 1
+    assert again.count(calls, **ok) == after.count(calls, **ok)  # no call
     acks = "hss_sync_ack_seconds_count"
     assert again.count(acks, kind="command") == before.count(acks, kind="command") + 2
     waits = "hss_sync_budget_wait_seconds_count"
-    assert after.count(waits, priority="interactive") == (
-        before.count(waits, priority="interactive") + 1
-    )
+    people = {"api": "registries", "priority": "interactive"}
+    assert after.count(waits, **people) == before.count(waits, **people) + 1
     age = after.value("hss_sync_mirror_age_seconds", task=TASK)
     assert age is not None and 0.0 <= age < 30.0
     assert after.value("hss_sync_mirror_age_seconds", task="never-fetched") == math.inf
-    assert after.value("hss_sync_budget_calls_left") is not None
+    for api in metrics.APIS:
+        assert after.value("hss_sync_budget_calls_left", api=api) is not None
     assert after.value("hss_sync_outbox_depth") == 0.0
     assert after.value("hss_sync_redis_up") == 1.0
 
@@ -211,6 +213,35 @@ async def test_metrics_count_a_real_lookup(
     assert tasks == ["never-fetched"]
 
 
+async def test_metrics_say_which_api_each_call_and_wait_belonged_to(
+    make_bot: MakeBot, redis: aioredis.Redis, redis_url: str
+) -> None:
+    bot = await make_bot(redis_url)
+    before = await scrape(bot.url)
+    await bot.runtime.client.fetch_runs(RunFilter())  # one page: the simulator's few runs
+    await answered(bot, f"{TASK} failed")
+    after = await scrape(bot.url)
+
+    calls, waits = "hss_sync_hss_calls_total", "hss_sync_budget_wait_seconds_count"
+    for api in metrics.APIS:
+        ok = {"api": api, "status": "200"}
+        assert after.count(calls, **ok) == before.count(calls, **ok) + 1, api
+        people = {"api": api, "priority": "interactive"}
+        assert after.count(waits, **people) == before.count(waits, **people) + 1, api
+    # Each budget spent one call of its own five (the runtime pads the window, not the count).
+    assert after.value("hss_sync_budget_calls_left", api="registries") == 4.0
+    assert after.value("hss_sync_budget_calls_left", api="tasks") == 4.0
+
+
+def test_label_values_of_each_api_are_known_before_their_first_event() -> None:
+    text = Scrape(render(Live(redis_up=True)).decode())
+    for api in metrics.APIS:
+        for priority in metrics.PRIORITIES:
+            labels = {"api": api, "priority": priority}
+            assert text.value("hss_sync_budget_wait_seconds_count", **labels) is not None
+        assert text.value("hss_sync_hss_calls_total", api=api, status="429") is not None
+
+
 async def test_metrics_during_a_redis_outage(
     make_bot: MakeBot, redis_server: EmbeddedRedis
 ) -> None:
@@ -221,8 +252,9 @@ async def test_metrics_during_a_redis_outage(
     finally:
         await asyncio.to_thread(redis_server.start)
     assert down.value("hss_sync_redis_up") == 0.0
-    # The budget's in-process fallback still knows how many calls are left.
-    assert down.value("hss_sync_budget_calls_left") is not None
+    # Each budget's in-process fallback still knows how many calls are left.
+    for api in metrics.APIS:
+        assert down.value("hss_sync_budget_calls_left", api=api) is not None
     assert down.value("hss_sync_outbox_depth") is None
     assert down.labels_of("hss_sync_mirror_age_seconds") == []
 
@@ -295,13 +327,14 @@ async def test_flips_alerts_and_slack_429s_are_counted(alert_stack: Stack) -> No
 def test_scrape_time_gauges_render_and_parse() -> None:
     live = Live(
         redis_up=True,
-        calls_left=3,
+        calls_left={"registries": 3, "tasks": 5},
         outbox_depth=7,
         parked_channels=1,
         mirror_ages={"b": 12.5, "a": math.inf},
     )
     text = Scrape(render(live).decode())
-    assert text.value("hss_sync_budget_calls_left") == 3.0
+    assert text.value("hss_sync_budget_calls_left", api="registries") == 3.0
+    assert text.value("hss_sync_budget_calls_left", api="tasks") == 5.0
     assert text.value("hss_sync_outbox_depth") == 7.0
     assert text.value("hss_sync_outbox_parked_channels") == 1.0
     assert text.value("hss_sync_mirror_age_seconds", task="b") == 12.5
@@ -312,7 +345,8 @@ def test_scrape_time_gauges_render_and_parse() -> None:
 
 
 def test_every_family_has_help_text() -> None:
-    text = render(Live(redis_up=True, calls_left=1, outbox_depth=0, parked_channels=0)).decode()
+    live = Live(redis_up=True, calls_left={"registries": 1}, outbox_depth=0, parked_channels=0)
+    text = render(live).decode()
     for family in text_string_to_metric_families(text):
         assert family.documentation, family.name
 

@@ -1,5 +1,6 @@
-"""The HSS API: request signing, the wire format, the client and its shared call budget.
+"""The HSS API: request signing, the wire formats, the client and its shared call budgets (one
+per API: ListAssociateRegistries and ListImageScanTask).
 
-May import: the core (``errors``, ``models``, ``config``), ``storage`` (the budget keeps its
-window in Redis) and ``ops.logs``/``ops.metrics``.
+May import: the core (``errors``, ``models``, ``runs``, ``config``), ``storage`` (the budgets
+keep their windows in Redis) and ``ops.logs``/``ops.metrics``.
 """

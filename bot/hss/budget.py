@@ -1,8 +1,9 @@
 """The HSS call budget: at most ``limit.calls`` call starts in any ``limit.window`` seconds.
 
-HSS allows one IAM user 5 calls a minute, shared by every slash command, CLI run and
+HSS allows one IAM user 5 calls a minute per API, shared by every slash command, CLI run and
 replica, so the budget lives in Redis (one Lua script, on Redis's clock) and every process
-with the same Redis and AK draws from it.
+with the same Redis and AK draws from it. Each API has a budget of its own (``api``: its own
+Redis keys and limit); the rules below hold within each.
 
 Rules shared by both implementations:
 
@@ -55,6 +56,7 @@ import redis.asyncio as aioredis
 from bot.config import RateLimit
 from bot.errors import BudgetTimeout, TooManyQuestions
 from bot.hss.budget_script import BUDGET_LUA
+from bot.models import HssApi
 from bot.storage import keys
 from bot.storage.outage import REDIS_OUTAGE, RedisHealth
 
@@ -278,7 +280,8 @@ class _SlidingWindowBudget(ABC):
 
 
 class RedisCallBudget(_SlidingWindowBudget):
-    """The budget shared by every process using ``redis`` and ``scope`` (the AK)."""
+    """The budget of one API (``api``) shared by every process using ``redis`` and ``scope``
+    (the AK)."""
 
     def __init__(
         self,
@@ -286,6 +289,7 @@ class RedisCallBudget(_SlidingWindowBudget):
         *,
         scope: str,
         limit: RateLimit,
+        api: HssApi = HssApi.REGISTRIES,
         reserve: int = 1,
         waiter_grace: float = 2.0,
         max_queued_per_asker: int = MAX_QUEUED_PER_ASKER,
@@ -293,12 +297,13 @@ class RedisCallBudget(_SlidingWindowBudget):
     ) -> None:
         super().__init__(limit=limit, reserve=reserve)
         self._redis = redis
+        self.api = api
         self._keys = [
-            keys.budget_log(scope),
-            keys.budget_waiters(scope),
-            keys.budget_queue(scope),
-            keys.budget_places(scope),
-            keys.budget_askers(scope),
+            keys.budget_log(scope, api),
+            keys.budget_waiters(scope, api),
+            keys.budget_queue(scope, api),
+            keys.budget_places(scope, api),
+            keys.budget_askers(scope, api),
         ]
         # A waiter refreshes its entry each time it wakes; the grace covers a slow wake-up.
         self._grace = waiter_grace

@@ -1,12 +1,14 @@
-"""HSS ListAssociateRegistries over httpx: call budget, signing, timeouts, retries, paging.
+"""HSS over httpx: call budgets, signing, timeouts, retries, paging, for two APIs:
+ListAssociateRegistries (one task's registries) and ListImageScanTask (the sync runs).
 
-Every HTTP attempt (retries included) first takes a slot from the shared ``CallBudget``: HSS
-allows 5 calls a minute per IAM user, across every replica. The pages and retries of one fetch
-are one question in the budget's queue (one ``Ticket``). With guards (:mod:`bot.hss.guards`),
-a task HSS said lately does not exist is answered without a call, and each attempt passes the
-authentication gate after its slot is granted. Parameters are checked (no call spent) and
-responses read by :mod:`bot.hss.wire`; every failure leaves this boundary as one of the
-``HssError`` tree:
+Every HTTP attempt (retries included) first takes a slot from its API's ``CallBudget``: HSS
+allows 5 calls a minute per API and IAM user, across every replica. The pages and retries of
+one fetch are one question in the budget's queue (one ``Ticket``). With guards
+(:mod:`bot.hss.guards`), a task HSS said lately does not exist is answered without a call,
+and each attempt passes the authentication gate after its slot is granted; the gate is the
+AK/SK pair's, so both APIs pass the same one (a 401 on either stops both). Parameters are
+checked (no call spent) and responses read by :mod:`bot.hss.wire` and
+:mod:`bot.hss.runs_wire`; every failure leaves this boundary as one of the ``HssError`` tree:
 
     401/403                 HssAuthError         never retried (5 failures lock the AK/SK)
     429                     HssThrottledError    a wait, not a failure: retried after
@@ -14,7 +16,7 @@ responses read by :mod:`bot.hss.wire`; every failure leaves this boundary as one
                                                  after ``max_throttles`` 429s for one page
     5xx, timeout, network,  HssUnavailableError  retried: exponential backoff, full jitter;
     malformed 200 body                           given up after ``max_attempts`` of them
-    404 or HSS.0011         HssNotFoundError     not retried
+    404 or HSS.0011         HssNotFoundError     not retried (the runs list: HssRequestError)
     other 4xx, 3xx          HssRequestError      not retried
 """
 
@@ -26,20 +28,23 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
 from bot.errors import HssError, HssNotFoundError, HssThrottledError, HssUnavailableError
+from bot.hss import runs_wire
 from bot.hss import wire as hss_wire
 from bot.hss.budget import CallBudget, Priority, Ticket
 from bot.hss.guards import AuthGate, MissingTasks
 from bot.hss.signer import Credentials, HssAuth
-from bot.models import OFFSET_MAX, ApiFilter, Registry, RegistryPage, TaskRef
+from bot.models import OFFSET_MAX, ApiFilter, HssApi, Registry, RegistryPage, TaskRef
 from bot.ops import metrics
+from bot.runs import FetchedRuns, RunFilter, RunPage, SyncRun, newest_first
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,15 @@ DEFAULT_MAX_RETRY_WAIT = 60.0
 DEFAULT_MAX_THROTTLES = 3
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class _Answer(Protocol):
+    @property
+    def request_id(self) -> str: ...
+
+
+A = TypeVar("A", bound=_Answer)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,8 @@ class FetchResult:
 
 
 class HssClient:
-    """ListAssociateRegistries for one project with one AK/SK (one 5-calls/minute budget)."""
+    """ListAssociateRegistries and ListImageScanTask for one project with one AK/SK; each API
+    has its own 5-calls/minute budget (``budget``, ``tasks_budget``; None: calls unbudgeted)."""
 
     def __init__(
         self,
@@ -81,6 +96,7 @@ class HssClient:
         project_id: str,
         credentials: Credentials,
         budget: CallBudget | None = None,
+        tasks_budget: CallBudget | None = None,
         auth: AuthGate | None = None,
         missing: MissingTasks | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -100,7 +116,7 @@ class HssClient:
             raise ValueError("max_attempts and max_throttles must be at least 1")
         self._endpoint = endpoint.rstrip("/")
         self._project_id = project_id
-        self._budget = budget
+        self._budgets = {HssApi.REGISTRIES: budget, HssApi.TASKS: tasks_budget}
         self._auth = auth
         self._missing = missing
         self._max_attempts = max_attempts
@@ -180,12 +196,10 @@ class HssClient:
         place = Ticket() if ticket is None else ticket
         calls = 0
         for round_no in (1, 2):
-            sweep = _Sweep(place)
-            consistent = await self._sweep(
-                sweep, task, flt, priority=priority, limit=limit, first=first
-            )
+            sweep: _Sweep[Registry] = _Sweep(place)
+            await self._sweep(sweep, task, flt, priority=priority, limit=limit, first=first)
             calls += sweep.calls
-            if consistent:
+            if sweep.consistent:
                 return FetchResult(
                     registries=tuple(sweep.rows.values()),
                     total_num=sweep.total,
@@ -195,33 +209,21 @@ class HssClient:
                     started_at=sweep.first_sent_at,
                     finished_at=time.time(),
                 )
-            logger.warning(
-                "HSS pages inconsistent for task=%r (round %d): total_num %s, %d unique rows",
-                task.task_id,
-                round_no,
-                "/".join(str(t) for t in sweep.totals_seen),
-                len(sweep.rows),
-            )
+            sweep.log_inconsistent(f"task={task.task_id!r}", round_no)
             first = None  # the restart must not reuse a page from the inconsistent view
-        raise HssUnavailableError(
-            error_code="INCONSISTENT_PAGES",
-            error_msg=(
-                "the registry list changed while it was being paged through, twice; "
-                "no complete snapshot could be taken"
-            ),
-        )
+        raise _inconsistent("registry list")
 
     async def _sweep(
         self,
-        sweep: _Sweep,
+        sweep: _Sweep[Registry],
         task: TaskRef,
         flt: ApiFilter,
         *,
         priority: Priority,
         limit: int,
         first: RegistryPage | None,
-    ) -> bool:
-        """One pass over every page into ``sweep``; True when the pass is self-consistent."""
+    ) -> None:
+        """One pass over every page into ``sweep``."""
         if first is None:
             first, sweep.calls = await self._list_page(
                 task, flt, offset=0, limit=limit, priority=priority, ticket=sweep.ticket
@@ -230,18 +232,17 @@ class HssClient:
         else:
             # A given page 0 may have been fetched with another limit: go on after its rows.
             offset = len(first.registries)
-        sweep.add(first)
+        sweep.add(first.total_num, _by_registry_id(first.registries))
         sweep.first_sent_at = first.sent_at or time.time()
         while offset < sweep.total and offset <= OFFSET_MAX:
             page, attempts = await self._list_page(
                 task, flt, offset=offset, limit=limit, priority=priority, ticket=sweep.ticket
             )
             sweep.calls += attempts
-            sweep.add(page)
-            if len(sweep.totals_seen) > 1 or not page.registries:
+            sweep.add(page.total_num, _by_registry_id(page.registries))
+            if sweep.moved or not page.registries:
                 break  # the list changed under us: this pass is lost, stop spending calls
             offset += limit
-        return len(sweep.totals_seen) == 1 and len(sweep.rows) == sweep.total
 
     async def _list_page(
         self,
@@ -256,73 +257,190 @@ class HssClient:
         """One page and the number of HTTP attempts it took."""
         hss_wire.validate(task, flt, offset=offset, limit=limit, project_id=self._project_id)
         target = hss_wire.request_target(task, flt, offset=offset, limit=limit)
-        url = f"{self._endpoint}{target}"
-        await self._refuse_before_queuing(task)
+
+        def read(response: httpx.Response, sent_at: float) -> RegistryPage:
+            page = hss_wire.read_response(
+                response, offset=offset, limit=limit, secrets=self._secrets
+            )
+            return dataclasses.replace(page, sent_at=sent_at)
+
+        call = _Call(
+            api=HssApi.REGISTRIES,
+            url=f"{self._endpoint}{target}",
+            read=read,
+            summary=f"task={task.task_id!r} offset={offset} limit={limit}",
+            task=task,
+        )
+        return await self._request(call, priority=priority, ticket=ticket)
+
+    # --- ListImageScanTask: the sync runs ---
+
+    async def list_runs(
+        self,
+        flt: RunFilter,
+        *,
+        offset: int = 0,
+        limit: int = 200,
+        priority: Priority = Priority.INTERACTIVE,
+        ep: str | None = None,
+        ticket: Ticket | None = None,
+    ) -> RunPage:
+        """One page of image-sync runs, through the tasks budget; raises ``CommandError``
+        (no call made) for out-of-range parameters. ``ep``: the enterprise project (None:
+        HSS's default)."""
+        place = Ticket() if ticket is None else ticket
+        page, _ = await self._runs_page(
+            flt, offset=offset, limit=limit, priority=priority, ep=ep, ticket=place
+        )
+        return page
+
+    async def fetch_runs(
+        self,
+        flt: RunFilter,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        ep: str | None = None,
+        limit: int = 200,
+        ticket: Ticket | None = None,
+    ) -> FetchedRuns:
+        """Every run HSS lists (it lists at most 1000), de-duplicated by ``task_id``, newest
+        first: complete and consistent or an error, with ``fetch_all``'s rules (one restart
+        when the list moves between pages, then ``HssUnavailableError``). The pages are one
+        question in the tasks budget's queue (``ticket``, if given, must be of that budget)."""
+        runs_wire.validate(flt, offset=0, limit=limit, ep=ep, project_id=self._project_id)
+        place = Ticket() if ticket is None else ticket
+        calls = 0
+        for round_no in (1, 2):
+            sweep: _Sweep[SyncRun] = _Sweep(place)
+            await self._sweep_runs(sweep, flt, priority=priority, ep=ep, limit=limit)
+            calls += sweep.calls
+            if sweep.consistent:
+                return FetchedRuns(
+                    runs=newest_first(sweep.rows.values()),
+                    total_num=sweep.total,
+                    calls=calls,
+                    started_at=sweep.first_sent_at,
+                    finished_at=time.time(),
+                )
+            kind = flt.kind.value if flt.kind is not None else "any"
+            sweep.log_inconsistent(f"runs kind={kind} name={flt.name!r}", round_no)
+        raise _inconsistent("run list")
+
+    async def _sweep_runs(
+        self,
+        sweep: _Sweep[SyncRun],
+        flt: RunFilter,
+        *,
+        priority: Priority,
+        ep: str | None,
+        limit: int,
+    ) -> None:
+        """One pass over every page of runs into ``sweep``."""
+        offset = 0
+        while True:
+            page, attempts = await self._runs_page(
+                flt, offset=offset, limit=limit, priority=priority, ep=ep, ticket=sweep.ticket
+            )
+            sweep.calls += attempts
+            if offset == 0:
+                sweep.first_sent_at = page.sent_at or time.time()
+            # A run without an id cannot be matched: only an identical copy is a duplicate.
+            sweep.add(page.total_num, ((run.task_id or run, run) for run in page.runs))
+            offset += limit
+            if sweep.moved or not page.runs or offset >= sweep.total or offset > OFFSET_MAX:
+                return
+
+    async def _runs_page(
+        self,
+        flt: RunFilter,
+        *,
+        offset: int,
+        limit: int,
+        priority: Priority,
+        ep: str | None,
+        ticket: Ticket,
+    ) -> tuple[RunPage, int]:
+        """One page of runs and the number of HTTP attempts it took."""
+        project = self._project_id
+        runs_wire.validate(flt, offset=offset, limit=limit, ep=ep, project_id=project)
+        target = runs_wire.request_target(
+            flt, offset=offset, limit=limit, ep=ep, project_id=project
+        )
+
+        def read(response: httpx.Response, sent_at: float) -> RunPage:
+            page = runs_wire.read_response(
+                response, offset=offset, limit=limit, secrets=self._secrets
+            )
+            return dataclasses.replace(page, sent_at=sent_at)
+
+        kind = flt.kind.value if flt.kind is not None else "any"
+        call = _Call(
+            api=HssApi.TASKS,
+            url=f"{self._endpoint}{target}",
+            read=read,
+            summary=f"kind={kind} offset={offset} limit={limit}",
+        )
+        return await self._request(call, priority=priority, ticket=ticket)
+
+    # --- the machinery both APIs share ---
+
+    async def _request(
+        self, call: _Call[A], *, priority: Priority, ticket: Ticket
+    ) -> tuple[A, int]:
+        """``call``'s answer, retried as the module docstring says, and the number of HTTP
+        attempts it took."""
+        await self._refuse_before_queuing(call.task)
         retries = _Retries()
         for attempt in itertools.count(1):
             try:
-                page = await self._guarded(
-                    url, task, offset=offset, limit=limit, attempt=attempt, slot=(priority, ticket)
-                )
-                return page, attempt
+                answer = await self._guarded(call, attempt=attempt, slot=(priority, ticket))
+                return answer, attempt
             except (HssThrottledError, HssUnavailableError) as err:
-                await self._after_retryable(err, retries)
+                await self._after_retryable(call.api, err, retries)
         raise AssertionError("unreachable: the attempts are endless until one re-raises")
 
-    async def _refuse_before_queuing(self, task: TaskRef) -> None:
+    async def _refuse_before_queuing(self, task: TaskRef | None) -> None:
         """What the guards know already, before a place in the budget's queue is taken."""
-        known = None if self._missing is None else await self._missing.known(task)
+        known = None if self._missing is None or task is None else await self._missing.known(task)
         if known is not None:
             raise known
         if self._auth is not None:
             await self._auth.raise_if_locked()
 
-    async def _take_slot(self, priority: Priority, ticket: Ticket) -> None:
-        if self._budget is None:
+    async def _take_slot(self, api: HssApi, priority: Priority, ticket: Ticket) -> None:
+        budget = self._budgets[api]
+        if budget is None:
             return
         asked = time.monotonic()
-        await self._budget.acquire(priority, ticket=ticket)
+        await budget.acquire(priority, ticket=ticket)
         # Measured here, by the caller: one sample per granted call, whichever budget
         # (shared, in-process, failing over between them) granted it.
-        metrics.BUDGET_WAIT.labels(priority.name.lower()).observe(time.monotonic() - asked)
+        waited = time.monotonic() - asked
+        metrics.BUDGET_WAIT.labels(api.value, priority.name.lower()).observe(waited)
 
-    async def _guarded(
-        self,
-        url: str,
-        task: TaskRef,
-        *,
-        offset: int,
-        limit: int,
-        attempt: int,
-        slot: tuple[Priority, Ticket],
-    ) -> RegistryPage:
+    async def _guarded(self, call: _Call[A], *, attempt: int, slot: tuple[Priority, Ticket]) -> A:
         """A budget slot, then one attempt, through the authentication gate (which checks
         the lock-out again once the slot is granted); a missing task is remembered."""
         try:
             if self._auth is None:
-                await self._take_slot(*slot)
-                return await self._sent(url, task, offset=offset, limit=limit, attempt=attempt)
-            async with self._auth.calling(lambda: self._take_slot(*slot)):
-                return await self._sent(url, task, offset=offset, limit=limit, attempt=attempt)
+                await self._take_slot(call.api, *slot)
+                return await self._attempt(call, attempt)
+            async with self._auth.calling(lambda: self._take_slot(call.api, *slot)):
+                return await self._attempt(call, attempt)
         except HssNotFoundError as err:
-            if self._missing is not None and err.error_code == "HSS.0011":
-                await self._missing.add(task, err)
+            missing, task = self._missing, call.task
+            if missing is not None and task is not None and err.error_code == "HSS.0011":
+                await missing.add(task, err)
             raise
 
-    async def _sent(
-        self, url: str, task: TaskRef, *, offset: int, limit: int, attempt: int
-    ) -> RegistryPage:
-        sent_at = time.time()
-        page = await self._attempt(url, task, offset=offset, limit=limit, attempt=attempt)
-        return dataclasses.replace(page, sent_at=sent_at)
-
-    async def _after_retryable(self, err: HssError, retries: _Retries) -> None:
+    async def _after_retryable(self, api: HssApi, err: HssError, retries: _Retries) -> None:
         """Wait before the next attempt, or re-raise ``err`` when retrying is pointless."""
+        budget = self._budgets[api]
         if isinstance(err, HssThrottledError):
             retries.throttles += 1
-            if self._budget is not None:
+            if budget is not None:
                 # Tell every replica sharing the budget, even when we give up ourselves.
-                await self._budget.penalize(err.retry_after)
+                await budget.penalize(err.retry_after)
             wait = self._backoff(retries.throttles)
             if err.retry_after is not None:
                 wait = err.retry_after
@@ -339,66 +457,55 @@ class HssClient:
         # Full jitter: replicas that failed together do not retry together.
         return self._rng() * min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
 
-    async def _attempt(
-        self, url: str, task: TaskRef, *, offset: int, limit: int, attempt: int
-    ) -> RegistryPage:
+    async def _attempt(self, call: _Call[A], attempt: int) -> A:
         started = time.monotonic()
-        call = _CallOutcome()
+        sent_at = time.time()
+        outcome = _CallOutcome()
         try:
-            response = await self._send(url)
-            call.status = response.status_code
-            call.request_id = response.headers.get("X-Request-Id", "")
-            page = hss_wire.read_response(
-                response, offset=offset, limit=limit, secrets=self._secrets
-            )
-            call.request_id = page.request_id
-            return page
+            response = await self._send(call.url)
+            outcome.status = response.status_code
+            outcome.request_id = response.headers.get("X-Request-Id", "")
+            answer = call.read(response, sent_at)
+            outcome.request_id = answer.request_id
+            return answer
         except HssError as err:
-            call.request_id = err.request_id or call.request_id
-            call.error_code = err.error_code
+            outcome.request_id = err.request_id or outcome.request_id
+            outcome.error_code = err.error_code
             raise
         except asyncio.CancelledError:
-            call.error_code = "CANCELLED"  # the slot is spent all the same: count it
+            outcome.error_code = "CANCELLED"  # the slot is spent all the same: count it
             raise
         finally:
-            self._log_call(url, task, offset, limit, attempt, call, time.monotonic() - started)
+            self._log_call(call, attempt, outcome, time.monotonic() - started)
 
     def _log_call(
-        self,
-        url: str,
-        task: TaskRef,
-        offset: int,
-        limit: int,
-        attempt: int,
-        call: _CallOutcome,
-        seconds: float,
+        self, call: _Call[A], attempt: int, outcome: _CallOutcome, seconds: float
     ) -> None:
         """One line and one count per HTTP attempt. The query is left out of ``path``: it
-        only repeats task, offset and limit, and a URL is where credentials would sit if a
-        gateway ever wanted them there."""
-        status = metrics.hss_status_label(call.status, call.error_code)
-        metrics.HSS_CALLS.labels(status).inc()
-        shown = " ".join(part for part in (str(call.status or ""), call.error_code) if part)
+        only repeats the summary's parameters, and a URL is where credentials would sit if
+        a gateway ever wanted them there."""
+        status = metrics.hss_status_label(outcome.status, outcome.error_code)
+        metrics.HSS_CALLS.labels(call.api.value, status).inc()
+        shown = " ".join(part for part in (str(outcome.status or ""), outcome.error_code) if part)
         logger.info(
-            "HSS GET registries task=%r offset=%d limit=%d -> %s in %.0f ms "
-            "(attempt %d, HSS request id %s)",
-            task.task_id,
-            offset,
-            limit,
+            "HSS GET %s %s -> %s in %.0f ms (attempt %d, HSS request id %s)",
+            call.api.value,
+            call.summary,
             shown or "error",
             seconds * 1000,
             attempt,
-            call.request_id or "-",
+            outcome.request_id or "-",
             extra={
                 "event": "hss_call",
+                "api": call.api.value,
                 "method": "GET",
-                "path": urlsplit(url).path,
-                "task": task.task_id,
+                "path": urlsplit(call.url).path,
+                "task": call.task.task_id if call.task is not None else None,
                 "status": status,
-                "error_code": call.error_code or None,
+                "error_code": outcome.error_code or None,
                 "ms": round(seconds * 1000, 1),
                 "attempt": attempt,
-                "hss_request_id": call.request_id or None,
+                "hss_request_id": outcome.request_id or None,
             },
         )
 
@@ -415,6 +522,20 @@ class HssClient:
                 error_code="NETWORK",
                 error_msg=f"could not reach HSS ({type(exc).__name__})",
             ) from exc
+
+
+@dataclass(frozen=True)
+class _Call(Generic[A]):
+    """One request of either API: where it goes, how its answer is read (from the response
+    and the time it was sent), and what its log line says."""
+
+    api: HssApi
+    url: str
+    read: Callable[[httpx.Response, float], A]
+    #: The log line's parameters (``task='t' offset=0 limit=200``).
+    summary: str
+    #: ListAssociateRegistries' task: what the missing-task guard remembers.
+    task: TaskRef | None = None
 
 
 @dataclass(slots=True)
@@ -434,12 +555,12 @@ class _Retries:
     throttles: int = 0
 
 
-class _Sweep:
+class _Sweep(Generic[R]):
     """What one pass over the pages saw, and the question its pages belong to."""
 
     def __init__(self, ticket: Ticket) -> None:
         self.ticket = ticket
-        self.rows: dict[object, Registry] = {}
+        self.rows: dict[object, R] = {}
         self.totals_seen: list[int] = []
         self.calls = 0
         self.first_sent_at = 0.0
@@ -448,13 +569,44 @@ class _Sweep:
     def total(self) -> int:
         return self.totals_seen[-1]
 
-    def add(self, page: RegistryPage) -> None:
-        if not self.totals_seen or self.totals_seen[-1] != page.total_num:
-            self.totals_seen.append(page.total_num)
-        for row in page.registries:
-            # Later sightings win: they are newer. A row without an id cannot be matched,
-            # so only an identical copy of it counts as a duplicate.
-            self.rows[row.registry_id or row] = row
+    @property
+    def moved(self) -> bool:
+        """``total_num`` changed between pages: this pass is lost."""
+        return len(self.totals_seen) > 1
+
+    @property
+    def consistent(self) -> bool:
+        return not self.moved and len(self.rows) == self.total
+
+    def add(self, total_num: int, keyed: Iterable[tuple[object, R]]) -> None:
+        if not self.totals_seen or self.totals_seen[-1] != total_num:
+            self.totals_seen.append(total_num)
+        for key, row in keyed:
+            self.rows[key] = row  # later sightings win: they are newer
+
+    def log_inconsistent(self, what: str, round_no: int) -> None:
+        logger.warning(
+            "HSS pages inconsistent for %s (round %d): total_num %s, %d unique rows",
+            what,
+            round_no,
+            "/".join(str(t) for t in self.totals_seen),
+            len(self.rows),
+        )
+
+
+def _by_registry_id(rows: Iterable[Registry]) -> Iterable[tuple[object, Registry]]:
+    # A row without an id cannot be matched, so only an identical copy of it is a duplicate.
+    return ((row.registry_id or row, row) for row in rows)
+
+
+def _inconsistent(what: str) -> HssUnavailableError:
+    return HssUnavailableError(
+        error_code="INCONSISTENT_PAGES",
+        error_msg=(
+            f"the {what} changed while it was being paged through, twice; "
+            "no complete snapshot could be taken"
+        ),
+    )
 
 
 __all__ = ["DEFAULT_TIMEOUT", "FetchResult", "HssClient"]

@@ -3,12 +3,15 @@
 Checking parameters before any call is spent, building the request target, and reading a
 response: a 2xx body into a :class:`RegistryPage`, anything else into the ``HssError`` tree
 (which errors are retried is :mod:`bot.hss.client`'s business). Nothing here does I/O.
+The public helpers (``check_text``, ``error_for``, ``list_body``...) are shared with
+:mod:`bot.hss.runs_wire`: both APIs sit behind the same gateway and answer alike.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -51,13 +54,13 @@ _MAX_ERROR_TEXT = 300
 
 def validate(task: TaskRef, flt: ApiFilter, *, offset: int, limit: int, project_id: str) -> None:
     """Raise ``CommandError`` (before any call) for what HSS would reject or another project."""
-    _check_text("project id", task.project_id, PROJECT_ID_MAX)
+    check_text("project id", task.project_id, PROJECT_ID_MAX)
     if task.project_id != project_id:
         raise CommandError(
             f"Project id {task.project_id!r} is not the project this bot is configured "
             f"for ({project_id!r})."
         )
-    _check_text("task id", task.task_id, TASK_ID_MAX)
+    check_text("task id", task.task_id, TASK_ID_MAX)
     # The last guard: every caller validates first, but a task id that is a dot segment
     # would make httpx call another path, and one with hidden characters is not what
     # anyone typed.
@@ -65,13 +68,13 @@ def validate(task: TaskRef, flt: ApiFilter, *, offset: int, limit: int, project_
     if problem is not None:
         raise CommandError(problem)
     if task.enterprise_project_id is not None:
-        _check_text("enterprise project id", task.enterprise_project_id, EP_ID_MAX)
+        check_text("enterprise project id", task.enterprise_project_id, EP_ID_MAX)
     if flt.registry_name is not None:
-        _check_text("registry name", flt.registry_name, REGISTRY_NAME_MAX)
+        check_text("registry name", flt.registry_name, REGISTRY_NAME_MAX)
     _canonical_types(flt.registry_types)
     _check_status(flt.sync_status)
-    _check_int("offset", offset, 0, OFFSET_MAX)
-    _check_int("limit", limit, PAGE_LIMIT_MIN, PAGE_LIMIT_MAX)
+    check_int("offset", offset, 0, OFFSET_MAX)
+    check_int("limit", limit, PAGE_LIMIT_MIN, PAGE_LIMIT_MAX)
 
 
 def request_target(task: TaskRef, flt: ApiFilter, *, offset: int, limit: int) -> str:
@@ -98,13 +101,13 @@ def _query(task: TaskRef, flt: ApiFilter, offset: int, limit: int) -> list[tuple
     return params
 
 
-def _check_text(what: str, value: object, maximum: int) -> None:
+def check_text(what: str, value: object, maximum: int) -> None:
     if not isinstance(value, str) or not 1 <= len(value) <= maximum:
         got = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
         raise CommandError(f"The {what} must be 1-{maximum} characters long (got {got}).")
 
 
-def _check_int(what: str, value: object, low: int, high: int) -> None:
+def check_int(what: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise CommandError(
             f"The {what} must be a whole number from {low} to {high:,} (got {value!r})."
@@ -137,19 +140,19 @@ def read_response(
     """The page a 2xx carries; otherwise raise its ``HssError`` with ``secrets`` scrubbed."""
     if response.is_success:
         return _parse_page(response, offset=offset, limit=limit)
-    raise _error_for(response, secrets)
+    raise error_for(response, secrets)
 
 
-def _error_for(response: httpx.Response, secrets: Sequence[str]) -> HssError:
+def error_for(response: httpx.Response, secrets: Sequence[str]) -> HssError:
     status = response.status_code
     body = _json_or_none(response)
     fields = body if isinstance(body, dict) else {}
-    code = _field_text(fields.get("error_code")) or f"HTTP {status}"
-    msg = _field_text(fields.get("error_msg")) or response.reason_phrase or "no error message"
+    code = field_text(fields.get("error_code")) or f"HTTP {status}"
+    msg = field_text(fields.get("error_msg")) or response.reason_phrase or "no error message"
     kwargs: dict[str, Any] = {
         "error_code": _scrub(code, secrets)[:_MAX_ERROR_TEXT],
         "error_msg": _scrub(msg, secrets)[:_MAX_ERROR_TEXT],
-        "request_id": response.headers.get("X-Request-Id") or _field_text(fields.get("request_id")),
+        "request_id": response.headers.get("X-Request-Id") or field_text(fields.get("request_id")),
         "status": status,
     }
     if status in (401, 403):
@@ -171,7 +174,7 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def _malformed(why: str, response: httpx.Response) -> HssUnavailableError:
+def malformed(why: str, response: httpx.Response) -> HssUnavailableError:
     return HssUnavailableError(
         error_code="MALFORMED_RESPONSE",
         error_msg=f"HSS answered {response.status_code} but {why}",
@@ -187,21 +190,36 @@ def _json_or_none(response: httpx.Response) -> object:
         return None
 
 
-def _parse_page(response: httpx.Response, *, offset: int, limit: int) -> RegistryPage:
+@dataclass(frozen=True, slots=True)
+class ListBody:
+    """A 2xx list answer, either API's: its rows (still raw), ``total_num`` and request id."""
+
+    rows: list[Mapping[str, object]]
+    total_num: int
+    request_id: str
+
+
+def list_body(response: httpx.Response, *, offset: int, limit: int) -> ListBody:
+    """``{"total_num", "data_list": [{...}]}`` checked; raises a malformed-answer error."""
     body = _json_or_none(response)
     if not isinstance(body, dict):
-        raise _malformed("the body is not a JSON object", response)
+        raise malformed("the body is not a JSON object", response)
     raw_rows = body.get("data_list")
     if raw_rows is None:
         raw_rows = []
     if not isinstance(raw_rows, list) or not all(isinstance(r, dict) for r in raw_rows):
-        raise _malformed("data_list is not a list of objects", response)
-    rows = tuple(_registry(r) for r in raw_rows)
-    total = _total_num(body.get("total_num"), offset=offset, limit=limit, rows=len(rows))
+        raise malformed("data_list is not a list of objects", response)
+    total = _total_num(body.get("total_num"), offset=offset, limit=limit, rows=len(raw_rows))
     if total is None:
-        raise _malformed("total_num is missing on a full page", response)
-    request_id = response.headers.get("X-Request-Id") or _field_text(body.get("request_id"))
-    return RegistryPage(total_num=total, registries=rows, request_id=request_id)
+        raise malformed("total_num is missing on a full page", response)
+    request_id = response.headers.get("X-Request-Id") or field_text(body.get("request_id"))
+    return ListBody(rows=raw_rows, total_num=total, request_id=request_id)
+
+
+def _parse_page(response: httpx.Response, *, offset: int, limit: int) -> RegistryPage:
+    body = list_body(response, offset=offset, limit=limit)
+    rows = tuple(_registry(r) for r in body.rows)
+    return RegistryPage(total_num=body.total_num, registries=rows, request_id=body.request_id)
 
 
 def _total_num(raw: object, *, offset: int, limit: int, rows: int) -> int | None:
@@ -218,15 +236,15 @@ def _total_num(raw: object, *, offset: int, limit: int, rows: int) -> int | None
 
 def _registry(raw: Mapping[str, object]) -> Registry:
     return Registry(
-        registry_id=_field_text(raw.get("registry_id")),
-        registry_name=_field_text(raw.get("registry_name")),
-        registry_type=_field_text(raw.get("registry_type")),
-        sync_status=_field_text(raw.get("sync_status")),
-        failed_reason=_field_text(raw.get("failed_reason")),
+        registry_id=field_text(raw.get("registry_id")),
+        registry_name=field_text(raw.get("registry_name")),
+        registry_type=field_text(raw.get("registry_type")),
+        sync_status=field_text(raw.get("sync_status")),
+        failed_reason=field_text(raw.get("failed_reason")),
     )
 
 
-def _field_text(value: object) -> str:
+def field_text(value: object) -> str:
     """Strings as-is, numbers as their text, anything else (null, lists, objects) empty."""
     if isinstance(value, str):
         return value

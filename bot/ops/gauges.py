@@ -1,9 +1,9 @@
 """The scrape-time gauges of ``/metrics``, read from Redis, and the whole ``/metrics`` body.
 
-Gauges describing shared state (calls left, the age of each watched task's mirror, the
-outbox) are read from Redis at scrape time, so every replica reports the same current values
-and none goes stale between scrapes. The ``task`` label is used only for tasks being watched
-right now (a task unwatched disappears at the next scrape).
+Gauges describing shared state (calls left in each API's budget, the age of each watched
+task's mirror, the outbox) are read from Redis at scrape time, so every replica reports the
+same current values and none goes stale between scrapes. The ``task`` label is used only for
+tasks being watched right now (a task unwatched disappears at the next scrape).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bot.mirror import view_key
-from bot.models import ApiFilter, TaskRef
+from bot.models import ApiFilter, HssApi, TaskRef
 from bot.ops.metrics import REGISTRY
 from bot.storage import keys
 from bot.storage.mirror_codec import decode_meta
@@ -40,7 +40,8 @@ class Live:
     """What ``/metrics`` reads from Redis (None: could not be read this time)."""
 
     redis_up: bool
-    calls_left: int | None = None
+    #: API (``registries``, ``tasks``) -> calls that could start now.
+    calls_left: Mapping[str, int] = field(default_factory=dict)
     outbox_depth: int | None = None
     parked_channels: int | None = None
     #: Task id -> seconds since its full view was fetched (``inf``: never fetched).
@@ -52,13 +53,15 @@ def live_families(live: Live) -> list[Metric]:
     up = GaugeMetricFamily(
         "hss_sync_redis_up", "1 if Redis answered this scrape, else 0.", value=int(live.redis_up)
     )
-    out: list[Metric] = [up]
+    left = GaugeMetricFamily(
+        "hss_sync_budget_calls_left",
+        "HSS calls that could start now within each API's shared budget (all replicas).",
+        labels=["api"],
+    )
+    for api, calls in sorted(live.calls_left.items()):
+        left.add_metric([api], calls)
+    out: list[Metric] = [up, left]
     for name, doc, value in (
-        (
-            "hss_sync_budget_calls_left",
-            "HSS calls that could start now within the shared budget (all replicas).",
-            live.calls_left,
-        ),
         (
             "hss_sync_outbox_depth",
             "Alert messages waiting in the outbox (every channel, parked ones included).",
@@ -104,14 +107,15 @@ def render(live: Live) -> bytes:
 async def read_live(
     *,
     redis: aioredis.Redis,
-    budget: CallBudget,
+    budgets: Mapping[HssApi, CallBudget],
     watches: WatchStore,
     now: float | None = None,
 ) -> Live:
-    """Read the scrape-time state. Calls left come from the budget, which falls back to its
-    in-process count while Redis is down; the rest needs Redis."""
+    """Read the scrape-time state. Calls left come from each API's budget (``budgets``: API
+    -> budget), which falls back to its in-process count while Redis is down; the rest
+    needs Redis."""
     now = time.time() if now is None else now
-    calls_left = await budget.calls_left()
+    calls_left = {api.value: await budget.calls_left() for api, budget in budgets.items()}
     try:
         ages = await mirror_ages(redis, await watches.watched_tasks(), now)
         depth, parked = await outbox_state(redis)

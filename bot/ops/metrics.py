@@ -33,6 +33,8 @@ ProcessCollector(namespace="hss_sync", registry=REGISTRY)
 LOOKUP_OUTCOMES = ("fresh", "refreshed", "failed", "gave_up")
 ACK_KINDS = ("command", "action", "event", "other")
 PRIORITIES = ("interactive", "background")
+#: ``models.HssApi``'s values (this module imports nothing of the bot; a test holds them equal).
+APIS = ("registries", "tasks")
 FLIP_KINDS = ("failure", "recovery", "retry", "removed")
 ALERT_RESULTS = ("sent", "retried", "failed")
 
@@ -54,16 +56,17 @@ ACK_SECONDS = Histogram(
 )
 HSS_CALLS = Counter(
     "hss_sync_hss_calls",
-    "HTTP attempts to HSS ListAssociateRegistries (retries included), by HTTP status code, "
-    "or timeout / network / cancelled / error when no response came.",
-    ["status"],
+    "HTTP attempts to HSS (retries included), by API (registries: ListAssociateRegistries, "
+    "tasks: ListImageScanTask) and HTTP status code, or timeout / network / cancelled / "
+    "error when no response came.",
+    ["api", "status"],
     registry=REGISTRY,
 )
 BUDGET_WAIT = Histogram(
     "hss_sync_budget_wait_seconds",
-    "Time an HSS call waited for a slot of the shared call budget, by priority "
-    "(interactive, background).",
-    ["priority"],
+    "Time an HSS call waited for a slot of its API's shared call budget, by API "
+    "(registries, tasks) and priority (interactive, background).",
+    ["api", "priority"],
     buckets=(0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0),
     registry=REGISTRY,
 )
@@ -94,8 +97,12 @@ for _outcome in LOOKUP_OUTCOMES:
     LOOKUPS.labels(_outcome)
 for _kind in ACK_KINDS:
     ACK_SECONDS.labels(_kind)
-for _priority in PRIORITIES:
-    BUDGET_WAIT.labels(_priority)
+for _api in APIS:
+    for _priority in PRIORITIES:
+        BUDGET_WAIT.labels(_api, _priority)
+    # The statuses alerts are written on; others appear with their first call.
+    for _status in ("200", "429"):
+        HSS_CALLS.labels(_api, _status)
 for _flip in FLIP_KINDS:
     FLIPS.labels(_flip)
 for _result in ALERT_RESULTS:

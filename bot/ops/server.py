@@ -83,7 +83,7 @@ def build_web_app(
         return web.json_response(body, status=status)
 
     async def metrics_text(request: web.Request) -> web.Response:
-        live = await gauges.read_live(redis=runtime.redis, budget=runtime.budget, watches=watches)
+        live = await gauges.read_live(redis=runtime.redis, budgets=runtime.budgets, watches=watches)
         response = web.Response(body=gauges.render(live))
         # The classic text format, which every Prometheus reads (generate_latest writes it;
         # aiohttp's content_type= would refuse the version parameter).

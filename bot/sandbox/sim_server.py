@@ -124,6 +124,24 @@ async def _shift(request: web.Request) -> web.Response:
     )
 
 
+async def _run(request: web.Request) -> web.Response:
+    """Start a run (``{"kind", "duration"}``) or end one early (``{"task_id", "status"}``)."""
+    sim: Simulator = request.app[SIM_KEY]
+    payload = await _json_body(request)
+    try:
+        if "task_id" in payload:
+            run = sim.end_run(str(payload["task_id"]), int(payload.get("status", 0)))
+        else:
+            duration = payload.get("duration")
+            run = sim.start_run(
+                str(payload.get("kind", "")),
+                duration=None if duration is None else float(duration),
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise web.HTTPBadRequest(text=f"cannot run: {exc}") from None
+    return web.json_response({"run": sim.run_info(run)})
+
+
 SIM_KEY = web.AppKey("simulator", Simulator)
 
 
@@ -136,6 +154,7 @@ def make_app(sim: Simulator) -> web.Application:
     app.router.add_post("/_sim/limit", _limit)
     app.router.add_post("/_sim/flip", _flip)
     app.router.add_post("/_sim/shift", _shift)
+    app.router.add_post("/_sim/run", _run)
     app.router.add_route("*", "/{tail:.*}", _api)
     return app
 
@@ -180,11 +199,25 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def _non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError("expected a number, 0 or more")
+        return value
+
+    return parse
+
+
 _DESCRIPTION = """\
-Serve an HSS stand-in over HTTP: ListAssociateRegistries with the API gateway's signature
-check, its rate limit (HTTP 429, APIGW.0308), paging, made-up but repeatable registries,
-faults and status flips. Point the bot at it with HSS_ENDPOINT=http://HOST:PORT and the
---ak, --sk and --project-id below (CLOUD_SDK_AK, CLOUD_SDK_SK, HSS_PROJECT_ID)."""
+Serve an HSS stand-in over HTTP: ListAssociateRegistries and ListImageScanTask (the sync
+runs) with the API gateway's signature check, its rate limit per API (HTTP 429, APIGW.0308),
+paging, made-up but repeatable registries, faults and status flips. A scheduled sync run
+starts every --run-every seconds and goes through the project's --run-registries registries
+in --run-duration seconds, about 2% of them failing (half of the previous run's failures
+carried over, half new); each run's task id is a task ListAssociateRegistries answers for.
+Point the bot at it with HSS_ENDPOINT=http://HOST:PORT and the --ak, --sk and --project-id
+below (CLOUD_SDK_AK, CLOUD_SDK_SK, HSS_PROJECT_ID)."""
 
 _EPILOG = """\
 control endpoints (no signature needed):
@@ -195,6 +228,9 @@ control endpoints (no signature needed):
   POST /_sim/limit    {"rate_limit", "window", "retry_after"}
   POST /_sim/flip     {"task_id", "registry", "status", "reason"} or {"task_id", "count"}
   POST /_sim/shift    {"task_id", "insert": N, "remove": N, "at": ROW}
+  POST /_sim/run      {"kind": "auto"|"manual", "duration": S} starts a sync run now;
+                      {"task_id", "status": -1|-2|-3} ends a running one early (stopped,
+                      timed out, error)
 A task id starting with "missing-" is unknown to HSS (HSS.0011)."""
 
 
@@ -287,6 +323,36 @@ def _parser() -> argparse.ArgumentParser:
         help="registries per task that --flip-every changes (default %(default)s)",
     )
     p.add_argument(
+        "--run-every",
+        type=_positive(float),
+        default=86400.0,
+        metavar="S",
+        help="seconds between scheduled sync runs (autoSync), a simulated day; compress it "
+        "for tests and demos (default %(default)g)",
+    )
+    p.add_argument(
+        "--run-duration",
+        type=_non_negative(float),
+        default=1800.0,
+        metavar="S",
+        help="seconds a sync run takes to go through its registries (default %(default)g)",
+    )
+    p.add_argument(
+        "--run-history",
+        type=_non_negative(int),
+        default=3,
+        metavar="N",
+        help="scheduled runs that began before the simulator started; the next one begins "
+        "half of --run-every after it (default %(default)s)",
+    )
+    p.add_argument(
+        "--run-registries",
+        type=_non_negative(int),
+        default=500,
+        metavar="N",
+        help="registries of the project, which every sync run goes through (default %(default)s)",
+    )
+    p.add_argument(
         "--lockout",
         action="store_true",
         help="lock an AK for 5 minutes after 5 failed signatures in a row, as HSS does "
@@ -335,6 +401,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         ),
         flip_every=args.flip_every,
         flip_count=args.flip_count,
+        run_every=args.run_every,
+        run_duration=args.run_duration,
+        run_history=args.run_history,
+        run_registries=args.run_registries,
     )
 
 

@@ -92,6 +92,11 @@ def random_codes(rng: random.Random, count: int) -> bytes:
     return rng.randbytes(count).translate(_RANDOM_TO_CODE)
 
 
+def _with_status(status: int) -> bytes:
+    """A ``bytes.translate`` table giving every row code ``status``, keeping its type."""
+    return bytes(status << 3 | code & 7 for code in range(256))
+
+
 def match_table(statuses: Iterable[int], types: Iterable[int]) -> bytes:
     """A ``bytes.translate`` table mapping a row code to 1 when it passes both filters."""
     wanted = {s << 3 | t for s in statuses for t in types}
@@ -119,13 +124,13 @@ class InvalidParameter(ValueError):
     """A query parameter breaks the API's rules (HSS.0001)."""
 
 
-def _int_param(name: str, raw: str, low: int, high: int) -> int:
+def int_param(name: str, raw: str, low: int, high: int) -> int:
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise InvalidParameter(f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
 
-def _text_param(name: str, raw: str, maximum: int) -> str:
+def text_param(name: str, raw: str, maximum: int) -> str:
     if not 1 <= len(raw) <= maximum:
         raise InvalidParameter(f"{name} must be 1-{maximum} characters")
     return raw
@@ -139,26 +144,32 @@ def _types_param(raw: str) -> frozenset[str]:
     return types
 
 
-def parse_query(pairs: Sequence[tuple[str, str]]) -> Query:
-    """Validate decoded query pairs as HSS does; unknown parameters are ignored."""
+def unique_params(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The pairs as a dict; a parameter given twice is invalid."""
     seen: dict[str, str] = {}
     for key, value in pairs:
         if key in seen:
             raise InvalidParameter(f"{key} is given more than once")
         seen[key] = value
+    return seen
+
+
+def parse_query(pairs: Sequence[tuple[str, str]]) -> Query:
+    """Validate decoded query pairs as HSS does; unknown parameters are ignored."""
+    seen = unique_params(pairs)
     status = seen.get("sync_status")
     if status is not None and status not in STATUSES:
         raise InvalidParameter("sync_status must be finished, running or failed")
     name = seen.get("registry_name")
     return Query(
-        offset=_int_param("offset", seen.get("offset", "0"), 0, OFFSET_MAX),
-        limit=_int_param("limit", seen.get("limit", "10"), PAGE_LIMIT_MIN, PAGE_LIMIT_MAX),
+        offset=int_param("offset", seen.get("offset", "0"), 0, OFFSET_MAX),
+        limit=int_param("limit", seen.get("limit", "10"), PAGE_LIMIT_MIN, PAGE_LIMIT_MAX),
         sync_status=status,
         registry_types=_types_param(seen["registry_type"])
         if "registry_type" in seen
         else frozenset(),
-        registry_name=_text_param("registry_name", name, REGISTRY_NAME_MAX) if name else name,
-        enterprise_project_id=_text_param(
+        registry_name=text_param("registry_name", name, REGISTRY_NAME_MAX) if name else name,
+        enterprise_project_id=text_param(
             "enterprise_project_id", seen.get("enterprise_project_id", "0"), EP_ID_MAX
         ),
     )
@@ -190,27 +201,42 @@ def _ones(mask: bytes | bytearray, skip: int, take: int) -> Iterator[int]:
 
 
 class TaskData:
-    """The registries of one task; mutations model a running sync (flips, inserts, removals)."""
+    """The registries of one task; mutations model a running sync (flips, inserts, removals).
 
-    def __init__(self, *, seed: int, task_id: str, size: int, hostile: bool = False) -> None:
+    ``identity`` (default: the task id) seeds the registries' ids, names, types and failure
+    reasons: tasks with the same identity sync the same registries (a project's sync runs).
+    ``status``: every registry starts with it instead of the seeded mix."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        task_id: str,
+        size: int,
+        hostile: bool = False,
+        identity: str | None = None,
+        status: str | None = None,
+    ) -> None:
         self.task_id = task_id
         self._seed = seed
+        self._key = task_id if identity is None else identity
         self._hostile = hostile
-        self._codes = bytearray(random_codes(seeded_rng(seed, task_id, "codes"), size))
+        codes = random_codes(seeded_rng(seed, self._key, "codes"), size)
+        if status is not None:
+            codes = codes.translate(_with_status(STATUSES.index(status)))
+        self._codes = bytearray(codes)
         self._serials = array("I", range(size))
         self._next_serial = size
         self._reasons: dict[int, str] = {}
         self._names: bytes | None = None
         # Ids end in the serial xor a per-task mask so that an id maps back to its row in O(1).
-        self._id_mask = int.from_bytes(_digest(seed, task_id, "mask")[:4], "big")
+        self._id_mask = int.from_bytes(_digest(seed, self._key, "mask")[:4], "big")
 
     def __len__(self) -> int:
         return len(self._codes)
 
     def registry_id(self, serial: int) -> str:
-        return (
-            _digest(self._seed, self.task_id, serial)[:12].hex() + f"{serial ^ self._id_mask:08x}"
-        )
+        return _digest(self._seed, self._key, serial)[:12].hex() + f"{serial ^ self._id_mask:08x}"
 
     def name(self, serial: int, type_index: int) -> str:
         if self._hostile and serial % 37 == 5:
@@ -224,7 +250,7 @@ class TaskData:
         if serial in self._reasons:
             return self._reasons[serial]
         pool = FAILURE_REASONS + (HOSTILE_REASONS if self._hostile else ())
-        return pool[_digest(self._seed, self.task_id, serial, "why")[0] % len(pool)]
+        return pool[_digest(self._seed, self._key, serial, "why")[0] % len(pool)]
 
     def registry_at(self, row: int) -> Registry:
         serial, code = self._serials[row], self._codes[row]
@@ -253,6 +279,10 @@ class TaskData:
             return self._serials.index(serial)
         except ValueError:
             return None
+
+    def count(self, status: str) -> int:
+        """Registries with ``status`` now."""
+        return self._codes.translate(match_table([STATUSES.index(status)], range(6))).count(1)
 
     def query(self, query: Query) -> tuple[int, list[Registry]]:
         """(total_num, page) for a query, like the API: total counts every match."""
@@ -302,7 +332,7 @@ class TaskData:
         at = max(0, min(at, len(self)))
         first = self._next_serial
         self._next_serial += count
-        self._codes[at:at] = random_codes(seeded_rng(self._seed, self.task_id, "new", first), count)
+        self._codes[at:at] = random_codes(seeded_rng(self._seed, self._key, "new", first), count)
         self._serials[at:at] = array("I", range(first, first + count))
         self._names = None
         return [self.registry_at(r) for r in range(at, at + count)]

@@ -1,8 +1,12 @@
-"""HSS stand-in: ListAssociateRegistries with the gateway's signature check, rate limit, faults.
+"""HSS stand-in: ListAssociateRegistries and ListImageScanTask (the sync runs, see
+``bot.sandbox.simruns``) with the gateway's signature check, rate limit (per API, as HSS
+counts it) and faults.
 
 ``Simulator`` holds all state and logic and does no I/O (tests drive it directly with an
 injected clock); ``bot.sandbox.sim_server`` serves it over aiohttp and is ``hss-sync-bot simulate``.
-Control endpoints under ``/_sim/`` (served by ``bot.sandbox.sim_server``) need no signature:
+Every run's ``task_id`` is a task ListAssociateRegistries answers for (the project's
+registries, as far as the run has got). Control endpoints under ``/_sim/`` (served by
+``bot.sandbox.sim_server``) need no signature:
 
     GET  /_sim/stats                      counters (see ``Simulator.stats``)
     POST /_sim/reset                      forget data changes, counters, faults, lock-outs
@@ -12,10 +16,13 @@ Control endpoints under ``/_sim/`` (served by ``bot.sandbox.sim_server``) need n
     POST /_sim/flip    {"task_id", "registry", "status", "reason"} or {"task_id", "count"}
                        ("registry": an id or an exact name; "registry_id" also works)
     POST /_sim/shift   {"task_id", "insert": n, "remove": n, "at": row}
+    POST /_sim/run     {"kind": "auto"|"manual", "duration": s} starts a run now, or
+                       {"task_id", "status": -1|-2|-3} ends a running one early
 
 Order of checks, as at the real gateway: route, signature (401), project (403), rate limit
-(429), then the backend: scripted/random faults, parameters (400), task (HSS.0011), data.
-Only admitted calls take a rate-limit slot; throttled ones still count in ``max_in_window``.
+(429, each API its own), then the backend: scripted/random faults (either API's next call),
+parameters (400), task (HSS.0011), data. Only admitted calls take a rate-limit slot;
+throttled ones still count in ``max_in_window`` (the most calls of one API in a window).
 """
 
 from __future__ import annotations
@@ -38,6 +45,14 @@ from urllib.parse import unquote
 from bot.hss import signer
 from bot.models import PROJECT_ID_MAX, TASK_ID_MAX, Registry
 from bot.sandbox.simdata import STATUSES, InvalidParameter, Query, TaskData, parse_query, seeded_rng
+from bot.sandbox.simruns import (
+    LISTED_MAX,
+    RunBook,
+    RunQuery,
+    RunsConfig,
+    SimRun,
+    parse_run_query,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +61,8 @@ DEMO_SK = "simulator-secret-key-0000000000000000000"
 DEMO_PROJECT_ID = "0123456789abcdef0123456789abcdef"
 
 _ROUTE = re.compile(r"/v5/([^/?]+)/image/image-sync/tasks/([^/?]+)/registries/?")
+_RUNS_ROUTE = re.compile(r"/v5/([^/?]+)/image/tasks/?")
+REGISTRIES, TASKS = "registries", "tasks"  # the APIs, as the bot's ``HssApi`` names them
 _AUTH = re.compile(
     r"SDK-HMAC-SHA256\s+Access=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]{64})"
 )
@@ -90,6 +107,29 @@ class SimConfig:
     faults: Faults = field(default_factory=Faults)
     flip_every: float | None = None
     flip_count: int = 1
+    #: Sync runs (``bot.sandbox.simruns``): a scheduled one every ``run_every`` seconds
+    #: (None: never), each over ``run_duration`` s; ``run_history`` began before the start.
+    run_every: float | None = 86400.0
+    run_duration: float = 1800.0
+    run_history: int = 3
+    run_registries: int = 500
+    run_failure_rate: float = 0.02
+
+
+@dataclass(slots=True)
+class ApiStats:
+    """One API's counters: calls per AK, 429s of the rate limit, most calls in a window."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    throttled: int = 0
+    max_in_window: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": dict(self.calls),
+            "throttled": self.throttled,
+            "max_in_window": dict(self.max_in_window),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +204,27 @@ class Simulator:
         self._queue: deque[Scripted] = deque()
         self._tasks: dict[str, TaskData] = {}
         self._rng = seeded_rng(self.config.seed, "faults")
-        self._admitted: dict[str, deque[float]] = defaultdict(deque)
-        self._attempts: dict[str, deque[float]] = defaultdict(deque)
+        self._admitted: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self._attempts: dict[tuple[str, str], deque[float]] = defaultdict(deque)
         self._consecutive_401: Counter[str] = Counter()
         self._locked_until: dict[str, float] = {}
         self._last_flip = self._clock()
+        config = self.config
+        self.runs = RunBook(
+            RunsConfig(
+                seed=config.seed,
+                registries=config.run_registries,
+                every=config.run_every,
+                duration=config.run_duration,
+                history=config.run_history,
+                failure_rate=config.run_failure_rate,
+                hostile=config.hostile,
+            ),
+            start=self._last_flip,
+        )
+        #: Counts of both APIs; ``apis`` has each API's own.
         self.calls: Counter[str] = Counter()
+        self.apis = {REGISTRIES: ApiStats(), TASKS: ApiStats()}
         self.auth_failures: Counter[str] = Counter()
         self.by_status: Counter[int] = Counter()
         self.throttled = 0
@@ -202,7 +257,12 @@ class Simulator:
         )
 
     def task(self, task_id: str) -> TaskData:
-        """The task's data, created from the seed on first use."""
+        """The task's data, created from the seed on first use; a run's registries as far
+        as it has got."""
+        now = self._clock()
+        run = self.runs.get(task_id, now)
+        if run is not None:
+            return run.registries(now)
         if task_id not in self._tasks:
             size = self.config.task_sizes.get(task_id, self.config.default_size)
             self._tasks[task_id] = TaskData(
@@ -258,6 +318,22 @@ class Simulator:
     def remove(self, task_id: str, count: int, at: int = 0) -> list[Registry]:
         return self.task(task_id).remove(count, at)
 
+    def start_run(self, kind: str, *, duration: float | None = None) -> SimRun:
+        """A run of ``kind`` (``auto`` or ``manual``) beginning now."""
+        return self.runs.start(kind, self._clock(), duration=duration)
+
+    def end_run(self, task_id: str, status: int) -> SimRun:
+        """End a running run early: -1 stopped, -2 timed out, -3 error."""
+        return self.runs.end(task_id, status, self._clock())
+
+    def run_info(self, run: SimRun) -> dict[str, Any]:
+        """``run`` as ListImageScanTask lists it now."""
+        return run.info(self._clock())
+
+    def listed_runs(self) -> list[dict[str, Any]]:
+        """Every run ListImageScanTask lists now (at most 1000), newest first."""
+        return self.runs.query(RunQuery(limit=LISTED_MAX), self._clock())[1]
+
     def is_missing(self, task_id: str) -> bool:
         prefix = self.config.missing_prefix
         return task_id in self.config.missing_tasks or bool(prefix and task_id.startswith(prefix))
@@ -272,6 +348,9 @@ class Simulator:
             "max_in_window": dict(self.max_in_window),
             "max_in_flight": self.max_in_flight,
             "rate_limit": {"calls": calls, "window": window},
+            "apis": {api: counts.as_dict() for api, counts in self.apis.items()},
+            "runs": len(self.runs),
+            "next_scheduled_run": self.runs.next_scheduled_at(),
             "locked": sorted(ak for ak, t in self._locked_until.items() if t > self._clock()),
         }
 
@@ -298,19 +377,23 @@ class Simulator:
     def _handle(self, request: SimRequest, request_id: str) -> SimResponse:
         now = self._clock()
         self._catch_up_flips(now)
-        match = _ROUTE.fullmatch(request.raw_path)
+        registries = _ROUTE.fullmatch(request.raw_path)
+        runs = _RUNS_ROUTE.fullmatch(request.raw_path)
+        match = registries or runs
         if request.method != "GET" or match is None:
             return _error(
                 404, "APIGW.0101", "The API does not exist or has not been published.", request_id
             )
         ak = self._authenticate(request, now, request_id)
-        project_id, task_id = unquote(match[1]), unquote(match[2])
+        project_id = unquote(match[1])
         if project_id != self.config.project_id or len(project_id) > PROJECT_ID_MAX:
             return _error(
                 403, "APIGW.0302", "The IAM user is not authorized to access the API.", request_id
             )
-        self._admit(ak, now, request_id)
-        return self._backend(task_id, request.raw_query, request_id)
+        self._admit(REGISTRIES if registries else TASKS, ak, now, request_id)
+        if registries is None:
+            return self._runs_backend(request.raw_query, request_id, now)
+        return self._backend(unquote(registries[2]), request.raw_query, request_id)
 
     def _backend(self, task_id: str, raw_query: str, request_id: str) -> SimResponse:
         fault = self._next_fault()
@@ -329,6 +412,17 @@ class Simulator:
         total, page = self.task(task_id).query(query)
         payload = {"total_num": total, "data_list": [r.as_api_dict() for r in page]}
         return _json(200, payload, request_id)
+
+    def _runs_backend(self, raw_query: str, request_id: str, now: float) -> SimResponse:
+        fault = self._next_fault()
+        if fault is not None and fault != "ok":
+            return self._fault_response(fault, request_id)
+        try:
+            query = parse_run_query(parse_raw_query(raw_query))
+        except InvalidParameter as exc:
+            return _error(400, "HSS.0001", f"Invalid parameter: {exc}", request_id)
+        total, page = self.runs.query(query, now)
+        return _json(200, {"total_num": total, "data_list": page}, request_id)
 
     # -- signature --------------------------------------------------------------------------
 
@@ -417,19 +511,24 @@ class Simulator:
 
     # -- rate limit and faults --------------------------------------------------------------
 
-    def _admit(self, ak: str, now: float, request_id: str) -> None:
+    def _admit(self, api: str, ak: str, now: float, request_id: str) -> None:
+        """A slot of ``api``'s own window (HSS counts each API apart), or a 429."""
         calls, window, retry_after = self._limit
+        counts = self.apis[api]
         self.calls[ak] += 1
-        attempts, admitted = self._attempts[ak], self._admitted[ak]
+        counts.calls[ak] += 1
+        attempts, admitted = self._attempts[api, ak], self._admitted[api, ak]
         for stamps in (attempts, admitted):
             while stamps and stamps[0] <= now - window:
                 stamps.popleft()
         attempts.append(now)
+        counts.max_in_window[ak] = max(counts.max_in_window[ak], len(attempts))
         self.max_in_window[ak] = max(self.max_in_window[ak], len(attempts))
         if len(admitted) < calls:
             admitted.append(now)
             return
         self.throttled += 1
+        counts.throttled += 1
         headers = {}
         if retry_after:
             headers["Retry-After"] = str(max(1, math.ceil(admitted[0] + window - now)))

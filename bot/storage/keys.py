@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from bot.models import TaskRef
+from bot.models import HssApi, TaskRef
 
 PREFIX = "hss"
 
@@ -21,43 +21,57 @@ def task_part(ref: TaskRef) -> str:
     return f"{_part(ref.project_id)}:{_part(ref.enterprise_project_id)}:{_part(ref.task_id)}"
 
 
-# --- call budget (scope = fingerprint of the AK: one IAM user at HSS) ---
+# --- call budgets (scope = fingerprint of the AK: one IAM user at HSS) ---
+# One budget per API, as HSS counts calls per API. ListAssociateRegistries keeps the names it
+# had before there was a second API (``hss:budget:{scope}:log``), so replicas of either
+# version share its budget during an upgrade; another API's have the API's name after the
+# scope (``hss:budget:{scope}:tasks:log``). A scope (hex, or ``anonymous``) has no colon, so
+# the two kinds never meet.
 
 
-def budget_log(scope: str) -> str:
+def _budget(scope: str, api: str) -> str:
+    if api == HssApi.REGISTRIES:
+        return f"{PREFIX}:budget:{scope}"
+    return f"{PREFIX}:budget:{scope}:{_part(api)}"
+
+
+def budget_log(scope: str, api: str = HssApi.REGISTRIES) -> str:
     """ZSET member=call id, score=start time (s). Calls in the sliding window; trimmed by
     the acquire script, expires one window after the last call."""
-    return f"{PREFIX}:budget:{scope}:log"
+    return f"{_budget(scope, api)}:log"
 
 
-def budget_waiters(scope: str) -> str:
+def budget_waiters(scope: str, api: str = HssApi.REGISTRIES) -> str:
     """ZSET member=waiter id, score=expiry time (s). Interactive callers waiting for a slot;
     background callers yield to any live entry. Entries expire if their owner dies; the key
     expires with its last entry."""
-    return f"{PREFIX}:budget:{scope}:waiters"
+    return f"{_budget(scope, api)}:waiters"
 
 
-def budget_queue(scope: str) -> str:
+def budget_queue(scope: str, api: str = HssApi.REGISTRIES) -> str:
     """ZSET member=``{arrival:017.6f}:{waiter id}:{asker}``, score=round. The live waiters of
     ``budget_waiters`` in the order slots go across replicas: round robin between askers
     (score), first come, first served within a round (the member starts with the arrival,
     Redis clock, s). The expiry set alone cannot keep order: it is rewritten on every
     wake-up. Another ordering key (a question's size) would go into the member before the
     arrival. Trimmed with the waiters' set; same TTL."""
-    return f"{PREFIX}:budget:{scope}:queue"
+    return f"{_budget(scope, api)}:queue"
 
 
-def budget_places(scope: str) -> str:
+def budget_places(scope: str, api: str = HssApi.REGISTRIES) -> str:
     """HASH field=waiter id, value=its member of ``budget_queue``: how a waiter finds its
     place. Changed with the queue in the budget script; same TTL."""
-    return f"{PREFIX}:budget:{scope}:places"
+    return f"{_budget(scope, api)}:places"
 
 
-def budget_askers(scope: str) -> str:
+def budget_askers(scope: str, api: str = HssApi.REGISTRIES) -> str:
     """HASH field ``n:{asker}`` = places the asker holds in ``budget_queue``, ``r:{asker}`` =
     round of the last of them: the per-asker cap and where the asker's next question goes.
     Both fields leave with the asker's last place; same TTL as the queue."""
-    return f"{PREFIX}:budget:{scope}:askers"
+    return f"{_budget(scope, api)}:askers"
+
+
+# --- authentication (scope = fingerprint of the AK/SK pair; shared by every API) ---
 
 
 def auth_lock(scope: str) -> str:

@@ -7,12 +7,18 @@ async def test_x(hss_sim: RunningSim) -> None:          # generous limit: 10,000
 
 async def test_y(make_hss_sim: MakeSim) -> None:        # strict, compressed time
     running = await make_hss_sim(rate_limit=5, window=0.5, retry_after=True)
+
+async def test_z(make_hss_sim: MakeSim) -> None:        # the simulator's clock in the test's hand
+    clock = SimClock()
+    running = await make_hss_sim(clock=clock, run_every=60)
+    clock.advance(90)                                  # a scheduled sync run has begun
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -61,16 +67,37 @@ class RunningSim:
         query = signer.canonical_query(params)
         return f"{self.url}{path}?{query}" if query else f"{self.url}{path}"
 
+    def runs_url(self, params: Sequence[tuple[str, str]] = ()) -> str:
+        """ListImageScanTask's full URL, encoded exactly as it must be signed."""
+        path = signer.encoded_path(["v5", self.project_id, "image", "tasks"])
+        query = signer.canonical_query(params)
+        return f"{self.url}{path}?{query}" if query else f"{self.url}{path}"
+
+
+@dataclass
+class SimClock:
+    """A simulator clock that moves only when told. It starts at the real time: requests are
+    signed with the real one, and the simulator refuses a date 15 minutes off its own."""
+
+    now: float = field(default_factory=time.time)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
 
 MakeSim = Callable[..., Awaitable[RunningSim]]
 
 
 @pytest.fixture
 async def make_hss_sim() -> AsyncIterator[MakeSim]:
-    """Factory: ``await make_hss_sim(**SimConfig fields)``; all are stopped after the test."""
+    """Factory: ``await make_hss_sim(clock=..., **SimConfig fields)``; all are stopped after
+    the test. ``clock``: the simulator's (default ``time.time``)."""
     runners: list[web.AppRunner] = []
 
-    async def make(**config: Any) -> RunningSim:
+    async def make(clock: Callable[[], float] = time.time, **config: Any) -> RunningSim:
         settings: dict[str, Any] = {
             "ak": TEST_AK,
             "sk": TEST_SK,
@@ -78,7 +105,7 @@ async def make_hss_sim() -> AsyncIterator[MakeSim]:
             "rate_limit": GENEROUS_LIMIT,
         }
         settings.update(config)
-        sim = Simulator(SimConfig(**settings))
+        sim = Simulator(SimConfig(**settings), clock=clock)
         # An answer still in flight at teardown (a latency fault) has no one left to read it.
         runner, url = await start_simulator(sim, shutdown_timeout=SHUTDOWN_TIMEOUT)
         runners.append(runner)
