@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 from hypothesis import strategies as st
 from slack_sdk.models.blocks import Block, BlockElement
 
+from bot.hss.budget import CallBudget, Priority, Ticket
 from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus, TaskRef, task_id_problem
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
@@ -288,3 +290,60 @@ def check_block(block: dict[str, Any]) -> None:
             assert len(element["action_id"]) <= 255
     else:
         assert kind == "divider"
+
+
+# --- recording HSS seams ------------------------------------------------------------------------
+
+
+@dataclass
+class RecordingBudget:
+    """A ``CallBudget`` that records what the client asked of it and delegates to ``inner``.
+
+    ``on_acquire(n)`` runs before the n-th slot is granted (1-based): the hook tests use to
+    change HSS's data between two pages at a deterministic point.
+    """
+
+    inner: CallBudget | None = None
+    on_acquire: Callable[[int], None] = lambda n: None
+    acquired: list[Priority] = field(default_factory=list)
+    penalties: list[float | None] = field(default_factory=list)
+    tickets: list[Ticket | None] = field(default_factory=list)
+
+    async def acquire(
+        self,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        timeout: float | None = None,
+        ticket: Ticket | None = None,
+    ) -> None:
+        self.acquired.append(priority)
+        self.tickets.append(ticket)
+        self.on_acquire(len(self.acquired))
+        if self.inner is not None:
+            await self.inner.acquire(priority, timeout=timeout, ticket=ticket)
+
+    async def next_slot_in(self) -> float:
+        return await self.inner.next_slot_in() if self.inner else 0.0
+
+    async def penalize(self, retry_after: float | None) -> None:
+        self.penalties.append(retry_after)
+        if self.inner is not None:
+            await self.inner.penalize(retry_after)
+
+    async def calls_left(self) -> int:
+        return await self.inner.calls_left() if self.inner else 5
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """The real loopback transport, keeping each request's raw target as it went out."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.targets: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.targets.append(request.url.raw_path.decode("ascii"))
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

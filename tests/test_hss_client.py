@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -33,7 +32,7 @@ from bot.errors import (
     HssThrottledError,
     HssUnavailableError,
 )
-from bot.hss.budget import CallBudget, LocalCallBudget, Priority, RedisCallBudget, Ticket
+from bot.hss.budget import CallBudget, LocalCallBudget, Priority, RedisCallBudget
 from bot.hss.client import FetchResult, HssClient
 from bot.hss.signer import Credentials
 from bot.mirror import view_key
@@ -41,6 +40,7 @@ from bot.models import REGISTRY_TYPES, ApiFilter, Registry, SyncStatus, TaskRef
 from bot.sandbox.simdata import Query, parse_query
 from bot.sandbox.simulator import Faults, Simulator, parse_raw_query
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.support import RecordingBudget, RecordingTransport
 
 TOKEN = "TEMPtoken-0123456789-secret-security-token"
 
@@ -72,45 +72,6 @@ def expected_rows(sim: Simulator, task_id: str, flt: ApiFilter) -> list[Registry
         registry_name=flt.registry_name,
     )
     return sim.task(task_id).query(query)[1]
-
-
-@dataclass
-class RecordingBudget:
-    """A ``CallBudget`` that records what the client asked of it and delegates to ``inner``.
-
-    ``on_acquire(n)`` runs before the n-th slot is granted (1-based): the hook tests use to
-    change HSS's data between two pages at a deterministic point.
-    """
-
-    inner: CallBudget | None = None
-    on_acquire: Callable[[int], None] = lambda n: None
-    acquired: list[Priority] = field(default_factory=list)
-    penalties: list[float | None] = field(default_factory=list)
-    tickets: list[Ticket | None] = field(default_factory=list)
-
-    async def acquire(
-        self,
-        priority: Priority = Priority.INTERACTIVE,
-        *,
-        timeout: float | None = None,
-        ticket: Ticket | None = None,
-    ) -> None:
-        self.acquired.append(priority)
-        self.tickets.append(ticket)
-        self.on_acquire(len(self.acquired))
-        if self.inner is not None:
-            await self.inner.acquire(priority, timeout=timeout, ticket=ticket)
-
-    async def next_slot_in(self) -> float:
-        return await self.inner.next_slot_in() if self.inner else 0.0
-
-    async def penalize(self, retry_after: float | None) -> None:
-        self.penalties.append(retry_after)
-        if self.inner is not None:
-            await self.inner.penalize(retry_after)
-
-    async def calls_left(self) -> int:
-        return await self.inner.calls_left() if self.inner else 5
 
 
 # --- happy path ---------------------------------------------------------------------------
@@ -168,21 +129,6 @@ async def test_empty_view_is_one_call(hss_sim: RunningSim) -> None:
 # --- request encoding, as the simulator sees it --------------------------------------------
 
 ODD_TASK_IDS = ["t!*'();:@$,~", "100%done", "任务-ü", "a/b", "plus+and&eq=?#", "x" * 64]
-
-
-class RecordingTransport(httpx.AsyncBaseTransport):
-    """The real loopback transport, keeping each request's raw target as it went out."""
-
-    def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
-        self.targets: list[str] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.targets.append(request.url.raw_path.decode("ascii"))
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 @pytest.mark.parametrize("task_id", ODD_TASK_IDS)

@@ -127,3 +127,19 @@ def test_the_rule_can_fail() -> None:
     # A guard against a test that cannot fail: an upward import is caught.
     assert layer("bot.cli") > layer("bot.lookup") > layer("bot.errors")
     assert layer("bot.slack.app") > layer("bot.alerting.pipeline") > layer("bot.slack.render")
+
+
+def test_no_test_module_imports_another() -> None:
+    # Shared helpers live in tests/support.py, tests/plugins or fixtures (issue 8).
+    for path in sorted(BOT.parent.joinpath("tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            bad = [n for n in names if n.startswith("tests.test_")]
+            assert not bad, f"{path.name} imports {bad}: move what it needs to tests/support.py"

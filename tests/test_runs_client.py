@@ -23,7 +23,7 @@ from bot.runs import RunFilter, RunKind, SyncRun
 from bot.runtime import open_runtime
 from bot.storage import keys
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim, SimClock
-from tests.test_hss_client import RecordingBudget, RecordingTransport
+from tests.support import RecordingBudget, RecordingTransport
 
 WRONG_SK = "SK-wrong-secret-0000000000000000000000000"
 
