@@ -22,8 +22,10 @@ runs that do not move or do not come.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from bot.alerting.flips import Flip, FlipKind, by_name
 from bot.mirror import name_matches
@@ -139,9 +141,9 @@ def began_at(run: SyncRun) -> float | None:
 
 def follows(kind: RunKind | None, created_at: float, run: SyncRun) -> bool:
     """A watch of ``kind`` (None: every run) made at ``created_at`` follows ``run``: runs
-    that began before the watch was made are its baseline."""
-    start = began_at(run)
-    if start is None or start < created_at:
+    that began before the watch was made are its baseline (compared in HSS's milliseconds:
+    a run begun in the millisecond the watch was made is followed)."""
+    if run.begin_time is None or run.begin_time < math.floor(created_at * 1000):
         return False
     return kind is None or run.kind == kind
 
@@ -212,12 +214,16 @@ class Say:
     STUCK = "stuck"
 
 
+#: The outbox's item kinds (``bot.alerting.outbox.Kind``).
+SendKind = Literal["post", "update", "thread"]
+
+
 @dataclass(frozen=True, slots=True)
 class Send:
     """One outbox item to queue: ``kind`` post/update/thread, ``say`` what it shows, and
     for thread lines of changes the registries newly failing and no longer failing."""
 
-    kind: str
+    kind: SendKind
     say: str
     added: tuple[Flip, ...] = ()
     gone: tuple[str, ...] = ()

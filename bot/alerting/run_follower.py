@@ -1,0 +1,477 @@
+"""Following sync runs: list them, fetch the failures of runs whose counts moved, and tell
+every channel that follows them, once.
+
+While any run watch exists, one replica at a time (a cluster lease, ``keys.runs_follower_
+lease``) runs a round every ``TASKS_POLL_SECONDS`` (``keys.runs_follow_round`` keeps the pace
+across replicas):
+
+1. one list call (``RunsService.refresh``, background priority, the tasks budget) shows the
+   status and counts of the newest 200 runs: the change detector;
+2. for each run some watch follows (it began after the watch was made; older runs are the
+   baseline) whose failed count, size or end differ from what the channels were last told,
+   the run's failed registries (the ``sync_status=failed`` view) and those of the previous
+   run of its kind come from the mirror, refreshed through the lookup service at background
+   priority (the registries budget) only when the mirror's copy predates the list call
+   that showed the change (for an ended previous run: its end). A run that lists no failure
+   costs no call;
+3. each channel's step (:func:`bot.alerting.run_flips.plan_channel`) is written with its
+   outbox items in one ``MULTI`` under ``WATCH`` of the channel's state, and the items carry
+   dedup ids: a replica that lost the lease mid-round, or a second one, finds the work done
+   and queues nothing, and the outbox sends an item queued twice once;
+4. stuck runs and missed scheduled runs are told once each.
+
+A failed list or fetch leaves the state as it was: the next round sees the same change and
+tries again, so an HSS fault delays an alert and loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
+
+from bot.alerting import outbox
+from bot.alerting.flips import Flip
+from bot.alerting.run_flips import (
+    ChannelRun,
+    RunDiff,
+    Say,
+    Send,
+    compare,
+    complete,
+    failed_flip,
+    follows,
+    is_stuck,
+    missed_run,
+    plan_channel,
+    previous_run,
+    progress,
+)
+from bot.alerting.run_message import (
+    render_all_recovered,
+    render_changes_line,
+    render_end_line,
+    render_missed,
+    render_run_alert,
+    render_stuck,
+)
+from bot.alerting.run_state import RunSeen, Told, queue_channel, read_channel, read_seen, write_seen
+from bot.errors import BotError
+from bot.hss.budget import Priority
+from bot.lookup import LookupService
+from bot.models import LookupRequest, SyncStatus, TaskRef
+from bot.ops import logs
+from bot.runs import RunKind, SyncRun
+from bot.slack.render import Message
+from bot.storage import keys
+from bot.storage.lease import RedisLease, keep_alive
+from bot.storage.outage import STORE_UNAVAILABLE, OutageGate
+from bot.storage.replies import as_str
+from bot.storage.transact import Contended, transact
+
+logger = logging.getLogger(__name__)
+
+#: How long the follower's lease lives without renewal (renewed every third of it).
+LEASE_SECONDS = 30.0
+#: The shortest and longest wait of the loop between looks at the round's pace.
+_MIN_WAIT = 0.05
+_MAX_WAIT = 5.0
+
+
+class RunWatchLike(Protocol):
+    """What the follower reads of a run watch (``bot.storage.run_watch_store.RunWatch``)."""
+
+    @property
+    def channel(self) -> str: ...
+    @property
+    def kind(self) -> RunKind | None: ...
+    @property
+    def types(self) -> frozenset[str]: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def created_at(self) -> float: ...
+    def alerts(self, now: float) -> bool: ...
+
+
+class RunWatches(Protocol):
+    async def all(self) -> Sequence[RunWatchLike]: ...
+
+
+class RunsList(Protocol):
+    """What one list call said (``bot.storage.runs_store.RunsSnapshot``)."""
+
+    @property
+    def runs(self) -> tuple[SyncRun, ...]: ...
+    @property
+    def fetched_at(self) -> float: ...
+
+
+class RunsSource(Protocol):
+    """``bot.runs_service.RunsService``."""
+
+    async def refresh(self, *, priority: Priority, max_age: float = 0.0) -> RunsList: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """The settings a follower keeps to (seconds)."""
+
+    poll: float = 300.0
+    stuck_after: float = 7200.0
+    missed_after: float = 93_600.0
+
+
+def channel_watches(watches: Sequence[RunWatchLike], run: SyncRun) -> list[RunWatchLike]:
+    """The watch of each channel that follows ``run``: one message per run and channel, so
+    a channel following both scheduled and all runs hears through its watch of the kind."""
+    chosen: dict[str, RunWatchLike] = {}
+    for watch in watches:
+        if not follows(watch.kind, watch.created_at, run):
+            continue
+        held = chosen.get(watch.channel)
+        if held is None or (held.kind is None and watch.kind is not None):
+            chosen[watch.channel] = watch
+    return [chosen[c] for c in sorted(chosen)]
+
+
+def _told(run: SyncRun) -> Told:
+    return (run.failed_num, run.total_num, run.ended)
+
+
+class RunFollower:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        runs: RunsSource,
+        watches: RunWatches,
+        lookups: LookupService,
+        pace: Pace,
+        clock: Callable[[], float] = time.time,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        self._redis = redis
+        self._runs = runs
+        self._watches = watches
+        self._lookups = lookups
+        self._pace = pace
+        self._clock = clock
+        self._lease = Lock(
+            redis, keys.runs_follower_lease(), timeout=lease_seconds, thread_local=False
+        )
+        self._outage = OutageGate(
+            logger=logger,
+            started="following runs paused: Redis is not answering (%s)",
+            ended="following runs resumed: Redis answers again",
+        )
+        self._failing: set[str] = set()  # what failed last round (logged once until it works)
+
+    # --- the loop ---
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.run_once()
+                self._outage.succeeded()
+            except STORE_UNAVAILABLE as exc:
+                self._outage.failed(exc)
+            except Exception:
+                logger.exception("following runs failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), await self._wait())
+
+    async def _wait(self) -> float:
+        try:
+            raw = await self._redis.get(keys.runs_follow_round())
+        except STORE_UNAVAILABLE:
+            return _MAX_WAIT
+        due = (float(raw) if raw else 0.0) + self._pace.poll - self._clock()
+        return min(max(due, _MIN_WAIT), _MAX_WAIT)
+
+    async def run_once(self) -> int | None:
+        """One round if one is due and this replica holds the lease: the outbox items
+        queued, or None when no round ran (none due, another replica's turn, no watch, or
+        the list failed)."""
+        watches = list(await self._watches.all())
+        if not watches or not await self._due():
+            return None
+        if not await self._take():
+            return None
+        async with keep_alive(RedisLease(self._lease)):
+            if not await self._due():  # another replica's round ended as we took the lease
+                return None
+            await self._redis.set(
+                keys.runs_follow_round(),
+                repr(self._clock()),
+                px=int(self._pace.poll * 2000) + 1000,
+            )
+            with logs.request_scope(logs.new_request_id("runs-")):
+                snap = await self._list()
+                if snap is None:
+                    return None
+                return await self.follow(snap, watches)
+
+    async def _due(self) -> bool:
+        raw = await self._redis.get(keys.runs_follow_round())
+        return raw is None or self._clock() - float(raw) >= self._pace.poll
+
+    async def _take(self) -> bool:
+        if self._lease.local.token is not None:
+            with contextlib.suppress(LockError):
+                return bool(await self._lease.reacquire())
+        return bool(await self._lease.acquire(blocking=False))
+
+    async def _list(self) -> RunsList | None:
+        try:
+            snap = await self._runs.refresh(priority=Priority.BACKGROUND, max_age=0.0)
+        except BotError as exc:
+            self._note_failure("list", f"listing sync runs failed: {exc}")
+            return None
+        self._note_success("list", "listing sync runs works again")
+        return snap
+
+    # --- one round ---
+
+    async def follow(self, snap: RunsList, watches: Sequence[RunWatchLike]) -> int:
+        """Tell every channel what ``snap`` means for the runs it follows; items queued."""
+        queued = 0
+        for run in snap.runs:
+            followers = channel_watches(watches, run)
+            if followers:
+                queued += await self._follow_run(snap, run, followers)
+        for watch in watches:
+            if watch.kind is RunKind.AUTO:
+                queued += await self._missed(snap, watch)
+        return queued
+
+    async def _follow_run(
+        self, snap: RunsList, run: SyncRun, watches: Sequence[RunWatchLike]
+    ) -> int:
+        ref = self._ref(run)
+        seen = await read_seen(self._redis, keys.run_follow(ref))
+        if seen is not None and seen.done:
+            return 0
+        now = self._clock()
+        moved = seen is None or seen.progress != progress(run)
+        changed_at = now if moved or seen is None else seen.changed_at
+        told = seen.told if seen is not None else None
+        failures: tuple[list[Flip], list[Flip]] | None = None
+        if told != _told(run):
+            failures = await self._failures(snap, run)
+        stuck = is_stuck(run, changed_at=changed_at, now=now, after=self._pace.stuck_after)
+        queued, closed, told_all = 0, True, True
+        for watch in watches:
+            diff = None
+            if failures is not None:
+                diff = compare(
+                    failures[0],
+                    failures[1],
+                    complete=complete(run),
+                    types=watch.types,
+                    name=watch.name,
+                )
+            told_one = await self._tell(ref, run, watch, diff, stuck=stuck, since=changed_at)
+            if told_one is None:
+                told_all = False
+                continue
+            queued += told_one[0]
+            closed = closed and told_one[1].closed
+        if failures is not None and told_all:
+            told = _told(run)
+        done = run.ended and told == _told(run) and closed
+        await write_seen(
+            self._redis, keys.run_follow(ref), RunSeen(progress(run), changed_at, told, done)
+        )
+        return queued
+
+    def _ref(self, run: SyncRun) -> TaskRef:
+        return self._lookups.ref(LookupRequest(task_id=run.task_id))
+
+    async def _failures(self, snap: RunsList, run: SyncRun) -> tuple[list[Flip], list[Flip]] | None:
+        """The run's failed registries and the previous run's, or None if they could not be
+        had this round (said once, tried again next round)."""
+        what = f"failures of run {run.task_id}"
+        try:
+            current = await self._failed(run, newer_than=snap.fetched_at)
+            before = previous_run(snap.runs, run)
+            previous: list[Flip] = []
+            # The previous run's failures matter only to mark failures, or to find what
+            # recovered once the run is through: no call for a clean run under way.
+            if before is not None and (current or complete(run)):
+                previous = await self._failed(before, newer_than=_end(before, snap))
+        except BotError as exc:
+            self._note_failure(what, f"fetching the {what} failed: {exc}")
+            return None
+        self._note_success(what, f"fetching the {what} works again")
+        return current, previous
+
+    async def _failed(self, run: SyncRun, *, newer_than: float) -> list[Flip]:
+        """The run's failed registries from the mirror, refreshed unless its copy is newer
+        than ``newer_than``; no call for a run that lists no failure."""
+        if run.failed_num == 0:
+            return []
+        request = LookupRequest(task_id=run.task_id, status=SyncStatus.FAILED)
+        max_age = max(self._clock() - newer_than, 0.0)
+        answer = await self._lookups.refresh(request, priority=Priority.BACKGROUND, max_age=max_age)
+        at = answer.fetched_at if answer.fetched_at is not None else self._clock()
+        return [
+            failed_flip(r.registry_id, r.registry_name, r.registry_type, r.failed_reason, at)
+            for r in answer.registries
+        ]
+
+    # --- telling a channel ---
+
+    async def _tell(
+        self,
+        ref: TaskRef,
+        run: SyncRun,
+        watch: RunWatchLike,
+        diff: RunDiff | None,
+        *,
+        stuck: bool,
+        since: float,
+    ) -> tuple[int, ChannelRun] | None:
+        """Plan and queue what the channel hears; the items queued and its state, or None
+        when it could not be written (told again next round)."""
+        key = keys.run_alert(watch.channel, ref)
+        now = self._clock()
+        scope = LookupRequest(task_id=run.task_id, types=watch.types, name=watch.name)
+
+        async def body(pipe: Pipeline) -> tuple[int, ChannelRun]:
+            state = await read_channel(pipe, key)
+            step = plan_channel(state, run, diff, loud=watch.alerts(now), stuck=stuck)
+            if step.state == state:
+                return 0, state
+            pipe.multi()  # type: ignore[no-untyped-call]
+            queue_channel(pipe, key, step.state)
+            for send in step.sends:
+                message = _render(send, run, diff or RunDiff(), scope, since=since, now=now)
+                await self._queue(pipe, watch.channel, ref, run, send, message, diff)
+            return len(step.sends), step.state
+
+        try:
+            return await transact(self._redis, body, watch=[key])
+        except Contended:
+            logger.warning(
+                "run %s: channel %s kept changing; next round", run.task_id, watch.channel
+            )
+            return None
+
+    async def _queue(
+        self,
+        pipe: Pipeline,
+        channel: str,
+        ref: TaskRef,
+        run: SyncRun,
+        send: Send,
+        message: Message,
+        diff: RunDiff | None,
+    ) -> None:
+        shown = diff if diff is not None else RunDiff()
+        alert_key = keys.run_alert(channel, ref)
+        if send.say == Say.STUCK and send.kind == "post":
+            alert_key = keys.run_notice(channel, ref, "stuck")
+            pipe.hset(alert_key, "queued", "1")
+            pipe.expire(alert_key, keys.RUN_STATE_TTL)
+        await outbox.enqueue(
+            pipe,
+            channel=channel,
+            kind=send.kind,
+            alert_key=alert_key,
+            text=message.text,
+            blocks=message.blocks,
+            dedup=f"{alert_key}:{send.kind}:{send.say}:{shown.digest()}:{run.task_status}",
+            task=run.task_id,
+        )
+
+    # --- missed scheduled runs ---
+
+    async def _missed(self, snap: RunsList, watch: RunWatchLike) -> int:
+        missed = missed_run(
+            snap.runs,
+            created_at=watch.created_at,
+            now=self._clock(),
+            after=self._pace.missed_after,
+        )
+        if missed is None or not watch.alerts(self._clock()):
+            return 0
+        channel = watch.channel
+        ref = self._lookups.ref(LookupRequest(task_id=missed.mark))
+        alert_key = keys.run_notice(channel, ref, "missed")
+        message = render_missed(missed, after=self._pace.missed_after)
+
+        async def body(pipe: Pipeline) -> int:
+            told = await pipe.hget(keys.runs_missed(), channel)
+            if told is not None and as_str(told) == missed.mark:
+                return 0
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(keys.runs_missed(), channel, missed.mark)
+            pipe.hset(alert_key, "queued", "1")
+            pipe.expire(alert_key, keys.RUN_STATE_TTL)
+            await outbox.enqueue(
+                pipe,
+                channel=channel,
+                kind="post",
+                alert_key=alert_key,
+                text=message.text,
+                blocks=message.blocks,
+                dedup=f"{alert_key}:missed",
+            )
+            return 1
+
+        try:
+            return await transact(self._redis, body, watch=[keys.runs_missed()])
+        except Contended:
+            return 0
+
+    # --- saying a failure once ---
+
+    def _note_failure(self, what: str, line: str) -> None:
+        if what in self._failing:
+            logger.debug("%s", line)
+        else:
+            logger.warning("%s", line)
+            self._failing.add(what)
+
+    def _note_success(self, what: str, line: str) -> None:
+        if what in self._failing:
+            self._failing.discard(what)
+            logger.info("%s", line)
+
+
+def _end(run: SyncRun, snap: RunsList) -> float:
+    """Mirror data newer than this answers for ``run``: its end, or the list call that
+    showed it still going."""
+    if run.ended and run.end_time:
+        return min(run.end_time / 1000, snap.fetched_at)
+    return snap.fetched_at
+
+
+def _render(
+    send: Send,
+    run: SyncRun,
+    diff: RunDiff,
+    scope: LookupRequest,
+    *,
+    since: float,
+    now: float,
+) -> Message:
+    if send.say == Say.ALERT:
+        return render_run_alert(scope, run, diff, now=now)
+    if send.say == Say.CHANGES:
+        return render_changes_line(send.added, send.gone, diff, now=now)
+    if send.say == Say.END:
+        return render_end_line(run, diff)
+    if send.say == Say.ALL_RECOVERED:
+        return render_all_recovered(scope, run, diff)
+    return render_stuck(run, since=since)

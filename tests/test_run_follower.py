@@ -1,0 +1,385 @@
+"""Following sync runs end to end: the simulator over HTTP with its clock in the test's hand,
+a real Redis, the follower's rounds driven one by one on the same clock, the real outbox
+sending to the Slack stand-in. Baseline, new / still failing / recovered, an update while a
+run goes on and its end in the thread, all recovered, stuck, missed, two replicas, and HSS
+faults that delay an alert without losing it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from bot.alerting.outbox import OutboxSender, web_client
+from bot.alerting.run_follower import Pace, RunFollower, RunsList
+from bot.config import Settings
+from bot.hss.budget import Priority
+from bot.hss.client import HssClient
+from bot.runs import RunFilter, RunKind, SyncRun, newest_first
+from bot.runtime import Runtime, open_runtime
+from bot.sandbox.slack_standin import Call, SlackStandIn
+from bot.storage import keys
+from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim, SimClock
+from tests.support import until
+
+CHANNEL = "C0RUNS001"
+OTHER = "C0RUNS002"
+POLL = 60.0
+PACE = Pace(poll=POLL, stuck_after=300.0, missed_after=500.0)
+#: Generous budgets with short windows: a 429 holds an API for one window (no Retry-After).
+FAST = {"HSS_RATE_LIMIT": "100/1s", "HSS_TASKS_RATE_LIMIT": "100/1s"}
+HEADER = re.compile(r"Sync run: (\d+) new, (\d+) still failing, (\d+) recovered")
+
+
+# --- stand-ins for the run watches and the runs service, until they are on main ------------
+
+
+@dataclass(frozen=True)
+class Watch:
+    channel: str
+    kind: RunKind | None
+    created_at: float
+    types: frozenset[str] = frozenset()
+    name: str | None = None
+    muted_until: float | None = None
+
+    def alerts(self, now: float) -> bool:
+        return self.muted_until is None or now >= self.muted_until
+
+
+@dataclass
+class Watches:
+    watches: list[Watch] = field(default_factory=list)
+
+    async def all(self) -> list[Watch]:
+        return list(self.watches)
+
+
+@dataclass(frozen=True)
+class Snap:
+    runs: tuple[SyncRun, ...]
+    fetched_at: float
+
+
+class ListedRuns:
+    """One list call through the client's tasks budget per refresh."""
+
+    def __init__(self, client: HssClient) -> None:
+        self._client = client
+
+    async def refresh(self, *, priority: Priority, max_age: float = 0.0) -> RunsList:
+        page = await self._client.list_runs(RunFilter(), limit=200, priority=priority)
+        return Snap(runs=newest_first(page.runs), fetched_at=page.sent_at)
+
+
+# --- the deployment -------------------------------------------------------------------------
+
+
+@dataclass
+class Replica:
+    runtime: Runtime
+    follower: RunFollower
+    sender: OutboxSender
+
+
+@dataclass
+class World:
+    sim: RunningSim
+    clock: SimClock
+    watches: Watches
+    slack: SlackStandIn
+    redis: aioredis.Redis
+    replicas: list[Replica] = field(default_factory=list)
+
+    @property
+    def follower(self) -> RunFollower:
+        return self.replicas[0].follower
+
+    async def start_run(self, kind: str = "auto", duration: float = 100.0) -> str:
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(
+                f"{self.sim.url}/_sim/run", json={"kind": kind, "duration": duration}
+            )
+        assert answer.status_code == 200, answer.text
+        task_id: str = answer.json()["run"]["task_id"]
+        return task_id
+
+    def watch(self, kind: RunKind | None = RunKind.AUTO, channel: str = CHANNEL, **kw: Any) -> None:
+        self.watches.watches.append(
+            Watch(channel=channel, kind=kind, created_at=self.clock.now, **kw)
+        )
+
+    async def round(self, advance: float = POLL) -> int | None:
+        self.clock.advance(advance)
+        return await self.follower.run_once()
+
+    async def deliver(self) -> None:
+        sender = self.replicas[0].sender
+
+        async def drained() -> bool:
+            await sender.run_once()
+            return not await self.redis.smembers(keys.outbox_channels())
+
+        await until(drained, what="the outbox drained")
+
+    def failed(self, task_id: str) -> set[str]:
+        return {
+            r.registry_id for r in self.sim.sim.registries(task_id) if r.sync_status == "failed"
+        }
+
+    def names(self, ids: set[str], task_id: str) -> set[str]:
+        return {r.registry_name for r in self.sim.sim.registries(task_id) if r.registry_id in ids}
+
+    def posts(self, channel: str = CHANNEL) -> list[Call]:
+        return [
+            c
+            for c in self.slack.api("chat.postMessage")
+            if c.body.get("channel") == channel and not c.body.get("thread_ts")
+        ]
+
+    def replies(self, channel: str = CHANNEL) -> list[Call]:
+        return [
+            c
+            for c in self.slack.api("chat.postMessage")
+            if c.body.get("channel") == channel and c.body.get("thread_ts")
+        ]
+
+    def updates(self, channel: str = CHANNEL) -> list[Call]:
+        return [c for c in self.slack.api("chat.update") if c.body.get("channel") == channel]
+
+
+MakeWorld = Callable[..., Awaitable[World]]
+
+
+def everything(call: Call) -> str:
+    return f"{call.body.get('text', '')}\n{call.body.get('blocks', '')}"
+
+
+@pytest.fixture
+async def make_world(
+    make_hss_sim: MakeSim, redis: aioredis.Redis, redis_url: str, standin: SlackStandIn
+) -> AsyncIterator[MakeWorld]:
+    async with AsyncExitStack() as exits:
+
+        async def make(replicas: int = 1, **sim_config: Any) -> World:
+            clock = SimClock()
+            config = {
+                "run_every": None,
+                "run_registries": 40,
+                "run_failure_rate": 0.25,
+                "run_duration": 100.0,
+                **sim_config,
+            }
+            sim = await make_hss_sim(clock=clock, **config)
+            world = World(sim=sim, clock=clock, watches=Watches(), slack=standin, redis=redis)
+            for _ in range(replicas):
+                settings = Settings.from_env(
+                    {
+                        "CLOUD_SDK_AK": TEST_AK,
+                        "CLOUD_SDK_SK": TEST_SK,
+                        "HSS_PROJECT_ID": TEST_PROJECT_ID,
+                        "HSS_ENDPOINT": sim.url,
+                        "REDIS_URL": redis_url,
+                        **FAST,
+                    }
+                )
+                runtime = await open_runtime(settings, clock=clock)
+                exits.push_async_callback(runtime.aclose)
+                follower = RunFollower(
+                    runtime.redis,
+                    runs=ListedRuns(runtime.client),
+                    watches=world.watches,
+                    lookups=runtime.lookups,
+                    pace=PACE,
+                    clock=clock,
+                )
+                slack = web_client(token="xoxb-test", base_url=f"{standin.url}/api/")
+
+                async def permanent(channel: str, reason: str) -> None:
+                    raise AssertionError(f"{channel} parked: {reason}")
+
+                sender = OutboxSender(
+                    runtime.redis, slack=slack, on_permanent=permanent, min_interval=0.0
+                )
+                world.replicas.append(Replica(runtime, follower, sender))
+            return world
+
+        yield make
+
+
+# --- baseline, new / still failing / recovered --------------------------------------------------
+
+
+async def test_runs_before_the_watch_are_baseline_and_a_new_run_is_compared_with_the_last(
+    make_world: MakeWorld,
+) -> None:
+    world = await make_world()
+    before = await world.start_run()
+    world.clock.advance(150)  # the run before the watch has ended, with failures
+    assert world.failed(before)
+    world.watch()
+    assert await world.round() == 0  # the baseline: nothing to say about it
+    run = await world.start_run()
+    world.clock.advance(150)
+    assert await world.round() == 2  # the alert, and its end in the thread
+    await world.deliver()
+
+    now, last = world.failed(run), world.failed(before)
+    new, still, recovered = now - last, now & last, last - now
+    assert new and still and recovered, "the seed gives all three kinds"
+    (post,) = world.posts()
+    shown = HEADER.search(everything(post))
+    assert shown is not None
+    assert tuple(map(int, shown.groups())) == (len(new), len(still), len(recovered))
+    text = everything(post)
+    for name in world.names(new, run):
+        assert re.search(rf"`{re.escape(name)}`[^\n\"]*\*new\*", text), name
+    for name in world.names(still, run):
+        assert re.search(rf"`{re.escape(name)}`[^\n\"]*still failing", text), name
+    assert run in text and "scheduled" in text
+    (end,) = world.replies()
+    assert end.body["thread_ts"] == post.answer["ts"] and "Run ended: finished" in end.body["text"]
+    assert await world.round() == 0  # said once
+    await world.deliver()
+    assert len(world.slack.api("chat.postMessage")) == 2
+
+
+async def test_failures_while_a_run_goes_on_update_its_message_and_its_end_goes_to_the_thread(
+    make_world: MakeWorld,
+) -> None:
+    world = await make_world()
+    await world.start_run()
+    world.clock.advance(150)
+    world.watch()
+    run = await world.start_run(duration=200.0)
+    await world.round(advance=100)  # half way
+    await world.deliver()
+    early = world.failed(run)
+    assert early, "the seed fails some registries in the first half"
+    (post,) = world.posts()
+    assert "running 50%" in everything(post)
+    await world.round(advance=150)  # ended
+    await world.deliver()
+    later = world.failed(run) - early
+    assert later, "and some in the second half"
+    updates = world.updates()
+    assert updates and all(u.body["ts"] == post.answer["ts"] for u in updates)
+    assert "finished" in everything(updates[-1])
+    replies = world.replies()
+    assert all(r.body["thread_ts"] == post.answer["ts"] for r in replies)
+    assert "more failed" in replies[0].body["text"] and "Run ended" in replies[-1].body["text"]
+    assert len(world.posts()) == 1
+
+
+async def test_a_clean_run_posts_only_when_it_recovered_everything(make_world: MakeWorld) -> None:
+    world = await make_world()
+    await world.start_run()
+    world.clock.advance(150)
+    world.watch()
+    run = await world.start_run(duration=0.0)
+    async with httpx.AsyncClient() as http:
+        for rid in world.failed(run):  # a run in which every earlier failure finished
+            await http.post(
+                f"{world.sim.url}/_sim/flip",
+                json={"task_id": run, "registry": rid, "status": "finished"},
+            )
+    assert not world.failed(run)
+    await world.round()
+    await world.deliver()
+    (post,) = world.posts()
+    assert "All recovered" in everything(post) and "all recovered" in post.body["text"]
+    clean = await world.start_run(duration=0.0)  # the previous run failed nothing
+    async with httpx.AsyncClient() as http:
+        for rid in world.failed(clean):
+            await http.post(
+                f"{world.sim.url}/_sim/flip",
+                json={"task_id": clean, "registry": rid, "status": "finished"},
+            )
+    assert await world.round() == 0
+    await world.deliver()
+    assert len(world.posts()) == 1
+
+
+# --- stuck and missed ---------------------------------------------------------------------------
+
+
+async def test_a_run_that_does_not_move_is_said_to_be_stuck_once(make_world: MakeWorld) -> None:
+    world = await make_world()
+    world.watch(kind=None)
+    run = await world.start_run(kind="manual", duration=1e9)  # it never gets anywhere
+    for _ in range(4):
+        await world.round()
+    await world.deliver()
+    assert world.posts() == []
+    for _ in range(4):
+        await world.round()
+    await world.deliver()
+    (notice,) = world.posts()
+    assert "stuck" in notice.body["text"] and run in everything(notice)
+
+
+async def test_a_missing_scheduled_run_is_said_once(make_world: MakeWorld) -> None:
+    world = await make_world()
+    world.watch()
+    world.watch(kind=RunKind.MANUAL, channel=OTHER)  # only scheduled runs are expected
+    for _ in range(8):
+        await world.round()
+    await world.deliver()
+    assert world.posts() == []
+    for _ in range(4):
+        await world.round()
+    await world.deliver()
+    (notice,) = world.posts()
+    assert "missed" in notice.body["text"]
+    assert world.posts(OTHER) == []
+
+
+# --- replicas and faults --------------------------------------------------------------------
+
+
+async def test_two_replicas_alert_a_run_once(make_world: MakeWorld) -> None:
+    world = await make_world(replicas=2)
+    await world.start_run()
+    world.clock.advance(150)
+    world.watch()
+    world.watch(channel=OTHER)
+    await world.start_run()
+    world.clock.advance(150)
+    one, two = world.replicas
+    results = await asyncio.gather(one.follower.run_once(), two.follower.run_once())
+    assert sorted(results, key=str) == [4, None]  # one round: two items for each channel
+    # Even rounds on the same list at once (a lease lost mid-round) queue each item once.
+    snap = await ListedRuns(one.runtime.client).refresh(priority=Priority.BACKGROUND)
+    again = await asyncio.gather(
+        one.follower.follow(snap, world.watches.watches),
+        two.follower.follow(snap, world.watches.watches),
+    )
+    assert again == [0, 0]
+    await world.deliver()
+    assert len(world.posts()) == 1 and len(world.posts(OTHER)) == 1
+    assert len(world.replies()) == 1 and len(world.replies(OTHER)) == 1
+
+
+async def test_hss_faults_delay_an_alert_and_lose_nothing(make_world: MakeWorld) -> None:
+    world = await make_world()
+    await world.start_run()
+    world.clock.advance(150)
+    world.watch()
+    await world.start_run()
+    world.clock.advance(150)
+    world.sim.sim.queue(429, 503, 503, 503)  # the list fails, retries included
+    assert await world.round() is None
+    world.sim.sim.queue("ok", 429, 503, 503, 503)  # the list works, the failed view does not
+    assert await world.round() == 0
+    await world.deliver()
+    assert world.posts() == []
+    assert await world.round() == 2
+    await world.deliver()
+    assert len(world.posts()) == 1 and len(world.replies()) == 1
