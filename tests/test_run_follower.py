@@ -129,10 +129,11 @@ class World:
 
         await until(drained, what="the outbox drained")
 
+    def with_status(self, task_id: str, status: str) -> set[str]:
+        return {r.registry_id for r in self.sim.sim.registries(task_id) if r.sync_status == status}
+
     def failed(self, task_id: str) -> set[str]:
-        return {
-            r.registry_id for r in self.sim.sim.registries(task_id) if r.sync_status == "failed"
-        }
+        return self.with_status(task_id, "failed")
 
     def names(self, ids: set[str], task_id: str) -> set[str]:
         return {r.registry_name for r in self.sim.sim.registries(task_id) if r.registry_id in ids}
@@ -255,16 +256,25 @@ async def test_failures_while_a_run_goes_on_update_its_message_and_its_end_goes_
     make_world: MakeWorld,
 ) -> None:
     world = await make_world()
-    await world.start_run()
+    before = await world.start_run()
     world.clock.advance(150)
     world.watch()
     run = await world.start_run(duration=200.0)
     await world.round(advance=100)  # half way
     await world.deliver()
-    early = world.failed(run)
-    assert early, "the seed fails some registries in the first half"
+    early, last = world.failed(run), world.failed(before)
+    # Recovered so far: failed last time, and seen finishing in this run already.
+    recovered = last & world.with_status(run, "finished")
+    assert early and recovered, "the seed fails and recovers some in the first half"
     (post,) = world.posts()
     assert "running 50%" in everything(post)
+    shown = HEADER.search(everything(post))
+    assert shown is not None
+    assert tuple(map(int, shown.groups())) == (
+        len(early - last),
+        len(early & last),
+        len(recovered),
+    )
     await world.round(advance=150)  # ended
     await world.deliver()
     later = world.failed(run) - early

@@ -266,8 +266,11 @@ class RunFollower:
         changed_at = now if moved or seen is None else seen.changed_at
         told = seen.told if seen is not None else None
         failures: tuple[list[Flip], list[Flip]] | None = None
+        finished: frozenset[str] = frozenset()
         if told != _told(run):
             failures = await self._failures(snap, run)
+            if failures is not None and failures[1] and not complete(run):
+                finished = await self._finished(run)
         stuck = is_stuck(run, changed_at=changed_at, now=now, after=self._pace.stuck_after)
         queued, closed, told_all = 0, True, True
         for watch in watches:
@@ -277,6 +280,7 @@ class RunFollower:
                     failures[0],
                     failures[1],
                     complete=complete(run),
+                    finished=finished,
                     types=watch.types,
                     name=watch.name,
                 )
@@ -328,6 +332,24 @@ class RunFollower:
             failed_flip(r.registry_id, r.registry_name, r.registry_type, r.failed_reason, at)
             for r in answer.registries
         ]
+
+    async def _finished(self, run: SyncRun) -> frozenset[str]:
+        """Registries the mirror knows finished in ``run`` (what recovered while it goes on,
+        or in a run stopped early). The whole run is fetched only when the registries budget
+        has the calls free right now and the mirror's copy is older than a poll: full
+        refreshes come as often as the budget allows, never ahead of anyone."""
+        whole = LookupRequest(task_id=run.task_id)
+        try:
+            cost = await self._lookups.refresh_cost(whole)
+            if cost.wait <= 0.0 and cost.calls < cost.limit.calls:
+                await self._lookups.refresh(
+                    whole, priority=Priority.BACKGROUND, max_age=self._pace.poll
+                )
+        except BotError as exc:
+            logger.debug("run %s: no full refresh this round: %s", run.task_id, exc)
+        done = LookupRequest(task_id=run.task_id, status=SyncStatus.FINISHED)
+        peek = await self._lookups.peek(done)
+        return frozenset(r.registry_id for r in peek.answer.registries)
 
     # --- telling a channel ---
 
