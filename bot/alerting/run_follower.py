@@ -35,48 +35,30 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
-from bot.alerting import outbox
 from bot.alerting.flips import Flip
+from bot.alerting.run_failures import RunFailures
 from bot.alerting.run_flips import (
-    ChannelRun,
-    RunDiff,
-    Say,
-    Send,
     compare,
     complete,
-    failed_flip,
     follows,
     is_stuck,
     missed_run,
-    plan_channel,
-    previous_run,
     progress,
 )
-from bot.alerting.run_message import (
-    render_all_recovered,
-    render_changes_line,
-    render_end_line,
-    render_missed,
-    render_run_alert,
-    render_stuck,
-)
-from bot.alerting.run_state import RunSeen, Told, queue_channel, read_channel, read_seen, write_seen
+from bot.alerting.run_state import RunSeen, Told, read_seen, write_seen
+from bot.alerting.run_telling import Teller
 from bot.errors import BotError
 from bot.hss.budget import Priority
 from bot.lookup import LookupService
-from bot.models import LookupRequest, SyncStatus, TaskRef
+from bot.models import LookupRequest, TaskRef
 from bot.ops import logs
 from bot.runs import RunKind, SyncRun
-from bot.slack.render import Message
 from bot.storage import keys
 from bot.storage.lease import RedisLease, keep_alive
 from bot.storage.outage import STORE_UNAVAILABLE, OutageGate
-from bot.storage.replies import as_str
-from bot.storage.transact import Contended, transact
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +156,8 @@ class RunFollower:
             started="following runs paused: Redis is not answering (%s)",
             ended="following runs resumed: Redis answers again",
         )
+        self._fetch = RunFailures(lookups=lookups, poll=pace.poll, clock=clock)
+        self._teller = Teller(redis, clock=clock)
         self._failing: set[str] = set()  # what failed last round (logged once until it works)
 
     # --- the loop ---
@@ -270,7 +254,7 @@ class RunFollower:
         if told != _told(run):
             failures = await self._failures(snap, run)
             if failures is not None and failures[1] and not complete(run):
-                finished = await self._finished(run)
+                finished = await self._fetch.finished(run)
         stuck = is_stuck(run, changed_at=changed_at, now=now, after=self._pace.stuck_after)
         queued, closed, told_all = 0, True, True
         for watch in watches:
@@ -284,7 +268,17 @@ class RunFollower:
                     types=watch.types,
                     name=watch.name,
                 )
-            told_one = await self._tell(ref, run, watch, diff, stuck=stuck, since=changed_at)
+            scope = LookupRequest(task_id=run.task_id, types=watch.types, name=watch.name)
+            told_one = await self._teller.tell(
+                watch.channel,
+                scope,
+                ref,
+                run,
+                diff,
+                loud=watch.alerts(now),
+                stuck=stuck,
+                since=changed_at,
+            )
             if told_one is None:
                 told_all = False
                 continue
@@ -306,155 +300,23 @@ class RunFollower:
         had this round (said once, tried again next round)."""
         what = f"failures of run {run.task_id}"
         try:
-            current = await self._failed(run, newer_than=snap.fetched_at)
-            before = previous_run(snap.runs, run)
-            previous: list[Flip] = []
-            # The previous run's failures matter only to mark failures, or to find what
-            # recovered once the run is through: no call for a clean run under way.
-            if before is not None and (current or complete(run)):
-                previous = await self._failed(before, newer_than=_end(before, snap))
+            found = await self._fetch.both(snap.runs, snap.fetched_at, run)
         except BotError as exc:
             self._note_failure(what, f"fetching the {what} failed: {exc}")
             return None
         self._note_success(what, f"fetching the {what} works again")
-        return current, previous
-
-    async def _failed(self, run: SyncRun, *, newer_than: float) -> list[Flip]:
-        """The run's failed registries from the mirror, refreshed unless its copy is newer
-        than ``newer_than``; no call for a run that lists no failure."""
-        if run.failed_num == 0:
-            return []
-        request = LookupRequest(task_id=run.task_id, status=SyncStatus.FAILED)
-        max_age = max(self._clock() - newer_than, 0.0)
-        answer = await self._lookups.refresh(request, priority=Priority.BACKGROUND, max_age=max_age)
-        at = answer.fetched_at if answer.fetched_at is not None else self._clock()
-        return [
-            failed_flip(r.registry_id, r.registry_name, r.registry_type, r.failed_reason, at)
-            for r in answer.registries
-        ]
-
-    async def _finished(self, run: SyncRun) -> frozenset[str]:
-        """Registries the mirror knows finished in ``run`` (what recovered while it goes on,
-        or in a run stopped early). The whole run is fetched only when the registries budget
-        has the calls free right now and the mirror's copy is older than a poll: full
-        refreshes come as often as the budget allows, never ahead of anyone."""
-        whole = LookupRequest(task_id=run.task_id)
-        try:
-            cost = await self._lookups.refresh_cost(whole)
-            if cost.wait <= 0.0 and cost.calls < cost.limit.calls:
-                await self._lookups.refresh(
-                    whole, priority=Priority.BACKGROUND, max_age=self._pace.poll
-                )
-        except BotError as exc:
-            logger.debug("run %s: no full refresh this round: %s", run.task_id, exc)
-        done = LookupRequest(task_id=run.task_id, status=SyncStatus.FINISHED)
-        peek = await self._lookups.peek(done)
-        return frozenset(r.registry_id for r in peek.answer.registries)
-
-    # --- telling a channel ---
-
-    async def _tell(
-        self,
-        ref: TaskRef,
-        run: SyncRun,
-        watch: RunWatchLike,
-        diff: RunDiff | None,
-        *,
-        stuck: bool,
-        since: float,
-    ) -> tuple[int, ChannelRun] | None:
-        """Plan and queue what the channel hears; the items queued and its state, or None
-        when it could not be written (told again next round)."""
-        key = keys.run_alert(watch.channel, ref)
-        now = self._clock()
-        scope = LookupRequest(task_id=run.task_id, types=watch.types, name=watch.name)
-
-        async def body(pipe: Pipeline) -> tuple[int, ChannelRun]:
-            state = await read_channel(pipe, key)
-            step = plan_channel(state, run, diff, loud=watch.alerts(now), stuck=stuck)
-            if step.state == state:
-                return 0, state
-            pipe.multi()  # type: ignore[no-untyped-call]
-            queue_channel(pipe, key, step.state)
-            for send in step.sends:
-                message = _render(send, run, diff or RunDiff(), scope, since=since, now=now)
-                await self._queue(pipe, watch.channel, ref, run, send, message, diff)
-            return len(step.sends), step.state
-
-        try:
-            return await transact(self._redis, body, watch=[key])
-        except Contended:
-            logger.warning(
-                "run %s: channel %s kept changing; next round", run.task_id, watch.channel
-            )
-            return None
-
-    async def _queue(
-        self,
-        pipe: Pipeline,
-        channel: str,
-        ref: TaskRef,
-        run: SyncRun,
-        send: Send,
-        message: Message,
-        diff: RunDiff | None,
-    ) -> None:
-        shown = diff if diff is not None else RunDiff()
-        alert_key = keys.run_alert(channel, ref)
-        if send.say == Say.STUCK and send.kind == "post":
-            alert_key = keys.run_notice(channel, ref, "stuck")
-            pipe.hset(alert_key, "queued", "1")
-            pipe.expire(alert_key, keys.RUN_STATE_TTL)
-        await outbox.enqueue(
-            pipe,
-            channel=channel,
-            kind=send.kind,
-            alert_key=alert_key,
-            text=message.text,
-            blocks=message.blocks,
-            dedup=f"{alert_key}:{send.kind}:{send.say}:{shown.digest()}:{run.task_status}",
-            task=run.task_id,
-        )
-
-    # --- missed scheduled runs ---
+        return found
 
     async def _missed(self, snap: RunsList, watch: RunWatchLike) -> int:
-        missed = missed_run(
-            snap.runs,
-            created_at=watch.created_at,
-            now=self._clock(),
-            after=self._pace.missed_after,
-        )
-        if missed is None or not watch.alerts(self._clock()):
+        now = self._clock()
+        after = self._pace.missed_after
+        missed = missed_run(snap.runs, created_at=watch.created_at, now=now, after=after)
+        if missed is None or not watch.alerts(now):
             return 0
-        channel = watch.channel
         ref = self._lookups.ref(LookupRequest(task_id=missed.mark))
-        alert_key = keys.run_notice(channel, ref, "missed")
-        message = render_missed(missed, after=self._pace.missed_after)
+        return await self._teller.missed(watch.channel, ref, missed, after=after)
 
-        async def body(pipe: Pipeline) -> int:
-            told = await pipe.hget(keys.runs_missed(), channel)
-            if told is not None and as_str(told) == missed.mark:
-                return 0
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.hset(keys.runs_missed(), channel, missed.mark)
-            pipe.hset(alert_key, "queued", "1")
-            pipe.expire(alert_key, keys.RUN_STATE_TTL)
-            await outbox.enqueue(
-                pipe,
-                channel=channel,
-                kind="post",
-                alert_key=alert_key,
-                text=message.text,
-                blocks=message.blocks,
-                dedup=f"{alert_key}:missed",
-            )
-            return 1
-
-        try:
-            return await transact(self._redis, body, watch=[keys.runs_missed()])
-        except Contended:
-            return 0
+    # --- telling a channel ---
 
     # --- saying a failure once ---
 
@@ -469,31 +331,3 @@ class RunFollower:
         if what in self._failing:
             self._failing.discard(what)
             logger.info("%s", line)
-
-
-def _end(run: SyncRun, snap: RunsList) -> float:
-    """Mirror data newer than this answers for ``run``: its end, or the list call that
-    showed it still going."""
-    if run.ended and run.end_time:
-        return min(run.end_time / 1000, snap.fetched_at)
-    return snap.fetched_at
-
-
-def _render(
-    send: Send,
-    run: SyncRun,
-    diff: RunDiff,
-    scope: LookupRequest,
-    *,
-    since: float,
-    now: float,
-) -> Message:
-    if send.say == Say.ALERT:
-        return render_run_alert(scope, run, diff, now=now)
-    if send.say == Say.CHANGES:
-        return render_changes_line(send.added, send.gone, diff, now=now)
-    if send.say == Say.END:
-        return render_end_line(run, diff)
-    if send.say == Say.ALL_RECOVERED:
-        return render_all_recovered(scope, run, diff)
-    return render_stuck(run, since=since)
