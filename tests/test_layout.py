@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("instrumentation", ("bot.ops", "bot.ops.logs", "bot.ops.metrics")),
     ("storage", ("bot.storage*",)),
     ("hss", ("bot.hss*",)),
-    ("lookup", ("bot.lookup", "bot.kept_questions", "bot.runtime")),
+    ("lookup", ("bot.lookup", "bot.runs_service", "bot.kept_questions", "bot.runtime")),
     (
         "slack views",
         (
