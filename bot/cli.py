@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -114,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_QUERY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    q.add_argument("task_id", help="the image-sync task's id")
+    q.add_argument(
+        "task_id",
+        help="the image-sync task's id, or latest, latest-auto, latest-manual: the newest "
+        "run (of that kind)",
+    )
     q.add_argument(
         "status",
         nargs="?",
@@ -307,6 +312,7 @@ async def _fetch(settings: Settings, request: LookupRequest) -> Answer:
     asker.set("cli")  # CLI runs take turns with people in the budget's queue, as one asker
     runtime = await _open_runtime(settings)
     try:
+        request = await _resolved(runtime, request)
         question = await runtime.lookups.ask(request, started=started)
         if question.peek.fresh:
             return question.peek.answer
@@ -320,6 +326,30 @@ async def _fetch(settings: Settings, request: LookupRequest) -> Answer:
         return await runtime.lookups.follow_up(question)
     finally:
         await runtime.aclose()
+
+
+async def _resolved(runtime: Runtime, request: LookupRequest) -> LookupRequest:
+    """The request for the run a task reference (``latest``...) names; as given otherwise.
+    Which run it named goes to stderr, with the data's age."""
+    from bot.runs_service import named_run
+
+    run = await named_run(runtime.runs, request.task_id)
+    if run is None:
+        return request
+    began = _ms_time(run.begin_time)
+    print(
+        f"{request.task_id.lower()} is {run.task_name!r} (task id {run.task_id}, "
+        f"{run.task_type or 'unknown kind'}, began {began})",
+        file=sys.stderr,
+    )
+    return dataclasses.replace(request, task_id=run.task_id)
+
+
+def _ms_time(ms: int | None) -> str:
+    """A run's time (ms since the epoch) in UTC, ``-`` without one."""
+    if not ms:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
 
 
 def _print_answer(answer: Answer, *, as_json: bool) -> int:

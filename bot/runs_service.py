@@ -58,6 +58,9 @@ POLL_OTHERS = 0.1
 #: the tasks budget's five, leaving the rest to ``tasks`` and to following runs.
 RESOLVE_MAX_AGE = 60.0
 
+#: How long a person waits for a reference to be resolved before being told to try again.
+RESOLVE_WAIT = 30.0
+
 #: Task references and the kind of run each names (None: any).
 REFERENCES: dict[str, RunKind | None] = {
     "latest": None,
@@ -291,6 +294,30 @@ class RunsService:
             self._refused_ttl,
             extra={"event": "runs_refused", "status": err.status, "error_code": err.error_code},
         )
+
+
+async def named_run(
+    runs: RunsService | None,
+    word: str,
+    *,
+    priority: Priority = Priority.INTERACTIVE,
+    max_wait: float = RESOLVE_WAIT,
+) -> SyncRun | None:
+    """The run a task reference names, or None when ``word`` is a plain task id (which needs
+    no call). Wherever a task id is accepted, this is how a reference is told from it and
+    resolved; every failure is a ``BotError`` sentence."""
+    if not is_reference(word):
+        return None
+    if runs is None:
+        raise CommandError(f"{REFERENCE_WORDS} need the run list, which is not set up here.")
+    try:
+        async with asyncio.timeout(max_wait):
+            return await runs.resolve(word, priority=priority)
+    except TimeoutError:
+        raise CommandError(
+            f"Finding the newest run took longer than {max_wait:.0f} s (the run list's call "
+            "budget is busy); try again in a minute, or give a task id."
+        ) from None
 
 
 def _retrieve_exception(task: asyncio.Task[RunsSnapshot]) -> None:
