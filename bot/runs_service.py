@@ -285,7 +285,8 @@ class RunsService:
         key = keys.runs_refused(self._project_id, self._ep)
         await self._redis.set(key, json.dumps(info), px=max(1, int(self._refused_ttl * 1000)))
         kind = "permission" if isinstance(err, HssAuthError) else "availability"
-        logger.warning(
+        # Info, not warning: every question about runs says it in a sentence already.
+        logger.info(
             "HSS refused the run list (%s, %s %s); `latest` and `tasks` are unavailable for "
             "%.0f s, lookups by task id go on",
             kind,

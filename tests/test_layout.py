@@ -50,7 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("alerting", ("bot.alerting*",)),
     ("slack handlers", ("bot.slack.*",)),
     ("process", ("bot.ops.*",)),
-    ("cli", ("bot.cli", "bot.table")),
+    ("cli", ("bot.cli", "bot.cli_tasks", "bot.table")),
     ("sandbox", ("bot.sandbox*",)),
 ]
 
