@@ -332,3 +332,12 @@ async def stack_final(stack: Stack, reply: Reply) -> dict[str, Any]:
     if "Fetching" not in text_of(first):
         return first
     return await followup(stack, reply, 1)
+
+
+def test_help_shows_tasks_and_the_references() -> None:
+    from bot.slack.render import render_help
+    from tests.support import mrkdwn_of
+
+    help_text = mrkdwn_of(render_help())
+    for words in ("/hss-sync tasks", "/hss-sync latest failed", "latest-auto", "latest-manual"):
+        assert words in help_text, words

@@ -350,29 +350,36 @@ def render_help(command_name: str = "/hss-sync") -> Message:
     def example(args: str, what: str) -> str:
         return f"• {code(f'{command_name} {args}', 200)} {what}"
 
-    body = "\n".join(
-        [
-            "*Usage:* " + code(USAGE.replace("/hss-sync", command_name, 1), 400),
-            example("task-42", "every registry of task `task-42`"),
-            example("task-42 failed", "only the failed ones, grouped by reason"),
-            example(
-                "task-42 running type=Harbor,Jfrog",
-                f"filter by registry type ({', '.join(REGISTRY_TYPES)})",
-            ),
-            example('task-42 name="prod harbor" ep=0', "one registry, in enterprise project `0`"),
-            "*Alerts in a channel:*",
-            example("watch task-42 #ops type=Harbor", "tell #ops when a Harbor registry fails"),
-            example("watches all", "what is watched, in every channel"),
-            example("mute task-42 24h", "quiet for a day (`unmute` to undo); `unwatch` to stop"),
-            example("help", "this help"),
-        ]
-    )
+    lines = [
+        "*Usage:* " + code(USAGE.replace("/hss-sync", command_name, 1), 400),
+        example("task-42", "every registry of task `task-42`"),
+        example("task-42 failed", "only the failed ones, grouped by reason"),
+        example(
+            "task-42 running type=Harbor,Jfrog",
+            f"filter by registry type ({', '.join(REGISTRY_TYPES)})",
+        ),
+        example('task-42 name="prod harbor" ep=0', "one registry, in enterprise project `0`"),
+        example(
+            "latest failed",
+            "the newest sync run's failures (`latest-auto`, `latest-manual`: of one kind); "
+            "a reference works wherever a task id does",
+        ),
+        "*Sync runs:*",
+        example("tasks", "the runs, newest first, with their counts and a Show failed button"),
+        example('tasks auto name="nightly" failed', "scheduled runs named so, with failures"),
+        "*Alerts in a channel:*",
+        example("watch task-42 #ops type=Harbor", "tell #ops when a Harbor registry fails"),
+        example("watches all", "what is watched, in every channel"),
+        example("mute task-42 24h", "quiet for a day (`unmute` to undo); `unwatch` to stop"),
+        example("help", "this help"),
+    ]
     note = (
         "Answers are only visible to you; use *Share to channel* to post one. "
         "HSS allows 5 calls a minute, so answers may come from recent data (its age is shown)."
     )
     title = truncate(f"{command_name} help", HEADER_MAX)
-    blocks = [header(title), section(body), context([note])]
+    # Sections of whole lines: a long command name must not push one past Slack's limit.
+    blocks = [header(title), *pack(lines), context([note])]
     return Message(text=escape_truncated(title, _FALLBACK_SHOWN), blocks=blocks)
 
 
