@@ -18,11 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from bot.alerting.outbox import OutboxSender, web_client
-from bot.alerting.run_follower import Pace, RunFollower, RunsList
+from bot.alerting.run_follower import Pace, RunFollower
 from bot.config import Settings
 from bot.hss.budget import Priority
-from bot.hss.client import HssClient
-from bot.runs import RunFilter, RunKind, SyncRun, newest_first
+from bot.runs import RunKind
 from bot.runtime import Runtime, open_runtime
 from bot.sandbox.slack_standin import Call, SlackStandIn
 from bot.storage import keys
@@ -38,7 +37,7 @@ FAST = {"HSS_RATE_LIMIT": "100/1s", "HSS_TASKS_RATE_LIMIT": "100/1s"}
 HEADER = re.compile(r"Sync run: (\d+) new, (\d+) still failing, (\d+) recovered")
 
 
-# --- stand-ins for the run watches and the runs service, until they are on main ------------
+# --- a stand-in for the run watches, until they are on main ------------
 
 
 @dataclass(frozen=True)
@@ -60,23 +59,6 @@ class Watches:
 
     async def all(self) -> list[Watch]:
         return list(self.watches)
-
-
-@dataclass(frozen=True)
-class Snap:
-    runs: tuple[SyncRun, ...]
-    fetched_at: float
-
-
-class ListedRuns:
-    """One list call through the client's tasks budget per refresh."""
-
-    def __init__(self, client: HssClient) -> None:
-        self._client = client
-
-    async def refresh(self, *, priority: Priority, max_age: float = 0.0) -> RunsList:
-        page = await self._client.list_runs(RunFilter(), limit=200, priority=priority)
-        return Snap(runs=newest_first(page.runs), fetched_at=page.sent_at)
 
 
 # --- the deployment -------------------------------------------------------------------------
@@ -195,7 +177,7 @@ async def make_world(
                 exits.push_async_callback(runtime.aclose)
                 follower = RunFollower(
                     runtime.redis,
-                    runs=ListedRuns(runtime.client),
+                    runs=runtime.runs,
                     watches=world.watches,
                     lookups=runtime.lookups,
                     pace=PACE,
@@ -366,7 +348,7 @@ async def test_two_replicas_alert_a_run_once(make_world: MakeWorld) -> None:
     results = await asyncio.gather(one.follower.run_once(), two.follower.run_once())
     assert sorted(results, key=str) == [4, None]  # one round: two items for each channel
     # Even rounds on the same list at once (a lease lost mid-round) queue each item once.
-    snap = await ListedRuns(one.runtime.client).refresh(priority=Priority.BACKGROUND)
+    snap = await one.runtime.runs.refresh(priority=Priority.BACKGROUND)
     again = await asyncio.gather(
         one.follower.follow(snap, world.watches.watches),
         two.follower.follow(snap, world.watches.watches),

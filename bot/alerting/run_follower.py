@@ -56,9 +56,11 @@ from bot.lookup import LookupService
 from bot.models import LookupRequest, TaskRef
 from bot.ops import logs
 from bot.runs import RunKind, SyncRun
+from bot.runs_service import RunsService
 from bot.storage import keys
 from bot.storage.lease import RedisLease, keep_alive
 from bot.storage.outage import STORE_UNAVAILABLE, OutageGate
+from bot.storage.runs_store import RunsSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -87,21 +89,6 @@ class RunWatchLike(Protocol):
 
 class RunWatches(Protocol):
     async def all(self) -> Sequence[RunWatchLike]: ...
-
-
-class RunsList(Protocol):
-    """What one list call said (``bot.storage.runs_store.RunsSnapshot``)."""
-
-    @property
-    def runs(self) -> tuple[SyncRun, ...]: ...
-    @property
-    def fetched_at(self) -> float: ...
-
-
-class RunsSource(Protocol):
-    """``bot.runs_service.RunsService``."""
-
-    async def refresh(self, *, priority: Priority, max_age: float = 0.0) -> RunsList: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +122,7 @@ class RunFollower:
         self,
         redis: aioredis.Redis,
         *,
-        runs: RunsSource,
+        runs: RunsService,
         watches: RunWatches,
         lookups: LookupService,
         pace: Pace,
@@ -215,7 +202,7 @@ class RunFollower:
                 return bool(await self._lease.reacquire())
         return bool(await self._lease.acquire(blocking=False))
 
-    async def _list(self) -> RunsList | None:
+    async def _list(self) -> RunsSnapshot | None:
         try:
             snap = await self._runs.refresh(priority=Priority.BACKGROUND, max_age=0.0)
         except BotError as exc:
@@ -226,7 +213,7 @@ class RunFollower:
 
     # --- one round ---
 
-    async def follow(self, snap: RunsList, watches: Sequence[RunWatchLike]) -> int:
+    async def follow(self, snap: RunsSnapshot, watches: Sequence[RunWatchLike]) -> int:
         """Tell every channel what ``snap`` means for the runs it follows; items queued."""
         queued = 0
         for run in snap.runs:
@@ -239,7 +226,7 @@ class RunFollower:
         return queued
 
     async def _follow_run(
-        self, snap: RunsList, run: SyncRun, watches: Sequence[RunWatchLike]
+        self, snap: RunsSnapshot, run: SyncRun, watches: Sequence[RunWatchLike]
     ) -> int:
         ref = self._ref(run)
         seen = await read_seen(self._redis, keys.run_follow(ref))
@@ -295,7 +282,9 @@ class RunFollower:
     def _ref(self, run: SyncRun) -> TaskRef:
         return self._lookups.ref(LookupRequest(task_id=run.task_id))
 
-    async def _failures(self, snap: RunsList, run: SyncRun) -> tuple[list[Flip], list[Flip]] | None:
+    async def _failures(
+        self, snap: RunsSnapshot, run: SyncRun
+    ) -> tuple[list[Flip], list[Flip]] | None:
         """The run's failed registries and the previous run's, or None if they could not be
         had this round (said once, tried again next round)."""
         what = f"failures of run {run.task_id}"
@@ -307,7 +296,7 @@ class RunFollower:
         self._note_success(what, f"fetching the {what} works again")
         return found
 
-    async def _missed(self, snap: RunsList, watch: RunWatchLike) -> int:
+    async def _missed(self, snap: RunsSnapshot, watch: RunWatchLike) -> int:
         now = self._clock()
         after = self._pace.missed_after
         missed = missed_run(snap.runs, created_at=watch.created_at, now=now, after=after)
