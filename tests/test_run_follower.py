@@ -24,9 +24,10 @@ from bot.hss.budget import Priority
 from bot.runs import RunKind
 from bot.runtime import Runtime, open_runtime
 from bot.sandbox.slack_standin import Call, SlackStandIn
+from bot.slack.render import Message
 from bot.storage import keys
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim, SimClock
-from tests.support import until
+from tests.support import check_message, until
 
 CHANNEL = "C0RUNS001"
 OTHER = "C0RUNS002"
@@ -34,6 +35,7 @@ POLL = 60.0
 PACE = Pace(poll=POLL, stuck_after=300.0, missed_after=500.0)
 #: Generous budgets with short windows: a 429 holds an API for one window (no Retry-After).
 FAST = {"HSS_RATE_LIMIT": "100/1s", "HSS_TASKS_RATE_LIMIT": "100/1s"}
+OURS = re.compile(r"<!date\^\d+\^[^|>]*\|[^>]*>")
 HEADER = re.compile(r"Sync run: (\d+) new, (\d+) still failing, (\d+) recovered")
 
 
@@ -110,6 +112,10 @@ class World:
             return not await self.redis.smembers(keys.outbox_channels())
 
         await until(drained, what="the outbox drained")
+
+    def follower_rounds(self) -> int:
+        """List calls the simulator answered: one per round."""
+        return sum(self.sim.sim.apis["tasks"].calls.values())
 
     def with_status(self, task_id: str, status: str) -> set[str]:
         return {r.registry_id for r in self.sim.sim.registries(task_id) if r.sync_status == status}
@@ -375,3 +381,47 @@ async def test_hss_faults_delay_an_alert_and_lose_nothing(make_world: MakeWorld)
     assert await world.round() == 2
     await world.deliver()
     assert len(world.posts()) == 1 and len(world.replies()) == 1
+
+
+# --- hostile names, and the loop itself -------------------------------------------------------
+
+
+async def test_names_from_hss_reach_slack_escaped(make_world: MakeWorld) -> None:
+    world = await make_world(hostile=True)
+    await world.start_run()
+    world.clock.advance(150)
+    world.watch()
+    for _ in range(3):  # the simulator gives every third run a hostile name
+        await world.start_run()
+        world.clock.advance(150)
+    await world.round()
+    await world.deliver()
+    calls = world.slack.api("chat.postMessage")
+    assert len(world.posts()) == 3
+    assert any("&lt;" in everything(c) for c in calls), "something hostile was shown"
+    for call in calls:
+        check_message(Message(text=call.body["text"], blocks=call.body["blocks"]), OURS)
+
+
+async def test_replicas_loops_follow_runs_and_alert_once(make_world: MakeWorld) -> None:
+    world = await make_world(replicas=2)
+    await world.start_run()
+    world.clock.advance(150)
+    world.watch()
+    run = await world.start_run()
+    world.clock.advance(150)
+    stop = asyncio.Event()
+    loops = [
+        asyncio.create_task(worker.run(stop))
+        for replica in world.replicas
+        for worker in (replica.follower, replica.sender)
+    ]
+    try:
+        await world.slack.wait_for(lambda _: len(world.replies()) == 1, timeout=15)
+        world.clock.advance(POLL)  # another round each, with nothing new to say
+        await until(lambda: world.follower_rounds() >= 2, timeout=15, what="a second round")
+    finally:
+        stop.set()
+        await asyncio.gather(*loops)
+    assert len(world.posts()) == 1 and run in everything(world.posts()[0])
+    assert len(world.replies()) == 1
