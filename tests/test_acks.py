@@ -40,6 +40,10 @@ COMMANDS = [
     f"mute {TASK} 1h",
     f"unmute {TASK}",
     f"unwatch {TASK}",
+    "watch runs auto type=Harbor",
+    "mute runs auto 1h",
+    "unmute runs",
+    "unwatch runs manual",
 ]
 
 

@@ -39,6 +39,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bot.slack.words",
             "bot.slack.command",
             "bot.slack.watch_command",
+            "bot.slack.run_watch_command",
+            "bot.slack.watch_text",
             "bot.slack.action_value",
             "bot.slack.render",
             "bot.slack.home",

@@ -193,6 +193,7 @@ def test_the_usage_hint_names_every_sub_command() -> None:
     missing = {s for s in subcommands if not re.search(rf"(?<![\w-]){s}(?![\w-])", hint)}
     assert not missing, f"usage_hint does not mention {sorted(missing)}"
     assert "<task_id>" in hint
+    assert "runs [auto|manual]" in hint  # watch, unwatch, mute and unmute runs
 
 
 def test_every_called_method_is_in_the_scope_table() -> None:

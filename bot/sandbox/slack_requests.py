@@ -23,7 +23,7 @@ from bot.alerting.message import ACTION_PATTERN, encode_alert_value
 from bot.models import LookupRequest, SyncStatus, TaskRef
 from bot.sandbox.slack_standin import TEAM_ID
 from bot.slack.action_value import encode_action_value
-from bot.slack.home import encode_home_value
+from bot.slack.home import encode_home_runs_value, encode_home_value
 from bot.slack.text import escape
 
 _counter = itertools.count(1)
@@ -263,13 +263,14 @@ class Probe:
 
 
 def probe_values(action_id: str, task_id: str, project_id: str, channel: str) -> list[str]:
-    """Button values worth sending to ``action_id``: a lookup's, an alert's, an App Home
-    Unwatch's (each listener takes one of them and refuses the others), and junk."""
+    """Button values worth sending to ``action_id``: a lookup's, an alert's, the App Home
+    Unwatch buttons' (each listener takes one of them and refuses the others), and junk."""
     request = LookupRequest(task_id, SyncStatus.FAILED)
     values = [encode_action_value(request, 0), encode_action_value(request, 3)]
     if ACTION_PATTERN.fullmatch(action_id):
         values.append(encode_alert_value(action_id, LookupRequest(task_id)))
     values.append(encode_home_value(TaskRef(project_id, task_id), channel))
+    values.append(encode_home_runs_value(None, channel))
     return [*values, "junk"]
 
 

@@ -33,7 +33,7 @@ from bot.ops import logs, metrics
 from bot.slack.alert_buttons import AlertButtons
 from bot.slack.background import Background
 from bot.slack.followups import GAVE_UP, FollowUps
-from bot.slack.home import ACTION_HOME_UNWATCH
+from bot.slack.home import ACTION_HOME_UNWATCH, ACTION_HOME_UNWATCH_RUNS
 from bot.slack.lookup_handlers import (
     MAX_WAIT,
     SAY_WAIT_AFTER,
@@ -246,5 +246,6 @@ def build_app(
     if watch_commands is not None:
         app.event("app_home_opened")(background.events(watch_commands.on_home_opened))
         app.action(ACTION_HOME_UNWATCH)(clicks(watch_commands.on_home_unwatch))
+        app.action(ACTION_HOME_UNWATCH_RUNS)(clicks(watch_commands.on_home_unwatch_runs))
     app.error(_on_error)
     return SlackBot(app=app, handlers=handlers, followups=followups, background=background)

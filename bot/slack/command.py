@@ -8,6 +8,7 @@ case-insensitive)::
     /hss-sync <task_id> [finished|running|failed] [type=T1,T2,...] [name=<registry>]
               [ep=<enterprise_project_id>]      -> Lookup(LookupRequest(...))
     /hss-sync watch|unwatch|watches|mute|unmute ...   -> see bot.slack.watch_command
+    /hss-sync watch|unwatch|mute|unmute runs ...      -> see bot.slack.run_watch_command
 
 Words may be quoted with ``"..."`` (or the curly quotes that phones and macOS substitute) to
 hold spaces: ``name="prod harbor"``. Tokenizing (Slack's escaping, links, ``<#C1|ops>``
@@ -30,8 +31,15 @@ from dataclasses import dataclass, field
 
 from bot.errors import CommandError
 from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
-from bot.slack import watch_command
+from bot.slack import run_watch_command, watch_command
 from bot.slack import words as _words
+from bot.slack.run_watch_command import (
+    AddRunWatch,
+    MuteRuns,
+    RunWatchCommand,
+    UnmuteRuns,
+    UnwatchRuns,
+)
 from bot.slack.watch_command import (
     AddWatch,
     ListWatches,
@@ -57,7 +65,7 @@ USAGE = (
     "[name=<registry>] [ep=<enterprise_project_id>]"
 )
 #: Every form of the command, lookup first, for the help message.
-USAGES: tuple[str, ...] = (USAGE, *watch_command.USAGES)
+USAGES: tuple[str, ...] = (USAGE, *watch_command.USAGES, *run_watch_command.USAGES)
 #: A task id, a status and three options.
 MAX_WORDS = 5
 
@@ -74,7 +82,7 @@ class Lookup:
     request: LookupRequest
 
 
-Command = Help | Lookup | AddWatch | Unwatch | ListWatches | Mute | Unmute
+Command = Help | Lookup | AddWatch | Unwatch | ListWatches | Mute | Unmute | RunWatchCommand
 
 
 def validate_task_id(value: str) -> str:
@@ -188,7 +196,7 @@ def _parse_help(words: list[Word]) -> Command:
 #: First word (case-insensitive) -> parser of all words.
 _SUBCOMMANDS: dict[str, Callable[[list[Word]], Command]] = {
     "help": _parse_help,
-    **watch_command.PARSERS,
+    **run_watch_command.with_runs(watch_command.PARSERS),
 }
 
 
@@ -220,6 +228,7 @@ def validate_request(request: LookupRequest) -> LookupRequest:
 __all__ = [
     "USAGE",
     "USAGES",
+    "AddRunWatch",
     "AddWatch",
     "Command",
     "CommandError",
@@ -227,9 +236,12 @@ __all__ = [
     "ListWatches",
     "Lookup",
     "Mute",
+    "MuteRuns",
     "SlackRef",
     "Unmute",
+    "UnmuteRuns",
     "Unwatch",
+    "UnwatchRuns",
     "Word",
     "parse",
     "parse_status",

@@ -357,6 +357,11 @@ def render_help(command_name: str = "/hss-sync") -> Message:
             example('task-42 name="prod harbor" ep=0', "one registry, in enterprise project `0`"),
             "*Alerts in a channel:*",
             example("watch task-42 #ops type=Harbor", "tell #ops when a Harbor registry fails"),
+            example(
+                "watch runs auto #ops",
+                "follow every new scheduled run in #ops (`manual`, or neither for every run); "
+                "`unwatch runs auto`, `mute runs auto 24h` and `unmute runs auto` change it",
+            ),
             example("watches all", "what is watched, in every channel"),
             example("mute task-42 24h", "quiet for a day (`unmute` to undo); `unwatch` to stop"),
             example("help", "this help"),

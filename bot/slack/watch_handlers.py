@@ -1,4 +1,5 @@
-"""The watch sub-commands in Slack: watch, unwatch, watches, mute, unmute.
+"""The watch sub-commands in Slack: watch, unwatch, watches, mute, unmute, and their run
+forms (``watch runs ...``, carried out by :mod:`bot.slack.run_watch_handlers`).
 
 Every change checks who asks (``HSS_WATCH_ADMINS``), every new watch checks that the bot
 can post in the channel, and every answer is ephemeral. A new watch reports how many
@@ -18,12 +19,20 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import BotError, CommandError
 from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
-from bot.slack.blocks import section
-from bot.slack.home import HomeRow, decode_home_value, render_home
+from bot.slack.home import HomeRow, decode_home_runs_value, decode_home_value, render_home
 from bot.slack.render import Message, render_error
 from bot.slack.request_shape import first_action, user_of
+from bot.slack.run_watch_command import RunWatchCommand
+from bot.slack.run_watch_handlers import RunWatchChanges
 from bot.slack.text import channel_mention, code, date_token, escape
 from bot.slack.watch_command import AddWatch, ListWatches, Mute, Unmute, Unwatch, WatchCommand
+from bot.slack.watch_text import (
+    filters_text,
+    run_watch_line,
+    section_message,
+    state_text,
+)
+from bot.storage.run_watch_store import RunWatch, RunWatchStore
 from bot.storage.watch_store import Watch, WatchStore, may_change_watches
 
 logger = logging.getLogger(__name__)
@@ -35,43 +44,29 @@ GROUP_CACHE_SECONDS = 300.0
 _LIST_SHOWN = 40
 
 
-def _section_message(mrkdwn: str) -> Message:
-    """A reply of one mrkdwn section, which is also its notification text."""
-    return Message(text=mrkdwn, blocks=[section(mrkdwn)])
-
-
-def filters_text(types: frozenset[str], name: str | None) -> str:
-    parts = []
-    if types:
-        parts.append("type=" + ",".join(sorted(types)))
-    if name is not None:
-        parts.append("name=" + code(name, 80))
-    return " ".join(parts) if parts else "all registries"
-
-
 def watch_line(w: Watch, now: float) -> str:
-    state = "active"
-    if w.paused_reason is not None:
-        state = f":pause_button: paused ({escape(w.paused_reason)})"
-    elif w.muted(now) and w.muted_until is not None:
-        state = f":mute: muted until {date_token(w.muted_until)}"
     last = f", last alert {date_token(w.last_alert_at)}" if w.last_alert_at else ""
     where = channel_mention(w.channel)
     what = filters_text(w.types, w.name)
-    return f"• {code(w.task.task_id, 70)} in {where} · {what} · {state}{last}"
+    return f"• {code(w.task.task_id, 70)} in {where} · {what} · {state_text(w, now)}{last}"
 
 
-def render_watch_list(watches: list[Watch], *, now: float, everywhere: bool) -> Message:
-    if not watches:
+def render_watch_list(
+    watches: list[Watch], runs: list[RunWatch], *, now: float, everywhere: bool
+) -> Message:
+    """Run watches first (a channel has at most three), then task watches."""
+    if not watches and not runs:
         where = "in any channel" if everywhere else "in this channel"
-        return _section_message(
-            f"No task is watched {where}. Start with `/hss-sync watch <task_id>`."
+        return section_message(
+            f"No task is watched {where}, and no runs are followed. Start with "
+            "`/hss-sync watch <task_id>` or `/hss-sync watch runs`."
         )
-    lines = [watch_line(w, now) for w in watches[:_LIST_SHOWN]]
-    if len(watches) > _LIST_SHOWN:
-        lines.append(f"_…and {len(watches) - _LIST_SHOWN} more_")
+    lines = [run_watch_line(w, now) for w in runs] + [watch_line(w, now) for w in watches]
+    shown = lines[:_LIST_SHOWN]
+    if len(lines) > _LIST_SHOWN:
+        shown.append(f"_…and {len(lines) - _LIST_SHOWN} more_")
     title = "Watches in every channel" if everywhere else "Watches in this channel"
-    return _section_message(f"*{title}* ({len(watches)})\n" + "\n".join(lines))
+    return section_message(f"*{title}* ({len(lines)})\n" + "\n".join(shown))
 
 
 class WatchCommands:
@@ -79,6 +74,7 @@ class WatchCommands:
         self,
         *,
         watches: WatchStore,
+        run_watches: RunWatchStore,
         lookups: LookupService,
         client: AsyncWebClient,
         admins: frozenset[str],
@@ -94,8 +90,14 @@ class WatchCommands:
         self._admins = admins
         self._clock = clock
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._run_watches = run_watches
+        self._runs = RunWatchChanges(
+            run_watches, channel_problem=self.channel_problem, clock=clock, on_watch=on_watch
+        )
 
-    async def handle(self, cmd: WatchCommand, command: dict[str, Any], reply: Reply) -> None:
+    async def handle(
+        self, cmd: WatchCommand | RunWatchCommand, command: dict[str, Any], reply: Reply
+    ) -> None:
         """Answer ``cmd`` through ``reply`` (the ack); BotErrors become ephemeral sentences."""
         user = str(command.get("user_id", ""))
         here = str(command.get("channel_id", ""))
@@ -111,8 +113,10 @@ class WatchCommands:
             await reply(render_error(exc.user_message()))
 
     async def _change(
-        self, cmd: AddWatch | Unwatch | Mute | Unmute, *, user: str, channel: str
+        self, cmd: AddWatch | Unwatch | Mute | Unmute | RunWatchCommand, *, user: str, channel: str
     ) -> Message:
+        if not isinstance(cmd, AddWatch | Unwatch | Mute | Unmute):
+            return await self._runs.change(cmd, user=user, channel=channel)
         if isinstance(cmd, AddWatch):
             return await self._watch(cmd, user=user, channel=channel)
         ref, task, where = self._ref(cmd.task_id), code(cmd.task_id, 70), channel_mention(channel)
@@ -126,7 +130,7 @@ class WatchCommands:
         else:
             done = await self._watches.unmute(task=ref, channel=channel) is not None
             said = f"Alerts for task {task} in {where} are on again."
-        return _section_message(said if done else f"Task {task} is not watched in {where}.")
+        return section_message(said if done else f"Task {task} is not watched in {where}.")
 
     async def _watch(self, cmd: AddWatch, *, user: str, channel: str) -> Message:
         problem = await self.channel_problem(channel)
@@ -140,7 +144,7 @@ class WatchCommands:
             await self._on_watch(channel)
         verb = "Watching" if created else "Updated the watch of"
         baseline = await self._baseline(cmd)
-        return _section_message(
+        return section_message(
             f"{verb} task {code(cmd.task_id, 70)} in {channel_mention(channel)} "
             f"({filters_text(record.types, record.name)}). {baseline} This channel will hear "
             "when a registry fails, and when it recovers."
@@ -156,8 +160,12 @@ class WatchCommands:
         return f"{failed} {noun} failed right now (the baseline, not alerts)."
 
     async def _list(self, cmd: ListWatches, here: str) -> Message:
-        found = await (self._watches.all() if cmd.all_channels else self._watches.of_channel(here))
-        return render_watch_list(found, now=self._clock(), everywhere=cmd.all_channels)
+        if cmd.all_channels:
+            found, runs = await self._watches.all(), await self._run_watches.all()
+        else:
+            found = await self._watches.of_channel(here)
+            runs = await self._run_watches.of_channel(here)
+        return render_watch_list(found, runs, now=self._clock(), everywhere=cmd.all_channels)
 
     def _ref(self, task_id: str, ep: str | None = None) -> TaskRef:
         return self._lookups.ref(LookupRequest(task_id, ep=ep))
@@ -173,7 +181,8 @@ class WatchCommands:
         return rows
 
     async def publish_home(self, user: str, notice: str | None = None) -> None:
-        view = render_home(await self.home_rows(), notice=notice)
+        rows, runs = await self.home_rows(), await self._run_watches.all()
+        view = render_home(rows, runs=runs, now=self._clock(), notice=notice)
         await self._client.views_publish(user_id=user, view=view)
 
     async def on_home_opened(self, event: dict[str, Any]) -> None:
@@ -183,16 +192,36 @@ class WatchCommands:
 
     async def on_home_unwatch(self, body: dict[str, Any], respond: Any = None) -> None:
         """The work after an Unwatch click's ack (``respond`` unused: Home has no message)."""
+
+        async def remove(value: str) -> None:
+            task, channel = decode_home_value(value)
+            await self._watches.remove(task=task, channel=channel)
+
+        await self._home_unwatch(body, remove)
+
+    async def on_home_unwatch_runs(self, body: dict[str, Any], respond: Any = None) -> None:
+        """The work after a run watch's Unwatch click's ack."""
+
+        async def remove(value: str) -> None:
+            kind, channel = decode_home_runs_value(value)
+            await self._run_watches.remove(channel=channel, kind=kind)
+
+        await self._home_unwatch(body, remove)
+
+    async def _home_unwatch(
+        self, body: dict[str, Any], remove: Callable[[str], Awaitable[None]]
+    ) -> None:
+        """Check who clicked, then ``remove`` by the button's value (CommandError: a value
+        that is not one of ours), and show the Home tab again."""
         user = user_of(body)
         if not await self.allowed(user):
             await self.publish_home(user, notice=self.refusal())
             return
         try:
-            task, channel = decode_home_value(str(first_action(body).get("value", "")))
+            await remove(str(first_action(body).get("value", "")))
         except CommandError as exc:
             await self.publish_home(user, notice=exc.user_message())
             return
-        await self._watches.remove(task=task, channel=channel)
         await self.publish_home(user)
 
     # --- who may, and where ---
