@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bot.slack.watch_command",
             "bot.slack.run_watch_command",
             "bot.slack.watch_text",
+            "bot.slack.watch_form",
             "bot.slack.action_value",
             "bot.slack.render",
             "bot.slack.home",

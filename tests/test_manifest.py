@@ -45,11 +45,15 @@ SOURCES = sorted((ROOT / "bot").rglob("*.py"))
 SCOPES: dict[str, frozenset[str]] = {
     "chat.postMessage": frozenset({"chat:write"}),
     "chat.update": frozenset({"chat:write"}),
+    # The watch form's confirmation, to the person who submitted it.
+    "chat.postEphemeral": frozenset({"chat:write"}),
     # Public and private channels (the watch check runs on either).
     "conversations.info": frozenset({"channels:read", "groups:read"}),
     "usergroups.users.list": frozenset({"usergroups:read"}),
     # Needs no scope: the App Home feature (checked below) is what it requires.
     "views.publish": frozenset(),
+    # Needs no scope: a trigger_id from the person's command or click.
+    "views.open": frozenset(),
     "auth.test": frozenset(),
     # Called with the app-level token (connections:write), not a bot scope.
     "apps.connections.open": frozenset(),

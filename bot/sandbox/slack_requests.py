@@ -145,6 +145,33 @@ class SlackUser:
             payload = {**payload, "response_url": f"{self._response_base}/{ident}"}
         return await self._post(urlencode({"payload": json.dumps(payload)}), ident)
 
+    async def submit_view(
+        self,
+        callback_id: str,
+        values: dict[str, Any],
+        *,
+        private_metadata: str = "",
+        user: object = None,
+    ) -> Reply:
+        """Submit a modal: ``values`` is the view's ``state.values`` (block id -> action id ->
+        element state), as Slack posts them; ``user`` replaces the submitter as sent."""
+        ident = f"view{next(_counter)}"
+        payload = {
+            "type": "view_submission",
+            "team": {"id": TEAM_ID, "domain": "standin"},
+            "user": {"id": self.user_id, "team_id": TEAM_ID} if user is None else user,
+            "api_app_id": "A0HSSSYNC",
+            "trigger_id": f"trigger.{ident}",
+            "view": {
+                "id": "V0STANDIN1",
+                "type": "modal",
+                "callback_id": callback_id,
+                "private_metadata": private_metadata,
+                "state": {"values": values},
+            },
+        }
+        return await self._post(urlencode({"payload": json.dumps(payload)}), ident)
+
     async def event(self, event: dict[str, Any]) -> Reply:
         """An Events API delivery (JSON), e.g. ``{"type": "app_home_opened", ...}``."""
         ident = f"evt{next(_counter)}"
@@ -255,7 +282,7 @@ def ids_matching(matches: str | re.Pattern[str]) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class Probe:
     """One request for one listener: a command's text, or a button (action id and value),
-    or an event of a type."""
+    or an event of a type, or a view submission (its callback id)."""
 
     kind: str  # "command", "action" or "event"
     name: str
@@ -299,4 +326,6 @@ async def send_probe(user: SlackUser, probe: Probe) -> Reply:
         return await user.command_text(probe.name)
     if probe.kind == "action":
         return await user.click({"action_id": probe.name, "value": probe.value})
+    if probe.kind == "view":
+        return await user.submit_view(probe.name, {})
     return await user.event({"type": probe.name, "tab": "home"})

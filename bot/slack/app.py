@@ -57,6 +57,8 @@ from bot.slack.request_shape import (
     shape_problem,
     user_of,
 )
+from bot.slack.watch_form import ACTION_HOME_ADD_WATCH, CALLBACK_ADD_WATCH
+from bot.slack.watch_form_handlers import WatchFormHandlers
 from bot.slack.watch_handlers import WatchCommands
 
 logger = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One registered listener: ``kind`` (command, action, event) and what it matches."""
+    """One registered listener: ``kind`` (command, action, event, view) and what it matches."""
 
     kind: str
     matches: str | re.Pattern[str]
@@ -106,6 +108,10 @@ class ObservedApp(AsyncApp):
     def event(self, event: Any, *args: Any, **kwargs: Any) -> Any:
         self.routes.append(Route("event", event))
         return super().event(event, *args, **kwargs)
+
+    def view(self, constraints: Any, *args: Any, **kwargs: Any) -> Any:
+        self.routes.append(Route("view", constraints))
+        return super().view(constraints, *args, **kwargs)
 
     async def handle_http(
         self, body: bytes, query: str, headers: Mapping[str, str]
@@ -247,5 +253,8 @@ def build_app(
         app.event("app_home_opened")(background.events(watch_commands.on_home_opened))
         app.action(ACTION_HOME_UNWATCH)(clicks(watch_commands.on_home_unwatch))
         app.action(ACTION_HOME_UNWATCH_RUNS)(clicks(watch_commands.on_home_unwatch_runs))
+        app.action(ACTION_HOME_ADD_WATCH)(clicks(watch_commands.on_home_add_watch))
+        form = WatchFormHandlers(watch_commands, client=web_client, background=background)
+        app.view(CALLBACK_ADD_WATCH)(form.on_submit)
     app.error(_on_error)
     return SlackBot(app=app, handlers=handlers, followups=followups, background=background)

@@ -9,6 +9,7 @@ case-insensitive)::
               [ep=<enterprise_project_id>]      -> Lookup(LookupRequest(...))
     /hss-sync watch|unwatch|watches|mute|unmute ...   -> see bot.slack.watch_command
     /hss-sync watch|unwatch|mute|unmute runs ...      -> see bot.slack.run_watch_command
+    /hss-sync watch                             -> OpenWatchForm() (bot.slack.watch_form)
 
 Words may be quoted with ``"..."`` (or the curly quotes that phones and macOS substitute) to
 hold spaces: ``name="prod harbor"``. Tokenizing (Slack's escaping, links, ``<#C1|ops>``
@@ -47,6 +48,7 @@ from bot.slack.watch_command import (
     Unmute,
     Unwatch,
 )
+from bot.slack.watch_form import OpenWatchForm
 from bot.slack.words import (
     STATUSES_TEXT,
     TYPES_TEXT,
@@ -82,7 +84,17 @@ class Lookup:
     request: LookupRequest
 
 
-Command = Help | Lookup | AddWatch | Unwatch | ListWatches | Mute | Unmute | RunWatchCommand
+Command = (
+    Help
+    | Lookup
+    | AddWatch
+    | Unwatch
+    | ListWatches
+    | Mute
+    | Unmute
+    | RunWatchCommand
+    | OpenWatchForm
+)
 
 
 def validate_task_id(value: str) -> str:
@@ -193,10 +205,19 @@ def _parse_help(words: list[Word]) -> Command:
     return Help()
 
 
+_WATCH_PARSERS = run_watch_command.with_runs(watch_command.PARSERS)
+
+
+def _parse_watch(words: list[Word]) -> Command:
+    # Nothing to watch named: the form asks for it.
+    return OpenWatchForm() if len(words) == 1 else _WATCH_PARSERS["watch"](words)
+
+
 #: First word (case-insensitive) -> parser of all words.
 _SUBCOMMANDS: dict[str, Callable[[list[Word]], Command]] = {
     "help": _parse_help,
-    **run_watch_command.with_runs(watch_command.PARSERS),
+    **_WATCH_PARSERS,
+    "watch": _parse_watch,
 }
 
 
@@ -237,6 +258,7 @@ __all__ = [
     "Lookup",
     "Mute",
     "MuteRuns",
+    "OpenWatchForm",
     "SlackRef",
     "Unmute",
     "UnmuteRuns",

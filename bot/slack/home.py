@@ -15,6 +15,7 @@ from bot.runs import RunKind
 from bot.slack.action_value import BUTTON_VALUE_MAX
 from bot.slack.blocks import button, context, header, section
 from bot.slack.text import CONVERSATION_ID, channel_mention, code, date_token, escape_truncated
+from bot.slack.watch_form import ACTION_HOME_ADD_WATCH
 from bot.slack.watch_text import filters_text, runs_text, state_text
 from bot.slack.words import validate_ep, validate_task_id
 from bot.storage.run_watch_store import ALL_RUNS, RunWatch
@@ -85,6 +86,8 @@ def render_home(
     blocks: list[dict[str, Any]] = [header("HSS image-sync watches")]
     if notice:
         blocks.append(section(f":warning: {escape_truncated(notice, 500)}"))
+    add = button("Add a watch", ACTION_HOME_ADD_WATCH, "add", primary=True)
+    blocks.append({"type": "actions", "elements": [add]})
     if not rows and not runs:
         blocks.append(
             section(

@@ -345,34 +345,34 @@ def render_help(command_name: str = "/hss-sync") -> Message:
     def example(args: str, what: str) -> str:
         return f"• {code(f'{command_name} {args}', 200)} {what}"
 
-    body = "\n".join(
-        [
-            "*Usage:* " + code(USAGE.replace("/hss-sync", command_name, 1), 400),
-            example("task-42", "every registry of task `task-42`"),
-            example("task-42 failed", "only the failed ones, grouped by reason"),
-            example(
-                "task-42 running type=Harbor,Jfrog",
-                f"filter by registry type ({', '.join(REGISTRY_TYPES)})",
-            ),
-            example('task-42 name="prod harbor" ep=0', "one registry, in enterprise project `0`"),
-            "*Alerts in a channel:*",
-            example("watch task-42 #ops type=Harbor", "tell #ops when a Harbor registry fails"),
-            example(
-                "watch runs auto #ops",
-                "follow every new scheduled run in #ops (`manual`, or neither for every run); "
-                "`unwatch runs auto`, `mute runs auto 24h` and `unmute runs auto` change it",
-            ),
-            example("watches all", "what is watched, in every channel"),
-            example("mute task-42 24h", "quiet for a day (`unmute` to undo); `unwatch` to stop"),
-            example("help", "this help"),
-        ]
-    )
+    lines = [
+        "*Usage:* " + code(USAGE.replace("/hss-sync", command_name, 1), 400),
+        example("task-42", "every registry of task `task-42`"),
+        example("task-42 failed", "only the failed ones, grouped by reason"),
+        example(
+            "task-42 running type=Harbor,Jfrog",
+            f"filter by registry type ({', '.join(REGISTRY_TYPES)})",
+        ),
+        example('task-42 name="prod harbor" ep=0', "one registry, in enterprise project `0`"),
+        "*Alerts in a channel:*",
+        example("watch task-42 #ops type=Harbor", "tell #ops when a Harbor registry fails"),
+        example(
+            "watch runs auto #ops",
+            "follow every new scheduled run in #ops (`manual`, or neither for every run); "
+            "`unwatch runs auto`, `mute runs auto 24h` and `unmute runs auto` change it",
+        ),
+        example("watch", "a form for a new watch (runs or a task, channel, filters)"),
+        example("watches all", "what is watched, in every channel"),
+        example("mute task-42 24h", "quiet for a day (`unmute` to undo); `unwatch` to stop"),
+        example("help", "this help"),
+    ]
     note = (
         "Answers are only visible to you; use *Share to channel* to post one. "
         "HSS allows 5 calls a minute, so answers may come from recent data (its age is shown)."
     )
     title = truncate(f"{command_name} help", HEADER_MAX)
-    blocks = [header(title), section(body), context([note])]
+    # As many sections as the examples need: a long command name repeats in each.
+    blocks = [header(title), *pack(lines), context([note])]
     return Message(text=escape_truncated(title, _FALLBACK_SHOWN), blocks=blocks)
 
 

@@ -2,9 +2,9 @@
 ``unmute runs``.
 
 :class:`~bot.slack.watch_handlers.WatchCommands` checks who asks and hands the command here
-with the channel it is about; a new watch is refused, with how to fix it, when the bot
-cannot post there (the same check as for task watches). Runs that exist when the watch is
-made are its baseline: the reply says so, and which runs will be followed.
+with the channel it is about; a new watch is refused (ChannelRefused, with how to fix it)
+when the bot cannot post there: the same check as for task watches. Runs that exist when the
+watch is made are its baseline: the reply says so, and which runs will be followed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from bot.runs import RunKind
-from bot.slack.render import Message, render_error
+from bot.slack.render import Message
 from bot.slack.run_watch_command import (
     AddRunWatch,
     MuteRuns,
@@ -26,8 +26,8 @@ from bot.slack.text import channel_mention, date_token
 from bot.slack.watch_text import filters_text, followed_text, runs_text, section_message
 from bot.storage.run_watch_store import RunWatch, RunWatchStore
 
-#: Why the bot cannot post in a channel, with how to fix it; None when it can.
-ChannelCheck = Callable[[str], Awaitable[str | None]]
+#: Raises ChannelRefused (with how to fix it) unless the bot can post in a channel.
+ChannelCheck = Callable[[str], Awaitable[None]]
 
 
 def watching_text(record: RunWatch, *, created: bool) -> str:
@@ -57,12 +57,12 @@ class RunWatchChanges:
         self,
         store: RunWatchStore,
         *,
-        channel_problem: ChannelCheck,
+        check_channel: ChannelCheck,
         clock: Callable[[], float] = time.time,
         on_watch: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
-        self._channel_problem = channel_problem
+        self._check_channel = check_channel
         self._clock = clock
         self._on_watch = on_watch
 
@@ -91,9 +91,7 @@ class RunWatchChanges:
         )
 
     async def _watch(self, cmd: AddRunWatch, *, user: str, channel: str) -> Message:
-        problem = await self._channel_problem(channel)
-        if problem is not None:
-            return render_error(problem)
+        await self._check_channel(channel)
         given = RunWatch(
             channel=channel,
             kind=cmd.kind,

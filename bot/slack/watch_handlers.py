@@ -16,7 +16,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.errors import BotError, CommandError
+from bot.errors import BotError, ChannelRefused, CommandError, NotAllowed
 from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
 from bot.slack.home import HomeRow, decode_home_runs_value, decode_home_value, render_home
@@ -26,6 +26,7 @@ from bot.slack.run_watch_command import RunWatchCommand
 from bot.slack.run_watch_handlers import RunWatchChanges
 from bot.slack.text import channel_mention, code, date_token, escape
 from bot.slack.watch_command import AddWatch, ListWatches, Mute, Unmute, Unwatch, WatchCommand
+from bot.slack.watch_form import OpenWatchForm, form_view
 from bot.slack.watch_text import (
     filters_text,
     run_watch_line,
@@ -92,11 +93,14 @@ class WatchCommands:
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._run_watches = run_watches
         self._runs = RunWatchChanges(
-            run_watches, channel_problem=self.channel_problem, clock=clock, on_watch=on_watch
+            run_watches, check_channel=self.check_channel, clock=clock, on_watch=on_watch
         )
 
     async def handle(
-        self, cmd: WatchCommand | RunWatchCommand, command: dict[str, Any], reply: Reply
+        self,
+        cmd: WatchCommand | RunWatchCommand | OpenWatchForm,
+        command: dict[str, Any],
+        reply: Reply,
     ) -> None:
         """Answer ``cmd`` through ``reply`` (the ack); BotErrors become ephemeral sentences."""
         user = str(command.get("user_id", ""))
@@ -104,13 +108,23 @@ class WatchCommands:
         try:
             if isinstance(cmd, ListWatches):
                 await reply(await self._list(cmd, here))
-                return
-            if not await self.allowed(user):
-                await reply(render_error(self.refusal()))
-                return
-            await reply(await self._change(cmd, user=user, channel=cmd.channel or here))
+            elif isinstance(cmd, OpenWatchForm):
+                trigger = str(command.get("trigger_id", ""))
+                await reply(await self._open_form(user, trigger, channel=here, from_home=False))
+            else:
+                await reply(await self.change(cmd, user=user, channel=cmd.channel or here))
         except BotError as exc:
             await reply(render_error(exc.user_message()))
+
+    async def change(
+        self, cmd: AddWatch | Unwatch | Mute | Unmute | RunWatchCommand, *, user: str, channel: str
+    ) -> Message:
+        """Carry out a change for ``user`` in ``channel``: the one path of the command and the
+        form. Raises :class:`NotAllowed`, :class:`ChannelRefused` (a new watch where the bot
+        cannot post) and other BotErrors."""
+        if not await self.allowed(user):
+            raise NotAllowed(self.refusal())
+        return await self._change(cmd, user=user, channel=channel)
 
     async def _change(
         self, cmd: AddWatch | Unwatch | Mute | Unmute | RunWatchCommand, *, user: str, channel: str
@@ -133,9 +147,7 @@ class WatchCommands:
         return section_message(said if done else f"Task {task} is not watched in {where}.")
 
     async def _watch(self, cmd: AddWatch, *, user: str, channel: str) -> Message:
-        problem = await self.channel_problem(channel)
-        if problem is not None:
-            return render_error(problem)
+        await self.check_channel(channel)
         ref = self._ref(cmd.task_id, cmd.ep)
         record, created = await self._watches.add(
             task=ref, channel=channel, created_by=user, types=cmd.types, name=cmd.name
@@ -224,6 +236,37 @@ class WatchCommands:
             return
         await self.publish_home(user)
 
+    # --- the form ---
+
+    async def _open_form(
+        self, user: str, trigger_id: str, *, channel: str | None, from_home: bool
+    ) -> Message:
+        """Open the "Add a watch" modal for ``user``, who must be allowed to add one."""
+        if not await self.allowed(user):
+            raise NotAllowed(self.refusal())
+        if not trigger_id:
+            raise CommandError("Slack sent nothing to open the form with; try again.")
+        try:
+            view = form_view(channel=channel, from_home=from_home)
+            await self._client.views_open(trigger_id=trigger_id, view=view)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error", "unknown_error"))
+            raise CommandError(
+                f"Slack did not open the form ({error}). Type the watch instead: "
+                "`/hss-sync watch <task_id>` or `/hss-sync watch runs`."
+            ) from None
+        return section_message("The form to add a watch is open.")
+
+    async def on_home_add_watch(self, body: dict[str, Any], respond: Any = None) -> None:
+        """The work after the Home tab's "Add a watch" click."""
+        user = user_of(body)
+        try:
+            trigger = body.get("trigger_id")
+            trigger = trigger if isinstance(trigger, str) else ""
+            await self._open_form(user, trigger, channel=None, from_home=True)
+        except BotError as exc:
+            await self.publish_home(user, notice=exc.user_message())
+
     # --- who may, and where ---
 
     def refusal(self) -> str:
@@ -251,6 +294,12 @@ class WatchCommands:
             users = frozenset()
         self._groups[group] = (self._clock(), users)
         return users
+
+    async def check_channel(self, channel: str) -> None:
+        """Raise :class:`ChannelRefused` unless the bot can post in ``channel``."""
+        problem = await self.channel_problem(channel)
+        if problem is not None:
+            raise ChannelRefused(problem)
 
     async def channel_problem(self, channel: str) -> str | None:
         """Why the bot cannot post in ``channel``, with how to fix it; None when it can."""
