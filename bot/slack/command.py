@@ -10,6 +10,11 @@ case-insensitive)::
     /hss-sync watch|unwatch|watches|mute|unmute ...   -> see bot.slack.watch_command
     /hss-sync watch|unwatch|mute|unmute runs ...      -> see bot.slack.run_watch_command
     /hss-sync watch                             -> OpenWatchForm() (bot.slack.watch_form)
+    /hss-sync tasks [auto|manual] [name=<text>] [failed] -> see bot.slack.tasks_command
+
+Wherever a task id is accepted, a task reference (``latest``, ``latest-auto``,
+``latest-manual``) is too: it passes as a task id here and is resolved to the newest run
+(of that kind) by the handler (``bot.runs_service.named_run``).
 
 Words may be quoted with ``"..."`` (or the curly quotes that phones and macOS substitute) to
 hold spaces: ``name="prod harbor"``. Tokenizing (Slack's escaping, links, ``<#C1|ops>``
@@ -41,6 +46,7 @@ from bot.slack.run_watch_command import (
     UnmuteRuns,
     UnwatchRuns,
 )
+from bot.slack.tasks_command import TASKS_USAGE, ListTasks, parse_tasks
 from bot.slack.watch_command import (
     AddWatch,
     ListWatches,
@@ -67,7 +73,12 @@ USAGE = (
     "[name=<registry>] [ep=<enterprise_project_id>]"
 )
 #: Every form of the command, lookup first, for the help message.
-USAGES: tuple[str, ...] = (USAGE, *watch_command.USAGES, *run_watch_command.USAGES)
+USAGES: tuple[str, ...] = (
+    USAGE,
+    TASKS_USAGE,
+    *watch_command.USAGES,
+    *run_watch_command.USAGES,
+)
 #: A task id, a status and three options.
 MAX_WORDS = 5
 
@@ -87,6 +98,7 @@ class Lookup:
 Command = (
     Help
     | Lookup
+    | ListTasks
     | AddWatch
     | Unwatch
     | ListWatches
@@ -216,6 +228,7 @@ def _parse_watch(words: list[Word]) -> Command:
 #: First word (case-insensitive) -> parser of all words.
 _SUBCOMMANDS: dict[str, Callable[[list[Word]], Command]] = {
     "help": _parse_help,
+    "tasks": parse_tasks,
     **_WATCH_PARSERS,
     "watch": _parse_watch,
 }
@@ -254,6 +267,7 @@ __all__ = [
     "Command",
     "CommandError",
     "Help",
+    "ListTasks",
     "ListWatches",
     "Lookup",
     "Mute",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -19,9 +20,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import BotError, ChannelRefused, CommandError, NotAllowed
 from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
+from bot.runs_service import RunsService, named_run
+from bot.slack.blocks import section
 from bot.slack.home import HomeRow, decode_home_runs_value, decode_home_value, render_home
 from bot.slack.render import Message, render_error
 from bot.slack.request_shape import first_action, user_of
+from bot.slack.run_text import Resolved, resolved_line
 from bot.slack.run_watch_command import RunWatchCommand
 from bot.slack.run_watch_handlers import RunWatchChanges
 from bot.slack.text import channel_mention, code, date_token, escape
@@ -81,8 +85,10 @@ class WatchCommands:
         admins: frozenset[str],
         clock: Callable[[], float] = time.time,
         on_watch: Callable[[str], Awaitable[None]] | None = None,
+        runs: RunsService | None = None,
     ) -> None:
         self._watches = watches
+        self._runs = runs
         # Watching again in a channel whose alerts were parked (the bot was removed, say)
         # means people fixed it: let the outbox send there again.
         self._on_watch = on_watch
@@ -92,7 +98,7 @@ class WatchCommands:
         self._clock = clock
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._run_watches = run_watches
-        self._runs = RunWatchChanges(
+        self._run_changes = RunWatchChanges(
             run_watches, check_channel=self.check_channel, clock=clock, on_watch=on_watch
         )
 
@@ -130,7 +136,19 @@ class WatchCommands:
         self, cmd: AddWatch | Unwatch | Mute | Unmute | RunWatchCommand, *, user: str, channel: str
     ) -> Message:
         if not isinstance(cmd, AddWatch | Unwatch | Mute | Unmute):
-            return await self._runs.change(cmd, user=user, channel=channel)
+            return await self._run_changes.change(cmd, user=user, channel=channel)
+        # A task reference is the run it names now: a watch made on `latest` stays on that
+        # run (following the runs to come is `watch runs`).
+        run = await named_run(self._runs, cmd.task_id)
+        if run is None:
+            return await self._apply(cmd, user=user, channel=channel)
+        named = resolved_line(Resolved(cmd.task_id, run))
+        done = await self._apply(replace(cmd, task_id=run.task_id), user=user, channel=channel)
+        return Message(text=f"{named}\n{done.text}", blocks=[section(named), *done.blocks])
+
+    async def _apply(
+        self, cmd: AddWatch | Unwatch | Mute | Unmute, *, user: str, channel: str
+    ) -> Message:
         if isinstance(cmd, AddWatch):
             return await self._watch(cmd, user=user, channel=channel)
         ref, task, where = self._ref(cmd.task_id), code(cmd.task_id, 70), channel_mention(channel)
