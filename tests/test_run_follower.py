@@ -23,9 +23,12 @@ from bot.config import Settings
 from bot.hss.budget import Priority
 from bot.runs import RunKind
 from bot.runtime import Runtime, open_runtime
+from bot.sandbox.localstack import local_stack
+from bot.sandbox.simulator import SimConfig
 from bot.sandbox.slack_standin import Call, SlackStandIn
 from bot.slack.render import Message
 from bot.storage import keys
+from bot.storage.run_watch_store import RunWatch, RunWatchStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim, SimClock
 from tests.support import check_message, until
 
@@ -37,30 +40,6 @@ PACE = Pace(poll=POLL, stuck_after=300.0, missed_after=500.0)
 FAST = {"HSS_RATE_LIMIT": "100/1s", "HSS_TASKS_RATE_LIMIT": "100/1s"}
 OURS = re.compile(r"<!date\^\d+\^[^|>]*\|[^>]*>")
 HEADER = re.compile(r"Sync run: (\d+) new, (\d+) still failing, (\d+) recovered")
-
-
-# --- a stand-in for the run watches, until they are on main ------------
-
-
-@dataclass(frozen=True)
-class Watch:
-    channel: str
-    kind: RunKind | None
-    created_at: float
-    types: frozenset[str] = frozenset()
-    name: str | None = None
-    muted_until: float | None = None
-
-    def alerts(self, now: float) -> bool:
-        return self.muted_until is None or now >= self.muted_until
-
-
-@dataclass
-class Watches:
-    watches: list[Watch] = field(default_factory=list)
-
-    async def all(self) -> list[Watch]:
-        return list(self.watches)
 
 
 # --- the deployment -------------------------------------------------------------------------
@@ -77,7 +56,7 @@ class Replica:
 class World:
     sim: RunningSim
     clock: SimClock
-    watches: Watches
+    watches: RunWatchStore
     slack: SlackStandIn
     redis: aioredis.Redis
     replicas: list[Replica] = field(default_factory=list)
@@ -95,10 +74,14 @@ class World:
         task_id: str = answer.json()["run"]["task_id"]
         return task_id
 
-    def watch(self, kind: RunKind | None = RunKind.AUTO, channel: str = CHANNEL, **kw: Any) -> None:
-        self.watches.watches.append(
-            Watch(channel=channel, kind=kind, created_at=self.clock.now, **kw)
+    async def watch(
+        self, kind: RunKind | None = RunKind.AUTO, channel: str = CHANNEL, **kw: Any
+    ) -> None:
+        watch = RunWatch(
+            channel=channel, kind=kind, created_by="U0WATCHER", created_at=self.clock.now, **kw
         )
+        _, created = await self.watches.add(watch)
+        assert created
 
     async def round(self, advance: float = POLL) -> int | None:
         self.clock.advance(advance)
@@ -167,7 +150,13 @@ async def make_world(
                 **sim_config,
             }
             sim = await make_hss_sim(clock=clock, **config)
-            world = World(sim=sim, clock=clock, watches=Watches(), slack=standin, redis=redis)
+            world = World(
+                sim=sim,
+                clock=clock,
+                watches=RunWatchStore(redis, clock=clock),
+                slack=standin,
+                redis=redis,
+            )
             for _ in range(replicas):
                 settings = Settings.from_env(
                     {
@@ -213,7 +202,7 @@ async def test_runs_before_the_watch_are_baseline_and_a_new_run_is_compared_with
     before = await world.start_run()
     world.clock.advance(150)  # the run before the watch has ended, with failures
     assert world.failed(before)
-    world.watch()
+    await world.watch()
     assert await world.round() == 0  # the baseline: nothing to say about it
     run = await world.start_run()
     world.clock.advance(150)
@@ -246,7 +235,7 @@ async def test_failures_while_a_run_goes_on_update_its_message_and_its_end_goes_
     world = await make_world()
     before = await world.start_run()
     world.clock.advance(150)
-    world.watch()
+    await world.watch()
     run = await world.start_run(duration=200.0)
     await world.round(advance=100)  # half way
     await world.deliver()
@@ -280,7 +269,7 @@ async def test_a_clean_run_posts_only_when_it_recovered_everything(make_world: M
     world = await make_world()
     await world.start_run()
     world.clock.advance(150)
-    world.watch()
+    await world.watch()
     run = await world.start_run(duration=0.0)
     async with httpx.AsyncClient() as http:
         for rid in world.failed(run):  # a run in which every earlier failure finished
@@ -310,7 +299,7 @@ async def test_a_clean_run_posts_only_when_it_recovered_everything(make_world: M
 
 async def test_a_run_that_does_not_move_is_said_to_be_stuck_once(make_world: MakeWorld) -> None:
     world = await make_world()
-    world.watch(kind=None)
+    await world.watch(kind=None)
     run = await world.start_run(kind="manual", duration=1e9)  # it never gets anywhere
     for _ in range(4):
         await world.round()
@@ -325,8 +314,8 @@ async def test_a_run_that_does_not_move_is_said_to_be_stuck_once(make_world: Mak
 
 async def test_a_missing_scheduled_run_is_said_once(make_world: MakeWorld) -> None:
     world = await make_world()
-    world.watch()
-    world.watch(kind=RunKind.MANUAL, channel=OTHER)  # only scheduled runs are expected
+    await world.watch()
+    await world.watch(kind=RunKind.MANUAL, channel=OTHER)  # only scheduled runs are expected
     for _ in range(8):
         await world.round()
     await world.deliver()
@@ -346,8 +335,8 @@ async def test_two_replicas_alert_a_run_once(make_world: MakeWorld) -> None:
     world = await make_world(replicas=2)
     await world.start_run()
     world.clock.advance(150)
-    world.watch()
-    world.watch(channel=OTHER)
+    await world.watch()
+    await world.watch(channel=OTHER)
     await world.start_run()
     world.clock.advance(150)
     one, two = world.replicas
@@ -356,8 +345,8 @@ async def test_two_replicas_alert_a_run_once(make_world: MakeWorld) -> None:
     # Even rounds on the same list at once (a lease lost mid-round) queue each item once.
     snap = await one.runtime.runs.refresh(priority=Priority.BACKGROUND)
     again = await asyncio.gather(
-        one.follower.follow(snap, world.watches.watches),
-        two.follower.follow(snap, world.watches.watches),
+        one.follower.follow(snap, await world.watches.all()),
+        two.follower.follow(snap, await world.watches.all()),
     )
     assert again == [0, 0]
     await world.deliver()
@@ -369,7 +358,7 @@ async def test_hss_faults_delay_an_alert_and_lose_nothing(make_world: MakeWorld)
     world = await make_world()
     await world.start_run()
     world.clock.advance(150)
-    world.watch()
+    await world.watch()
     await world.start_run()
     world.clock.advance(150)
     world.sim.sim.queue(429, 503, 503, 503)  # the list fails, retries included
@@ -390,7 +379,7 @@ async def test_names_from_hss_reach_slack_escaped(make_world: MakeWorld) -> None
     world = await make_world(hostile=True)
     await world.start_run()
     world.clock.advance(150)
-    world.watch()
+    await world.watch()
     for _ in range(3):  # the simulator gives every third run a hostile name
         await world.start_run()
         world.clock.advance(150)
@@ -407,7 +396,7 @@ async def test_replicas_loops_follow_runs_and_alert_once(make_world: MakeWorld) 
     world = await make_world(replicas=2)
     await world.start_run()
     world.clock.advance(150)
-    world.watch()
+    await world.watch()
     run = await world.start_run()
     world.clock.advance(150)
     stop = asyncio.Event()
@@ -425,3 +414,49 @@ async def test_replicas_loops_follow_runs_and_alert_once(make_world: MakeWorld) 
         await asyncio.gather(*loops)
     assert len(world.posts()) == 1 and run in everything(world.posts()[0])
     assert len(world.replies()) == 1
+
+
+# --- the whole bot: the slash command, the workers, the simulator's runs ------------------------
+
+
+async def test_watch_runs_from_slack_then_a_new_run_is_alerted_with_its_end(redis_url: str) -> None:
+    config = SimConfig(
+        ak=TEST_AK,
+        sk=TEST_SK,
+        project_id=TEST_PROJECT_ID,
+        rate_limit=1000,
+        run_every=None,
+        run_registries=30,
+        run_failure_rate=0.3,
+    )
+    env = {"TASKS_POLL_SECONDS": "1", **FAST}
+    async with local_stack(
+        sim_config=config, env=env, redis_url=redis_url, watches=True, send_interval=0.05
+    ) as stack:
+        stack.sim.start_run("auto", duration=0.0)  # before the watch: the baseline
+        reply = await stack.user.command_text("watch runs auto")
+        assert reply.status == 200
+        assert stack.workers is not None
+        store = stack.workers.run_watches
+        await until(store.all, what="the run watch stored")
+        channel = stack.user.channel_id
+        run = stack.sim.start_run("auto", duration=0.5)
+
+        def alerted(calls: list[Call]) -> bool:
+            return any(
+                c.name == "chat.postMessage"
+                and c.body.get("thread_ts")
+                and "Run ended" in c.body.get("text", "")
+                for c in calls
+            )
+
+        calls = await stack.standin.wait_for(alerted, timeout=20)
+        posts = [
+            c
+            for c in calls
+            if c.name == "chat.postMessage"
+            and c.body.get("channel") == channel
+            and HEADER.search(everything(c))
+        ]
+        assert len(posts) == 1 and run.task_id in everything(posts[0])
+        assert "still failing" in everything(posts[0]) or "*new*" in everything(posts[0])

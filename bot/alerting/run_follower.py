@@ -32,7 +32,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
@@ -60,6 +59,7 @@ from bot.runs_service import RunsService
 from bot.storage import keys
 from bot.storage.lease import RedisLease, keep_alive
 from bot.storage.outage import STORE_UNAVAILABLE, OutageGate
+from bot.storage.run_watch_store import RunWatch, RunWatchStore
 from bot.storage.runs_store import RunsSnapshot
 
 logger = logging.getLogger(__name__)
@@ -71,26 +71,6 @@ _MIN_WAIT = 0.05
 _MAX_WAIT = 5.0
 
 
-class RunWatchLike(Protocol):
-    """What the follower reads of a run watch (``bot.storage.run_watch_store.RunWatch``)."""
-
-    @property
-    def channel(self) -> str: ...
-    @property
-    def kind(self) -> RunKind | None: ...
-    @property
-    def types(self) -> frozenset[str]: ...
-    @property
-    def name(self) -> str | None: ...
-    @property
-    def created_at(self) -> float: ...
-    def alerts(self, now: float) -> bool: ...
-
-
-class RunWatches(Protocol):
-    async def all(self) -> Sequence[RunWatchLike]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Pace:
     """The settings a follower keeps to (seconds)."""
@@ -100,10 +80,10 @@ class Pace:
     missed_after: float = 93_600.0
 
 
-def channel_watches(watches: Sequence[RunWatchLike], run: SyncRun) -> list[RunWatchLike]:
+def channel_watches(watches: Sequence[RunWatch], run: SyncRun) -> list[RunWatch]:
     """The watch of each channel that follows ``run``: one message per run and channel, so
     a channel following both scheduled and all runs hears through its watch of the kind."""
-    chosen: dict[str, RunWatchLike] = {}
+    chosen: dict[str, RunWatch] = {}
     for watch in watches:
         if not follows(watch.kind, watch.created_at, run):
             continue
@@ -123,7 +103,7 @@ class RunFollower:
         redis: aioredis.Redis,
         *,
         runs: RunsService,
-        watches: RunWatches,
+        watches: RunWatchStore,
         lookups: LookupService,
         pace: Pace,
         clock: Callable[[], float] = time.time,
@@ -150,16 +130,34 @@ class RunFollower:
     # --- the loop ---
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.run_once()
-                self._outage.succeeded()
-            except STORE_UNAVAILABLE as exc:
-                self._outage.failed(exc)
-            except Exception:
-                logger.exception("following runs failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), await self._wait())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                await self._step(stopping)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), await self._wait())
+        finally:
+            stopping.cancel()
+
+    async def _step(self, stopping: asyncio.Task[bool]) -> None:
+        """``run_once``, abandoned if ``stopping`` ends first: a round may wait minutes for
+        background call slots, and shutting down must not (the next leader redoes it)."""
+        step = asyncio.create_task(self.run_once())
+        try:
+            await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not step.done():
+                step.cancel()
+                await asyncio.wait({step})
+        if step.cancelled():
+            return
+        try:
+            step.result()
+            self._outage.succeeded()
+        except STORE_UNAVAILABLE as exc:
+            self._outage.failed(exc)
+        except Exception:
+            logger.exception("following runs failed; trying again")
 
     async def _wait(self) -> float:
         try:
@@ -213,7 +211,7 @@ class RunFollower:
 
     # --- one round ---
 
-    async def follow(self, snap: RunsSnapshot, watches: Sequence[RunWatchLike]) -> int:
+    async def follow(self, snap: RunsSnapshot, watches: Sequence[RunWatch]) -> int:
         """Tell every channel what ``snap`` means for the runs it follows; items queued."""
         queued = 0
         for run in snap.runs:
@@ -226,7 +224,7 @@ class RunFollower:
         return queued
 
     async def _follow_run(
-        self, snap: RunsSnapshot, run: SyncRun, watches: Sequence[RunWatchLike]
+        self, snap: RunsSnapshot, run: SyncRun, watches: Sequence[RunWatch]
     ) -> int:
         ref = self._ref(run)
         seen = await read_seen(self._redis, keys.run_follow(ref))
@@ -296,7 +294,7 @@ class RunFollower:
         self._note_success(what, f"fetching the {what} works again")
         return found
 
-    async def _missed(self, snap: RunsSnapshot, watch: RunWatchLike) -> int:
+    async def _missed(self, snap: RunsSnapshot, watch: RunWatch) -> int:
         now = self._clock()
         after = self._pace.missed_after
         missed = missed_run(snap.runs, created_at=watch.created_at, now=now, after=after)
