@@ -23,6 +23,7 @@ from bot.alerting.run_flips import (
     plan_channel,
     previous_run,
 )
+from bot.alerting.run_follower import channel_watches
 from bot.alerting.run_message import (
     render_all_recovered,
     render_changes_line,
@@ -33,6 +34,7 @@ from bot.alerting.run_message import (
 )
 from bot.models import LookupRequest
 from bot.runs import RunKind, SyncRun
+from bot.storage.run_watch_store import RunWatch
 from tests.support import HOSTILE, check_message, mrkdwn_of
 
 OURS = re.compile(r"<!date\^\d+\^[^|>]*\|[^>]*>")
@@ -271,3 +273,15 @@ def test_short_messages_say_all_recovered_ended_stuck_and_missed() -> None:
 
 def test_an_empty_diff_still_renders() -> None:
     check_message(render_run_alert(SCOPE, run(), RunDiff(), now=T0), OURS)
+
+
+def test_a_channel_hears_of_a_run_once_through_its_watch_of_the_kind() -> None:
+    def watch(channel: str, kind: RunKind | None, created_at: float = T0 - 10) -> RunWatch:
+        return RunWatch(channel=channel, kind=kind, created_by="U1", created_at=created_at)
+
+    both = [watch("C1", None), watch("C1", RunKind.AUTO, created_at=T0 - 5), watch("C2", None)]
+    chosen = channel_watches(both, run(begin=T0))
+    assert [(w.channel, w.kind) for w in chosen] == [("C1", RunKind.AUTO), ("C2", None)]
+    assert channel_watches(both, run(kind=RunKind.MANUAL, begin=T0))[0].kind is None
+    late = [watch("C3", None, created_at=T0 + 1)]
+    assert channel_watches(late, run(begin=T0)) == []

@@ -66,23 +66,26 @@ class Teller:
         key = keys.run_alert(channel, ref)
         now = self._clock()
 
-        async def body(pipe: Pipeline) -> tuple[int, ChannelRun]:
+        async def body(pipe: Pipeline) -> tuple[tuple[Send, ...], ChannelRun]:
             state = await read_channel(pipe, key)
             step = plan_channel(state, run, diff, loud=loud, stuck=stuck)
             if step.state == state:
-                return 0, state
+                return (), state
             pipe.multi()  # type: ignore[no-untyped-call]
             queue_channel(pipe, key, step.state)
             for send in step.sends:
                 message = _render(send, run, diff or RunDiff(), scope, since=since, now=now)
                 await _queue(pipe, channel, ref, run, send, message, diff)
-            return len(step.sends), step.state
+            return step.sends, step.state
 
         try:
-            return await transact(self._redis, body, watch=[key])
+            sends, state = await transact(self._redis, body, watch=[key])
         except Contended:
             logger.warning("run %s: channel %s kept changing; next round", run.task_id, channel)
             return None
+        if sends:
+            _note_sends(channel, run, sends, diff)
+        return len(sends), state
 
     async def missed(self, channel: str, ref: TaskRef, missed: Missed, *, after: float) -> int:
         """One "missed" notice per absence (``missed.mark``; ``ref`` names it)."""
@@ -112,6 +115,31 @@ class Teller:
             return await transact(self._redis, body, watch=[keys.runs_missed()])
         except Contended:
             return 0
+
+
+def _note_sends(channel: str, run: SyncRun, sends: tuple[Send, ...], diff: RunDiff | None) -> None:
+    """One log line per channel and round that queued something about a run."""
+    said = ", ".join(f"{s.kind} {s.say}" for s in sends)
+    counts = diff or RunDiff()
+    logger.info(
+        "run %s (%s): %s queued for %s (%d new, %d still failing, %d recovered)",
+        run.task_id,
+        run.outcome,
+        said,
+        channel,
+        len(counts.new),
+        len(counts.still),
+        len(counts.recovered),
+        extra={
+            "event": "run_alert",
+            "task": run.task_id,
+            "channel": channel,
+            "queued": said,
+            "new": len(counts.new),
+            "still_failing": len(counts.still),
+            "recovered": len(counts.recovered),
+        },
+    )
 
 
 async def _queue(
