@@ -341,3 +341,22 @@ def test_help_shows_tasks_and_the_references() -> None:
     help_text = mrkdwn_of(render_help())
     for words in ("/hss-sync tasks", "/hss-sync latest failed", "latest-auto", "latest-manual"):
         assert words in help_text, words
+
+
+async def test_tasks_answers_at_once_from_an_old_list_then_replaces_it(
+    make_stack: MakeStack,
+) -> None:
+    stack = await make_stack()
+    await answered(stack, await stack.user.command_text("tasks"))
+    # The list is ten minutes old now, and a manual run has begun since.
+    key = keys.runs(TEST_PROJECT_ID, None)
+    at = float(await stack.runtime.redis.hget(key, "at") or 0)
+    await stack.runtime.redis.hset(key, "at", repr(at - 600))
+    manual = stack.sim.start_run("manual")
+    reply = await stack.user.command_text("tasks")
+    first = text_of(reply.body)
+    assert "data from 10 min ago" in first and "Fetching the runs from HSS" in first
+    assert f"`{manual.task_id}`" not in first
+    fresh = text_of(await followup(stack, reply))
+    assert f"`{manual.task_id}`" in fresh and re.search("data from [0-9]+ s ago", fresh)
+    assert "Fetching" not in fresh and calls(stack, "tasks") == 2
