@@ -38,6 +38,7 @@ from bot.storage.run_watch_store import RunWatch
 from tests.support import HOSTILE, check_message, mrkdwn_of
 
 OURS = re.compile(r"<!date\^\d+\^[^|>]*\|[^>]*>")
+OURS_AND_USERS = re.compile(r"<!date\^\d+\^[^|>]*\|[^>]*>|<@U[A-Z0-9]+>")
 T0 = 1_800_000_000.0
 
 
@@ -236,7 +237,20 @@ def test_the_alert_counts_first_marks_each_failure_and_names_the_run() -> None:
     assert "`auto-sync-20270115`" in body and "`run-2`" in body and "scheduled" in body
     assert message.text.startswith("HSS scheduled sync run auto-sync-20270115 (run-2): 1 new")
     actions = next(b for b in message.blocks if b["type"] == "actions")["elements"]
-    assert [e["action_id"] for e in actions] == ["hss_alert_details"]
+    assert [e["action_id"] for e in actions] == [
+        "hss_alert_ack",
+        "hss_alert_mute_1h",
+        "hss_alert_mute_24h",
+        "hss_alert_details",
+    ]
+    later = render_run_alert(
+        SCOPE, run(status=100), diff, now=T0, acked_by="U0ACKER1", muted_until=T0 + 3600
+    )
+    check_message(later, OURS_AND_USERS)
+    said = mrkdwn_of(later)
+    assert "Acknowledged by <@U0ACKER1>" in said and "Muted until" in said
+    shown = next(b for b in later.blocks if b["type"] == "actions")["elements"]
+    assert [e["action_id"] for e in shown] == ["hss_alert_unmute", "hss_alert_details"]
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)
