@@ -22,7 +22,14 @@ from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
 from bot.runs_service import RunsService, named_run
 from bot.slack.blocks import section
-from bot.slack.home import HomeRow, decode_home_runs_value, decode_home_value, render_home
+from bot.slack.home import (
+    HOME_RECENT_RUNS,
+    HomeRow,
+    RecentRuns,
+    decode_home_runs_value,
+    decode_home_value,
+    render_home,
+)
 from bot.slack.render import Message, render_error
 from bot.slack.request_shape import first_action, user_of
 from bot.slack.run_text import Resolved, resolved_line
@@ -212,8 +219,21 @@ class WatchCommands:
 
     async def publish_home(self, user: str, notice: str | None = None) -> None:
         rows, runs = await self.home_rows(), await self._run_watches.all()
-        view = render_home(rows, runs=runs, now=self._clock(), notice=notice)
+        recent = await self._recent_runs()
+        view = render_home(rows, runs=runs, recent=recent, now=self._clock(), notice=notice)
         await self._client.views_publish(user_id=user, view=view)
+
+    async def _recent_runs(self) -> RecentRuns | None:
+        """The stored run list for Home (never a call): None when runs are not configured."""
+        if self._runs is None:
+            return None
+        refused = await self._runs.refused()
+        if refused is not None:
+            return RecentRuns(unavailable=refused.user_message())
+        snap = await self._runs.peek()
+        if snap is None:
+            return RecentRuns()
+        return RecentRuns(runs=snap.runs[:HOME_RECENT_RUNS], fetched_at=snap.fetched_at)
 
     async def on_home_opened(self, event: dict[str, Any]) -> None:
         user = event.get("user")
