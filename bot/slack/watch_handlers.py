@@ -38,14 +38,9 @@ from bot.slack.run_watch_handlers import RunWatchChanges
 from bot.slack.text import channel_mention, code, date_token, escape
 from bot.slack.watch_command import AddWatch, ListWatches, Mute, Unmute, Unwatch, WatchCommand
 from bot.slack.watch_form import OpenWatchForm, form_view
-from bot.slack.watch_text import (
-    filters_text,
-    run_watch_line,
-    section_message,
-    state_text,
-)
-from bot.storage.run_watch_store import RunWatch, RunWatchStore
-from bot.storage.watch_store import Watch, WatchStore, may_change_watches
+from bot.slack.watch_text import filters_text, render_watch_list, section_message
+from bot.storage.run_watch_store import RunWatchStore
+from bot.storage.watch_store import WatchStore, may_change_watches
 
 logger = logging.getLogger(__name__)
 
@@ -53,32 +48,6 @@ Reply = Callable[[Message], Awaitable[None]]
 
 #: How long a user group's member list is trusted before asking Slack again.
 GROUP_CACHE_SECONDS = 300.0
-_LIST_SHOWN = 40
-
-
-def watch_line(w: Watch, now: float) -> str:
-    last = f", last alert {date_token(w.last_alert_at)}" if w.last_alert_at else ""
-    where = channel_mention(w.channel)
-    what = filters_text(w.types, w.name)
-    return f"• {code(w.task.task_id, 70)} in {where} · {what} · {state_text(w, now)}{last}"
-
-
-def render_watch_list(
-    watches: list[Watch], runs: list[RunWatch], *, now: float, everywhere: bool
-) -> Message:
-    """Run watches first (a channel has at most three), then task watches."""
-    if not watches and not runs:
-        where = "in any channel" if everywhere else "in this channel"
-        return section_message(
-            f"No task is watched {where}, and no runs are followed. Start with "
-            "`/hss-sync watch <task_id>` or `/hss-sync watch runs`."
-        )
-    lines = [run_watch_line(w, now) for w in runs] + [watch_line(w, now) for w in watches]
-    shown = lines[:_LIST_SHOWN]
-    if len(lines) > _LIST_SHOWN:
-        shown.append(f"_…and {len(lines) - _LIST_SHOWN} more_")
-    title = "Watches in every channel" if everywhere else "Watches in this channel"
-    return section_message(f"*{title}* ({len(lines)})\n" + "\n".join(shown))
 
 
 class WatchCommands:
