@@ -126,3 +126,16 @@ async def test_a_reference_with_no_run_is_an_error_on_the_task_field(
     assert reply.body["response_action"] == "errors"
     assert "The list of sync runs is unavailable" in reply.body["errors"]["task"]
     assert await WatchStore(stack.runtime.redis).all() == []
+
+
+async def test_watch_runs_names_the_newest_known_run_of_its_kind(make_stack: MakeStack) -> None:
+    stack = await make_stack()
+    assert "the newest I know of" not in await said(stack, "watch runs manual")
+    await said(stack, "tasks")
+    await until(lambda: _stored(stack), what="the run list stored")
+    calls = all_calls(stack)
+    auto = next(r for r in listed(stack) if r.task_type == "autoSync")
+    reply = await said(stack, "watch runs auto")
+    assert "Runs that exist now are the baseline, not alerts (the newest I know of is" in reply
+    assert f"id `{auto.task_id}`" in reply
+    assert all_calls(stack) == calls  # from the stored list, without a call

@@ -20,6 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import BotError, ChannelRefused, CommandError, NotAllowed
 from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
+from bot.runs import RunKind, SyncRun, latest
 from bot.runs_service import RunsService, named_run
 from bot.slack.blocks import section
 from bot.slack.home import (
@@ -75,7 +76,11 @@ class WatchCommands:
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._run_watches = run_watches
         self._run_changes = RunWatchChanges(
-            run_watches, check_channel=self.check_channel, clock=clock, on_watch=on_watch
+            run_watches,
+            check_channel=self.check_channel,
+            clock=clock,
+            on_watch=on_watch,
+            newest=self._newest_run,
         )
 
     async def handle(
@@ -191,6 +196,11 @@ class WatchCommands:
         recent = await self._recent_runs()
         view = render_home(rows, runs=runs, recent=recent, now=self._clock(), notice=notice)
         await self._client.views_publish(user_id=user, view=view)
+
+    async def _newest_run(self, kind: RunKind | None) -> SyncRun | None:
+        """The newest run of ``kind`` in the stored run list (never a call)."""
+        snap = await self._runs.peek() if self._runs is not None else None
+        return latest(snap.runs, kind) if snap is not None else None
 
     async def _recent_runs(self) -> RecentRuns | None:
         """The stored run list for Home (never a call): None when runs are not configured."""
