@@ -23,16 +23,8 @@ from bot.models import LookupRequest, SyncStatus, TaskRef
 from bot.runs import RunKind, SyncRun, latest
 from bot.runs_service import RunsService, named_run
 from bot.slack.blocks import section
-from bot.slack.home import (
-    HOME_RECENT_RUNS,
-    HomeRow,
-    RecentRuns,
-    decode_home_runs_value,
-    decode_home_value,
-    render_home,
-)
+from bot.slack.home_handlers import HomeTab
 from bot.slack.render import Message, render_error
-from bot.slack.request_shape import first_action, user_of
 from bot.slack.run_text import Resolved, resolved_line
 from bot.slack.run_watch_command import RunWatchCommand
 from bot.slack.run_watch_handlers import RunWatchChanges
@@ -75,6 +67,15 @@ class WatchCommands:
         self._clock = clock
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._run_watches = run_watches
+        self.home = HomeTab(
+            self,
+            watches=watches,
+            run_watches=run_watches,
+            lookups=lookups,
+            runs=runs,
+            client=client,
+            clock=clock,
+        )
         self._run_changes = RunWatchChanges(
             run_watches,
             check_channel=self.check_channel,
@@ -97,7 +98,7 @@ class WatchCommands:
                 await reply(await self._list(cmd, here))
             elif isinstance(cmd, OpenWatchForm):
                 trigger = str(command.get("trigger_id", ""))
-                await reply(await self._open_form(user, trigger, channel=here, from_home=False))
+                await reply(await self.open_form(user, trigger, channel=here, from_home=False))
             else:
                 await reply(await self.change(cmd, user=user, channel=cmd.channel or here))
         except BotError as exc:
@@ -181,81 +182,14 @@ class WatchCommands:
     def _ref(self, task_id: str, ep: str | None = None) -> TaskRef:
         return self._lookups.ref(LookupRequest(task_id, ep=ep))
 
-    # --- the App Home tab ---
-
-    async def home_rows(self) -> list[HomeRow]:
-        rows = []
-        for w in await self._watches.all():
-            request = LookupRequest(w.task.task_id, ep=w.task.enterprise_project_id)
-            answer = (await self._lookups.peek(request)).answer
-            rows.append(HomeRow(watch=w, fetched_at=answer.fetched_at, totals=answer.totals))
-        return rows
-
-    async def publish_home(self, user: str, notice: str | None = None) -> None:
-        rows, runs = await self.home_rows(), await self._run_watches.all()
-        recent = await self._recent_runs()
-        view = render_home(rows, runs=runs, recent=recent, now=self._clock(), notice=notice)
-        await self._client.views_publish(user_id=user, view=view)
-
     async def _newest_run(self, kind: RunKind | None) -> SyncRun | None:
         """The newest run of ``kind`` in the stored run list (never a call)."""
         snap = await self._runs.peek() if self._runs is not None else None
         return latest(snap.runs, kind) if snap is not None else None
 
-    async def _recent_runs(self) -> RecentRuns | None:
-        """The stored run list for Home (never a call): None when runs are not configured."""
-        if self._runs is None:
-            return None
-        refused = await self._runs.refused()
-        if refused is not None:
-            return RecentRuns(unavailable=refused.user_message())
-        snap = await self._runs.peek()
-        if snap is None:
-            return RecentRuns()
-        return RecentRuns(runs=snap.runs[:HOME_RECENT_RUNS], fetched_at=snap.fetched_at)
-
-    async def on_home_opened(self, event: dict[str, Any]) -> None:
-        user = event.get("user")
-        if event.get("tab", "home") == "home" and isinstance(user, str) and user:
-            await self.publish_home(user)
-
-    async def on_home_unwatch(self, body: dict[str, Any], respond: Any = None) -> None:
-        """The work after an Unwatch click's ack (``respond`` unused: Home has no message)."""
-
-        async def remove(value: str) -> None:
-            task, channel = decode_home_value(value)
-            await self._watches.remove(task=task, channel=channel)
-
-        await self._home_unwatch(body, remove)
-
-    async def on_home_unwatch_runs(self, body: dict[str, Any], respond: Any = None) -> None:
-        """The work after a run watch's Unwatch click's ack."""
-
-        async def remove(value: str) -> None:
-            kind, channel = decode_home_runs_value(value)
-            await self._run_watches.remove(channel=channel, kind=kind)
-
-        await self._home_unwatch(body, remove)
-
-    async def _home_unwatch(
-        self, body: dict[str, Any], remove: Callable[[str], Awaitable[None]]
-    ) -> None:
-        """Check who clicked, then ``remove`` by the button's value (CommandError: a value
-        that is not one of ours), and show the Home tab again."""
-        user = user_of(body)
-        if not await self.allowed(user):
-            await self.publish_home(user, notice=self.refusal())
-            return
-        try:
-            await remove(str(first_action(body).get("value", "")))
-        except CommandError as exc:
-            await self.publish_home(user, notice=exc.user_message())
-            return
-        await self.publish_home(user)
-
     # --- the form ---
 
-    async def _open_form(
+    async def open_form(
         self, user: str, trigger_id: str, *, channel: str | None, from_home: bool
     ) -> Message:
         """Open the "Add a watch" modal for ``user``, who must be allowed to add one."""
@@ -273,16 +207,6 @@ class WatchCommands:
                 "`/hss-sync watch <task_id>` or `/hss-sync watch runs`."
             ) from None
         return section_message("The form to add a watch is open.")
-
-    async def on_home_add_watch(self, body: dict[str, Any], respond: Any = None) -> None:
-        """The work after the Home tab's "Add a watch" click."""
-        user = user_of(body)
-        try:
-            trigger = body.get("trigger_id")
-            trigger = trigger if isinstance(trigger, str) else ""
-            await self._open_form(user, trigger, channel=None, from_home=True)
-        except BotError as exc:
-            await self.publish_home(user, notice=exc.user_message())
 
     # --- who may, and where ---
 
