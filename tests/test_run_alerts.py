@@ -32,12 +32,23 @@ from bot.alerting.run_message import (
     render_run_alert,
     render_stuck,
 )
+from bot.alerting.run_state import (
+    RunSeen,
+    RunView,
+    decode_channel,
+    decode_seen,
+    decode_view,
+    encode_channel,
+    encode_seen,
+    encode_view,
+)
 from bot.models import LookupRequest
 from bot.runs import RunKind, SyncRun
 from bot.storage.run_watch_store import RunWatch
 from tests.support import HOSTILE, check_message, mrkdwn_of
 
 OURS = re.compile(r"<!date\^\d+\^[^|>]*\|[^>]*>")
+OURS_AND_USERS = re.compile(r"<!date\^\d+\^[^|>]*\|[^>]*>|<@U[A-Z0-9]+>")
 T0 = 1_800_000_000.0
 
 
@@ -236,7 +247,20 @@ def test_the_alert_counts_first_marks_each_failure_and_names_the_run() -> None:
     assert "`auto-sync-20270115`" in body and "`run-2`" in body and "scheduled" in body
     assert message.text.startswith("HSS scheduled sync run auto-sync-20270115 (run-2): 1 new")
     actions = next(b for b in message.blocks if b["type"] == "actions")["elements"]
-    assert [e["action_id"] for e in actions] == ["hss_alert_details"]
+    assert [e["action_id"] for e in actions] == [
+        "hss_alert_ack",
+        "hss_alert_mute_1h",
+        "hss_alert_mute_24h",
+        "hss_alert_details",
+    ]
+    later = render_run_alert(
+        SCOPE, run(status=100), diff, now=T0, acked_by="U0ACKER1", muted_until=T0 + 3600
+    )
+    check_message(later, OURS_AND_USERS)
+    said = mrkdwn_of(later)
+    assert "Acknowledged by <@U0ACKER1>" in said and "Muted until" in said
+    shown = next(b for b in later.blocks if b["type"] == "actions")["elements"]
+    assert [e["action_id"] for e in shown] == ["hss_alert_unmute", "hss_alert_details"]
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)
@@ -285,3 +309,21 @@ def test_a_channel_hears_of_a_run_once_through_its_watch_of_the_kind() -> None:
     assert channel_watches(both, run(kind=RunKind.MANUAL, begin=T0))[0].kind is None
     late = [watch("C3", None, created_at=T0 + 1)]
     assert channel_watches(late, run(begin=T0)) == []
+
+
+# --- what the follower stores ---------------------------------------------------------------
+
+
+def test_stored_run_state_reads_back_and_damage_reads_as_new() -> None:
+    diff = compare([reg("a", "<!here> a")], [reg("c")], complete=True)
+    view = RunView(run=run(status=100), diff=diff, kind=None, types=frozenset({"SWR"}), name="x")
+    assert decode_view(encode_view(view)) == view
+    state = ChannelRun(posted=True, shown="d", failing=frozenset({"a"}), ended=True, closed=True)
+    assert decode_channel(encode_channel(state)) == state
+    seen = RunSeen(progress=(40, 1, 2, 3), changed_at=T0, told=(1, 3, False), done=False)
+    assert decode_seen(encode_seen(seen)) == seen
+    for junk in (b"", b"{", b'{"run": 1}', b"[]", b"null"):
+        assert decode_view(junk) is None
+        assert decode_channel(junk) == ChannelRun()
+    assert decode_seen({"progress": "[1]", "changed_at": "x"}) is None
+    assert decode_seen({}) is None

@@ -25,6 +25,7 @@ from bot.runs import RunKind
 from bot.runtime import Runtime, open_runtime
 from bot.sandbox.localstack import local_stack
 from bot.sandbox.simulator import SimConfig
+from bot.sandbox.slack_requests import button_labelled
 from bot.sandbox.slack_standin import Call, SlackStandIn
 from bot.slack.render import Message
 from bot.storage import keys
@@ -460,3 +461,29 @@ async def test_watch_runs_from_slack_then_a_new_run_is_alerted_with_its_end(redi
         ]
         assert len(posts) == 1 and run.task_id in everything(posts[0])
         assert "still failing" in everything(posts[0]) or "*new*" in everything(posts[0])
+
+        # Its buttons: Acknowledge shows who; Mute mutes the run watch it came through.
+        post = posts[0]
+        ts = post.answer["ts"]
+
+        async def click(label: str) -> Call:
+            seen = len(stack.standin.api("chat.update"))
+            latest = stack.standin.api("chat.update")[-1].body if seen else post.body
+            target = button_labelled(latest, label)
+            reply = await stack.user.click(target, channel_id=channel, message_ts=ts)
+            assert reply.status == 200
+            await stack.standin.wait_for(lambda _: len(stack.standin.api("chat.update")) > seen)
+            update = stack.standin.api("chat.update")[-1]
+            assert update.body["ts"] == ts
+            return update
+
+        acked = await click("Acknowledge")
+        assert f"Acknowledged by <@{stack.user.user_id}>" in everything(acked)
+        muted = await click("Mute 1 h")
+        assert "Muted until" in everything(muted) and "Unmute" in everything(muted)
+        watch = await store.get(channel=channel, kind=RunKind.AUTO)
+        assert watch is not None and watch.muted_until is not None
+        unmuted = await click("Unmute")
+        assert "Muted until" not in everything(unmuted) and "Acknowledged by" in everything(unmuted)
+        watch = await store.get(channel=channel, kind=RunKind.AUTO)
+        assert watch is not None and watch.muted_until is None

@@ -214,7 +214,7 @@ def _summary(incident: Incident, scope: LookupRequest, totals: Totals | None) ->
 def _context(incident: Incident, now: float, acked_by: str | None, muted: float | None) -> str:
     parts: list[str] = []
     if acked_by is not None:
-        parts.append(_acknowledged(acked_by))
+        parts.append(acknowledged(acked_by))
     if muted is not None:
         parts.append(f":no_bell: Muted until {date_token(muted) or 'later'}")
     last = max((f.at for f in incident.latest.values()), default=now)
@@ -223,14 +223,16 @@ def _context(incident: Incident, now: float, acked_by: str | None, muted: float 
     return " · ".join(parts)
 
 
-def _acknowledged(user: str) -> str:
+def acknowledged(user: str) -> str:
+    """Who acknowledged, as the alert's context shows it (a mention only of a user id)."""
     if USER_ID.fullmatch(user):
         return f":eyes: Acknowledged by <@{user}>"
     logger.warning("not showing an acknowledging user id that is not a Slack user id")
     return ":eyes: Acknowledged"
 
 
-def _muted(muted_until: float | None, now: float) -> float | None:
+def shown_mute(muted_until: float | None, now: float) -> float | None:
+    """The mute to show: a finite time still ahead of ``now``, else None."""
     if muted_until is None or not math.isfinite(muted_until) or muted_until <= now:
         return None
     return muted_until
@@ -336,7 +338,7 @@ def render_alert(
     ]
     for title_line, kind, what in sections:
         blocks.extend(pack(_listed(title_line, incident.of_kind(kind), OTHER_LINES, what)))
-    muted = _muted(muted_until, now)
+    muted = shown_mute(muted_until, now)
     blocks.append(context([_context(incident, now, acked_by, muted)]))
     ack = acked_by is None and not incident.resolved
     blocks.extend(buttons_block(scope, ack=ack, muted=muted is not None, more=hidden > 0))

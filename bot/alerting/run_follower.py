@@ -260,7 +260,9 @@ class RunFollower:
                 ref,
                 run,
                 diff,
+                kind=watch.kind,
                 loud=watch.alerts(now),
+                muted_until=watch.muted_until,
                 stuck=stuck,
                 since=changed_at,
             )

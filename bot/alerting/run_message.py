@@ -3,9 +3,9 @@
 The message follows the task alerts' conventions (:mod:`bot.alerting.message`, whose helpers
 it uses): rendered whole from a :class:`~bot.alerting.run_flips.RunDiff` so every update
 replaces it in place, failures grouped by reason, every string from HSS escaped, and the same
-lookup buttons (Show details, Show all failed). Its first line counts the **new**, **still
-failing** and recovered registries; each failing registry carries the word ``new`` or
-``still failing``, which people scan for.
+buttons (Acknowledge, Mute or Unmute, Show details, Show all failed). Its first line counts
+the **new**, **still failing** and recovered registries; each failing registry carries the
+word ``new`` or ``still failing``, which people scan for.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from bot.alerting.message import (
     FAILED_LINES,
     OTHER_LINES,
     THREAD_LINES,
+    acknowledged,
     buttons_block,
     fallback_groups,
     more_line,
     plural,
     reason_text,
+    shown_mute,
     who,
 )
 from bot.alerting.run_flips import NEW, Missed, RunDiff, began_at
@@ -97,9 +99,18 @@ def _summary(run: SyncRun, diff: RunDiff, scope: LookupRequest) -> str:
     return "\n".join(lines)
 
 
-def render_run_alert(scope: LookupRequest, run: SyncRun, diff: RunDiff, *, now: float) -> Message:
+def render_run_alert(
+    scope: LookupRequest,
+    run: SyncRun,
+    diff: RunDiff,
+    *,
+    now: float,
+    acked_by: str | None = None,
+    muted_until: float | None = None,
+) -> Message:
     """The run's channel message for a watch's ``scope`` (the run's task id and the watch's
-    filters, which the buttons carry)."""
+    filters, which the buttons carry). ``acked_by``: the Slack user who acknowledged;
+    ``muted_until``: the watch's mute (shown while ahead of ``now``)."""
     state = "ended: " + run.outcome if run.ended else run.outcome
     blocks = [header(f"Sync run: {counts_line(diff)} ({state})")]
     blocks.append(section(_summary(run, diff, scope)))
@@ -111,16 +122,22 @@ def render_run_alert(scope: LookupRequest, run: SyncRun, diff: RunDiff, *, now: 
         recovered = [f"• {who(f)}" for f in diff.recovered[:OTHER_LINES]]
         lines = ["*Recovered* (failed in the previous run)", *recovered]
         blocks.extend(pack(lines + more_line(len(diff.recovered) - OTHER_LINES, "recovered")))
+    muted = shown_mute(muted_until, now)
+    parts = [acknowledged(acked_by)] if acked_by is not None else []
+    if muted is not None:
+        parts.append(f":no_bell: Muted until {date_token(muted) or 'later'}")
     seen = date_token(now)
-    blocks.append(context([f"as of {seen}" if seen else "as of now"]))
-    blocks.extend(_buttons(scope, more=hidden > 0))
+    parts.append(f"as of {seen}" if seen else "as of now")
+    blocks.append(context([" · ".join(parts)]))
+    blocks.extend(
+        buttons_block(scope, ack=acked_by is None, muted=muted is not None, more=hidden > 0)
+    )
     return Message(text=_fallback(run, diff), blocks=blocks)
 
 
-def _buttons(scope: LookupRequest, *, more: bool) -> list[dict[str, Any]]:
-    # The lookup buttons of task alerts. Acknowledge and Mute act on a task watch's stored
-    # incident, which a run alert does not have (``mute runs`` silences run watches).
-    return buttons_block(scope, ack=False, muted=False, more=more, mute=False)
+def _lookup_buttons(scope: LookupRequest) -> list[dict[str, Any]]:
+    # A short notice shows the lookup: acknowledging or muting is the run message's.
+    return buttons_block(scope, ack=False, muted=False, more=False, mute=False)
 
 
 def _fallback(run: SyncRun, diff: RunDiff) -> str:
@@ -137,7 +154,7 @@ def render_all_recovered(scope: LookupRequest, run: SyncRun, diff: RunDiff) -> M
     n = len(diff.recovered)
     text = f":white_check_mark: *All recovered*: {plural(n)} that failed in the previous run"
     text += f" finished this time, and nothing failed.\n{run_line(run)}"
-    blocks = [section(text), *_buttons(scope, more=False)]
+    blocks = [section(text), *_lookup_buttons(scope)]
     raw = f"HSS {run_plain(run)}: all recovered ({plural(n)}), nothing failed"
     return Message(text=escape_truncated(raw, _FALLBACK_SHOWN), blocks=blocks)
 

@@ -6,8 +6,10 @@ Two hashes per run (``keys.run_follow``, ``keys.run_alert`` per channel, both wi
 - the run: its progress and counts as last listed, when they last moved (for "stuck"), the
   counts the channels were last told about (so a failed view is fetched only when they
   change), and ``done`` once it ended and every channel was told;
-- each channel's :class:`~bot.alerting.run_flips.ChannelRun` (field ``state``), next to the
-  ``parent_ts`` the outbox records when it posts the run's message.
+- each channel's :class:`~bot.alerting.run_flips.ChannelRun` (field ``state``), what its
+  message shows (``view``: the run, its diff and the kind of the watch it came through, so
+  the Acknowledge and Mute buttons can render it again), who acknowledged it (``acked_by``),
+  and the ``parent_ts`` the outbox records when it posts the run's message.
 
 Unreadable state is logged and read as new (the worst case is a repeated message, never a
 lost one).
@@ -24,7 +26,10 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from bot.alerting.run_flips import ChannelRun
+from bot.alerting.flips import Flip
+from bot.alerting.run_flips import ChannelRun, RunDiff, failed_flip
+from bot.models import LookupRequest
+from bot.runs import RunKind, SyncRun
 from bot.storage import keys
 from bot.storage.replies import as_str
 
@@ -131,3 +136,91 @@ def queue_channel(pipe: Pipeline, key: str, state: ChannelRun) -> None:
     """Queue writing the channel's state (after ``multi()``); ``parent_ts`` stays."""
     pipe.hset(key, "state", encode_channel(state))
     pipe.expire(key, keys.RUN_STATE_TTL)
+
+
+# --- what the message shows, for the buttons ------------------------------------------------
+
+ACKED_BY = "acked_by"
+_ALL_KINDS = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """What a channel's run message shows, and the kind of the watch it came through."""
+
+    run: SyncRun
+    diff: RunDiff
+    kind: RunKind | None
+    #: The watch's filters (the message shows them, and its buttons carry them).
+    types: frozenset[str] = frozenset()
+    name: str | None = None
+
+    @property
+    def scope(self) -> LookupRequest:
+        return LookupRequest(task_id=self.run.task_id, types=self.types, name=self.name)
+
+
+def _rows(flips: tuple[Flip, ...]) -> list[list[object]]:
+    return [[f.registry_id, f.name, f.type, f.reason, f.at] for f in flips]
+
+
+def _flips(rows: list[list[Any]]) -> tuple[Flip, ...]:
+    return tuple(failed_flip(str(a), str(b), str(c), str(d), float(e)) for a, b, c, d, e in rows)
+
+
+def encode_view(view: RunView) -> str:
+    diff = view.diff
+    doc = {
+        "run": view.run.as_api_dict(),
+        "new": _rows(diff.new),
+        "still": _rows(diff.still),
+        "recovered": _rows(diff.recovered),
+        "previous": diff.previous_failed,
+        "kind": view.kind.value if view.kind is not None else _ALL_KINDS,
+        "types": sorted(view.types),
+        "name": view.name,
+    }
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_view(raw: str | bytes | None) -> RunView | None:
+    if raw is None:
+        return None
+    try:
+        doc: dict[str, Any] = json.loads(raw)
+        diff = RunDiff(
+            new=_flips(doc["new"]),
+            still=_flips(doc["still"]),
+            recovered=_flips(doc["recovered"]),
+            previous_failed=int(doc["previous"]),
+        )
+        kind = None if doc["kind"] == _ALL_KINDS else RunKind(doc["kind"])
+        name = doc["name"]
+        return RunView(
+            run=SyncRun(**doc["run"]),
+            diff=diff,
+            kind=kind,
+            types=frozenset(str(t) for t in doc["types"]),
+            name=None if name is None else str(name),
+        )
+    except (ValueError, KeyError, TypeError):
+        logger.warning("unreadable run message; its buttons cannot change it")
+        return None
+
+
+def queue_view(pipe: Pipeline, key: str, view: RunView) -> None:
+    """Queue recording what the message shows (after ``multi()``)."""
+    pipe.hset(key, "view", encode_view(view))
+
+
+async def read_view(
+    redis: aioredis.Redis | Pipeline, key: str
+) -> tuple[RunView, str | None] | None:
+    """What the channel's run message shows and who acknowledged it; None: no message."""
+    view, acked = await redis.hmget(key, ["view", ACKED_BY])
+    shown = decode_view(view)
+    return None if shown is None else (shown, as_str(acked) if acked else None)
+
+
+async def ack(redis: aioredis.Redis, key: str, user: str) -> None:
+    await redis.hset(key, ACKED_BY, user)

@@ -31,9 +31,9 @@ from bot.alerting.run_message import (
     render_run_alert,
     render_stuck,
 )
-from bot.alerting.run_state import queue_channel, read_channel
+from bot.alerting.run_state import RunView, queue_channel, queue_view, read_channel, read_view
 from bot.models import LookupRequest, TaskRef
-from bot.runs import SyncRun
+from bot.runs import RunKind, SyncRun
 from bot.slack.render import Message
 from bot.storage import keys
 from bot.storage.replies import as_str
@@ -55,26 +55,41 @@ class Teller:
         run: SyncRun,
         diff: RunDiff | None,
         *,
+        kind: RunKind | None,
         loud: bool,
+        muted_until: float | None,
         stuck: bool,
         since: float,
     ) -> tuple[int, ChannelRun] | None:
-        """Plan and queue what ``channel`` hears about ``run`` (its watch's ``scope``: the
-        run's task id and the watch's filters; ``loud`` unless muted or paused; ``stuck``
-        since ``since``): the items queued and the channel's state, or None when it could
-        not be written (told again next round)."""
+        """Plan and queue what ``channel`` hears about ``run`` through its watch of ``kind``
+        (``scope``: the run's task id and the watch's filters; ``loud`` unless muted or
+        paused; ``stuck`` since ``since``): the items queued and the channel's state, or None
+        when it could not be written (told again next round)."""
         key = keys.run_alert(channel, ref)
         now = self._clock()
+        shown = diff or RunDiff()
 
         async def body(pipe: Pipeline) -> tuple[tuple[Send, ...], ChannelRun]:
             state = await read_channel(pipe, key)
             step = plan_channel(state, run, diff, loud=loud, stuck=stuck)
             if step.state == state:
                 return (), state
+            before = await read_view(pipe, key)
+            acked_by = before[1] if before is not None else None
             pipe.multi()  # type: ignore[no-untyped-call]
             queue_channel(pipe, key, step.state)
             for send in step.sends:
-                message = _render(send, run, diff or RunDiff(), scope, since=since, now=now)
+                if send.say == Say.ALERT:
+                    message = render_run_alert(
+                        scope, run, shown, now=now, acked_by=acked_by, muted_until=muted_until
+                    )
+                    queue_view(
+                        pipe,
+                        key,
+                        RunView(run=run, diff=shown, kind=kind, types=scope.types, name=scope.name),
+                    )
+                else:
+                    message = _render(send, run, shown, scope, since=since, now=now)
                 await _queue(pipe, channel, ref, run, send, message, diff)
             return step.sends, step.state
 
@@ -86,6 +101,32 @@ class Teller:
         if sends:
             _note_sends(channel, run, sends, diff)
         return len(sends), state
+
+    async def rerender(
+        self, channel: str, ref: TaskRef, *, muted_until: float | None, reason: str
+    ) -> bool:
+        """Queue an update of the channel's run message from what it shows (after a button
+        changed who acknowledged it or its watch's mute); False when there is no message."""
+        key = keys.run_alert(channel, ref)
+        found = await read_view(self._redis, key)
+        if found is None:
+            return False
+        view, acked_by = found
+        now = self._clock()
+        message = render_run_alert(
+            view.scope, view.run, view.diff, now=now, acked_by=acked_by, muted_until=muted_until
+        )
+        await outbox.enqueue(
+            self._redis,
+            channel=channel,
+            kind="update",
+            alert_key=key,
+            text=message.text,
+            blocks=message.blocks,
+            dedup=f"{key}:{reason}:{now!r}",
+            task=view.run.task_id,
+        )
+        return True
 
     async def missed(self, channel: str, ref: TaskRef, missed: Missed, *, after: float) -> int:
         """One "missed" notice per absence (``missed.mark``; ``ref`` names it)."""

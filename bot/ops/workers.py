@@ -113,7 +113,11 @@ def build_workers(
         run_watches=run_watches,
         commands=commands,
         buttons=AlertButtons(
-            redis=runtime.redis, watches=watches, lookups=runtime.lookups, commands=commands
+            redis=runtime.redis,
+            watches=watches,
+            lookups=runtime.lookups,
+            commands=commands,
+            run_watches=run_watches,
         ),
         scheduler=Scheduler(
             lookups=runtime.lookups,
