@@ -340,6 +340,43 @@ async def test_interactive_says_when_a_flip_would_be_part_of_the_watch_baseline(
     assert "[Acknowledge]" not in out
 
 
+@pytest.mark.timeout(90)
+async def test_interactive_run_starts_a_sync_run_with_new_and_still_failing_registries(
+    tmp_path: Path, tmpdir_of_demo: Path
+) -> None:
+    """``run auto`` starts a scheduled run in the simulator and names what it will fail,
+    against the previous auto run; the run is a task the bot looks up like any other."""
+    plan = Simulator(sim_config())
+    run = plan.start_run("auto")
+    previous = plan.runs.previous(run)
+    assert previous is not None
+    (new,) = set(run.failing_names()) - set(previous.failing_names())
+    (still,) = set(run.failing_names()) & set(previous.failing_names())
+    session = await interactive(tmp_path, tmpdir_of_demo)
+    try:
+        await session.type("run auto 0.01")
+        await session.expect("in HSS, a scheduled (autoSync) sync run began: auto-sync-")
+        await session.expect(f"(task id {run.task_id}), 50 registries in 0.01 s")
+        await session.expect(
+            f"1 new (not failing in the previous auto run): {new}; 1 still failing: {still}"
+        )
+        await session.type(f"/hss-sync {run.task_id} failed")
+        answer = await session.expect("registries 1–2 of 2")
+        assert new in answer and still in answer
+        await session.type("run manual")
+        await session.expect("in HSS, a manual (manualSync) sync run began: manual-sync-")
+        await session.expect("registries in 30 s")
+        await session.expect("all new (the first manual run)")
+        await session.type("quit")
+        code, out, err = await session.finish()
+    finally:
+        if session.proc.returncode is None:
+            session.proc.kill()
+            await session.proc.wait()
+    assert code == 0, out + err
+    assert "Traceback" not in out + err
+
+
 BAD_LINES = [
     ("flip", "flip needs a task, a registry and a status"),
     (f"flip {TASK}", "flip needs a task, a registry and a status"),
@@ -353,6 +390,13 @@ BAD_LINES = [
     ("click next", "no message with buttons yet"),
     ("wait forever", "wait takes a number of seconds"),
     ("tasks please", "tasks takes nothing after it"),
+    ("run", "start a sync run in HSS with run auto|manual"),
+    ("run weekly", "start a sync run in HSS with run auto|manual"),
+    ("run auto manual", "a run takes from 0 to 3600 seconds"),
+    ("run auto soon", "a run takes from 0 to 3600 seconds"),
+    ("run manual 0", "a run takes from 0 to 3600 seconds"),
+    ("run manual 1e9", "a run takes from 0 to 3600 seconds"),
+    ("run manual nan", "a run takes from 0 to 3600 seconds"),
 ]
 
 

@@ -310,18 +310,37 @@ def test_runs_share_one_identity_not_the_run_id() -> None:
 
 def test_cli_run_flags() -> None:
     args = _parser().parse_args(
-        ["--run-every", "30", "--run-duration", "5", "--run-history", "0", "--run-registries", "9"]
+        [
+            *("--run-every", "30", "--run-duration", "5", "--run-history", "0"),
+            *("--run-registries", "9", "--run-failure-rate", "0.25"),
+        ]
     )
     config = config_from_args(args)
     assert (config.run_every, config.run_duration) == (30.0, 5.0)
     assert (config.run_history, config.run_registries) == (0, 9)
+    assert config.run_failure_rate == 0.25
     defaults = config_from_args(_parser().parse_args([]))
     assert (defaults.run_every, defaults.run_duration) == (86400.0, 1800.0)
     assert (defaults.run_history, defaults.run_registries) == (3, 500)
+    assert defaults.run_failure_rate == 0.02
+    # The share reaches the runs the simulator lists.
+    rated = _parser().parse_args(
+        ["--run-history", "1", "--run-registries", "40", "--run-failure-rate", "0.25"]
+    )
+    (only,) = Simulator(config_from_args(rated)).listed_runs()
+    assert (only["failed_num"], only["total_num"]) == (10, 40)
 
 
 @pytest.mark.parametrize(
-    "argv", [["--run-every", "0"], ["--run-duration", "-1"], ["--run-history", "x"]]
+    "argv",
+    [
+        ["--run-every", "0"],
+        ["--run-duration", "-1"],
+        ["--run-history", "x"],
+        ["--run-failure-rate", "1.5"],
+        ["--run-failure-rate", "-0.1"],
+        ["--run-failure-rate", "nan"],
+    ],
 )
 def test_cli_refuses_bad_run_flags(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(argv) == 2

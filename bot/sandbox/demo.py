@@ -40,8 +40,21 @@ FLIP_REASON = "pull from the registry failed: 503 Service Unavailable"
 STEP_TIMEOUT = 20.0
 
 
+#: The project's sync runs (ListImageScanTask): small and quick, so that each run fails two
+#: registries, one of them failing in the previous run of its kind too (still failing) and
+#: one new. Scheduled ones come once a real day: the demo starts its own.
+RUN_REGISTRIES, RUN_FAILURE_RATE, RUN_SECONDS, RUN_HISTORY = 50, 0.04, 30.0, 2
+
+
 def sim_config() -> SimConfig:
-    return SimConfig(seed=7, task_sizes={TASK: 57, BIG_TASK: 1200})
+    return SimConfig(
+        seed=7,
+        task_sizes={TASK: 57, BIG_TASK: 1200},
+        run_registries=RUN_REGISTRIES,
+        run_failure_rate=RUN_FAILURE_RATE,
+        run_duration=RUN_SECONDS,
+        run_history=RUN_HISTORY,
+    )
 
 
 @asynccontextmanager

@@ -1,10 +1,11 @@
 """``hss-sync-bot demo --interactive``: type slash commands at a prompt on the local stack.
 
 Lines go to the bot as ``/hss-sync`` commands (with or without the command's name), except
-the demo's own commands: ``flip`` changes a registry in the simulator, ``tasks`` lists what
-the simulator holds, ``click`` presses a button of the last message that has some,
-``wait``, ``help`` and ``quit``. Whatever the bot sends (answers, alerts, thread replies,
-updates) is printed as it arrives by a ``Feed`` following the Slack stand-in.
+the demo's own commands: ``flip`` changes a registry in the simulator, ``run`` starts a
+sync run in it (scheduled or manual), ``tasks`` lists what the simulator holds, ``click``
+presses a button of the last message that has some, ``wait``, ``help`` and ``quit``.
+Whatever the bot sends (answers, alerts, thread replies, updates) is printed as it
+arrives by a ``Feed`` following the Slack stand-in.
 
 Any ``#name`` typed in a command is a channel of the demo's workspace: the first use makes
 it up (an id in the Slack stand-in, which tells the bot it is a member), and it is sent as
@@ -44,6 +45,11 @@ _WAIT_MAX = 120.0
 #: How long after a ``watch`` the prompt looks out for the first fetch of the task.
 _BASELINE_WAIT = 180.0
 _FLIP_USAGE = "flip <task> <registry> failed [reason]  or  flip <task> <registry> finished|running"
+#: The longest run ``run`` starts, in seconds.
+_RUN_MAX = 3600.0
+_RUN_USAGE = f"run auto|manual [seconds, up to {_RUN_MAX:g}]"
+#: The run kinds ``run`` takes, as ``Simulator.start_run`` takes them, and their HSS names.
+_RUN_KINDS = {"auto": "scheduled (autoSync)", "manual": "manual (manualSync)"}
 
 
 class InputError(ValueError):
@@ -64,6 +70,12 @@ class Flip:
 
 
 @dataclass(frozen=True, slots=True)
+class StartRun:
+    kind: str  # auto | manual
+    seconds: float | None = None  # None: the simulator's run duration
+
+
+@dataclass(frozen=True, slots=True)
 class Click:
     label: str
 
@@ -80,7 +92,7 @@ class Plain:
     name: str
 
 
-Action = SlashCommand | Flip | Click | Wait | Plain
+Action = SlashCommand | Flip | StartRun | Click | Wait | Plain
 
 #: Signals that end the prompt like ``quit`` (Ctrl-C, and a polite kill).
 _QUIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -105,6 +117,8 @@ def parse_line(line: str, command: str) -> Action | None:
         return Plain(_PLAIN[word])
     if word == "flip":
         return _flip(rest)
+    if word == "run":
+        return _run(rest)
     if word == "click":
         if not rest.strip():
             raise InputError("click which button? e.g. click next (see the last message)")
@@ -130,6 +144,21 @@ def _flip(rest: str) -> Flip:
     return Flip(task_id, registry, status, " ".join(why) or None)
 
 
+def _run(rest: str) -> StartRun:
+    words = rest.lower().split()
+    if not words or words[0] not in _RUN_KINDS or len(words) > 2:
+        raise InputError(f"start a sync run in HSS with {_RUN_USAGE}")
+    if len(words) == 1:
+        return StartRun(words[0])
+    try:
+        seconds = float(words[1])
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= _RUN_MAX:
+        raise InputError(f"a run takes from 0 to {_RUN_MAX:g} seconds: {_RUN_USAGE}")
+    return StartRun(words[0], seconds)
+
+
 def _wait(rest: str) -> Wait:
     try:
         seconds = float(rest) if rest else 5.0
@@ -152,6 +181,7 @@ def help_text(command: str, poll_seconds: float, alerts_channel: str, here: str)
         ("The demo's own commands:", ""),
         ("flip <task> <registry> failed [reason]", "make a registry fail in HSS (the simulator)"),
         ("flip <task> <registry> finished", "...or recover (running: retry)"),
+        ("run auto|manual [seconds]", "start a sync run in HSS: a new task, like tonight's"),
         ("tasks", "the simulator's tasks and their registries"),
         ("click <button>", "press a button of the last message that has some"),
         ("wait [seconds]", "just print what the bot sends (default 5 s)"),
@@ -270,6 +300,8 @@ class Prompt:
             await self._command(action.text)
         elif isinstance(action, Flip):
             await self._flip(action)
+        elif isinstance(action, StartRun):
+            self._start_run(action)
         elif isinstance(action, Click):
             await self._click(action.label)
         elif isinstance(action, Wait):
@@ -377,6 +409,31 @@ class Prompt:
         )
         self.printer.note(await self._when_seen(flip.task_id, changed))
 
+    def _start_run(self, start: StartRun) -> None:
+        sim = self.stack.sim
+        run = sim.start_run(start.kind, duration=start.seconds)
+        previous = sim.runs.previous(run)
+        before = set(previous.failing_names()) if previous is not None else set()
+        failing = run.failing_names()
+        still = [name for name in failing if name in before]
+        new = [name for name in failing if name not in before]
+        self.printer.note(
+            f"in HSS, a {_RUN_KINDS[start.kind]} sync run began: {run.task_name} "
+            f"(task id {run.task_id}), {run.size} registries in {run.duration:g} s"
+        )
+        if previous is None:
+            self.printer.note(
+                f"it will fail {len(failing)} registries as it goes, all new (the first "
+                f"{start.kind} run): {_shown(failing)}"
+            )
+        else:
+            self.printer.note(
+                f"it will fail {len(failing)} registries as it goes: {len(new)} new (not failing "
+                f"in the previous {start.kind} run): {_shown(new)}; {len(still)} still failing: "
+                f"{_shown(still)}"
+            )
+        self.printer.note(f"`{run.task_id} failed` looks them up (the run is a task)")
+
     async def _when_seen(self, task_id: str, changed: Registry) -> str:
         if task_id not in await self._watched():
             return f"nobody watches {task_id}: `watch {task_id} #{self.alerts}` to be alerted"
@@ -407,11 +464,14 @@ class Prompt:
                 self.printer.line("    " + _names_line(status, registries))
 
 
+def _shown(names: list[str]) -> str:
+    more = f" … and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
+    return (", ".join(names[:_NAMES_SHOWN]) or "none") + more
+
+
 def _names_line(status: str, registries: list[Registry]) -> str:
     names = [r.registry_name for r in registries if r.sync_status == status]
-    shown = ", ".join(names[:_NAMES_SHOWN])
-    more = f" … and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
-    return f"{len(names)} {status}: {shown}{more}"
+    return f"{len(names)} {status}: {_shown(names)}"
 
 
 def _start_reader(

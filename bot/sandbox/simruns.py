@@ -171,6 +171,12 @@ class SimRun:
         self._stopped_at = self.reached(now)
         self.end_status, self.ended_at = status, now
 
+    def failing_names(self) -> list[str]:
+        """The names of the registries this run fails (as planned), in row order."""
+        data = self.registries(self.begin)
+        rows = (data.row_of(data.registry_id(serial)) for serial in sorted(self.failing))
+        return [data.registry_at(row).registry_name for row in rows if row is not None]
+
     def registries(self, now: float) -> TaskData:
         """What ListAssociateRegistries answers for this run at ``now``."""
         if self._data is None:
@@ -296,6 +302,11 @@ class RunBook:
     def get(self, task_id: str, now: float) -> SimRun | None:
         self.catch_up(now)
         return self._by_id.get(task_id)
+
+    def previous(self, run: SimRun) -> SimRun | None:
+        """The run of the same kind that began before ``run``, whose failures it carries."""
+        earlier = self._runs[: self._runs.index(run)]
+        return next((r for r in reversed(earlier) if r.task_type == run.task_type), None)
 
     def newest_first(self, now: float) -> list[SimRun]:
         self.catch_up(now)
