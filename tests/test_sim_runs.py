@@ -192,6 +192,22 @@ def test_half_the_failures_carry_over_and_half_are_new() -> None:
     assert len(second.failing & manual.failing) == 5  # carried within its own kind
 
 
+def test_a_runs_failures_happen_when_it_reaches_them() -> None:
+    # ``failures`` is the benchmarks' ground truth: each name fails at the moment given.
+    config = RunsConfig(seed=3, registries=50, every=None, duration=100.0, failure_rate=0.1)
+    run = RunBook(config, start=0.0).start("auto", 0.0)
+    failures = run.failures()
+    assert len(failures) == 5
+    assert [at for _, at in failures] == sorted(at for _, at in failures)
+    for name, at in failures:
+        before = {r.registry_name: r.sync_status for r in run.registries(at - 1e-6).registries()}
+        assert before[name] == "running"
+        after = {r.registry_name: r.sync_status for r in run.registries(at).registries()}
+        assert after[name] == "failed"
+    assert run.failing_names() == [name for name, _ in failures]
+    assert run.counts(100.0) == (5, 45, 50)
+
+
 async def test_the_same_registries_fail_again_across_runs(make_hss_sim: MakeSim) -> None:
     # Runs sync one set of registries: a carried-over failure is the same registry id.
     clock = SimClock()

@@ -171,11 +171,22 @@ class SimRun:
         self._stopped_at = self.reached(now)
         self.end_status, self.ended_at = status, now
 
-    def failing_names(self) -> list[str]:
-        """The names of the registries this run fails (as planned), in row order."""
+    def failures(self) -> list[tuple[str, float]]:
+        """The registries this run fails as planned, in the order it reaches them: each
+        one's name and the moment it fails (when ``reached`` passes it)."""
         data = self.registries(self.begin)
-        rows = (data.row_of(data.registry_id(serial)) for serial in sorted(self.failing))
-        return [data.registry_at(row).registry_name for row in rows if row is not None]
+        found = []
+        for serial in sorted(self.failing):
+            row = data.row_of(data.registry_id(serial))
+            if row is not None:  # None: removed by hand
+                at = self.begin + self.duration * (serial + 1) / self.size
+                found.append((data.registry_at(row).registry_name, at))
+        return found
+
+    def failing_names(self) -> list[str]:
+        """The names of the registries this run fails (as planned), in the order it reaches
+        them."""
+        return [name for name, _ in self.failures()]
 
     def registries(self, now: float) -> TaskData:
         """What ListAssociateRegistries answers for this run at ``now``."""
