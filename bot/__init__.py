@@ -9,8 +9,9 @@ The package, from the bottom up (a module imports only from its own level or bel
 - ``ops.logs`` and ``ops.metrics``: log lines and counters, which any layer may emit;
 - ``storage``: Redis (keys, URL, the embedded server, outages, the mirror and watch stores);
 - ``hss``: the HSS API (signing, the wire format, the client and its call budget);
-- ``lookup``, ``kept_questions`` and ``runtime``: answering from the mirror (and trying again
-  in the background after a lookup gave up), and assembling the parts above;
+- ``lookup``, ``runs_service``, ``kept_questions`` and ``runtime``: answering from the
+  mirror and the runs' snapshot (and trying again in the background after a lookup gave up),
+  and assembling the parts above;
 - ``slack``'s views (text, blocks, render, home, the command grammar), pure;
 - ``alerting``: flips, alert messages, the pipeline, the outbox and the scheduler;
 - ``slack``'s handlers (the Bolt app and its buttons);

@@ -1,13 +1,16 @@
-"""``hss-sync-bot``: run the bot, query a task, run the simulator or the demo.
+"""``hss-sync-bot``: run the bot, query a task, list the sync runs, run the simulator or the
+demo.
 
 Exit status of ``query``: 0 no printed registry failed, 3 some failed, 2 bad usage or
-configuration, 1 API or network error. Logging is configured here and nowhere else.
+configuration, 1 API or network error; of ``tasks`` the same, for listed runs with failures.
+Logging is configured here and nowhere else.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bot import cli_tasks
 from bot.config import Settings
 from bot.errors import BotError, CommandError, ConfigError, ConfigErrors, StoreError
 from bot.models import Answer, LookupRequest, SyncStatus
@@ -27,11 +31,13 @@ from bot.slack.command import (
     validate_name,
     validate_task_id,
 )
+from bot.slack.tasks_command import ListTasks
 from bot.slack.text import data_age
-from bot.table import format_table
+from bot.table import format_table, printable, run_time
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
+    from bot.storage.runs_store import RunsSnapshot
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
@@ -114,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_QUERY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    q.add_argument("task_id", help="the image-sync task's id")
+    q.add_argument(
+        "task_id",
+        help="the image-sync task's id, or latest, latest-auto, latest-manual: the newest "
+        "run (of that kind)",
+    )
     q.add_argument(
         "status",
         nargs="?",
@@ -133,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a JSON array with the API's field names (default: a table)",
     )
     q.set_defaults(func=_query_command)
+    tasks = sub.add_parser(
+        "tasks",
+        help="list the image-sync runs, newest first",
+        description=cli_tasks.DESCRIPTION,
+        epilog=cli_tasks.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cli_tasks.add_arguments(tasks)
+    tasks.set_defaults(func=_tasks_command)
     simulate = sub.add_parser(
         "simulate",
         help="serve the HSS simulator (see simulate --help)",
@@ -184,6 +203,39 @@ def _query_command(args: argparse.Namespace) -> int:
         print(f"hss-sync-bot query: {exc.user_message()}", file=sys.stderr)
         return EXIT_USAGE
     return _configured("query", lambda settings: _query(request, settings, as_json=args.json))
+
+
+def _tasks_command(args: argparse.Namespace) -> int:
+    try:  # bad usage is reported before configuration, like argparse's own errors
+        query = cli_tasks.query_from_args(args)
+    except CommandError as exc:
+        print(f"hss-sync-bot tasks: {exc.user_message()}", file=sys.stderr)
+        return EXIT_USAGE
+    return _configured("tasks", lambda settings: _tasks(query, settings, as_json=args.json))
+
+
+def _tasks(query: ListTasks, settings: Settings, *, as_json: bool) -> int:
+    from bot.runs_service import filter_runs
+
+    async def go() -> RunsSnapshot:
+        from bot.hss.budget import asker
+
+        asker.set("cli")
+        runtime = await _open_runtime(settings)
+        try:
+            return await cli_tasks.fetch(runtime, settings.fresh_seconds)
+        finally:
+            await runtime.aclose()
+
+    try:
+        snap = asyncio.run(go())
+    except ConfigError:
+        raise
+    except BotError as exc:
+        print(f"hss-sync-bot tasks: {exc.user_message()}", file=sys.stderr)
+        return EXIT_ERROR
+    runs = filter_runs(snap.runs, kind=query.kind, name=query.name, failed=query.failed)
+    return cli_tasks.print_runs(runs, fetched_at=snap.fetched_at, as_json=as_json)
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -307,6 +359,7 @@ async def _fetch(settings: Settings, request: LookupRequest) -> Answer:
     asker.set("cli")  # CLI runs take turns with people in the budget's queue, as one asker
     runtime = await _open_runtime(settings)
     try:
+        request = await _resolved(runtime, request)
         question = await runtime.lookups.ask(request, started=started)
         if question.peek.fresh:
             return question.peek.answer
@@ -320,6 +373,22 @@ async def _fetch(settings: Settings, request: LookupRequest) -> Answer:
         return await runtime.lookups.follow_up(question)
     finally:
         await runtime.aclose()
+
+
+async def _resolved(runtime: Runtime, request: LookupRequest) -> LookupRequest:
+    """The request for the run a task reference (``latest``...) names; as given otherwise.
+    Which run it named goes to stderr, with the data's age."""
+    from bot.runs_service import named_run
+
+    run = await named_run(runtime.runs, request.task_id)
+    if run is None:
+        return request
+    said = (
+        f"{request.task_id.lower()} is {run.task_name!r} (task id {run.task_id}, "
+        f"{run.task_type or 'unknown kind'}, began {run_time(run.begin_time)})"
+    )
+    print(printable(said), file=sys.stderr)
+    return dataclasses.replace(request, task_id=run.task_id)
 
 
 def _print_answer(answer: Answer, *, as_json: bool) -> int:

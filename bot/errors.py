@@ -12,7 +12,8 @@
         ├── HssThrottledError     429 APIGW.0308
         ├── HssNotFoundError      the task does not exist (HSS.0011, 404)
         ├── HssRequestError       other 4xx: our request was wrong
-        └── HssUnavailableError   5xx, timeouts, network, malformed or inconsistent answers
+        ├── HssUnavailableError   5xx, timeouts, network, malformed or inconsistent answers
+        └── RunsUnavailable       HSS refuses the run list (ListImageScanTask) to this user
 
 Each error's ``user_message()`` is safe to show in Slack or a terminal: it never contains a
 secret and escapes nothing itself (renderers escape).
@@ -124,6 +125,22 @@ class HssRequestError(HssError):
 
 class HssUnavailableError(HssError):
     meaning = "HSS is not answering properly right now; try again in a minute."
+
+
+class RunsUnavailable(HssError):
+    """HSS refused the list of sync runs (403, 404, the API not offered): ``latest`` and
+    ``tasks`` cannot work, while lookups by task id (another API) go on as before."""
+
+    meaning = "The list of sync runs is unavailable"
+
+    def user_message(self) -> str:
+        why = f"HSS refused ListImageScanTask with {self.error_code}"
+        if self.request_id:
+            why += f", request {self.request_id}"
+        return (
+            f"{self.meaning} ({why}): `latest` and `tasks` cannot answer, "
+            "but plain task ids keep working."
+        )
 
 
 class TooManyQuestions(BotError):

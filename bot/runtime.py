@@ -23,6 +23,7 @@ from bot.hss.guards import AuthGate, MissingTasks
 from bot.hss.signer import Credentials
 from bot.lookup import LookupService
 from bot.models import HssApi
+from bot.runs_service import RunsService
 from bot.storage.embedded import EmbeddedRedis, ensure_embedded_redis
 from bot.storage.mirror_fallback import FailoverMirrorStore, MemoryMirrorStore
 from bot.storage.mirror_store import RedisMirrorStore
@@ -38,6 +39,8 @@ class Runtime:
     redis: aioredis.Redis
     client: HssClient
     lookups: LookupService
+    #: The sync runs (one list call's snapshot) and the task references.
+    runs: RunsService
     #: ListAssociateRegistries' budget.
     budget: FailoverBudget
     #: ListImageScanTask's (the sync runs): HSS counts each API's calls apart.
@@ -50,6 +53,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         await self.lookups.aclose()
+        await self.runs.aclose()
         await self.client.aclose()
         await self.redis.aclose()
         if self.embedded is not None:
@@ -162,11 +166,19 @@ async def open_runtime(
         fresh_seconds=settings.fresh_seconds,
         clock=clock,
     )
+    runs = RunsService(
+        redis=redis,
+        client=client,
+        project_id=settings.project_id,
+        ep=settings.enterprise_project_id,
+        clock=clock,
+    )
     return Runtime(
         settings=settings,
         redis=redis,
         client=client,
         lookups=lookups,
+        runs=runs,
         budget=budget,
         tasks_budget=tasks_budget,
         embedded=embedded,

@@ -19,7 +19,7 @@ import sys
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,113 +34,25 @@ from bot.sandbox import demo, sim_server
 from bot.sandbox.simdata import Query
 from bot.sandbox.simulator import DEMO_AK, DEMO_PROJECT_ID, DEMO_SK, SimConfig, Simulator
 from bot.storage.embedded import EmbeddedRedis, probe, socket_path_for
-from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
-from tests.support import free_port, redis_server_pids, until
+from tests.plugins.hss_sim import TEST_AK, TEST_SK, MakeSim, RunningSim
+from tests.support import (
+    RUN_TIMEOUT,
+    Cli,
+    Run,
+    base_env,
+    free_port,
+    redis_server_pids,
+    run_cli,
+    until,
+)
 
 API_FIELDS = ["registry_id", "registry_name", "registry_type", "sync_status", "failed_reason"]
-SECRET_VARIABLES = (
-    "CLOUD_SDK_SK",
-    "CLOUD_SDK_SECURITY_TOKEN",
-    "SLACK_BOT_TOKEN",
-    "SLACK_SIGNING_SECRET",
-    "SLACK_APP_TOKEN",
-)
 WRONG_SK = "SKwrong-but-still-secret-0000000000000000"
 TOKEN = "TEMPtoken-cli-test-security-token-0123456789"
 TASK = "task-cli"
 TASK_SIZE = 40
 BIG_TASK = "task-big"
 BIG_SIZE = 450  # three pages of 200
-RUN_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class Run:
-    args: tuple[str, ...]
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def errors(self) -> list[str]:
-        return self.stderr.strip().splitlines()
-
-    def json(self) -> list[dict[str, str]]:
-        rows = json.loads(self.stdout)
-        assert isinstance(rows, list)
-        return rows
-
-
-def check_run(run: Run, env: Mapping[str, str]) -> Run:
-    """What must hold for every run, whatever it was asked to do."""
-    assert "Traceback" not in run.stderr, run.stderr
-    for name in SECRET_VARIABLES:
-        value = env.get(name)
-        if value:
-            assert value not in run.stdout, f"{name} leaked to stdout"
-            assert value not in run.stderr, f"{name} leaked to stderr"
-    return run
-
-
-async def run_cli(
-    args: Sequence[str], *, env: Mapping[str, str], cwd: Path, stdout: int = subprocess.PIPE
-) -> Run:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        *args,
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(RUN_TIMEOUT):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    run = Run(tuple(args), proc.returncode, (out or b"").decode(), err.decode())
-    return check_run(run, env)
-
-
-@dataclass
-class Cli:
-    """``await cli("query", TASK, VAR=value, OTHER=None)``: runs with the base environment,
-    a variable set to ``None`` removed."""
-
-    sim: RunningSim
-    env: dict[str, str]
-    cwd: Path
-    runs: list[Run] = field(default_factory=list)
-
-    async def __call__(self, *args: str, **overrides: str | None) -> Run:
-        env = {**self.env, **{k: v for k, v in overrides.items() if v is not None}}
-        for name in (k for k, v in overrides.items() if v is None):
-            env.pop(name, None)
-        run = await run_cli(args, env=env, cwd=self.cwd)
-        self.runs.append(run)
-        return run
-
-    @property
-    def calls(self) -> int:
-        """Requests that reached the simulator's API, whatever it answered."""
-        return sum(self.sim.sim.by_status.values())
-
-
-def base_env(sim: RunningSim, tmp_path: Path) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HSS_ENDPOINT": sim.url,
-        "CLOUD_SDK_AK": TEST_AK,
-        "CLOUD_SDK_SK": TEST_SK,
-        "HSS_PROJECT_ID": TEST_PROJECT_ID,
-        "HSS_DATA_DIR": str(tmp_path / "data"),
-    }
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("instrumentation", ("bot.ops", "bot.ops.logs", "bot.ops.metrics")),
     ("storage", ("bot.storage*",)),
     ("hss", ("bot.hss*",)),
-    ("lookup", ("bot.lookup", "bot.kept_questions", "bot.runtime")),
+    ("lookup", ("bot.lookup", "bot.runs_service", "bot.kept_questions", "bot.runtime")),
     (
         "slack views",
         (
@@ -37,17 +37,20 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bot.slack.text",
             "bot.slack.blocks",
             "bot.slack.words",
+            "bot.slack.tasks_command",
             "bot.slack.command",
             "bot.slack.watch_command",
             "bot.slack.action_value",
+            "bot.slack.run_text",
             "bot.slack.render",
+            "bot.slack.render_tasks",
             "bot.slack.home",
         ),
     ),
     ("alerting", ("bot.alerting*",)),
     ("slack handlers", ("bot.slack.*",)),
     ("process", ("bot.ops.*",)),
-    ("cli", ("bot.cli", "bot.table")),
+    ("cli", ("bot.cli", "bot.cli_tasks", "bot.table")),
     ("sandbox", ("bot.sandbox*",)),
 ]
 

@@ -10,7 +10,8 @@ AK/SK pair's, so both APIs pass the same one (a 401 on either stops both). Param
 checked (no call spent) and responses read by :mod:`bot.hss.wire` and
 :mod:`bot.hss.runs_wire`; every failure leaves this boundary as one of the ``HssError`` tree:
 
-    401/403                 HssAuthError         never retried (5 failures lock the AK/SK)
+    401/403                 HssAuthError         never retried (5 failures lock the AK/SK);
+                                                 a 403 on the run list does not lock
     429                     HssThrottledError    a wait, not a failure: retried after
                                                  Retry-After, budget penalized; given up
                                                  after ``max_throttles`` 429s for one page
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import random
@@ -425,7 +427,11 @@ class HssClient:
             if self._auth is None:
                 await self._take_slot(call.api, *slot)
                 return await self._attempt(call, attempt)
-            async with self._auth.calling(lambda: self._take_slot(call.api, *slot)):
+            # A 403 on the run list means this user lacks that API, not a bad secret:
+            # lookups by task id (the other API) must go on.
+            forbidden_locks = call.api != HssApi.TASKS
+            take_slot = functools.partial(self._take_slot, call.api, *slot)
+            async with self._auth.calling(take_slot, forbidden_locks=forbidden_locks):
                 return await self._attempt(call, attempt)
         except HssNotFoundError as err:
             missing, task = self._missing, call.task

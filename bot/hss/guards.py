@@ -89,9 +89,13 @@ def lock_info(err: HssAuthError, now: float) -> dict[str, Any]:
     }
 
 
+class LockedOut(HssAuthError):
+    """The lock-out's error, raised instead of calling: not an answer HSS gave this call."""
+
+
 def locked_error(info: dict[str, Any]) -> HssAuthError:
     """The error a caller gets instead of calling while the lock-out is in force."""
-    return HssAuthError(
+    return LockedOut(
         error_code=str(info.get("error_code", "APIGW.0301")),
         error_msg="calls stopped after an earlier authentication failure",
         request_id=str(info.get("request_id", "")),
@@ -160,12 +164,15 @@ class AuthGate:
         await _shared(self._health, write)
 
     @contextlib.asynccontextmanager
-    async def calling(self, take_slot: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    async def calling(
+        self, take_slot: Callable[[], Awaitable[None]], *, forbidden_locks: bool = True
+    ) -> AsyncIterator[None]:
         """Around one HTTP attempt: raises the lock-out's ``HssAuthError`` instead of
         calling, before ``take_slot`` (the budget's) and again once it is granted; while the
         pair is unproven, waits for and holds the probe first (so the slot's call is sent
         as soon as it is granted). A 401/403 locks calls out; an answer from past the
-        gateway proves the pair."""
+        gateway proves the pair. ``forbidden_locks=False``: a 403 (the user lacks this one
+        API) neither locks nor proves: another API may still be granted."""
         probe = await self._admit()
         try:
             async with self._kept(probe):
@@ -174,7 +181,8 @@ class AuthGate:
                 try:
                     yield
                 except HssAuthError as err:
-                    await self.set_lock(lock_info(err, self._clock()))
+                    if err.status != 403 or forbidden_locks:
+                        await self.set_lock(lock_info(err, self._clock()))
                     raise
                 except HssError as err:
                     if passed_the_gateway(err):
@@ -289,4 +297,11 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-__all__ = ["AuthGate", "MissingTasks", "lock_info", "locked_error", "passed_the_gateway"]
+__all__ = [
+    "AuthGate",
+    "LockedOut",
+    "MissingTasks",
+    "lock_info",
+    "locked_error",
+    "passed_the_gateway",
+]

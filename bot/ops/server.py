@@ -166,6 +166,7 @@ async def _start(settings: Settings, host: str, parts: _Parts) -> None:
         command_name=settings.command_name,
         watch_commands=workers.commands,
         alert_buttons=workers.buttons,
+        runs=runtime.runs,
     )
     socket_mode = settings.slack_app_token is not None
     slack_auth = SlackAuth(slack.app.client)

@@ -95,6 +95,7 @@ def build_workers(
         client=slack,
         admins=settings.watch_admins,
         on_watch=resume,
+        runs=runtime.runs,
     )
     return Workers(
         watches=watches,

@@ -110,6 +110,7 @@ async def local_stack(
             watch_commands=workers.commands if workers else None,
             alert_buttons=workers.buttons if workers else None,
             retry_plan=retry_plan,
+            runs=runtime.runs,
         )
         stack.push_async_callback(slack.aclose)
         runner, port = await start_http(build_web_app(slack.app, runtime), host="127.0.0.1", port=0)

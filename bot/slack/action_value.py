@@ -1,4 +1,5 @@
-"""Button values: the request and page a button stands for, as compact JSON.
+"""Button values: the request and page a button stands for (a lookup's, or a ``tasks``
+list's), as compact JSON.
 
 :func:`encode_action_value` writes what :mod:`bot.slack.render` puts on a button; Slack hands it
 back untrusted, so :func:`decode_action_value` re-validates everything and turns anything
@@ -12,7 +13,9 @@ from typing import Any
 
 from bot.errors import CommandError
 from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
+from bot.runs import RunKind
 from bot.slack.command import validate_request
+from bot.slack.tasks_command import ListTasks, validate_run_name
 
 #: Far beyond any real task (HSS offsets stop at 2,000,000); bounds decoded page numbers.
 MAX_PAGE = 100_000
@@ -101,3 +104,48 @@ def decode_action_value(value: str) -> tuple[LookupRequest, int]:
         return validate_request(request), page
     except CommandError as exc:
         raise CommandError(_BAD_VALUE) from exc
+
+
+# --- the run list's paging buttons ---
+
+_TASKS_VERSION = 1
+_TASKS_KEYS = frozenset({"r", "k", "n", "f", "p"})
+
+
+def encode_tasks_value(query: ListTasks, page: int) -> str:
+    """A ``tasks`` list's filters and page, as compact JSON (``r`` marks the kind of value:
+    a lookup's button value is never taken for one of these, nor the other way round)."""
+    doc: dict[str, Any] = {"r": _TASKS_VERSION, "p": min(max(page, 0), MAX_PAGE)}
+    if query.kind is not None:
+        doc["k"] = query.kind.value
+    if query.name is not None:
+        doc["n"] = validate_run_name(query.name)
+    if query.failed:
+        doc["f"] = 1
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_tasks_value(value: str) -> tuple[ListTasks, int]:
+    """Inverse of :func:`encode_tasks_value`; raises :class:`CommandError` on anything else."""
+    if not isinstance(value, str) or len(value) > BUTTON_VALUE_MAX:
+        raise CommandError(_BAD_VALUE)
+    try:
+        doc = json.loads(value)
+    except (ValueError, RecursionError):
+        raise CommandError(_BAD_VALUE) from None
+    if not isinstance(doc, dict) or doc.get("r") != _TASKS_VERSION or set(doc) - _TASKS_KEYS:
+        raise CommandError(_BAD_VALUE)
+    page, kind, failed = doc.get("p"), doc.get("k"), doc.get("f", 0)
+    if type(page) is not int or not 0 <= page <= MAX_PAGE or failed not in (0, 1):
+        raise CommandError(_BAD_VALUE)
+    if type(failed) is not int:
+        raise CommandError(_BAD_VALUE)
+    try:
+        query = ListTasks(
+            kind=None if kind is None else RunKind(kind),
+            name=None if doc.get("n") is None else validate_run_name(_optional_str(doc, "n") or ""),
+            failed=bool(failed),
+        )
+    except (CommandError, ValueError, TypeError):
+        raise CommandError(_BAD_VALUE) from None
+    return query, page

@@ -30,6 +30,7 @@ from bot.hss.budget import asker
 from bot.kept_questions import KeptQuestions, RetryPlan
 from bot.lookup import LookupService
 from bot.ops import logs, metrics
+from bot.runs_service import RunsService
 from bot.slack.alert_buttons import AlertButtons
 from bot.slack.background import Background
 from bot.slack.followups import GAVE_UP, FollowUps
@@ -49,6 +50,7 @@ from bot.slack.render import (
     ACTION_RETRY,
     ACTION_SHARE,
 )
+from bot.slack.render_tasks import ACTION_TASKS_FAILED, ACTION_TASKS_PAGE_PATTERN
 from bot.slack.request_shape import (
     Refused,
     check_signature,
@@ -209,6 +211,7 @@ def build_app(
     watch_commands: WatchCommands | None = None,
     alert_buttons: AlertButtons | None = None,
     retry_plan: RetryPlan | None = None,
+    runs: RunsService | None = None,
 ) -> SlackBot:
     """The Bolt app. ``signing_secret`` is None in Socket Mode (no HTTP requests to verify)."""
     app = ObservedApp(
@@ -233,6 +236,7 @@ def build_app(
         background=background,
         clock=clock,
         watch_commands=watch_commands,
+        runs=runs,
     )
     clicks = background.clicks
     app.command(command_name)(handlers.on_command)
@@ -241,6 +245,9 @@ def build_app(
     app.action(ACTION_REFRESH_CONFIRM)(clicks(handlers.on_refresh_confirmed))
     app.action(ACTION_RETRY)(clicks(handlers.on_retry))
     app.action(ACTION_SHARE)(clicks(handlers.on_share))
+    app.action(ACTION_TASKS_FAILED)(clicks(handlers.on_show_failed))
+    if handlers.tasks is not None:
+        app.action(ACTION_TASKS_PAGE_PATTERN)(clicks(handlers.tasks.on_page))
     if alert_buttons is not None:
         app.action(ALERT_ACTIONS)(clicks(alert_buttons.on_click))
     if watch_commands is not None:

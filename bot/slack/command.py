@@ -8,6 +8,11 @@ case-insensitive)::
     /hss-sync <task_id> [finished|running|failed] [type=T1,T2,...] [name=<registry>]
               [ep=<enterprise_project_id>]      -> Lookup(LookupRequest(...))
     /hss-sync watch|unwatch|watches|mute|unmute ...   -> see bot.slack.watch_command
+    /hss-sync tasks [auto|manual] [name=<text>] [failed] -> see bot.slack.tasks_command
+
+Wherever a task id is accepted, a task reference (``latest``, ``latest-auto``,
+``latest-manual``) is too: it passes as a task id here and is resolved to the newest run
+(of that kind) by the handler (``bot.runs_service.named_run``).
 
 Words may be quoted with ``"..."`` (or the curly quotes that phones and macOS substitute) to
 hold spaces: ``name="prod harbor"``. Tokenizing (Slack's escaping, links, ``<#C1|ops>``
@@ -32,6 +37,7 @@ from bot.errors import CommandError
 from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
 from bot.slack import watch_command
 from bot.slack import words as _words
+from bot.slack.tasks_command import TASKS_USAGE, ListTasks, parse_tasks
 from bot.slack.watch_command import (
     AddWatch,
     ListWatches,
@@ -57,7 +63,7 @@ USAGE = (
     "[name=<registry>] [ep=<enterprise_project_id>]"
 )
 #: Every form of the command, lookup first, for the help message.
-USAGES: tuple[str, ...] = (USAGE, *watch_command.USAGES)
+USAGES: tuple[str, ...] = (USAGE, TASKS_USAGE, *watch_command.USAGES)
 #: A task id, a status and three options.
 MAX_WORDS = 5
 
@@ -74,7 +80,7 @@ class Lookup:
     request: LookupRequest
 
 
-Command = Help | Lookup | AddWatch | Unwatch | ListWatches | Mute | Unmute
+Command = Help | Lookup | ListTasks | AddWatch | Unwatch | ListWatches | Mute | Unmute
 
 
 def validate_task_id(value: str) -> str:
@@ -188,6 +194,7 @@ def _parse_help(words: list[Word]) -> Command:
 #: First word (case-insensitive) -> parser of all words.
 _SUBCOMMANDS: dict[str, Callable[[list[Word]], Command]] = {
     "help": _parse_help,
+    "tasks": parse_tasks,
     **watch_command.PARSERS,
 }
 
@@ -224,6 +231,7 @@ __all__ = [
     "Command",
     "CommandError",
     "Help",
+    "ListTasks",
     "ListWatches",
     "Lookup",
     "Mute",

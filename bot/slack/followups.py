@@ -33,6 +33,7 @@ from bot.kept_questions import GIVE_UPS, KeptQuestions, KeptState, Settle
 from bot.lookup import LookupService, Question
 from bot.models import Answer
 from bot.slack.render import Message, Offer, render_answer
+from bot.slack.run_text import Resolved
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class Waiting:
     stale: Answer
     page: int
     user: str
+    #: The task reference the question was asked with (``latest``), named on every answer.
+    resolved: Resolved | None = None
     done: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -122,7 +125,7 @@ class FollowUps:
             logger.exception("a lookup failed after its acknowledgement")
             await self._finish(waiting, self._over_stale(waiting, FAILED))
             return
-        await self._finish(waiting, render_answer(answer, page=waiting.page, now=self._clock()))
+        await self._finish(waiting, self._render(waiting, answer))
 
     async def retry_now(self, question: Question, waiting: Waiting) -> None:
         """Retry now on ``waiting``'s message: try at once (or join the try running), and say
@@ -175,21 +178,20 @@ class FollowUps:
     def _settler(self, waiting: Waiting) -> Settle:
         async def settle(answer: Answer | None, error: BaseException | None) -> None:
             if answer is not None:
-                message = render_answer(answer, page=waiting.page, now=self._clock())
+                message = self._render(waiting, answer)
             else:
                 message = self._over_stale(waiting, _final_notice(error), retry=True)
             await self._finish(waiting, message)
 
         return settle
 
-    def _over_stale(self, waiting: Waiting, notice: str, *, retry: bool = False) -> Message:
+    def _render(self, waiting: Waiting, answer: Answer, **extra: Any) -> Message:
         return render_answer(
-            waiting.stale,
-            page=waiting.page,
-            now=self._clock(),
-            notice=notice,
-            offer=Offer(retry=retry),
+            answer, page=waiting.page, now=self._clock(), resolved=waiting.resolved, **extra
         )
+
+    def _over_stale(self, waiting: Waiting, notice: str, *, retry: bool = False) -> Message:
+        return self._render(waiting, waiting.stale, notice=notice, offer=Offer(retry=retry))
 
     async def _finish(self, waiting: Waiting, message: Message) -> None:
         self.kept.forget(waiting)
@@ -204,7 +206,7 @@ class FollowUps:
         await self._post(waiting, self._restart_notice(waiting), final=True)
 
     def _restart_notice(self, waiting: Waiting) -> Message:
-        return render_answer(waiting.stale, page=waiting.page, now=self._clock(), notice=RESTARTING)
+        return self._render(waiting, waiting.stale, notice=RESTARTING)
 
     @staticmethod
     async def _post(

@@ -17,22 +17,27 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 
-from bot.errors import CommandError
+from bot.errors import BotError, CommandError
 from bot.hss.budget import Priority
 from bot.lookup import MIN_REFRESH_AGE, LookupService, Peek, Question, RefreshCost
 from bot.mirror import Snapshot
 from bot.models import LookupRequest
+from bot.runs_service import RunsService, named_run
 from bot.slack.action_value import decode_action_value
 from bot.slack.background import Background
 from bot.slack.command import Help, Lookup, parse
 from bot.slack.followups import FAILED, FollowUps, Waiting, clock_time, payload
 from bot.slack.render import Message, Offer, render_answer, render_error, render_help
 from bot.slack.request_shape import first_action, user_of
+from bot.slack.run_text import Resolved
+from bot.slack.tasks_command import ListTasks
+from bot.slack.tasks_handlers import Reply, TasksHandlers
 from bot.slack.text import USER_ID, data_age
 from bot.slack.watch_handlers import WatchCommands
 
@@ -53,6 +58,7 @@ WATCHES_NOT_YET = (
     "version yet. Lookups work: /hss-sync <task_id> [failed|running|finished]."
 )
 WORKING = "Working on it: the answer replaces this message in a moment."
+RUNS_NOT_SET_UP = "The list of sync runs is not set up in this deployment; task ids work."
 _CACHED_MESSAGES = 256
 
 
@@ -106,8 +112,15 @@ class LookupHandlers:
         background: Background,
         clock: Callable[[], float] = time.time,
         watch_commands: WatchCommands | None = None,
+        runs: RunsService | None = None,
     ) -> None:
         self._lookups = lookups
+        self._runs = runs
+        self._tasks = (
+            None
+            if runs is None
+            else TasksHandlers(runs=runs, fresh_seconds=lookups.fresh_seconds, clock=clock)
+        )
         self._followups = followups
         self._background = background
         self._watch_commands = watch_commands
@@ -135,6 +148,11 @@ class LookupHandlers:
             await reply(render_help(str(command.get("command") or "/hss-sync")))
         elif isinstance(parsed, Lookup):
             await self._answer(reply, respond, parsed.request, user_of(command))
+        elif isinstance(parsed, ListTasks):
+            if self._tasks is None:
+                await reply(render_error(RUNS_NOT_SET_UP))
+            else:
+                await self._tasks.answer(parsed, reply, respond)
         elif self._watch_commands is None:
             # Parsed already, but channel watches are not switched on in this deployment.
             await reply(render_error(WATCHES_NOT_YET))
@@ -142,23 +160,37 @@ class LookupHandlers:
             await self._watch_commands.handle(parsed, command, reply)
 
     async def _answer(
-        self, reply: FirstReply, respond: AsyncRespond, request: LookupRequest, user: str
+        self, reply: Reply, respond: AsyncRespond, request: LookupRequest, user: str
     ) -> None:
+        try:
+            request, resolved = await self._resolved(request)
+        except BotError as exc:
+            await reply(render_error(exc.user_message()))
+            return
         question = await self._lookups.ask(request)
         peek, now = question.peek, self._clock()
         if peek.fresh:
-            await reply(self._rendered(peek, now))
+            await reply(self._rendered(peek, now, resolved))
             return
         notice = await self._pending_notice(request, now)
-        await reply(render_answer(peek.answer, now=now, notice=notice))
+        await reply(render_answer(peek.answer, now=now, notice=notice, resolved=resolved))
         # Someone with no answer at all needs a call more than someone looking at older data.
         priority = Priority.BACKGROUND if peek.answer.has_data else Priority.INTERACTIVE
-        waiting = Waiting(respond=respond, stale=peek.answer, page=0, user=user)
+        waiting = Waiting(respond=respond, stale=peek.answer, page=0, user=user, resolved=resolved)
         await self._followups.deliver(question, waiting, priority=priority)
 
-    def _rendered(self, peek: Peek, now: float) -> Message:
+    async def _resolved(self, request: LookupRequest) -> tuple[LookupRequest, Resolved | None]:
+        """The request for the run a task reference names (and which), or as asked."""
+        run = await named_run(self._runs, request.task_id)
+        if run is None:
+            return request, None
+        return replace(request, task_id=run.task_id), Resolved(request.task_id, run)
+
+    def _rendered(self, peek: Peek, now: float, resolved: Resolved | None = None) -> Message:
         """The first page of a fresh answer. A burst of the same question renders once: the
         text only changes with the data or its age as shown ("42 s ago")."""
+        if resolved is not None:  # names the run: not shared with those who gave its id
+            return render_answer(peek.answer, now=now, resolved=resolved)
         key = (peek.answer.request, data_age(peek.answer.fetched_at, now))
         cached = self._messages.get(key)
         if cached is not None and cached[0] is peek.source:
@@ -176,6 +208,26 @@ class LookupHandlers:
         return "Fetching fresh data from HSS…"
 
     # --- buttons: the work after the ack ---
+
+    @property
+    def tasks(self) -> TasksHandlers | None:
+        """The ``tasks`` list's handlers (its paging buttons), when the run list is set up."""
+        return self._tasks
+
+    async def on_show_failed(self, body: dict[str, Any], respond: AsyncRespond) -> None:
+        """A run's "Show failed" on a ``tasks`` list: the lookup of its failed registries,
+        replacing the list (its own follow-up replaces it again with fresh data)."""
+        try:
+            request, _ = decode_action_value(str(first_action(body).get("value", "")))
+        except CommandError as exc:
+            message = render_error(exc.user_message())
+            await respond(**payload(message, response_type="ephemeral", replace_original=False))
+            return
+
+        async def reply(message: Message) -> None:
+            await _replace(respond, message)
+
+        await self._answer(reply, respond, request, user_of(body))
 
     async def on_page(self, body: dict[str, Any], respond: AsyncRespond) -> None:
         clicked = await self._clicked(body, respond)
@@ -260,10 +312,12 @@ class LookupHandlers:
     async def _clicked(
         self, body: dict[str, Any], respond: AsyncRespond
     ) -> tuple[LookupRequest, int, Peek] | None:
-        """Decode a button's value and read the mirror (no call); None if the value is junk."""
+        """Decode a button's value and read the mirror (no call); None if the value is junk.
+        A task reference in it (``latest``) is resolved first: the newest run now."""
         try:
             request, page = decode_action_value(str(first_action(body).get("value", "")))
-        except CommandError as exc:
+            request, _ = await self._resolved(request)
+        except BotError as exc:
             message = render_error(exc.user_message())
             await respond(**payload(message, response_type="ephemeral", replace_original=False))
             return None

@@ -34,6 +34,7 @@ from bot.models import (
 from bot.slack.action_value import encode_action_value
 from bot.slack.blocks import HEADER_MAX, button, context, header, pack, section
 from bot.slack.command import USAGE
+from bot.slack.run_text import Resolved, resolved_line
 from bot.slack.text import USER_ID, code, data_age, date_token, escape_truncated, truncate
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def _totals_text(totals: Totals) -> str:
     return "   ".join(parts)
 
 
-def _clock(fetched_at: float | None) -> str:
+def fetched_clock(fetched_at: float | None) -> str:
     """When the data was fetched, in each reader's own time zone."""
     if fetched_at is None:
         return ""
@@ -307,14 +308,18 @@ def render_answer(
     shareable: bool = True,
     shared_by: str | None = None,
     offer: Offer | None = None,
+    resolved: Resolved | None = None,
 ) -> Message:
-    """One lookup answer; ``page`` is clamped into range; ``offer``: extra buttons."""
+    """One lookup answer; ``page`` is clamped into range; ``offer``: extra buttons;
+    ``resolved``: the task reference the lookup was asked with, and the run it named."""
     ordered = _ordered(answer.registries)
     pages = page_count(len(ordered))
     page = min(max(page, 0), pages - 1)
     shown = ordered[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
 
     blocks = [header(f"HSS image sync · task {answer.request.task_id}")]
+    if resolved is not None:
+        blocks.append(section(resolved_line(resolved)))
     if notice:
         blocks.append(section(f":information_source: {escape_truncated(notice, _NOTICE_SHOWN)}"))
     t = answer.totals
@@ -330,7 +335,7 @@ def render_answer(
 def _context_parts(
     answer: Answer, page: int, pages: int, n: int, now: float, shared_by: str | None
 ) -> list[str]:
-    parts = [data_age(answer.fetched_at, now) + _clock(answer.fetched_at)]
+    parts = [data_age(answer.fetched_at, now) + fetched_clock(answer.fetched_at)]
     filters = describe_filters(answer.request)
     parts.append(f"filters: {filters}" if filters else "no filters")
     if n:
@@ -345,29 +350,36 @@ def render_help(command_name: str = "/hss-sync") -> Message:
     def example(args: str, what: str) -> str:
         return f"• {code(f'{command_name} {args}', 200)} {what}"
 
-    body = "\n".join(
-        [
-            "*Usage:* " + code(USAGE.replace("/hss-sync", command_name, 1), 400),
-            example("task-42", "every registry of task `task-42`"),
-            example("task-42 failed", "only the failed ones, grouped by reason"),
-            example(
-                "task-42 running type=Harbor,Jfrog",
-                f"filter by registry type ({', '.join(REGISTRY_TYPES)})",
-            ),
-            example('task-42 name="prod harbor" ep=0', "one registry, in enterprise project `0`"),
-            "*Alerts in a channel:*",
-            example("watch task-42 #ops type=Harbor", "tell #ops when a Harbor registry fails"),
-            example("watches all", "what is watched, in every channel"),
-            example("mute task-42 24h", "quiet for a day (`unmute` to undo); `unwatch` to stop"),
-            example("help", "this help"),
-        ]
-    )
+    lines = [
+        "*Usage:* " + code(USAGE.replace("/hss-sync", command_name, 1), 400),
+        example("task-42", "every registry of task `task-42`"),
+        example("task-42 failed", "only the failed ones, grouped by reason"),
+        example(
+            "task-42 running type=Harbor,Jfrog",
+            f"filter by registry type ({', '.join(REGISTRY_TYPES)})",
+        ),
+        example('task-42 name="prod harbor" ep=0', "one registry, in enterprise project `0`"),
+        example(
+            "latest failed",
+            "the newest sync run's failures (`latest-auto`, `latest-manual`: of one kind); "
+            "a reference works wherever a task id does",
+        ),
+        "*Sync runs:*",
+        example("tasks", "the runs, newest first, with their counts and a Show failed button"),
+        example('tasks auto name="nightly" failed', "scheduled runs named so, with failures"),
+        "*Alerts in a channel:*",
+        example("watch task-42 #ops type=Harbor", "tell #ops when a Harbor registry fails"),
+        example("watches all", "what is watched, in every channel"),
+        example("mute task-42 24h", "quiet for a day (`unmute` to undo); `unwatch` to stop"),
+        example("help", "this help"),
+    ]
     note = (
         "Answers are only visible to you; use *Share to channel* to post one. "
         "HSS allows 5 calls a minute, so answers may come from recent data (its age is shown)."
     )
     title = truncate(f"{command_name} help", HEADER_MAX)
-    blocks = [header(title), section(body), context([note])]
+    # Sections of whole lines: a long command name must not push one past Slack's limit.
+    blocks = [header(title), *pack(lines), context([note])]
     return Message(text=escape_truncated(title, _FALLBACK_SHOWN), blocks=blocks)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -18,10 +19,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import BotError, CommandError
 from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
+from bot.runs_service import RunsService, named_run
 from bot.slack.blocks import section
 from bot.slack.home import HomeRow, decode_home_value, render_home
 from bot.slack.render import Message, render_error
 from bot.slack.request_shape import first_action, user_of
+from bot.slack.run_text import Resolved, resolved_line
 from bot.slack.text import channel_mention, code, date_token, escape
 from bot.slack.watch_command import AddWatch, ListWatches, Mute, Unmute, Unwatch, WatchCommand
 from bot.storage.watch_store import Watch, WatchStore, may_change_watches
@@ -84,8 +87,10 @@ class WatchCommands:
         admins: frozenset[str],
         clock: Callable[[], float] = time.time,
         on_watch: Callable[[str], Awaitable[None]] | None = None,
+        runs: RunsService | None = None,
     ) -> None:
         self._watches = watches
+        self._runs = runs
         # Watching again in a channel whose alerts were parked (the bot was removed, say)
         # means people fixed it: let the outbox send there again.
         self._on_watch = on_watch
@@ -111,6 +116,18 @@ class WatchCommands:
             await reply(render_error(exc.user_message()))
 
     async def _change(
+        self, cmd: AddWatch | Unwatch | Mute | Unmute, *, user: str, channel: str
+    ) -> Message:
+        # A task reference is the run it names now: a watch made on `latest` stays on that
+        # run (following the runs to come is `watch runs`).
+        run = await named_run(self._runs, cmd.task_id)
+        if run is None:
+            return await self._apply(cmd, user=user, channel=channel)
+        named = resolved_line(Resolved(cmd.task_id, run))
+        done = await self._apply(replace(cmd, task_id=run.task_id), user=user, channel=channel)
+        return Message(text=f"{named}\n{done.text}", blocks=[section(named), *done.blocks])
+
+    async def _apply(
         self, cmd: AddWatch | Unwatch | Mute | Unmute, *, user: str, channel: str
     ) -> Message:
         if isinstance(cmd, AddWatch):

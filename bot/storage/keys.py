@@ -232,3 +232,32 @@ def scheduler_lease(ref: TaskRef) -> str:
     while the refresh runs. One replica refreshes a watched task at a time; a dead replica's
     lease expires by itself, so its task is taken over within two poll intervals."""
     return f"{PREFIX}:scheduler:lease:{task_part(ref)}"
+
+
+# --- the sync runs (ListImageScanTask): one mirror per project and enterprise project ---
+
+
+def _runs_part(project_id: str, ep: str | None) -> str:
+    return f"{_part(project_id)}:{_part(ep)}"
+
+
+def runs(project_id: str, ep: str | None) -> str:
+    """HASH ``at`` = epoch s the list call was sent (the data's age), ``runs`` = compact JSON
+    of the newest runs (``bot.storage.runs_store``). Replaced whole in one MULTI, and only by
+    a newer list. No TTL: it is what lets ``tasks`` and ``latest`` answer without a call."""
+    return f"{PREFIX}:runs:{_runs_part(project_id, ep)}"
+
+
+def runs_refresh_lock(project_id: str, ep: str | None) -> str:
+    """STRING lock token (``redis.asyncio.lock.Lock``), PX ~6 s, renewed by its holder while
+    it waits for a call slot and calls: one list call at a time across replicas; the others
+    wait for ``runs`` to move instead of calling."""
+    return f"{PREFIX}:runs:{_runs_part(project_id, ep)}:refresh"
+
+
+def runs_refused(project_id: str, ep: str | None) -> str:
+    """STRING JSON {error_code, error_msg, request_id, status, at}: HSS refused the list API
+    (403, 404...). While it lives, ``tasks`` and ``latest`` answer "unavailable" without a
+    call. PX 5 minutes: a granted permission shows within that. Never the auth lock-out: a
+    refused list must not stop lookups by task id."""
+    return f"{PREFIX}:runs:{_runs_part(project_id, ep)}:refused"
