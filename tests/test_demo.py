@@ -360,8 +360,10 @@ async def test_interactive_run_starts_a_sync_run_with_new_and_still_failing_regi
         await session.expect(
             f"1 new (not failing in the previous auto run): {new}; 1 still failing: {still}"
         )
-        await session.type(f"/hss-sync {run.task_id} failed")
+        await session.expect(f"`latest failed` (or `latest-auto failed`, `{run.task_id} failed`)")
+        await session.type("/hss-sync latest failed")
         answer = await session.expect("registries 1–2 of 2")
+        assert f"id `{run.task_id}` (scheduled" in answer
         assert new in answer and still in answer
         await session.type("run manual")
         await session.expect("in HSS, a manual (manualSync) sync run began: manual-sync-")
@@ -389,7 +391,7 @@ BAD_LINES = [
     ("click", "click which button?"),
     ("click next", "no message with buttons yet"),
     ("wait forever", "wait takes a number of seconds"),
-    ("tasks please", "tasks takes nothing after it"),
+    ("sim please", "sim takes nothing after it"),
     ("run", "start a sync run in HSS with run auto|manual"),
     ("run weekly", "start a sync run in HSS with run auto|manual"),
     ("run auto manual", "a run takes from 0 to 3600 seconds"),
@@ -442,11 +444,11 @@ async def test_interactive_json_is_json_lines_too(tmp_path: Path, tmpdir_of_demo
         stderr=subprocess.PIPE,
     )
     async with asyncio.timeout(40):
-        out_b, err_b = await proc.communicate(b"tasks\nflip\nquit\n")
+        out_b, err_b = await proc.communicate(b"sim\nflip\nquit\n")
     out, err = out_b.decode(), err_b.decode()
     assert proc.returncode == 0, out + err
     records = json_lines(out)
-    assert [r["text"] for r in records if r["kind"] == "step"] == ["tasks", "flip", "quit"]
+    assert [r["text"] for r in records if r["kind"] == "step"] == ["sim", "flip", "quit"]
     texts = [r["text"] for r in records if r["kind"] == "text"]
     assert any("flip needs a task, a registry and a status" in t for t in texts)
     assert texts[-1].startswith("bye")
@@ -492,7 +494,7 @@ def test_a_reader_that_stops_early_ends_the_demo_quietly_with_0(
             assert first.startswith(b"hss-sync-bot demo:"), lines
             proc.stdout.close()
             # The interactive demo waits for input (stdin stays open): a line makes it print.
-            proc.stdin.write(b"tasks\n")
+            proc.stdin.write(b"sim\n")
             proc.stdin.flush()
             code = proc.wait(timeout=DEMO_LIMIT)
         finally:

@@ -2,7 +2,7 @@
 
 Lines go to the bot as ``/hss-sync`` commands (with or without the command's name), except
 the demo's own commands: ``flip`` changes a registry in the simulator, ``run`` starts a
-sync run in it (scheduled or manual), ``tasks`` lists what the simulator holds, ``click``
+sync run in it (scheduled or manual), ``sim`` lists what the simulator holds, ``click``
 presses a button of the last message that has some, ``wait``, ``help`` and ``quit``.
 Whatever the bot sends (answers, alerts, thread replies, updates) is printed as it
 arrives by a ``Feed`` following the Slack stand-in.
@@ -38,7 +38,7 @@ from bot.sandbox.simdata import STATUSES
 from bot.sandbox.slack_requests import button_labelled, channel_names
 from bot.sandbox.slack_standin import Channel
 
-#: Names shown per status by ``tasks``.
+#: Names shown per status by ``sim``.
 _NAMES_SHOWN = 8
 #: The longest ``wait``, in seconds.
 _WAIT_MAX = 120.0
@@ -87,7 +87,7 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Plain:
-    """``help``, ``tasks`` or ``quit``."""
+    """``help``, ``sim`` or ``quit``."""
 
     name: str
 
@@ -97,7 +97,8 @@ Action = SlashCommand | Flip | StartRun | Click | Wait | Plain
 #: Signals that end the prompt like ``quit`` (Ctrl-C, and a polite kill).
 _QUIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-_PLAIN = {"help": "help", "?": "help", "tasks": "tasks", "quit": "quit", "exit": "quit"}
+#: ``sim``, not ``tasks``: that is the bot's own command (the sync runs it knows).
+_PLAIN = {"help": "help", "?": "help", "sim": "sim", "quit": "quit", "exit": "quit"}
 
 
 def parse_line(line: str, command: str) -> Action | None:
@@ -177,12 +178,14 @@ def help_text(command: str, poll_seconds: float, alerts_channel: str, here: str)
         (f"watch daily-sync #{alerts_channel}", f"alerts for daily-sync in #{alerts_channel}"),
         ("", "(any #channel name works: the demo makes the channel up)"),
         ("watches all", f"every channel's watches (plain `watches`: only #{here}'s)"),
+        ("tasks", "the sync runs HSS made, newest first (auto, manual, failed)"),
+        ("latest failed", "what the newest run failed (latest-auto, latest-manual too)"),
         (f"{command} help", "the bot's own help"),
         ("The demo's own commands:", ""),
         ("flip <task> <registry> failed [reason]", "make a registry fail in HSS (the simulator)"),
         ("flip <task> <registry> finished", "...or recover (running: retry)"),
-        ("run auto|manual [seconds]", "start a sync run in HSS: a new task, like tonight's"),
-        ("tasks", "the simulator's tasks and their registries"),
+        ("run auto|manual [seconds]", "start a sync run in HSS (a new task, like tonight's)"),
+        ("sim", "the simulator's tasks and their registries"),
         ("click <button>", "press a button of the last message that has some"),
         ("wait [seconds]", "just print what the bot sends (default 5 s)"),
         ("help, quit", "this text; stop everything (also Ctrl-D, Ctrl-C)"),
@@ -308,7 +311,7 @@ class Prompt:
             # Ctrl-C ends a wait at once, not after it.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._interrupted.wait(), action.seconds)
-        elif action == Plain("tasks"):
+        elif action == Plain("sim"):
             await self._tasks()
         elif action == Plain("help"):
             self.printer.line(self.help())
@@ -401,7 +404,7 @@ class Prompt:
         try:
             changed = sim.set_status(flip.task_id, flip.registry, flip.status, flip.reason)
         except KeyError as exc:  # UnknownRegistry, whose message names task and registry
-            self.printer.line(f"  ! {exc}; `tasks` lists them")
+            self.printer.line(f"  ! {exc}; `sim` lists them")
             return
         why = f" ({changed.failed_reason})" if changed.sync_status == "failed" else ""
         self.printer.note(
@@ -432,7 +435,10 @@ class Prompt:
                 f"in the previous {start.kind} run): {_shown(new)}; {len(still)} still failing: "
                 f"{_shown(still)}"
             )
-        self.printer.note(f"`{run.task_id} failed` looks them up (the run is a task)")
+        self.printer.note(
+            f"`latest failed` (or `latest-{start.kind} failed`, `{run.task_id} failed`) looks "
+            "them up; `tasks` lists the runs"
+        )
 
     async def _when_seen(self, task_id: str, changed: Registry) -> str:
         if task_id not in await self._watched():
