@@ -135,7 +135,8 @@ def message(out: str, label: str, nth: int = 0) -> str:
 
 
 SUMMARY = re.compile(
-    r"Summary: (\d+) HSS calls \(limit 5 per 60 s\) · 429s: 0 · "
+    r"Summary: (\d+) ListAssociateRegistries calls \(limit 5 per 60 s\), "
+    r"(\d+) ListImageScanTask calls \(limit 5 per 60 s\) · 429s: 0 · "
     r"Slack messages posted: 2 \(1 alert, 1 thread reply\)"
 )
 
@@ -168,9 +169,20 @@ def test_the_demo_plays_lookup_paging_watch_alert_and_recovery(runs: dict[str, R
     assert VICTIM.registry_name in thread and "recovered" in thread
     assert "All recovered" in out
 
+    # Sync runs: the list, then the newest run's failures by reference.
+    newest = Simulator(sim_config()).listed_runs()[0]
+    runs_list = out.split("» /hss-sync tasks")[1].split("» ")[0]
+    assert "runs 1–2 of 2" in runs_list and f"id `{newest['task_id']}`" in runs_list
+    assert "✗ 2 failed · 48 finished · 50 in all" in runs_list
+    latest = out.split("» /hss-sync latest failed")[1].split("» ")[0]
+    # The run's name has its start time in it: the demo's simulator started at another second.
+    assert re.search(rf"📌 `latest` is `auto-sync-[0-9-]+` · id `{newest['task_id']}`", latest)
+    assert "registries 1–2 of 2" in latest
+    assert "1 ListImageScanTask call; 1 of the 5 allowed per 60 s" in runs_list
+
     summary = SUMMARY.search(out)
     assert summary is not None, out[-600:]
-    assert int(summary[1]) <= 5
+    assert int(summary[1]) <= 5 and int(summary[2]) <= 5
 
 
 def json_lines(out: str) -> list[dict[str, Any]]:
