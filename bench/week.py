@@ -37,13 +37,16 @@ top-level message of the channel names it for that run, or more than one thread 
 Ours must mark it ``new``: ``misclassified`` counts those marked still failing. Latency =
 alerted - happened, in simulated seconds (a lost one counts as infinitely late).
 
-The bound (ours): a failure shows in the counts of the next list call, every P =
-TASKS_POLL_SECONDS (one call, on the tasks budget, which at one call per P never waits);
-changed counts start a fetch of the run's failed registries: ceil(failed / 200) = 1 call on
-the registries budget at background priority, which waits at most one window W = 60 s when
-other background work holds the window's free slots; then the outbox, one message per
-second and channel. bound = P + W + 1 s = 361 s; a failure at a random moment waits P/2 for
-the list call on average.
+The bound (ours), as the README's "Following runs" gives it: a failure shows in the counts of
+the next list call, every P = TASKS_POLL_SECONDS (one call on the tasks budget, which at one
+call per P never waits); changed counts start the fetch of the run's failed view (f pages:
+1 for up to 200 failures, 1 more the first time for a run of over 200 registries, to learn
+its size) and, once, the previous run's (p = 1), on the registries budget at background
+priority, which leaves one call a window to people: one call per W / (C - 1) = 15 s at
+worst; then the outbox, about 1 s. bound = P + (f + p) x W / (C - 1) + 1 s = 300 + 3 x 15 +
+1 = 346 s for a run's first failures (316 s for later ones); a failure at a random moment
+waits P/2 = 150 s for the list call on average. Task watches kept fresh by the scheduler can
+add a slot each in front (none here).
 
 Run: ``.venv/bin/python -m bench.week [--seed N] [--factor F] [--days D] [--side S]``; one
 figure per line, times in simulated seconds.
@@ -86,8 +89,10 @@ REGISTRIES_PER_RUN = 500
 FAILURE_RATE = 0.02
 HISTORY = 3
 MANUAL_DAYS = (2.1, 3.9, 5.2)
-PAGE = 200  # registries per ListAssociateRegistries page
 RESERVE = 1  # budget slots background work leaves to people
+#: Pages fetched for a run's first failures: its failed view, one more to learn the size of
+#: a run of over 200 registries, and the previous run's failed view.
+FIRST_PAGES = 1 + 1 + 1
 
 AUTO_CHANNEL = Channel("C0WEEKAUTO", "runs-auto")
 ALL_CHANNEL = Channel("C0WEEKALL1", "runs-all")
@@ -439,7 +444,7 @@ def report_side(side: Side) -> None:
 
 def report(sides: dict[str, Side], args: argparse.Namespace) -> None:
     factor = args.factor
-    bound = REAL_TASKS_POLL + REAL_WINDOW + REAL_SEND
+    bound = REAL_TASKS_POLL + FIRST_PAGES * REAL_WINDOW / (RATE_CALLS - RESERVE) + REAL_SEND
     print(
         f"# days={args.days} factor={factor:g} (a simulated day = {REAL_DAY / factor:g} s)"
         f" rate={RATE_CALLS}/{REAL_WINDOW / factor:.4f}s per API"
