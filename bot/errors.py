@@ -4,6 +4,8 @@
     ├── ConfigError               bad or missing setting: exit 2 at start-up
     │   └── ConfigErrors          several at once, each listed
     ├── CommandError              bad slash-command or CLI input: ephemeral reply / exit 2
+    │   ├── NotAllowed            the person may not change watches (HSS_WATCH_ADMINS)
+    │   └── ChannelRefused        the bot cannot post in the channel a watch is for
     ├── StoreError                Redis failed in a way we cannot route around
     ├── BudgetTimeout             no HSS call slot within the caller's deadline
     ├── TooManyQuestions          the asker already holds their share of the call queue
@@ -50,6 +52,14 @@ class ConfigErrors(ConfigError):
 
 class CommandError(BotError):
     """User input that we refuse, with what is accepted instead."""
+
+
+class NotAllowed(CommandError):
+    """Only the watch admins may change watches; the sentence names them."""
+
+
+class ChannelRefused(CommandError):
+    """The bot cannot post in the channel a new watch is for; the sentence says how to fix it."""
 
 
 class StoreError(BotError):

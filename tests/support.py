@@ -29,6 +29,7 @@ from bot.hss.budget import CallBudget, Priority, Ticket
 from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus, TaskRef, task_id_problem
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
+from bot.sandbox.slack_standin import Channel
 from bot.slack.render import Message
 from bot.storage import keys
 from bot.storage.embedded import socket_path_for
@@ -191,6 +192,39 @@ async def alerting_stack(redis_url: str, task: str) -> AsyncIterator[Stack]:
         tasks_every=TASKS_EVERY,
     ) as running:
         yield running
+
+
+@asynccontextmanager
+async def watching_stack(
+    redis_url: str, *, env: dict[str, str] | None = None, channels: Sequence[Channel] = ()
+) -> AsyncIterator[Stack]:
+    """A local deployment with watches on and its workers running; ``env`` overrides,
+    ``channels`` can be typed as ``#name``."""
+    config = SimConfig(ak=TEST_AK, sk=TEST_SK, project_id=TEST_PROJECT_ID, rate_limit=1000)
+    async with local_stack(
+        sim_config=config, env=env, redis_url=redis_url, watches=True, channels=channels
+    ) as running:
+        yield running
+
+
+async def said(stack: Stack, text: str, *, user: str = "U0DEMO0001") -> str:
+    """The ephemeral answer to ``/hss-sync <text>`` typed by ``user``: its notification text
+    and every section's mrkdwn, a line each."""
+    stack.user.user_id = user
+    reply = await stack.user.command_text(text)
+    assert reply.status == 200 and reply.elapsed < 3.0
+    assert reply.body["response_type"] == "ephemeral"
+    sections = [b["text"]["text"] for b in reply.body.get("blocks", []) if b["type"] == "section"]
+    return "\n".join([reply.body["text"], *sections])
+
+
+async def home_views(stack: Stack, count: int) -> list[dict[str, Any]]:
+    """The views of the first ``count`` ``views.publish`` calls, once made."""
+    await stack.standin.wait_for(
+        lambda cs: len([c for c in cs if c.name == "views.publish"]) >= count
+    )
+    views = [c.body["view"] for c in stack.standin.api("views.publish")]
+    return [json.loads(v) if isinstance(v, str) else v for v in views]
 
 
 # --- what every Slack message must be -----------------------------------------------------------

@@ -40,6 +40,11 @@ COMMANDS = [
     f"mute {TASK} 1h",
     f"unmute {TASK}",
     f"unwatch {TASK}",
+    "watch runs auto type=Harbor",
+    "mute runs auto 1h",
+    "unmute runs",
+    "unwatch runs manual",
+    "watch",
 ]
 
 
@@ -81,7 +86,7 @@ async def stack(
 async def test_every_listener_acks_within_three_seconds(stack: Stack) -> None:
     assert stack.slack is not None
     routes = routes_of(stack.slack.app)
-    assert {kind for kind, _ in routes} == {"command", "action", "event"}
+    assert {kind for kind, _ in routes} == {"command", "action", "event", "view"}
     channel = stack.user.channel_id
     requests = probes(
         routes,  # type: ignore[arg-type]

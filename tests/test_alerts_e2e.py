@@ -16,6 +16,7 @@ from bot.models import TaskRef
 from bot.sandbox.localstack import Stack
 from bot.sandbox.slack_requests import button
 from bot.sandbox.slack_standin import Call, Scripted
+from bot.storage.run_watch_store import RunWatch
 from tests.plugins.hss_sim import TEST_PROJECT_ID
 from tests.support import alerting_stack, alerts_delivered, change_stored, until
 
@@ -114,6 +115,11 @@ async def _until_refreshed(stack: Stack) -> None:
 
 async def test_a_channel_the_bot_left_pauses_the_watch_until_watched_again(stack: Stack) -> None:
     await stack.user.command_text(f"watch {TASK}")
+    # Run watches of that channel pause with its task watches; another channel's do not.
+    await stack.user.command_text("watch runs auto")
+    assert stack.workers is not None
+    other = RunWatch(channel="C0OTHER001", kind=None, created_by="U1", created_at=0.0)
+    await stack.workers.run_watches.add(other)
     await _until_refreshed(stack)
     stack.standin.fail_next(
         "chat.postMessage", Scripted(body={"ok": False, "error": "not_in_channel"})
@@ -130,8 +136,10 @@ async def test_a_channel_the_bot_left_pauses_the_watch_until_watched_again(stack
     await until(paused, what="the watch paused")
     [watch] = await watches.of_channel(stack.user.channel_id)
     assert watch.paused_reason == "not_in_channel"
+    paused_runs = {w.channel: w.paused_reason for w in await stack.workers.run_watches.all()}
+    assert paused_runs == {stack.user.channel_id: "not_in_channel", "C0OTHER001": None}
     listed = json.dumps((await stack.user.command_text("watches")).body)
-    assert "paused (not_in_channel)" in listed
+    assert listed.count("paused (not_in_channel)") == 4  # text and blocks, two watches each
     await stack.user.command_text(f"watch {TASK}")  # someone invited the bot back
     delivered = await wait_calls(stack, "chat.postMessage", 2)
     assert victim.registry_name in text_of(delivered[-1])

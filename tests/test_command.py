@@ -17,6 +17,7 @@ from bot.slack.command import (
     ListWatches,
     Lookup,
     Mute,
+    OpenWatchForm,
     SlackRef,
     Unmute,
     Unwatch,
@@ -281,6 +282,8 @@ HARBOR = frozenset({"Harbor"})
         ("mute t1 2h <#C1AB|ops>", Mute("t1", 7200, "C1AB")),
         ("unmute t1", Unmute("t1")),
         ("unmute t1 <#C1AB|ops>", Unmute("t1", "C1AB")),
+        ("watch", OpenWatchForm()),  # nothing named: the form asks
+        ("WATCH  ", OpenWatchForm()),
     ],
 )
 def test_watch_commands_accepted(text: str, expected: object) -> None:
@@ -290,7 +293,6 @@ def test_watch_commands_accepted(text: str, expected: object) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("watch", "watch needs a task id. Usage: /hss-sync watch <task_id>"),
         ("unwatch", "unwatch needs a task id"),
         ("mute", "mute needs a task id"),
         ("unmute", "unmute needs a task id"),

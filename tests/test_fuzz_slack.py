@@ -33,7 +33,7 @@ from bot.sandbox.simulator import SimConfig
 from bot.sandbox.slack_requests import Reply
 from bot.slack.action_value import decode_action_value, encode_action_value
 from bot.slack.command import Lookup, parse
-from bot.slack.home import ACTION_HOME_UNWATCH, decode_home_value
+from bot.slack.home import ACTION_HOME_UNWATCH, ACTION_HOME_UNWATCH_RUNS, decode_home_value
 from bot.slack.render import (
     ACTION_PAGE_NEXT,
     ACTION_PAGE_PREV,
@@ -53,7 +53,7 @@ FETCHING_BUTTONS = {ACTION_REFRESH, ACTION_REFRESH_CONFIRM, ACTION_RETRY}
 LOOKUP_BUTTONS = {ACTION_PAGE_PREV, ACTION_PAGE_NEXT, ACTION_SHARE, *FETCHING_BUTTONS}
 ACTION_IDS = sorted(
     LOOKUP_BUTTONS
-    | {ACTION_HOME_UNWATCH, ACTION_DETAILS, ACTION_ALL}
+    | {ACTION_HOME_UNWATCH, ACTION_HOME_UNWATCH_RUNS, ACTION_DETAILS, ACTION_ALL}
     | {f"hss_alert_{a}" for a in ("ack", "mute_1h", "mute_24h", "unmute")}
 )
 #: Markup that would ping people or hide a link; the bot's own tokens are allowed (below).
@@ -76,6 +76,8 @@ PIECES = [
     "mute",
     "unmute",
     "unwatch",
+    "runs",
+    "auto",
     "1h",
     "type=Harbor,jfrog",
     "type=Quay",

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from slack_sdk.models.blocks import Block
 
 from bot.errors import CommandError
 from bot.models import TaskRef, Totals
-from bot.slack.home import HOME_ROWS, HomeRow, decode_home_value, encode_home_value, render_home
+from bot.runs import RunKind
+from bot.slack.home import (
+    ACTION_HOME_UNWATCH_RUNS,
+    HOME_ROWS,
+    HomeRow,
+    decode_home_runs_value,
+    decode_home_value,
+    encode_home_runs_value,
+    encode_home_value,
+    render_home,
+)
+from bot.storage.run_watch_store import RunWatch
 from bot.storage.watch_store import Watch
 
 REF = TaskRef("p" * 32, "task-1", "0")
+NOW = 1_800_000_500.0
 
 
 def watch(task_id: str = "task-1", *, paused: str | None = None) -> Watch:
@@ -28,7 +41,7 @@ def watch(task_id: str = "task-1", *, paused: str | None = None) -> Watch:
 
 def test_many_watches_stay_within_app_home_limits() -> None:
     rows = [HomeRow(watch(f"task-{i}"), 1_800_000_000.0, Totals(1, 2, 3)) for i in range(250)]
-    view = render_home(rows, notice="x" * 5000)
+    view = render_home(rows, now=NOW, notice="x" * 5000)
     assert len(view["blocks"]) <= 100
     for block in view["blocks"]:
         Block.parse(block).validate_json()  # type: ignore[union-attr]
@@ -38,7 +51,7 @@ def test_many_watches_stay_within_app_home_limits() -> None:
 
 def test_hostile_text_is_inert() -> None:
     rows = [HomeRow(watch("<!channel>", paused="<https://evil|click>"), None, Totals())]
-    view = render_home(rows, notice="<!here>")
+    view = render_home(rows, now=NOW, notice="<!here>")
     for block in view["blocks"]:  # button values are never shown; only what people read
         block.get("accessory", {}).pop("value", None)
     raw = json.dumps(view)
@@ -67,3 +80,84 @@ def test_button_values_round_trip(channel: str) -> None:
 def test_junk_values_are_refused(value: str) -> None:
     with pytest.raises(CommandError):
         decode_home_value(value)
+
+
+# --- run watches ---------------------------------------------------------------------------
+
+
+def run_watch(
+    channel: str = "C0123ABCD", kind: RunKind | None = RunKind.AUTO, **kw: Any
+) -> RunWatch:
+    return RunWatch(
+        channel=channel, kind=kind, created_by="U0DEMO0001", created_at=1_800_000_000.0, **kw
+    )
+
+
+def texts(view: dict[str, Any]) -> list[str]:
+    blocks = view["blocks"]
+    assert isinstance(blocks, list)
+    return [b["text"]["text"] for b in blocks if b.get("type") == "section"]
+
+
+def test_run_watches_come_first_with_kind_filters_and_state() -> None:
+    runs = [
+        run_watch(kind=None, types=frozenset({"Harbor"})),
+        run_watch(kind=RunKind.AUTO, muted_until=NOW + 60),
+        run_watch(kind=RunKind.MANUAL, name="prod", paused_reason="is_archived"),
+    ]
+    rows = [HomeRow(watch(), None, Totals(1, 0, 2))]
+    view = render_home(rows, runs=runs, now=NOW)
+    shown = texts(view)
+    assert shown[0] == "*Runs followed*"
+    assert shown[1].startswith("*all runs* in <#C0123ABCD> · type=Harbor · active")
+    assert "*auto runs*" in shown[2] and ":mute: muted until" in shown[2]
+    assert "*manual runs*" in shown[3] and "name=`prod`" in shown[3]
+    assert "paused (is_archived)" in shown[3]
+    assert shown[4] == "*Tasks watched*" and "task-1" in shown[5]
+    buttons = [b["accessory"] for b in view["blocks"] if "accessory" in b]
+    assert [b["action_id"] for b in buttons[:3]] == [ACTION_HOME_UNWATCH_RUNS] * 3
+    assert decode_home_runs_value(buttons[0]["value"]) == (None, "C0123ABCD")
+    assert decode_home_runs_value(buttons[2]["value"]) == (RunKind.MANUAL, "C0123ABCD")
+    # A mute that has run out shows as active: nothing has to clear it.
+    later = texts(render_home([], runs=runs[1:2], now=NOW + 60))
+    assert later[1].endswith("· active")
+
+
+def test_run_and_task_watches_share_the_block_budget() -> None:
+    runs = [run_watch(f"C{i:08d}") for i in range(60)]
+    rows = [HomeRow(watch(f"task-{i}"), None, Totals()) for i in range(60)]
+    view = render_home(rows, runs=runs, now=NOW, notice="n")
+    assert len(view["blocks"]) <= 100
+    raw = json.dumps(view)
+    assert f"and {120 - HOME_ROWS} more" in raw
+    assert raw.count(ACTION_HOME_UNWATCH_RUNS) == 60
+
+
+def test_nothing_watched_says_how_to_start() -> None:
+    [text] = texts(render_home([], now=NOW))
+    assert "`/hss-sync watch runs`" in text and "`/hss-sync watch <task_id>`" in text
+
+
+@pytest.mark.parametrize("kind", [None, RunKind.AUTO, RunKind.MANUAL])
+@pytest.mark.parametrize("channel", ["C0123ABCD", "G0123ABCD", "D0123ABCD"])
+def test_run_button_values_round_trip(kind: RunKind | None, channel: str) -> None:
+    assert decode_home_runs_value(encode_home_runs_value(kind, channel)) == (kind, channel)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "null",
+        "[]",
+        '{"k": "autoSync"}',
+        '{"k": "weekly", "c": "C0123ABCD"}',
+        '{"k": null, "c": "C0123ABCD"}',
+        '{"k": "all", "c": "<!here>"}',
+        '{"k": "all", "c": 5}',
+        json.dumps({"k": "all", "c": "C" + "0" * 5000}),
+    ],
+)
+def test_junk_run_button_values_are_refused(value: str) -> None:
+    with pytest.raises(CommandError, match="out of date"):
+        decode_home_runs_value(value)

@@ -45,11 +45,15 @@ SOURCES = sorted((ROOT / "bot").rglob("*.py"))
 SCOPES: dict[str, frozenset[str]] = {
     "chat.postMessage": frozenset({"chat:write"}),
     "chat.update": frozenset({"chat:write"}),
+    # The watch form's confirmation, to the person who submitted it.
+    "chat.postEphemeral": frozenset({"chat:write"}),
     # Public and private channels (the watch check runs on either).
     "conversations.info": frozenset({"channels:read", "groups:read"}),
     "usergroups.users.list": frozenset({"usergroups:read"}),
     # Needs no scope: the App Home feature (checked below) is what it requires.
     "views.publish": frozenset(),
+    # Needs no scope: a trigger_id from the person's command or click.
+    "views.open": frozenset(),
     "auth.test": frozenset(),
     # Called with the app-level token (connections:write), not a bot scope.
     "apps.connections.open": frozenset(),
@@ -193,6 +197,7 @@ def test_the_usage_hint_names_every_sub_command() -> None:
     missing = {s for s in subcommands if not re.search(rf"(?<![\w-]){s}(?![\w-])", hint)}
     assert not missing, f"usage_hint does not mention {sorted(missing)}"
     assert "<task_id>" in hint
+    assert "runs [auto|manual]" in hint  # watch, unwatch, mute and unmute runs
 
 
 def test_every_called_method_is_in_the_scope_table() -> None:

@@ -17,6 +17,7 @@ from bot.config import Settings
 from bot.runtime import Runtime
 from bot.slack.alert_buttons import AlertButtons
 from bot.slack.watch_handlers import WatchCommands
+from bot.storage.run_watch_store import RunWatchStore
 from bot.storage.watch_store import WatchStore
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ STOP_GRACE = 10.0
 @dataclass
 class Workers:
     watches: WatchStore
+    run_watches: RunWatchStore
     commands: WatchCommands
     buttons: AlertButtons
     scheduler: Scheduler
@@ -73,13 +75,18 @@ def build_workers(
     ``tasks_every``: how often the alert pipeline looks for newly watched tasks."""
     assert settings.slack_bot_token is not None
     watches = WatchStore(runtime.redis)
+    run_watches = RunWatchStore(runtime.redis)
     slack = web_client(token=settings.slack_bot_token.reveal(), base_url=settings.slack_api_url)
 
     async def on_permanent(channel: str, reason: str) -> None:
         # A revoked token is the whole workspace's problem, not one channel's.
-        channels = await watches.channels() if reason == "token_revoked" else [channel]
+        if reason == "token_revoked":
+            channels = sorted({*await watches.channels(), *await run_watches.channels()})
+        else:
+            channels = [channel]
         for each in channels:
             await watches.pause(each, reason)
+            await run_watches.pause(each, reason)
         logger.warning("paused the watches of %d channel(s): %s", len(channels), reason)
 
     sender = OutboxSender(
@@ -91,6 +98,7 @@ def build_workers(
 
     commands = WatchCommands(
         watches=watches,
+        run_watches=run_watches,
         lookups=runtime.lookups,
         client=slack,
         admins=settings.watch_admins,
@@ -99,6 +107,7 @@ def build_workers(
     )
     return Workers(
         watches=watches,
+        run_watches=run_watches,
         commands=commands,
         buttons=AlertButtons(
             redis=runtime.redis, watches=watches, lookups=runtime.lookups, commands=commands

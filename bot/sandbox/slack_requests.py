@@ -23,7 +23,7 @@ from bot.alerting.message import ACTION_PATTERN, encode_alert_value
 from bot.models import LookupRequest, SyncStatus, TaskRef
 from bot.sandbox.slack_standin import TEAM_ID
 from bot.slack.action_value import encode_action_value
-from bot.slack.home import encode_home_value
+from bot.slack.home import encode_home_runs_value, encode_home_value
 from bot.slack.text import escape
 
 _counter = itertools.count(1)
@@ -145,6 +145,33 @@ class SlackUser:
             payload = {**payload, "response_url": f"{self._response_base}/{ident}"}
         return await self._post(urlencode({"payload": json.dumps(payload)}), ident)
 
+    async def submit_view(
+        self,
+        callback_id: str,
+        values: dict[str, Any],
+        *,
+        private_metadata: str = "",
+        user: object = None,
+    ) -> Reply:
+        """Submit a modal: ``values`` is the view's ``state.values`` (block id -> action id ->
+        element state), as Slack posts them; ``user`` replaces the submitter as sent."""
+        ident = f"view{next(_counter)}"
+        payload = {
+            "type": "view_submission",
+            "team": {"id": TEAM_ID, "domain": "standin"},
+            "user": {"id": self.user_id, "team_id": TEAM_ID} if user is None else user,
+            "api_app_id": "A0HSSSYNC",
+            "trigger_id": f"trigger.{ident}",
+            "view": {
+                "id": "V0STANDIN1",
+                "type": "modal",
+                "callback_id": callback_id,
+                "private_metadata": private_metadata,
+                "state": {"values": values},
+            },
+        }
+        return await self._post(urlencode({"payload": json.dumps(payload)}), ident)
+
     async def event(self, event: dict[str, Any]) -> Reply:
         """An Events API delivery (JSON), e.g. ``{"type": "app_home_opened", ...}``."""
         ident = f"evt{next(_counter)}"
@@ -255,7 +282,7 @@ def ids_matching(matches: str | re.Pattern[str]) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class Probe:
     """One request for one listener: a command's text, or a button (action id and value),
-    or an event of a type."""
+    or an event of a type, or a view submission (its callback id)."""
 
     kind: str  # "command", "action" or "event"
     name: str
@@ -263,13 +290,14 @@ class Probe:
 
 
 def probe_values(action_id: str, task_id: str, project_id: str, channel: str) -> list[str]:
-    """Button values worth sending to ``action_id``: a lookup's, an alert's, an App Home
-    Unwatch's (each listener takes one of them and refuses the others), and junk."""
+    """Button values worth sending to ``action_id``: a lookup's, an alert's, the App Home
+    Unwatch buttons' (each listener takes one of them and refuses the others), and junk."""
     request = LookupRequest(task_id, SyncStatus.FAILED)
     values = [encode_action_value(request, 0), encode_action_value(request, 3)]
     if ACTION_PATTERN.fullmatch(action_id):
         values.append(encode_alert_value(action_id, LookupRequest(task_id)))
     values.append(encode_home_value(TaskRef(project_id, task_id), channel))
+    values.append(encode_home_runs_value(None, channel))
     return [*values, "junk"]
 
 
@@ -298,4 +326,6 @@ async def send_probe(user: SlackUser, probe: Probe) -> Reply:
         return await user.command_text(probe.name)
     if probe.kind == "action":
         return await user.click({"action_id": probe.name, "value": probe.value})
+    if probe.kind == "view":
+        return await user.submit_view(probe.name, {})
     return await user.event({"type": probe.name, "tab": "home"})

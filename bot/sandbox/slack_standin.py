@@ -63,6 +63,8 @@ class SlackStandIn:
         self.channels = {c.id: c for c in channels}
         self._scripted: dict[str, list[Scripted]] = {}
         self._ts = itertools.count(1)
+        #: Ids of views and ephemeral messages: apart, so message ts stay as tests expect.
+        self._others = itertools.count(1)
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._sockets: list[web.WebSocketResponse] = []
@@ -198,6 +200,12 @@ class SlackStandIn:
             return {"ok": True, "channel": channel}
         if method == "apps.connections.open":
             return {"ok": True, "url": self.url.replace("http://", "ws://") + "/socket"}
+        if method == "views.open":
+            view = body.get("view")
+            view = json.loads(view) if isinstance(view, str) else view
+            return {"ok": True, "view": {**(view or {}), "id": f"V{next(self._others):08d}"}}
+        if method == "chat.postEphemeral":
+            return {"ok": True, "message_ts": f"1600000000.{next(self._others):06d}"}
         if method in ("chat.postMessage", "chat.update"):
             ts = body.get("ts") or f"1700000000.{next(self._ts):06d}"
             return {"ok": True, "channel": body.get("channel", ""), "ts": ts, "message": body}

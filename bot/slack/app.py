@@ -34,7 +34,7 @@ from bot.runs_service import RunsService
 from bot.slack.alert_buttons import AlertButtons
 from bot.slack.background import Background
 from bot.slack.followups import GAVE_UP, FollowUps
-from bot.slack.home import ACTION_HOME_UNWATCH
+from bot.slack.home import ACTION_HOME_UNWATCH, ACTION_HOME_UNWATCH_RUNS
 from bot.slack.lookup_handlers import (
     MAX_WAIT,
     SAY_WAIT_AFTER,
@@ -59,6 +59,8 @@ from bot.slack.request_shape import (
     shape_problem,
     user_of,
 )
+from bot.slack.watch_form import ACTION_HOME_ADD_WATCH, CALLBACK_ADD_WATCH
+from bot.slack.watch_form_handlers import WatchFormHandlers
 from bot.slack.watch_handlers import WatchCommands
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One registered listener: ``kind`` (command, action, event) and what it matches."""
+    """One registered listener: ``kind`` (command, action, event, view) and what it matches."""
 
     kind: str
     matches: str | re.Pattern[str]
@@ -108,6 +110,10 @@ class ObservedApp(AsyncApp):
     def event(self, event: Any, *args: Any, **kwargs: Any) -> Any:
         self.routes.append(Route("event", event))
         return super().event(event, *args, **kwargs)
+
+    def view(self, constraints: Any, *args: Any, **kwargs: Any) -> Any:
+        self.routes.append(Route("view", constraints))
+        return super().view(constraints, *args, **kwargs)
 
     async def handle_http(
         self, body: bytes, query: str, headers: Mapping[str, str]
@@ -253,5 +259,9 @@ def build_app(
     if watch_commands is not None:
         app.event("app_home_opened")(background.events(watch_commands.on_home_opened))
         app.action(ACTION_HOME_UNWATCH)(clicks(watch_commands.on_home_unwatch))
+        app.action(ACTION_HOME_UNWATCH_RUNS)(clicks(watch_commands.on_home_unwatch_runs))
+        app.action(ACTION_HOME_ADD_WATCH)(clicks(watch_commands.on_home_add_watch))
+        form = WatchFormHandlers(watch_commands, client=web_client, background=background)
+        app.view(CALLBACK_ADD_WATCH)(form.on_submit)
     app.error(_on_error)
     return SlackBot(app=app, handlers=handlers, followups=followups, background=background)

@@ -8,6 +8,8 @@ case-insensitive)::
     /hss-sync <task_id> [finished|running|failed] [type=T1,T2,...] [name=<registry>]
               [ep=<enterprise_project_id>]      -> Lookup(LookupRequest(...))
     /hss-sync watch|unwatch|watches|mute|unmute ...   -> see bot.slack.watch_command
+    /hss-sync watch|unwatch|mute|unmute runs ...      -> see bot.slack.run_watch_command
+    /hss-sync watch                             -> OpenWatchForm() (bot.slack.watch_form)
     /hss-sync tasks [auto|manual] [name=<text>] [failed] -> see bot.slack.tasks_command
 
 Wherever a task id is accepted, a task reference (``latest``, ``latest-auto``,
@@ -35,8 +37,15 @@ from dataclasses import dataclass, field
 
 from bot.errors import CommandError
 from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
-from bot.slack import watch_command
+from bot.slack import run_watch_command, watch_command
 from bot.slack import words as _words
+from bot.slack.run_watch_command import (
+    AddRunWatch,
+    MuteRuns,
+    RunWatchCommand,
+    UnmuteRuns,
+    UnwatchRuns,
+)
 from bot.slack.tasks_command import TASKS_USAGE, ListTasks, parse_tasks
 from bot.slack.watch_command import (
     AddWatch,
@@ -45,6 +54,7 @@ from bot.slack.watch_command import (
     Unmute,
     Unwatch,
 )
+from bot.slack.watch_form import OpenWatchForm
 from bot.slack.words import (
     STATUSES_TEXT,
     TYPES_TEXT,
@@ -63,7 +73,12 @@ USAGE = (
     "[name=<registry>] [ep=<enterprise_project_id>]"
 )
 #: Every form of the command, lookup first, for the help message.
-USAGES: tuple[str, ...] = (USAGE, TASKS_USAGE, *watch_command.USAGES)
+USAGES: tuple[str, ...] = (
+    USAGE,
+    TASKS_USAGE,
+    *watch_command.USAGES,
+    *run_watch_command.USAGES,
+)
 #: A task id, a status and three options.
 MAX_WORDS = 5
 
@@ -80,7 +95,18 @@ class Lookup:
     request: LookupRequest
 
 
-Command = Help | Lookup | ListTasks | AddWatch | Unwatch | ListWatches | Mute | Unmute
+Command = (
+    Help
+    | Lookup
+    | ListTasks
+    | AddWatch
+    | Unwatch
+    | ListWatches
+    | Mute
+    | Unmute
+    | RunWatchCommand
+    | OpenWatchForm
+)
 
 
 def validate_task_id(value: str) -> str:
@@ -191,11 +217,20 @@ def _parse_help(words: list[Word]) -> Command:
     return Help()
 
 
+_WATCH_PARSERS = run_watch_command.with_runs(watch_command.PARSERS)
+
+
+def _parse_watch(words: list[Word]) -> Command:
+    # Nothing to watch named: the form asks for it.
+    return OpenWatchForm() if len(words) == 1 else _WATCH_PARSERS["watch"](words)
+
+
 #: First word (case-insensitive) -> parser of all words.
 _SUBCOMMANDS: dict[str, Callable[[list[Word]], Command]] = {
     "help": _parse_help,
     "tasks": parse_tasks,
-    **watch_command.PARSERS,
+    **_WATCH_PARSERS,
+    "watch": _parse_watch,
 }
 
 
@@ -227,6 +262,7 @@ def validate_request(request: LookupRequest) -> LookupRequest:
 __all__ = [
     "USAGE",
     "USAGES",
+    "AddRunWatch",
     "AddWatch",
     "Command",
     "CommandError",
@@ -235,9 +271,13 @@ __all__ = [
     "ListWatches",
     "Lookup",
     "Mute",
+    "MuteRuns",
+    "OpenWatchForm",
     "SlackRef",
     "Unmute",
+    "UnmuteRuns",
     "Unwatch",
+    "UnwatchRuns",
     "Word",
     "parse",
     "parse_status",

@@ -1,5 +1,6 @@
-"""The App Home tab, pure: every watch with its last refresh, totals, last alert and an
-Unwatch button. Button values carry the watch's task and channel, re-validated on return."""
+"""The App Home tab, pure: every run watch (what it follows, its filters and state) and every
+task watch with its last refresh, totals, last alert, each with an Unwatch button. Button
+values carry the watch's task (or kind of runs) and channel, re-validated on return."""
 
 from __future__ import annotations
 
@@ -10,15 +11,21 @@ from typing import Any
 
 from bot.errors import CommandError
 from bot.models import TaskRef, Totals
+from bot.runs import RunKind
 from bot.slack.action_value import BUTTON_VALUE_MAX
 from bot.slack.blocks import button, context, header, section
 from bot.slack.text import CONVERSATION_ID, channel_mention, code, date_token, escape_truncated
+from bot.slack.watch_form import ACTION_HOME_ADD_WATCH
+from bot.slack.watch_text import filters_text, runs_text, state_text
 from bot.slack.words import validate_ep, validate_task_id
+from bot.storage.run_watch_store import ALL_RUNS, RunWatch
 from bot.storage.watch_store import Watch
 
 ACTION_HOME_UNWATCH = "hss_home_unwatch"
-#: App Home allows 100 blocks: a header, a notice, an intro and a footer leave room for 90.
-HOME_ROWS = 90
+ACTION_HOME_UNWATCH_RUNS = "hss_home_unwatch_runs"
+#: App Home allows 100 blocks: the header, a notice, the headings and footers leave room for
+#: this many watch rows, run watches first.
+HOME_ROWS = 85
 _PROJECT_MAX = 256
 
 
@@ -50,24 +57,90 @@ def _row(row: HomeRow) -> dict[str, Any]:
         f"*{code(w.task.task_id, 70)}* in {channel_mention(w.channel)}{state}\n"
         f"{_totals(row.totals)}\nrefreshed {refreshed} · last alert {alerted}"
     )
+    return _unwatchable(text, ACTION_HOME_UNWATCH, encode_home_value(w.task, w.channel))
+
+
+def _unwatchable(text: str, action_id: str, value: str) -> dict[str, Any]:
+    """A section with an Unwatch button."""
     block = section(text)
-    block["accessory"] = button(
-        "Unwatch", ACTION_HOME_UNWATCH, encode_home_value(w.task, w.channel)
-    )
+    block["accessory"] = button("Unwatch", action_id, value)
     return block
 
 
-def render_home(rows: Sequence[HomeRow], *, notice: str | None = None) -> dict[str, Any]:
+def _run_row(w: RunWatch, now: float) -> dict[str, Any]:
+    text = (
+        f"*{runs_text(w.kind)}* in {channel_mention(w.channel)} · "
+        f"{filters_text(w.types, w.name)} · {state_text(w, now)}"
+    )
+    return _unwatchable(text, ACTION_HOME_UNWATCH_RUNS, encode_home_runs_value(w.kind, w.channel))
+
+
+def render_home(
+    rows: Sequence[HomeRow],
+    *,
+    runs: Sequence[RunWatch] = (),
+    now: float,
+    notice: str | None = None,
+) -> dict[str, Any]:
     """The ``views.publish`` view for the Home tab."""
     blocks: list[dict[str, Any]] = [header("HSS image-sync watches")]
     if notice:
         blocks.append(section(f":warning: {escape_truncated(notice, 500)}"))
-    if not rows:
-        blocks.append(section("No task is watched yet. In a channel: `/hss-sync watch <task_id>`."))
-    blocks.extend(_row(r) for r in rows[:HOME_ROWS])
-    if len(rows) > HOME_ROWS:
-        blocks.append(context([f"…and {len(rows) - HOME_ROWS} more: `/hss-sync watches all`"]))
+    add = button("Add a watch", ACTION_HOME_ADD_WATCH, "add", primary=True)
+    blocks.append({"type": "actions", "elements": [add]})
+    if not rows and not runs:
+        blocks.append(
+            section(
+                "No task is watched yet and no runs are followed. In a channel: "
+                "`/hss-sync watch <task_id>` or `/hss-sync watch runs`."
+            )
+        )
+    shown_runs = runs[:HOME_ROWS]
+    if shown_runs:
+        blocks.append(section("*Runs followed*"))
+        blocks.extend(_run_row(w, now) for w in shown_runs)
+    room = HOME_ROWS - len(shown_runs)
+    if rows and room > 0 and shown_runs:
+        blocks.append(section("*Tasks watched*"))
+    blocks.extend(_row(r) for r in rows[:room])
+    hidden = len(runs) - len(shown_runs) + len(rows) - min(len(rows), room)
+    if hidden > 0:
+        blocks.append(context([f"…and {hidden} more: `/hss-sync watches all`"]))
     return {"type": "home", "blocks": blocks}
+
+
+def encode_home_runs_value(kind: RunKind | None, channel: str) -> str:
+    field = kind.value if kind is not None else ALL_RUNS
+    return json.dumps({"k": field, "c": channel}, separators=(",", ":"))
+
+
+def decode_home_runs_value(value: str) -> tuple[RunKind | None, str]:
+    """Slack hands button values back untrusted: check every field."""
+    raw = _json_object(value)
+    field, channel = raw.get("k"), raw.get("c")
+    if not (isinstance(channel, str) and CONVERSATION_ID.fullmatch(channel)):
+        raise _out_of_date()
+    if field == ALL_RUNS:
+        return None, channel
+    if field not in {k.value for k in RunKind}:
+        raise _out_of_date()
+    return RunKind(field), channel
+
+
+def _out_of_date() -> CommandError:
+    return CommandError("That button is out of date; open the Home tab again.")
+
+
+def _json_object(value: str) -> dict[str, Any]:
+    if not isinstance(value, str) or len(value) > BUTTON_VALUE_MAX:
+        raise _out_of_date()
+    try:
+        raw = json.loads(value)
+    except (ValueError, TypeError, RecursionError):
+        raise _out_of_date() from None
+    if not isinstance(raw, dict):
+        raise _out_of_date()
+    return raw
 
 
 def encode_home_value(task: TaskRef, channel: str) -> str:
@@ -80,15 +153,8 @@ def encode_home_value(task: TaskRef, channel: str) -> str:
 
 def decode_home_value(value: str) -> tuple[TaskRef, str]:
     """Slack hands button values back untrusted: check every field."""
-    bad = CommandError("That button is out of date; open the Home tab again.")
-    if not isinstance(value, str) or len(value) > BUTTON_VALUE_MAX:
-        raise bad
-    try:
-        raw = json.loads(value)
-    except (ValueError, TypeError, RecursionError):
-        raise bad from None
-    if not isinstance(raw, dict):
-        raise bad
+    bad = _out_of_date()
+    raw = _json_object(value)
     project, ep, task_id, channel = raw.get("p"), raw.get("e"), raw.get("t"), raw.get("c")
     if not (isinstance(project, str) and 0 < len(project) <= _PROJECT_MAX):
         raise bad

@@ -369,6 +369,12 @@ def render_help(command_name: str = "/hss-sync") -> Message:
         example('tasks auto name="nightly" failed', "scheduled runs named so, with failures"),
         "*Alerts in a channel:*",
         example("watch task-42 #ops type=Harbor", "tell #ops when a Harbor registry fails"),
+        example(
+            "watch runs auto #ops",
+            "follow every new scheduled run in #ops (`manual`, or neither for every run); "
+            "`unwatch runs auto`, `mute runs auto 24h` and `unmute runs auto` change it",
+        ),
+        example("watch", "a form for a new watch (runs or a task, channel, filters)"),
         example("watches all", "what is watched, in every channel"),
         example("mute task-42 24h", "quiet for a day (`unmute` to undo); `unwatch` to stop"),
         example("help", "this help"),

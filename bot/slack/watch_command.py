@@ -111,7 +111,8 @@ class _Args:
     rest: list[str]
 
 
-def _channel(ref: SlackRef, verb: str) -> str:
+def channel_of(ref: SlackRef, verb: str) -> str:
+    """The channel id of a ``#channel`` word, or why it is not one."""
     if ref.kind != "#":
         shown = ref.label or ref.ident
         raise CommandError(
@@ -123,7 +124,8 @@ def _channel(ref: SlackRef, verb: str) -> str:
     return ref.ident
 
 
-def _plain_channel(word: str) -> CommandError:
+def plain_channel(word: str) -> CommandError:
+    """The error for a ``#name`` Slack sent as text, without the channel's id."""
     return CommandError(
         f'Slack did not send an id for "{echo(word)}". Type # and pick the channel from the '
         "list Slack offers, or run the command in that channel without naming one. (If "
@@ -151,13 +153,13 @@ def _args(words: list[Word], verb: str, usage: str) -> _Args:
     rest: list[str] = []
     for word in words[2:]:
         if word.ref is None and word.text.startswith("#"):
-            raise _plain_channel(word.text)
+            raise plain_channel(word.text)
         if word.ref is None:
             rest.append(word.text)
         elif channel is not None:
             raise CommandError(f"Name at most one channel. Usage: {usage}")
         else:
-            channel = _channel(word.ref, verb)
+            channel = channel_of(word.ref, verb)
     return _Args(task_id, channel, rest)
 
 
@@ -213,6 +215,10 @@ def parse_watches(words: list[Word]) -> ListWatches:
         f'Unexpected "{echo(shown)}": use "watches" for this channel\'s watches or '
         f'"watches all" for every channel\'s. Usage: {WATCHES_USAGE}'
     )
+
+
+def is_duration(text: str) -> bool:
+    return _DURATION_RE.fullmatch(text) is not None
 
 
 def parse_duration(text: str) -> int:

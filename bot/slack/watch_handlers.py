@@ -1,4 +1,5 @@
-"""The watch sub-commands in Slack: watch, unwatch, watches, mute, unmute.
+"""The watch sub-commands in Slack: watch, unwatch, watches, mute, unmute, and their run
+forms (``watch runs ...``, carried out by :mod:`bot.slack.run_watch_handlers`).
 
 Every change checks who asks (``HSS_WATCH_ADMINS``), every new watch checks that the bot
 can post in the channel, and every answer is ephemeral. A new watch reports how many
@@ -16,17 +17,27 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.errors import BotError, CommandError
+from bot.errors import BotError, ChannelRefused, CommandError, NotAllowed
 from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
 from bot.runs_service import RunsService, named_run
 from bot.slack.blocks import section
-from bot.slack.home import HomeRow, decode_home_value, render_home
+from bot.slack.home import HomeRow, decode_home_runs_value, decode_home_value, render_home
 from bot.slack.render import Message, render_error
 from bot.slack.request_shape import first_action, user_of
 from bot.slack.run_text import Resolved, resolved_line
+from bot.slack.run_watch_command import RunWatchCommand
+from bot.slack.run_watch_handlers import RunWatchChanges
 from bot.slack.text import channel_mention, code, date_token, escape
 from bot.slack.watch_command import AddWatch, ListWatches, Mute, Unmute, Unwatch, WatchCommand
+from bot.slack.watch_form import OpenWatchForm, form_view
+from bot.slack.watch_text import (
+    filters_text,
+    run_watch_line,
+    section_message,
+    state_text,
+)
+from bot.storage.run_watch_store import RunWatch, RunWatchStore
 from bot.storage.watch_store import Watch, WatchStore, may_change_watches
 
 logger = logging.getLogger(__name__)
@@ -38,43 +49,29 @@ GROUP_CACHE_SECONDS = 300.0
 _LIST_SHOWN = 40
 
 
-def _section_message(mrkdwn: str) -> Message:
-    """A reply of one mrkdwn section, which is also its notification text."""
-    return Message(text=mrkdwn, blocks=[section(mrkdwn)])
-
-
-def filters_text(types: frozenset[str], name: str | None) -> str:
-    parts = []
-    if types:
-        parts.append("type=" + ",".join(sorted(types)))
-    if name is not None:
-        parts.append("name=" + code(name, 80))
-    return " ".join(parts) if parts else "all registries"
-
-
 def watch_line(w: Watch, now: float) -> str:
-    state = "active"
-    if w.paused_reason is not None:
-        state = f":pause_button: paused ({escape(w.paused_reason)})"
-    elif w.muted(now) and w.muted_until is not None:
-        state = f":mute: muted until {date_token(w.muted_until)}"
     last = f", last alert {date_token(w.last_alert_at)}" if w.last_alert_at else ""
     where = channel_mention(w.channel)
     what = filters_text(w.types, w.name)
-    return f"• {code(w.task.task_id, 70)} in {where} · {what} · {state}{last}"
+    return f"• {code(w.task.task_id, 70)} in {where} · {what} · {state_text(w, now)}{last}"
 
 
-def render_watch_list(watches: list[Watch], *, now: float, everywhere: bool) -> Message:
-    if not watches:
+def render_watch_list(
+    watches: list[Watch], runs: list[RunWatch], *, now: float, everywhere: bool
+) -> Message:
+    """Run watches first (a channel has at most three), then task watches."""
+    if not watches and not runs:
         where = "in any channel" if everywhere else "in this channel"
-        return _section_message(
-            f"No task is watched {where}. Start with `/hss-sync watch <task_id>`."
+        return section_message(
+            f"No task is watched {where}, and no runs are followed. Start with "
+            "`/hss-sync watch <task_id>` or `/hss-sync watch runs`."
         )
-    lines = [watch_line(w, now) for w in watches[:_LIST_SHOWN]]
-    if len(watches) > _LIST_SHOWN:
-        lines.append(f"_…and {len(watches) - _LIST_SHOWN} more_")
+    lines = [run_watch_line(w, now) for w in runs] + [watch_line(w, now) for w in watches]
+    shown = lines[:_LIST_SHOWN]
+    if len(lines) > _LIST_SHOWN:
+        shown.append(f"_…and {len(lines) - _LIST_SHOWN} more_")
     title = "Watches in every channel" if everywhere else "Watches in this channel"
-    return _section_message(f"*{title}* ({len(watches)})\n" + "\n".join(lines))
+    return section_message(f"*{title}* ({len(lines)})\n" + "\n".join(shown))
 
 
 class WatchCommands:
@@ -82,6 +79,7 @@ class WatchCommands:
         self,
         *,
         watches: WatchStore,
+        run_watches: RunWatchStore,
         lookups: LookupService,
         client: AsyncWebClient,
         admins: frozenset[str],
@@ -99,25 +97,46 @@ class WatchCommands:
         self._admins = admins
         self._clock = clock
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._run_watches = run_watches
+        self._run_changes = RunWatchChanges(
+            run_watches, check_channel=self.check_channel, clock=clock, on_watch=on_watch
+        )
 
-    async def handle(self, cmd: WatchCommand, command: dict[str, Any], reply: Reply) -> None:
+    async def handle(
+        self,
+        cmd: WatchCommand | RunWatchCommand | OpenWatchForm,
+        command: dict[str, Any],
+        reply: Reply,
+    ) -> None:
         """Answer ``cmd`` through ``reply`` (the ack); BotErrors become ephemeral sentences."""
         user = str(command.get("user_id", ""))
         here = str(command.get("channel_id", ""))
         try:
             if isinstance(cmd, ListWatches):
                 await reply(await self._list(cmd, here))
-                return
-            if not await self.allowed(user):
-                await reply(render_error(self.refusal()))
-                return
-            await reply(await self._change(cmd, user=user, channel=cmd.channel or here))
+            elif isinstance(cmd, OpenWatchForm):
+                trigger = str(command.get("trigger_id", ""))
+                await reply(await self._open_form(user, trigger, channel=here, from_home=False))
+            else:
+                await reply(await self.change(cmd, user=user, channel=cmd.channel or here))
         except BotError as exc:
             await reply(render_error(exc.user_message()))
 
-    async def _change(
-        self, cmd: AddWatch | Unwatch | Mute | Unmute, *, user: str, channel: str
+    async def change(
+        self, cmd: AddWatch | Unwatch | Mute | Unmute | RunWatchCommand, *, user: str, channel: str
     ) -> Message:
+        """Carry out a change for ``user`` in ``channel``: the one path of the command and the
+        form. Raises :class:`NotAllowed`, :class:`ChannelRefused` (a new watch where the bot
+        cannot post) and other BotErrors."""
+        if not await self.allowed(user):
+            raise NotAllowed(self.refusal())
+        return await self._change(cmd, user=user, channel=channel)
+
+    async def _change(
+        self, cmd: AddWatch | Unwatch | Mute | Unmute | RunWatchCommand, *, user: str, channel: str
+    ) -> Message:
+        if not isinstance(cmd, AddWatch | Unwatch | Mute | Unmute):
+            return await self._run_changes.change(cmd, user=user, channel=channel)
         # A task reference is the run it names now: a watch made on `latest` stays on that
         # run (following the runs to come is `watch runs`).
         run = await named_run(self._runs, cmd.task_id)
@@ -143,12 +162,10 @@ class WatchCommands:
         else:
             done = await self._watches.unmute(task=ref, channel=channel) is not None
             said = f"Alerts for task {task} in {where} are on again."
-        return _section_message(said if done else f"Task {task} is not watched in {where}.")
+        return section_message(said if done else f"Task {task} is not watched in {where}.")
 
     async def _watch(self, cmd: AddWatch, *, user: str, channel: str) -> Message:
-        problem = await self.channel_problem(channel)
-        if problem is not None:
-            return render_error(problem)
+        await self.check_channel(channel)
         ref = self._ref(cmd.task_id, cmd.ep)
         record, created = await self._watches.add(
             task=ref, channel=channel, created_by=user, types=cmd.types, name=cmd.name
@@ -157,7 +174,7 @@ class WatchCommands:
             await self._on_watch(channel)
         verb = "Watching" if created else "Updated the watch of"
         baseline = await self._baseline(cmd)
-        return _section_message(
+        return section_message(
             f"{verb} task {code(cmd.task_id, 70)} in {channel_mention(channel)} "
             f"({filters_text(record.types, record.name)}). {baseline} This channel will hear "
             "when a registry fails, and when it recovers."
@@ -173,8 +190,12 @@ class WatchCommands:
         return f"{failed} {noun} failed right now (the baseline, not alerts)."
 
     async def _list(self, cmd: ListWatches, here: str) -> Message:
-        found = await (self._watches.all() if cmd.all_channels else self._watches.of_channel(here))
-        return render_watch_list(found, now=self._clock(), everywhere=cmd.all_channels)
+        if cmd.all_channels:
+            found, runs = await self._watches.all(), await self._run_watches.all()
+        else:
+            found = await self._watches.of_channel(here)
+            runs = await self._run_watches.of_channel(here)
+        return render_watch_list(found, runs, now=self._clock(), everywhere=cmd.all_channels)
 
     def _ref(self, task_id: str, ep: str | None = None) -> TaskRef:
         return self._lookups.ref(LookupRequest(task_id, ep=ep))
@@ -190,7 +211,8 @@ class WatchCommands:
         return rows
 
     async def publish_home(self, user: str, notice: str | None = None) -> None:
-        view = render_home(await self.home_rows(), notice=notice)
+        rows, runs = await self.home_rows(), await self._run_watches.all()
+        view = render_home(rows, runs=runs, now=self._clock(), notice=notice)
         await self._client.views_publish(user_id=user, view=view)
 
     async def on_home_opened(self, event: dict[str, Any]) -> None:
@@ -200,17 +222,68 @@ class WatchCommands:
 
     async def on_home_unwatch(self, body: dict[str, Any], respond: Any = None) -> None:
         """The work after an Unwatch click's ack (``respond`` unused: Home has no message)."""
+
+        async def remove(value: str) -> None:
+            task, channel = decode_home_value(value)
+            await self._watches.remove(task=task, channel=channel)
+
+        await self._home_unwatch(body, remove)
+
+    async def on_home_unwatch_runs(self, body: dict[str, Any], respond: Any = None) -> None:
+        """The work after a run watch's Unwatch click's ack."""
+
+        async def remove(value: str) -> None:
+            kind, channel = decode_home_runs_value(value)
+            await self._run_watches.remove(channel=channel, kind=kind)
+
+        await self._home_unwatch(body, remove)
+
+    async def _home_unwatch(
+        self, body: dict[str, Any], remove: Callable[[str], Awaitable[None]]
+    ) -> None:
+        """Check who clicked, then ``remove`` by the button's value (CommandError: a value
+        that is not one of ours), and show the Home tab again."""
         user = user_of(body)
         if not await self.allowed(user):
             await self.publish_home(user, notice=self.refusal())
             return
         try:
-            task, channel = decode_home_value(str(first_action(body).get("value", "")))
+            await remove(str(first_action(body).get("value", "")))
         except CommandError as exc:
             await self.publish_home(user, notice=exc.user_message())
             return
-        await self._watches.remove(task=task, channel=channel)
         await self.publish_home(user)
+
+    # --- the form ---
+
+    async def _open_form(
+        self, user: str, trigger_id: str, *, channel: str | None, from_home: bool
+    ) -> Message:
+        """Open the "Add a watch" modal for ``user``, who must be allowed to add one."""
+        if not await self.allowed(user):
+            raise NotAllowed(self.refusal())
+        if not trigger_id:
+            raise CommandError("Slack sent nothing to open the form with; try again.")
+        try:
+            view = form_view(channel=channel, from_home=from_home)
+            await self._client.views_open(trigger_id=trigger_id, view=view)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error", "unknown_error"))
+            raise CommandError(
+                f"Slack did not open the form ({error}). Type the watch instead: "
+                "`/hss-sync watch <task_id>` or `/hss-sync watch runs`."
+            ) from None
+        return section_message("The form to add a watch is open.")
+
+    async def on_home_add_watch(self, body: dict[str, Any], respond: Any = None) -> None:
+        """The work after the Home tab's "Add a watch" click."""
+        user = user_of(body)
+        try:
+            trigger = body.get("trigger_id")
+            trigger = trigger if isinstance(trigger, str) else ""
+            await self._open_form(user, trigger, channel=None, from_home=True)
+        except BotError as exc:
+            await self.publish_home(user, notice=exc.user_message())
 
     # --- who may, and where ---
 
@@ -239,6 +312,12 @@ class WatchCommands:
             users = frozenset()
         self._groups[group] = (self._clock(), users)
         return users
+
+    async def check_channel(self, channel: str) -> None:
+        """Raise :class:`ChannelRefused` unless the bot can post in ``channel``."""
+        problem = await self.channel_problem(channel)
+        if problem is not None:
+            raise ChannelRefused(problem)
 
     async def channel_problem(self, channel: str) -> str | None:
         """Why the bot cannot post in ``channel``, with how to fix it; None when it can."""

@@ -158,6 +158,23 @@ def watch_channels() -> str:
     return f"{PREFIX}:watch:channels"
 
 
+# --- run watches (channels following every new sync run of a kind); no TTLs ---
+
+
+def run_watch_channel(channel: str) -> str:
+    """HASH field = the kind followed (``autoSync``, ``manualSync``, or ``all`` for every run),
+    value = JSON run-watch record. A channel has at most one run watch per kind; its run
+    watches are listed with one HGETALL and paused together in one MULTI. Gone with its last
+    field."""
+    return f"{PREFIX}:runwatch:channel:{_part(channel)}"
+
+
+def run_watch_channels() -> str:
+    """SET of channel ids with at least one run watch: whether anything follows runs, and
+    every run watch without scanning. Changed in the same MULTI as ``run_watch_channel``."""
+    return f"{PREFIX}:runwatch:channels"
+
+
 # --- alerts (the alerting pipeline's progress and one incident per channel and task) ---
 
 

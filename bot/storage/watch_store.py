@@ -7,69 +7,45 @@ a property of it, like the filters. Every change reads under ``WATCH`` and write
 and its indexes in one ``MULTI``, retried when another client got there first, so the
 indexes never disagree with the records.
 
-A watch is *paused* when its channel stopped taking messages (the reason is Slack's error
-code, shown in ``watches``) and *muted* by people until a time. Both stop alerts; neither
-takes the task out of :meth:`WatchStore.watched_tasks`, so its mirror stays current and
-alerts resume from the present instead of replaying old flips. A mute expires by itself:
-``muted_until`` is compared with the clock, nothing has to clear it.
+Pause and mute work as for every watch (:mod:`bot.storage.channel_watches`); neither takes
+the task out of :meth:`WatchStore.watched_tasks`, so its mirror stays current.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, cast
+from typing import Any
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from bot.errors import StoreError
 from bot.models import TaskRef
 from bot.storage import keys
-from bot.storage.outage import REDIS_OUTAGE
+from bot.storage.channel_watches import (
+    ChannelRecords,
+    ChannelWatch,
+    outage,
+)
 from bot.storage.replies import as_str
-from bot.storage.transact import Contended, transact
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: Slack errors after which a channel cannot take our messages until people fix something.
 PAUSE_REASONS = frozenset({"channel_not_found", "is_archived", "not_in_channel", "token_revoked"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Watch:
+class Watch(ChannelWatch):
     """One channel's subscription to one task's flips."""
 
     task: TaskRef
-    channel: str
-    types: frozenset[str] = frozenset()
-    name: str | None = None
-    created_by: str
-    created_at: float
-    #: Slack's error code that made the channel unusable; None while the watch is active.
-    paused_reason: str | None = None
-    paused_at: float | None = None
-    muted_until: float | None = None
     last_alert_at: float | None = None
-
-    @property
-    def paused(self) -> bool:
-        return self.paused_reason is not None
-
-    def muted(self, now: float) -> bool:
-        return self.muted_until is not None and now < self.muted_until
-
-    def alerts(self, now: float) -> bool:
-        """Whether a flip seen at ``now`` should be posted to the channel."""
-        return not self.paused and not self.muted(now)
 
 
 def may_change_watches(user_id: str, user_groups: AbstractSet[str], admins: frozenset[str]) -> bool:
@@ -93,43 +69,19 @@ def _task_of_member(raw: bytes | str) -> TaskRef:
     return TaskRef(project_id=project_id, task_id=task_id, enterprise_project_id=ep)
 
 
-#: Fields stored as they are; the task and the types are spelled out.
-_PLAIN = "name created_by created_at paused_reason paused_at muted_until last_alert_at".split()  # noqa: SIM905
-
-
-def encode(watch: Watch) -> str:
-    record: dict[str, Any] = {f: getattr(watch, f) for f in _PLAIN}
+def _fields(watch: Watch) -> dict[str, Any]:
     task = watch.task
-    record.update(v=1, project_id=task.project_id, task_id=task.task_id)
-    record.update(ep=task.enterprise_project_id, types=sorted(watch.types))
-    return json.dumps(record, separators=(",", ":"))
+    return {
+        "project_id": task.project_id,
+        "task_id": task.task_id,
+        "ep": task.enterprise_project_id,
+        "last_alert_at": watch.last_alert_at,
+    }
 
 
-def decode(channel: str, raw: bytes | str) -> Watch | None:
-    """The record, or None (logged) if it cannot be read: one bad record must not hide the
-    channel's other watches."""
-    try:
-        d: dict[str, Any] = json.loads(raw)
-        task = TaskRef(
-            project_id=d["project_id"], task_id=d["task_id"], enterprise_project_id=d["ep"]
-        )
-        plain = {f: d[f] for f in _PLAIN}
-        return Watch(task=task, channel=channel, types=frozenset(d["types"]), **plain)
-    except (ValueError, KeyError, TypeError):
-        logger.warning("unreadable watch record in channel %s", channel)
-        return None
-
-
-@contextlib.contextmanager
-def _outage() -> Iterator[None]:
-    # No in-memory fallback: a watch that only one process remembered would be lost on
-    # restart and unknown to the other replicas. Tell the user instead.
-    try:
-        yield
-    except REDIS_OUTAGE as exc:
-        raise StoreError(
-            "Watches are kept in Redis, which is not answering right now; try again shortly."
-        ) from exc
+def _arguments(d: dict[str, Any]) -> dict[str, Any]:
+    task = TaskRef(project_id=d["project_id"], task_id=d["task_id"], enterprise_project_id=d["ep"])
+    return {"task": task, "last_alert_at": d["last_alert_at"]}
 
 
 # --- the store ---
@@ -139,14 +91,14 @@ class WatchStore:
     def __init__(self, redis: aioredis.Redis, *, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._clock = clock
-
-    async def _transact(self, watched: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
-        """:func:`~bot.storage.transact.transact`, in the watch store's words."""
-        with _outage():
-            try:
-                return await transact(self._redis, body, watch=watched)
-            except Contended:
-                raise StoreError("Watches are changing too fast to update; try again.") from None
+        self._records = ChannelRecords[Watch](
+            redis,
+            kind=Watch,
+            key=keys.watch_channel,
+            fields=_fields,
+            arguments=_arguments,
+            order=lambda w: _task_order(w.task),
+        )
 
     # --- changes ---
 
@@ -165,7 +117,7 @@ class WatchStore:
         chan_key = keys.watch_channel(channel)
 
         async def body(pipe: Pipeline) -> tuple[Watch, bool]:
-            old = await self._read(pipe, channel, task)
+            old = await self._records.read(pipe, channel, _field(task))
             moved_from = old.task if old is not None and old.task != task else None
             old_channels = await self._channels_of(pipe, moved_from)
             new = Watch(
@@ -179,7 +131,7 @@ class WatchStore:
                 last_alert_at=old.last_alert_at if old else None,
             )
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.hset(chan_key, _field(task), encode(new))
+            pipe.hset(chan_key, _field(task), self._records.encode(new))
             pipe.sadd(keys.watch_task(task), channel)
             pipe.sadd(keys.watched_tasks(), _task_member(task))
             pipe.sadd(keys.watch_channels(), channel)
@@ -187,14 +139,14 @@ class WatchStore:
                 self._unindex(pipe, moved_from, channel, old_channels)
             return new, old is None
 
-        return await self._transact([chan_key, keys.watch_task(task)], body)
+        return await self._records.transact([chan_key, keys.watch_task(task)], body)
 
     async def remove(self, *, task: TaskRef, channel: str) -> Watch | None:
         """Stop watching ``task`` (any ep) in ``channel``; the removed watch, or None."""
         chan_key = keys.watch_channel(channel)
 
         async def body(pipe: Pipeline) -> Watch | None:
-            old = await self._read(pipe, channel, task)
+            old = await self._records.read(pipe, channel, _field(task))
             if old is None:
                 return None
             old_channels = await self._channels_of(pipe, old.task)
@@ -206,70 +158,35 @@ class WatchStore:
                 pipe.srem(keys.watch_channels(), channel)
             return old
 
-        return await self._transact([chan_key], body)
+        return await self._records.transact([chan_key], body)
 
     async def pause(self, channel: str, reason: str) -> list[Watch]:
         """Pause every watch of ``channel`` with Slack's ``reason``; the paused watches.
         A watch already paused keeps the time it was first paused."""
-        if not reason:
-            raise ValueError("a pause needs Slack's reason")
-        now = self._clock()
-        return await self._rewrite(
-            channel, lambda w: replace(w, paused_reason=reason, paused_at=w.paused_at or now)
-        )
+        return await self._records.pause(channel, reason, self._clock())
 
     async def resume(self, channel: str) -> list[Watch]:
-        return await self._rewrite(
-            channel, lambda w: replace(w, paused_reason=None, paused_at=None)
-        )
+        return await self._records.resume(channel)
 
     async def mute(self, *, task: TaskRef, channel: str, until: float) -> Watch | None:
         """Silence until ``until`` (the latest mute wins, so a mute can be shortened);
         None if the channel does not watch the task."""
-        return await self._modify(task, channel, lambda w: replace(w, muted_until=until))
+        return await self._records.modify(
+            channel, _field(task), lambda w: replace(w, muted_until=until)
+        )
 
     async def unmute(self, *, task: TaskRef, channel: str) -> Watch | None:
-        return await self._modify(task, channel, lambda w: replace(w, muted_until=None))
+        return await self._records.modify(
+            channel, _field(task), lambda w: replace(w, muted_until=None)
+        )
 
     async def note_alert(self, *, task: TaskRef, channel: str, at: float) -> Watch | None:
         """Record that an alert went out (shown in the App Home); never moves backwards."""
-        return await self._modify(
-            task, channel, lambda w: replace(w, last_alert_at=max(at, w.last_alert_at or at))
+        return await self._records.modify(
+            channel,
+            _field(task),
+            lambda w: replace(w, last_alert_at=max(at, w.last_alert_at or at)),
         )
-
-    async def _modify(
-        self, task: TaskRef, channel: str, change: Callable[[Watch], Watch]
-    ) -> Watch | None:
-        chan_key = keys.watch_channel(channel)
-
-        async def body(pipe: Pipeline) -> Watch | None:
-            old = await self._read(pipe, channel, task)
-            if old is None:
-                return None
-            new = change(old)
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.hset(chan_key, _field(task), encode(new))
-            return new
-
-        return await self._transact([chan_key], body)
-
-    async def _rewrite(self, channel: str, change: Callable[[Watch], Watch]) -> list[Watch]:
-        chan_key = keys.watch_channel(channel)
-
-        async def body(pipe: Pipeline) -> list[Watch]:
-            raw = cast("dict[bytes, bytes]", await pipe.hgetall(chan_key))
-            pairs = [(f, decode(channel, v)) for f, v in raw.items()]
-            new = {f: change(w) for f, w in pairs if w is not None}
-            if new:
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.hset(chan_key, mapping={f: encode(w) for f, w in new.items()})
-            return _sorted(new.values())
-
-        return await self._transact([chan_key], body)
-
-    async def _read(self, pipe: Pipeline, channel: str, task: TaskRef) -> Watch | None:
-        raw = await pipe.hget(keys.watch_channel(channel), _field(task))
-        return decode(channel, raw) if raw is not None else None
 
     async def _channels_of(self, pipe: Pipeline, task: TaskRef | None) -> set[str]:
         """WATCH ``task``'s channel set and read it (to know whether it is about to empty)."""
@@ -287,23 +204,20 @@ class WatchStore:
     # --- reads ---
 
     async def get(self, *, task: TaskRef, channel: str) -> Watch | None:
-        with _outage():
-            raw = await self._redis.hget(keys.watch_channel(channel), _field(task))
-        return decode(channel, raw) if raw is not None else None
+        return await self._records.get(channel, _field(task))
 
     async def of_channel(self, channel: str) -> list[Watch]:
-        with _outage():
-            raw = await self._redis.hgetall(keys.watch_channel(channel))
-        return _sorted(w for w in (decode(channel, v) for v in raw.values()) if w is not None)
+        return await self._records.of_channel(channel)
 
     async def of_task(self, task: TaskRef) -> list[Watch]:
         """Every channel's watch of exactly this task (project, ep and task id)."""
-        with _outage():
+        with outage():
             channels = sorted(as_str(c) for c in await self._redis.smembers(keys.watch_task(task)))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for channel in channels:
                     pipe.hget(keys.watch_channel(channel), _field(task))
                 raws = await pipe.execute()
+        decode = self._records.decode
         found = (decode(c, r) for c, r in zip(channels, raws, strict=True) if r is not None)
         return [w for w in found if w is not None and w.task == task]
 
@@ -312,32 +226,19 @@ class WatchStore:
         return [w for w in await self.of_task(task) if w.alerts(now)]
 
     async def channels(self) -> list[str]:
-        with _outage():
+        with outage():
             return sorted(as_str(c) for c in await self._redis.smembers(keys.watch_channels()))
 
     async def all(self) -> list[Watch]:
         """Every channel's watches, by channel then task id."""
-        channels = await self.channels()
-        with _outage():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for channel in channels:
-                    pipe.hgetall(keys.watch_channel(channel))
-                raws: list[dict[bytes, bytes]] = await pipe.execute()
-        found = (decode(c, v) for c, raw in zip(channels, raws, strict=True) for v in raw.values())
-        return sorted(
-            (w for w in found if w is not None), key=lambda w: (w.channel, _task_order(w.task))
-        )
+        return await self._records.of_channels(await self.channels())
 
     async def watched_tasks(self) -> list[TaskRef]:
         """Every task at least one channel watches (paused and muted ones included)."""
-        with _outage():
+        with outage():
             members = await self._redis.smembers(keys.watched_tasks())
         return sorted((_task_of_member(m) for m in members), key=_task_order)
 
 
 def _task_order(t: TaskRef) -> tuple[str, str, str]:
     return (t.task_id, t.project_id, t.enterprise_project_id or "")
-
-
-def _sorted(watches: Iterable[Watch]) -> list[Watch]:
-    return sorted(watches, key=lambda w: _task_order(w.task))
