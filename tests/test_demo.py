@@ -366,6 +366,9 @@ async def test_interactive_run_starts_a_sync_run_with_new_and_still_failing_regi
     (still,) = set(run.failing_names()) & set(previous.failing_names())
     session = await interactive(tmp_path, tmpdir_of_demo)
     try:
+        await session.type(f"watch runs auto #{ALERTS.name}")
+        await session.expect(f"Following every scheduled (auto) run in #{ALERTS.name}")
+        await session.expect("the runs HSS has made so far are the baseline")
         await session.type("run auto 0.01")
         await session.expect("in HSS, a scheduled (autoSync) sync run began: auto-sync-")
         await session.expect(f"(task id {run.task_id}), 50 registries in 0.01 s")

@@ -63,7 +63,7 @@ def sim_config() -> SimConfig:
 async def demo_stack() -> AsyncIterator[Stack]:
     """Everything the demo runs, with the simulator's real rate limit and the bot's default
     budget (5 calls per 60 s), watches on, and a short poll interval."""
-    env = {"POLL_INTERVAL_SECONDS": str(POLL_SECONDS)}
+    env = {"POLL_INTERVAL_SECONDS": str(POLL_SECONDS), "TASKS_POLL_SECONDS": str(POLL_SECONDS)}
     async with local_stack(
         sim_config=sim_config(), env=env, watches=True, channels=(HERE, ALERTS)
     ) as stack:
@@ -71,16 +71,17 @@ async def demo_stack() -> AsyncIterator[Stack]:
 
 
 def intro(stack: Stack) -> str:
-    limit = stack.runtime.settings.rate_limit
+    limit, tasks = stack.runtime.settings.rate_limit, stack.runtime.settings.tasks_rate_limit
     return (
         "hss-sync-bot demo: everything runs here, no accounts needed.\n"
-        "  - an embedded Redis, the HSS simulator (HSS's own rule: 5 calls per 60 s, HTTP 429\n"
-        "    beyond), a local stand-in of Slack's Web API, and the bot in HTTP mode, sent real\n"
-        "    signed Slack requests.\n"
-        f"  - the bot's call budget: {limit} (the default); background refreshes keep 1 call of\n"
-        "    every window free for people.\n"
-        f"  - demo setting: POLL_INTERVAL_SECONDS={POLL_SECONDS} (default 60): a watched task is\n"
-        f"    refreshed every {POLL_SECONDS} s while the budget allows.\n"
+        "  - an embedded Redis, the HSS simulator (HSS's own rule: 5 calls per 60 s per API,\n"
+        "    HTTP 429 beyond), a local stand-in of Slack's Web API, and the bot in HTTP mode,\n"
+        "    sent real signed Slack requests.\n"
+        f"  - the bot's call budgets: {limit} for registries, {tasks} for the sync runs (the\n"
+        "    defaults); background work keeps 1 call of every window free for people.\n"
+        f"  - demo settings: POLL_INTERVAL_SECONDS={POLL_SECONDS} (default 60): a watched task is\n"
+        f"    refreshed every {POLL_SECONDS} s while the budget allows; TASKS_POLL_SECONDS="
+        f"{POLL_SECONDS}\n    (default 300): followed runs are listed every {POLL_SECONDS} s.\n"
     )
 
 

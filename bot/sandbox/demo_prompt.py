@@ -180,6 +180,10 @@ def help_text(command: str, poll_seconds: float, alerts_channel: str, here: str)
         ("watches all", f"every channel's watches (plain `watches`: only #{here}'s)"),
         ("tasks", "the sync runs HSS made, newest first (auto, manual, failed)"),
         ("latest failed", "what the newest run failed (latest-auto, latest-manual too)"),
+        (
+            f"watch runs auto #{alerts_channel}",
+            "alerts for each new scheduled run (runs: every run)",
+        ),
         (f"{command} help", "the bot's own help"),
         ("The demo's own commands:", ""),
         ("flip <task> <registry> failed [reason]", "make a registry fail in HSS (the simulator)"),
@@ -325,7 +329,9 @@ class Prompt:
             return
         self.feed.ack(reply)
         words = text.lower().split()
-        if words[:1] == ["watch"] and len(words) > 1:
+        if words[:2] == ["watch", "runs"]:
+            await self._after_run_watch()
+        elif words[:1] == ["watch"] and len(words) > 1:
             await self._after_watch(text.split()[1])
         elif words == ["watches"]:
             self.printer.note(
@@ -363,6 +369,19 @@ class Prompt:
             )
             self._spawn(self._announce_baseline(task_id))
         self.printer.note(f"`watches all` lists the watch (plain `watches`: #{self.here}'s only)")
+
+    async def _after_run_watch(self) -> None:
+        """Say how a run watch plays out here: the runs that exist are its baseline, and
+        ``run`` makes a new one."""
+        workers = self.stack.workers
+        if workers is None or not await workers.run_watches.all():
+            return  # the bot said no, and why
+        self.printer.note(
+            f"the runs HSS has made so far are the baseline; the bot lists the runs every "
+            f"{self.poll_seconds:g} s while a channel follows them: `run auto` (or `run manual`) "
+            "starts one in HSS, and its failures come as one message, each marked new or still "
+            "failing"
+        )
 
     async def _has_baseline(self, task_id: str) -> bool:
         """Whether the bot's mirror holds every registry of the task (a full fetch)."""
