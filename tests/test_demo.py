@@ -364,6 +364,7 @@ async def test_interactive_run_starts_a_sync_run_with_new_and_still_failing_regi
     assert previous is not None
     (new,) = set(run.failing_names()) - set(previous.failing_names())
     (still,) = set(run.failing_names()) & set(previous.failing_names())
+    assert plan.runs.new_and_still(run) == ([new], [still])
     session = await interactive(tmp_path, tmpdir_of_demo)
     try:
         await session.type(f"watch runs auto #{ALERTS.name}")

@@ -435,10 +435,8 @@ class Prompt:
         sim = self.stack.sim
         run = sim.start_run(start.kind, duration=start.seconds)
         previous = sim.runs.previous(run)
-        before = set(previous.failing_names()) if previous is not None else set()
-        failing = run.failing_names()
-        still = [name for name in failing if name in before]
-        new = [name for name in failing if name not in before]
+        new, still = sim.runs.new_and_still(run)
+        failing = new + still
         self.printer.note(
             f"in HSS, a {_RUN_KINDS[start.kind]} sync run began: {run.task_name} "
             f"(task id {run.task_id}), {run.size} registries in {run.duration:g} s"

@@ -319,6 +319,14 @@ class RunBook:
         earlier = self._runs[: self._runs.index(run)]
         return next((r for r in reversed(earlier) if r.task_type == run.task_type), None)
 
+    def new_and_still(self, run: SimRun) -> tuple[list[str], list[str]]:
+        """The names of the registries ``run`` fails (as planned) that did not fail in the
+        previous run of its kind (new), and those that did (still failing)."""
+        previous = self.previous(run)
+        before = set(previous.failing_names()) if previous is not None else set()
+        failing = run.failing_names()
+        return [n for n in failing if n not in before], [n for n in failing if n in before]
+
     def newest_first(self, now: float) -> list[SimRun]:
         self.catch_up(now)
         return self._runs[::-1]
