@@ -20,11 +20,12 @@ new. Three scheduled runs began before the week: the baseline. Two channels foll
 Time runs ``--factor`` times faster (default 1440: a simulated day is 60 s). The simulator
 and both budgets allow 5 calls per 60/F s per API, and every period of the bot is divided by
 F (TASKS_POLL_SECONDS 300, POLL_INTERVAL_SECONDS 60, HSS_FRESH_SECONDS 60, STUCK_AFTER_SECONDS,
-MISSED_RUN_AFTER_SECONDS, the outbox's 1 message per second and channel, the alert
-pipeline's look for new watches every 5 s), below the settings' 1 s minimums where need be
-(``local_stack(tune=...)``). One distortion remains: the budget pads its window by
-max(20 ms, 5%) against arrival jitter, so at F=1440 it allows 5 calls per 89 simulated s
-(63 s at the real rate); a side that is budget-bound (the peer) is slowed by that.
+MISSED_RUN_AFTER_SECONDS, the outbox's 1 message per second and channel and its look for
+messages due every 0.25 s, the alert pipeline's look for new watches every 5 s), below the
+settings' 1 s minimums where need be (``local_stack(tune=...)``). One distortion remains:
+the budget pads its window by max(20 ms, 5%) against arrival jitter, so at F=1440 it allows
+5 calls per 89 simulated s (63 s at the real rate); a side that is budget-bound (the peer)
+is slowed by that. And 1 ms of real time is 1.44 simulated s: a busy event loop shows.
 
 Ground truth, from the simulator: for each channel and each run it follows, the *new*
 failures (failing in the run, not in the previous run of its kind; a kind's first run: all)
@@ -56,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import json
@@ -67,11 +69,19 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import INF, emit, percentile, quiet, ratio
+from bench.common import INF, emit, ms, percentile, quiet, ratio
 from bot.config import Settings
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simruns import AUTO, MANUAL, SimRun
-from bot.sandbox.simulator import REGISTRIES, TASKS, SimConfig
+from bot.sandbox.simulator import (
+    _RUNS_ROUTE,
+    REGISTRIES,
+    TASKS,
+    SimConfig,
+    SimRequest,
+    SimResponse,
+    Simulator,
+)
 from bot.sandbox.slack_standin import Call, Channel, SlackStandIn
 
 RATE_CALLS = 5
@@ -85,6 +95,7 @@ REAL_STUCK = 7_200.0  # STUCK_AFTER_SECONDS default
 REAL_MISSED = 93_600.0  # MISSED_RUN_AFTER_SECONDS default
 REAL_SEND = 1.0  # the outbox: 1 message per second and channel
 REAL_TASKS_EVERY = 5.0  # the alert pipeline looks for new watches this often
+REAL_OUTBOX_POLL = 0.25  # the outbox looks for messages due this often (OutboxSender)
 REGISTRIES_PER_RUN = 500
 FAILURE_RATE = 0.02
 HISTORY = 3
@@ -221,6 +232,27 @@ def threads_of(calls: Sequence[tuple[float, Call]], run_ids: Sequence[str]) -> l
     return list(by_ts.values())
 
 
+class ListLog:
+    """When each ListImageScanTask call was answered 200 (wraps the simulator's
+    ``_handle``, as ``bench.workload``'s ``CallLog`` does)."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.times: list[float] = []
+        handle = sim._handle
+
+        def logged(request: SimRequest, request_id: str) -> SimResponse:
+            response = handle(request, request_id)
+            if response.status == 200 and _RUNS_ROUTE.fullmatch(request.raw_path):
+                self.times.append(time.time())
+            return response
+
+        sim._handle = logged  # type: ignore[method-assign]
+
+    def first_after(self, moment: float) -> float | None:
+        at = bisect.bisect_left(self.times, moment)
+        return self.times[at] if at < len(self.times) else None
+
+
 # --- ground truth ------------------------------------------------------------------------------
 
 
@@ -253,7 +285,13 @@ def ground_truth(
 
 @dataclass
 class Verdict:
+    failure: Failure
+    into_run: float  # simulated seconds from the run's start to the failure
     latency: float = INF  # simulated seconds; INF: lost
+    #: Simulated seconds to the first list call after the failure (ours: what P bounds).
+    to_list: float = INF
+    #: Real seconds from that list call to the alert: fetches, the outbox, processing.
+    after_list: float = INF
     duplicated: bool = False
     misclassified: bool = False
 
@@ -263,7 +301,9 @@ def _lines_naming(text: str, name: str) -> Iterator[str]:
     return (line for line in text.split("\n") if token in line)
 
 
-def judge(failure: Failure, threads: Sequence[Thread], factor: float) -> Verdict:
+def judge(
+    failure: Failure, begin: float, threads: Sequence[Thread], lists: ListLog, factor: float
+) -> Verdict:
     ours = [t for t in threads if t.channel == failure.channel and t.task_id == failure.task_id]
     first: tuple[float, str] | None = None
     tops = replies = 0
@@ -279,10 +319,16 @@ def judge(failure: Failure, threads: Sequence[Thread], factor: float) -> Verdict
         for seen in named + said:
             if first is None or seen[0] < first[0]:
                 first = seen
+    into = (failure.at - begin) * factor
     if first is None:
-        return Verdict()
+        return Verdict(failure, into)
+    listed = lists.first_after(failure.at)
     return Verdict(
+        failure,
+        into,
         latency=max(0.0, first[0] - failure.at) * factor,
+        to_list=INF if listed is None else (listed - failure.at) * factor,
+        after_list=INF if listed is None else first[0] - listed,
         duplicated=tops > 1 or replies > 1,
         misclassified="still failing" in first[1],
     )
@@ -373,7 +419,12 @@ async def run_side(name: str, args: argparse.Namespace) -> Side:
                 tune=tuned(factor),
             )
         )
+        assert stack.workers is not None
+        # The outbox looks for due messages every 0.25 s of real time, which the compressed
+        # clock would stretch to 6 simulated minutes: it is divided by F like the rest.
+        stack.workers.sender._poll = REAL_OUTBOX_POLL / factor
         log = await exits.enter_async_context(SlackLog(stack.standin))
+        lists = ListLog(stack.sim)
         week = Week(stack, factor, args.days)
         jobs = [asyncio.create_task(week.manual_runs())]
         if name == "ours":
@@ -389,7 +440,8 @@ async def run_side(name: str, args: argparse.Namespace) -> Side:
         runs = week.week_runs()
         truth = ground_truth(runs, sim.runs.previous)
         threads = threads_of(log.calls, [r.task_id for r in runs])
-        verdicts = [judge(f, threads, factor) for f in truth]
+        begins = {r.task_id: r.begin for r in runs}
+        verdicts = [judge(f, begins[f.task_id], threads, lists, factor) for f in truth]
         notices = Counter(
             word for t in threads for word in ("stuck", "missed") if f"*{word}*" in t.versions[0][1]
         )
@@ -431,6 +483,17 @@ def report_side(side: Side) -> None:
     emit(f"{p}.latency_p99_s", percentile(lat, 99))
     emit(f"{p}.latency_alerted_p50_s", percentile(alerted, 50) if alerted else math.nan)
     emit(f"{p}.latency_alerted_p99_s", percentile(alerted, 99) if alerted else math.nan)
+    if side.name == "ours":
+        to_list = [v.to_list for v in side.verdicts if v.latency < INF]
+        after = [v.after_list for v in side.verdicts if v.latency < INF]
+        emit(f"{p}.to_list_call_p50_s", percentile(to_list, 50) if to_list else math.nan)
+        emit(f"{p}.to_list_call_p99_s", percentile(to_list, 99) if to_list else math.nan)
+        emit(
+            f"{p}.list_call_to_slack_p50_real_ms", ms(percentile(after, 50)) if after else math.nan
+        )
+        emit(
+            f"{p}.list_call_to_slack_p99_real_ms", ms(percentile(after, 99)) if after else math.nan
+        )
     for api in (TASKS, REGISTRIES):
         emit(f"{p}.calls_per_day_{api}", side.calls[api] / side.days)
         emit(f"{p}.throttled_429_{api}", side.throttled[api])
@@ -453,6 +516,15 @@ def report(sides: dict[str, Side], args: argparse.Namespace) -> None:
     )
     for side in sides.values():
         report_side(side)
+        if args.verbose:
+            for v in side.verdicts:
+                f = v.failure
+                print(
+                    f"# {side.name} {f.channel} {f.task_id[:8]} {f.name} +{v.into_run:.0f}s"
+                    f" latency={v.latency:.0f}s to_list={v.to_list:.0f}s"
+                    f" after_list={ms(v.after_list):.0f}ms{' dup' if v.duplicated else ''}"
+                    f"{' misclassified' if v.misclassified else ''}"
+                )
         for ack in side.acks[: 2 if side.name == "ours" else 1]:
             print(f"# {side.name} ack: {' '.join(ack.split())[:160]}", flush=True)
     if "ours" in sides:
@@ -503,6 +575,7 @@ def main() -> None:
         help="peer: simulated seconds from a run's start to its watch being typed",
     )
     parser.add_argument("--side", choices=("both", "ours", "peer"), default="both")
+    parser.add_argument("--verbose", action="store_true", help="one line per new failure, as #")
     args = parser.parse_args()
     quiet()
     asyncio.run(main_async(args))
