@@ -58,6 +58,8 @@ POLL_OTHERS = 0.1
 #: the tasks budget's five, leaving the rest to ``tasks`` and to following runs.
 RESOLVE_MAX_AGE = 60.0
 
+#: A reference that names no run in a list older than this looks at a fresh list first.
+RECHECK_AGE = 5.0
 #: How long a person waits for a reference to be resolved before being told to try again.
 RESOLVE_WAIT = 30.0
 
@@ -178,7 +180,7 @@ class RunsService:
         refused = await self.refused()
         if refused is not None:
             raise refused
-        for _ in range(2):
+        for round_no in (1, 2):
             task = self._inflight
             if task is None:
                 task = asyncio.create_task(self._fetch_once(snap, priority))
@@ -189,9 +191,9 @@ class RunsService:
             except TooManyQuestions as exc:
                 # Joined a call refused for its asker's share of the queue: not ours to
                 # show; the next round asks on our own account.
-                if exc.asker == (asker.get() or ""):
+                if exc.asker == (asker.get() or "") or round_no == 2:
                     raise
-        raise AssertionError("unreachable: a second round is our own")
+        raise AssertionError("unreachable: the second round returns or raises")
 
     async def resolve(
         self, reference: str, *, priority: Priority, max_age: float = RESOLVE_MAX_AGE
@@ -203,6 +205,11 @@ class RunsService:
         if snap is None or self.age(snap) >= max_age:
             snap = await self.refresh(priority=priority, max_age=max_age)
         run = latest(snap.runs, kind)
+        if run is None and self.age(snap) >= RECHECK_AGE:
+            # "None" from a young list may be a manual run started seconds ago, the case
+            # a person asking right after starting one is in: look once more.
+            snap = await self.refresh(priority=priority, max_age=RECHECK_AGE)
+            run = latest(snap.runs, kind)
         if run is None:
             what = "sync runs" if kind is None else f"{kind.value} sync runs"
             raise CommandError(

@@ -519,8 +519,8 @@ _MARKUP = re.compile(r"``|:(?:class|func|mod|meth|data|attr):`")
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["run"], ["query"], ["simulate"], ["demo"], ["reset-auth"]],
-    ids=["top", "run", "query", "simulate", "demo", "reset-auth"],
+    [[], ["run"], ["query"], ["tasks"], ["simulate"], ["demo"], ["reset-auth"]],
+    ids=["top", "run", "query", "tasks", "simulate", "demo", "reset-auth"],
 )
 async def test_every_help_is_plain_text(cli: Cli, argv: list[str]) -> None:
     run = await cli(*argv, "--help")

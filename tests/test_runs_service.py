@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -22,6 +23,7 @@ from bot.hss.budget import Priority
 from bot.models import LookupRequest
 from bot.runs import RunKind, SyncRun, newest_first
 from bot.runs_service import (
+    RECHECK_AGE,
     RunsService,
     filter_runs,
     is_reference,
@@ -32,7 +34,7 @@ from bot.runtime import Runtime, open_runtime
 from bot.storage import keys
 from bot.storage.runs_store import RunsSnapshot, RunsStore, decode_runs, encode_runs
 from tests.plugins.hss_sim import TEST_PROJECT_ID, MakeSim, RunningSim
-from tests.support import hss_env
+from tests.support import Clock, hss_env
 
 WRONG_SK = "SK-wrong-secret-0000000000000000000000000"
 
@@ -305,3 +307,28 @@ async def test_an_empty_list_names_no_run(
         with pytest.raises(CommandError) as caught:
             await runtime.runs.resolve("latest", priority=Priority.INTERACTIVE)
     assert "HSS lists no sync runs, so `latest` names no task" in caught.value.user_message()
+
+
+async def test_a_reference_naming_no_run_in_an_older_list_looks_again(
+    make_hss_sim: MakeSim, redis: aioredis.Redis, redis_url: str
+) -> None:
+    running = await make_hss_sim(run_history=2, run_registries=10)
+    clock = Clock(time.time())
+    async with runtime_for(running, redis_url) as runtime:
+        service = RunsService(
+            redis=runtime.redis,
+            client=runtime.client,
+            project_id=TEST_PROJECT_ID,
+            ep=None,
+            clock=clock,
+        )
+        await service.refresh(priority=Priority.INTERACTIVE)
+        manual = running.sim.start_run("manual")
+        clock.now += 2  # younger than RECHECK_AGE: "none" stands, no call
+        with pytest.raises(CommandError):
+            await service.resolve("latest-manual", priority=Priority.INTERACTIVE)
+        assert tasks_calls(running) == 1
+        clock.now += RECHECK_AGE  # older: one more look finds the run just started
+        found = await service.resolve("latest-manual", priority=Priority.INTERACTIVE)
+        assert found.task_id == manual.task_id and tasks_calls(running) == 2
+        await service.aclose()

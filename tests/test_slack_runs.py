@@ -3,6 +3,7 @@ HTTP, the HSS simulator (its sync runs) over HTTP, a real Redis and the Slack st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -341,3 +342,57 @@ def test_help_shows_tasks_and_the_references() -> None:
     help_text = mrkdwn_of(render_help())
     for words in ("/hss-sync tasks", "/hss-sync latest failed", "latest-auto", "latest-manual"):
         assert words in help_text, words
+
+
+async def test_tasks_answers_at_once_from_an_old_list_then_replaces_it(
+    make_stack: MakeStack,
+) -> None:
+    stack = await make_stack()
+    await answered(stack, await stack.user.command_text("tasks"))
+    # The list is ten minutes old now, and a manual run has begun since.
+    key = keys.runs(TEST_PROJECT_ID, None)
+    at = float(await stack.runtime.redis.hget(key, "at") or 0)
+    await stack.runtime.redis.hset(key, "at", repr(at - 600))
+    manual = stack.sim.start_run("manual")
+    reply = await stack.user.command_text("tasks")
+    first = text_of(reply.body)
+    assert "data from 10 min ago" in first and "Fetching the runs from HSS" in first
+    assert f"`{manual.task_id}`" not in first
+    fresh = text_of(await followup(stack, reply))
+    assert f"`{manual.task_id}`" in fresh and re.search("data from [0-9]+ s ago", fresh)
+    assert "Fetching" not in fresh and calls(stack, "tasks") == 2
+
+
+async def test_a_burst_of_latest_questions_costs_one_list_call(make_stack: MakeStack) -> None:
+    stack = await make_stack()
+    stack.sim.set_faults(latency_ms=300)  # the call is still out when the others ask
+    replies = await asyncio.gather(
+        *(stack.user.command_text(word) for word in ("latest", "latest-auto", "latest") * 3)
+    )
+    assert all(r.status == 200 for r in replies)
+    assert calls(stack, "tasks") == 1
+
+
+def test_a_page_of_the_longest_runs_stays_within_slack_s_limits() -> None:
+    from bot.slack.render_tasks import RunList, render_tasks
+
+    hostile = "<!channel> *b* _i_ `c` &amp; \u202e" * 20
+    runs = tuple(
+        SyncRun(
+            task_id=f"{i:02d}" + "x" * 62,
+            task_name=hostile[:256],
+            task_type="autoSync" if i % 2 else "cycle<&>",
+            begin_time=1_700_000_000_000 + i,
+            end_time=None if i % 3 else 1_700_000_600_000,
+            task_status=[40, 100, -1, -2, -3, None, 250][i % 7],
+            failed_num=10**9,
+            success_num=10**9,
+            total_num=10**9,
+            failed_reason=hostile[:128],
+        )
+        for i in range(25)
+    )
+    query = ListTasks(name=hostile.replace("\u202e", "")[:256], failed=True)
+    for page in (0, 1, 2):
+        message = render_tasks(RunList(query=query, runs=runs, fetched_at=1e9), page=page, now=2e9)
+        check_message_dict({"text": message.text, "blocks": message.blocks})
