@@ -33,7 +33,7 @@ from bot.slack.command import (
 )
 from bot.slack.tasks_command import ListTasks
 from bot.slack.text import data_age
-from bot.table import format_table, printable, run_time
+from bot.table import format_table, printable, run_time, write_stdout
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -393,16 +393,11 @@ async def _resolved(runtime: Runtime, request: LookupRequest) -> LookupRequest:
 
 def _print_answer(answer: Answer, *, as_json: bool) -> int:
     rows = answer.registries
-    try:
-        if as_json:
-            json.dump([r.as_api_dict() for r in rows], sys.stdout, ensure_ascii=False, indent=2)
-            sys.stdout.write("\n")
-        else:
-            sys.stdout.write(format_table(rows))
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader left (`| head`); point stdout at devnull so the exit flush stays quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if as_json:
+        dicts = [r.as_api_dict() for r in rows]
+        write_stdout(json.dumps(dicts, ensure_ascii=False, indent=2) + "\n")
+    else:
+        write_stdout(format_table(rows))
     failed = sum(1 for r in rows if r.sync_status == SyncStatus.FAILED.value)
     age = data_age(answer.fetched_at, time.time())
     print(f"{len(rows)} registries, {failed} failed; {age}", file=sys.stderr)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 from bot.runs import SyncRun
 from bot.slack.tasks_command import ListTasks, parse_kind, validate_run_name
 from bot.slack.text import data_age
-from bot.table import format_runs
+from bot.table import format_runs, write_stdout
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -103,17 +102,11 @@ async def fetch(runtime: Runtime, fresh_seconds: float) -> RunsSnapshot:
 
 
 def print_runs(runs: tuple[SyncRun, ...], *, fetched_at: float, as_json: bool) -> int:
-    try:
-        if as_json:
-            rows = [{k: run.as_api_dict()[k] for k in JSON_FIELDS} for run in runs]
-            json.dump(rows, sys.stdout, ensure_ascii=False, indent=2)
-            sys.stdout.write("\n")
-        else:
-            sys.stdout.write(format_runs(runs))
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader left (`| head`); point stdout at devnull so the exit flush stays quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if as_json:
+        rows = [{k: run.as_api_dict()[k] for k in JSON_FIELDS} for run in runs]
+        write_stdout(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+    else:
+        write_stdout(format_runs(runs))
     failing = sum(1 for run in runs if run.failed_num)
     age = data_age(fetched_at, time.time())
     print(f"{len(runs)} runs, {failing} with failures; {age}", file=sys.stderr)

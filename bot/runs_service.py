@@ -11,6 +11,11 @@ as :mod:`bot.lookup` does for a task's views.
 A refused list (the user lacks the API, or HSS does not offer it here) is remembered in
 Redis for :data:`REFUSED_TTL` and raised as :class:`~bot.errors.RunsUnavailable` (one
 sentence) without another call; it never locks the other API: lookups by task id go on.
+
+While Redis is away (the outage gate the mirror and the budgets share), the runs go on as
+lookups do, from this process's memory: ``peek`` answers with the newest snapshot this
+process saw, a refresh calls through this process's budget with no cross-replica lock, and
+a refusal is remembered here too.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from bot.hss.guards import LockedOut
 from bot.runs import RunFilter, RunKind, SyncRun, latest, newest_first
 from bot.storage import keys
 from bot.storage.lease import RedisLease, keep_alive
+from bot.storage.outage import Away, RedisHealth, on_redis
 from bot.storage.runs_store import RunsSnapshot, RunsStore
 
 logger = logging.getLogger(__name__)
@@ -134,8 +140,10 @@ class RunsService:
         refused_ttl: float = REFUSED_TTL,
         lock_ttl: float = LOCK_TTL,
         poll: float = POLL_OTHERS,
+        health: RedisHealth | None = None,
     ) -> None:
         self._redis = redis
+        self._health = health or RedisHealth()
         self._store = RunsStore(redis)
         self._client = client
         self._project_id = project_id
@@ -145,17 +153,33 @@ class RunsService:
         self._lock_ttl = lock_ttl
         self._poll = poll
         self._inflight: asyncio.Task[RunsSnapshot] | None = None
+        # What answers while Redis is away: the newest snapshot this process saw, and the
+        # refusal it last met (with when it is forgotten, by ``clock``).
+        self._known: RunsSnapshot | None = None
+        self._refused_here: tuple[float, RunsUnavailable] | None = None
 
     async def peek(self) -> RunsSnapshot | None:
-        """The stored snapshot (no call)."""
-        return await self._store.load(self._project_id, self._ep)
+        """The stored snapshot (no call); while Redis is away, the newest this process saw."""
+        stored = await on_redis(self._health, lambda: self._store.load(self._project_id, self._ep))
+        if isinstance(stored, Away):
+            return self._known
+        self._keep(stored)
+        return stored
+
+    def _keep(self, snap: RunsSnapshot | None) -> None:
+        if snap is not None and (self._known is None or snap.fetched_at > self._known.fetched_at):
+            self._known = snap
 
     def age(self, snap: RunsSnapshot) -> float:
         return max(0.0, self._clock() - snap.fetched_at)
 
     async def refused(self) -> RunsUnavailable | None:
         """The remembered refusal of the list, if one is in force (no call)."""
-        raw = await self._redis.get(keys.runs_refused(self._project_id, self._ep))
+        key = keys.runs_refused(self._project_id, self._ep)
+        raw = await on_redis(self._health, lambda: self._redis.get(key))
+        if isinstance(raw, Away):
+            until, refusal = self._refused_here or (0.0, None)
+            return refusal if until > self._clock() else None
         if raw is None:
             return None
         try:
@@ -242,15 +266,19 @@ class RunsService:
             timeout=self._lock_ttl,
             blocking=False,
         )
-        while not await lock.acquire():
+        while not (taken := await on_redis(self._health, lock.acquire)):
             await asyncio.sleep(self._poll)
             # Another replica is calling: its result (or its refusal) is ours when it lands.
             landed = await self._landed(since)
             if landed is not None:
                 return landed
+        if isinstance(taken, Away):
+            # No replica can share its call while Redis is away: this process's own
+            # (``_inflight``) is the only sharing there is.
+            return await self._call_and_save(priority)
         landed = await self._landed(since)
         if landed is not None:
-            await RedisLease(lock).release()
+            await on_redis(self._health, RedisLease(lock).release)
             return landed
         async with keep_alive(RedisLease(lock)):
             return await self._call_and_save(priority)
@@ -259,8 +287,10 @@ class RunsService:
         refused = await self.refused()
         if refused is not None:
             raise refused
-        at = await self._store.fetched_at(self._project_id, self._ep)
-        if at is None or at == since:
+        at = await on_redis(
+            self._health, lambda: self._store.fetched_at(self._project_id, self._ep)
+        )
+        if isinstance(at, Away) or at is None or at == since:
             return None
         return await self.peek()
 
@@ -277,7 +307,8 @@ class RunsService:
             await self._remember_refusal(err)
             raise _unavailable(err) from err
         snap = RunsSnapshot(runs=newest_first(page.runs), fetched_at=page.sent_at or time.time())
-        await self._store.save(self._project_id, self._ep, snap)
+        self._keep(snap)
+        await on_redis(self._health, lambda: self._store.save(self._project_id, self._ep, snap))
         stored = await self.peek()
         return stored if stored is not None else snap
 
@@ -289,8 +320,10 @@ class RunsService:
             "status": err.status,
             "at": self._clock(),
         }
+        self._refused_here = (self._clock() + self._refused_ttl, _unavailable(err))
         key = keys.runs_refused(self._project_id, self._ep)
-        await self._redis.set(key, json.dumps(info), px=max(1, int(self._refused_ttl * 1000)))
+        ttl_ms = max(1, int(self._refused_ttl * 1000))
+        await on_redis(self._health, lambda: self._redis.set(key, json.dumps(info), px=ttl_ms))
         kind = "permission" if isinstance(err, HssAuthError) else "availability"
         # Info, not warning: every question about runs says it in a sentence already.
         logger.info(

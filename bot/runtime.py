@@ -172,6 +172,7 @@ async def open_runtime(
         project_id=settings.project_id,
         ep=settings.enterprise_project_id,
         clock=clock,
+        health=health,
     )
     return Runtime(
         settings=settings,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import unicodedata
 from collections.abc import Sequence
@@ -90,3 +92,13 @@ def _table(columns: Sequence[str], limits: Sequence[int], values: Sequence[Seque
 def printable(text: str) -> str:
     # Terminal escape sequences from a registry name must not reach the user's terminal.
     return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
+def write_stdout(text: str) -> None:
+    """``text`` to stdout, flushed; a reader that left (``| head``) is no error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at devnull so the flush at exit stays quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

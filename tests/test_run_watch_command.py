@@ -89,5 +89,13 @@ def test_run_watch_commands_rejected(text: str, message: str) -> None:
     assert len(str(info.value)) < 400
 
 
+def test_a_mute_too_long_for_runs_points_at_unwatch_runs() -> None:
+    # Not "unwatch the task": a run watch is undone with unwatch runs.
+    with pytest.raises(CommandError) as info:
+        parse("mute runs auto 8d")
+    said = str(info.value)
+    assert "unwatch runs" in said and "the task" not in said
+
+
 def test_the_help_lists_the_run_forms() -> None:
     assert sum(" runs " in u for u in USAGES) == 4

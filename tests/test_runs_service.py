@@ -32,6 +32,7 @@ from bot.runs_service import (
 )
 from bot.runtime import Runtime, open_runtime
 from bot.storage import keys
+from bot.storage.embedded import EmbeddedRedis
 from bot.storage.runs_store import RunsSnapshot, RunsStore, decode_runs, encode_runs
 from tests.plugins.hss_sim import TEST_PROJECT_ID, MakeSim, RunningSim
 from tests.support import Clock, hss_env
@@ -332,3 +333,31 @@ async def test_a_reference_naming_no_run_in_an_older_list_looks_again(
         found = await service.resolve("latest-manual", priority=Priority.INTERACTIVE)
         assert found.task_id == manual.task_id and tasks_calls(running) == 2
         await service.aclose()
+
+
+# --- Redis away ----------------------------------------------------------------------------------
+
+
+async def test_with_redis_away_the_runs_go_on_from_this_process_s_memory(
+    make_hss_sim: MakeSim, redis_server: EmbeddedRedis
+) -> None:
+    # As lookups by task id do: what this process knew still answers, a refresh calls HSS
+    # through this process's budget and is kept here, and a refusal is remembered here too.
+    running = await make_hss_sim(run_history=3, run_registries=10)
+    async with runtime_for(running, redis_server.url) as runtime:
+        known = await runtime.runs.refresh(priority=Priority.INTERACTIVE)
+        await asyncio.to_thread(redis_server.stop)
+        assert await runtime.runs.peek() == known
+        newest = await runtime.runs.resolve("latest", priority=Priority.INTERACTIVE)
+        assert newest == known.runs[0] and tasks_calls(running) == 1
+        manual = running.sim.start_run("manual")
+        fresher = await runtime.runs.refresh(priority=Priority.INTERACTIVE)
+        assert fresher.runs[0].task_id == manual.task_id and tasks_calls(running) == 2
+        assert await runtime.runs.peek() == fresher
+        running.sim.queue(403)
+        with pytest.raises(RunsUnavailable):
+            await runtime.runs.refresh(priority=Priority.INTERACTIVE)
+        with pytest.raises(RunsUnavailable):  # remembered: no second call
+            await runtime.runs.refresh(priority=Priority.INTERACTIVE)
+        assert tasks_calls(running) == 3
+        await asyncio.to_thread(redis_server.start)

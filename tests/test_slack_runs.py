@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -27,6 +28,7 @@ from bot.slack.render_tasks import (
 from bot.slack.tasks_command import ListTasks
 from bot.slack.text import escape
 from bot.storage import keys
+from bot.storage.embedded import EmbeddedRedis
 from bot.storage.watch_store import WatchStore
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 from tests.support import check_message
@@ -36,10 +38,11 @@ MakeStack = Callable[..., Awaitable[Stack]]
 
 @pytest.fixture
 async def make_stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[MakeStack]:
-    """``await make_stack(**SimConfig fields)``: the bot with watches, on the test Redis."""
+    """``await make_stack(**SimConfig fields)``: the bot with watches, on the test Redis (or
+    on the one at ``url``)."""
     async with AsyncExitStack() as exits:
 
-        async def make(**sim: Any) -> Stack:
+        async def make(url: str | None = None, **sim: Any) -> Stack:
             config: dict[str, Any] = {
                 "ak": TEST_AK,
                 "sk": TEST_SK,
@@ -53,7 +56,9 @@ async def make_stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Mak
             }
             config.update(sim)
             return await exits.enter_async_context(
-                local_stack(sim_config=SimConfig(**config), redis_url=redis_url, watches=True)
+                local_stack(
+                    sim_config=SimConfig(**config), redis_url=url or redis_url, watches=True
+                )
             )
 
         yield make
@@ -396,3 +401,27 @@ def test_a_page_of_the_longest_runs_stays_within_slack_s_limits() -> None:
     for page in (0, 1, 2):
         message = render_tasks(RunList(query=query, runs=runs, fetched_at=1e9), page=page, now=2e9)
         check_message_dict({"text": message.text, "blocks": message.blocks})
+
+
+async def test_with_redis_away_tasks_and_references_answer_as_lookups_do(
+    make_stack: MakeStack, redis_server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Lookups by task id go on from this replica's memory; so do the runs it had listed.
+    stack = await make_stack(url=redis_server.url)
+    await answered(stack, await stack.user.command_text("tasks"))
+    newest = listed(stack)[0]
+    await asyncio.to_thread(redis_server.stop)
+    caplog.set_level(logging.WARNING)
+    for text in ("tasks failed", "latest failed"):
+        reply = await stack.user.command_text(text)
+        assert reply.status == 200 and reply.elapsed < 3.0
+        said = text_of(reply.body)
+        assert "Something went wrong" not in said
+        assert "data from" in said or "Fetching" in said
+        assert f"`{newest.task_id}`" in said
+        final = text_of(await answered(stack, reply))
+        assert f"`{newest.task_id}`" in final and "data from" in final
+    reply = await stack.user.command_text("watch latest")  # watches need Redis: one sentence
+    assert "Watches are kept in Redis" in text_of(reply.body)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await asyncio.to_thread(redis_server.start)

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from slack_sdk.models.views import View
 
+from bot.hss.budget import Priority
 from bot.models import REGISTRY_TYPES
 from bot.runs import RunKind
 from bot.sandbox.localstack import Stack
@@ -30,8 +31,10 @@ from bot.slack.watch_form import (
     form_view,
     read_submission,
 )
+from bot.storage import keys
 from bot.storage.run_watch_store import RunWatchStore
 from bot.storage.watch_store import WatchStore
+from tests.plugins.hss_sim import TEST_PROJECT_ID
 from tests.support import HOSTILE_RAW, home_views, said, until, watching_stack
 
 MakeStack = Callable[..., Awaitable[Stack]]
@@ -390,3 +393,20 @@ async def test_a_confirmation_slack_refuses_leaves_the_watch(make_stack: MakeSta
 async def _settled(stack: Stack) -> bool:
     assert stack.slack is not None
     return stack.slack.background.running() == 0
+
+
+async def test_a_reference_waiting_for_the_run_list_s_budget_says_so_on_the_task_field(
+    make_stack: MakeStack,
+) -> None:
+    # The form has 2 s: a `latest` whose list is old waits for a slot of the run list's
+    # budget. The field says so and offers the way round (a task id), not "Slack or Redis".
+    stack = await make_stack(env={"HSS_TASKS_RATE_LIMIT": "1/60s"})
+    await stack.runtime.runs.refresh(priority=Priority.INTERACTIVE)  # the minute's one call
+    key = keys.runs(TEST_PROJECT_ID, None)
+    at = float(await stack.runtime.redis.hget(key, "at") or 0)
+    await stack.runtime.redis.hset(key, "at", repr(at - 600))
+    reply = await submit(stack, values(task="latest"))
+    assert reply.body["response_action"] == "errors"
+    error = reply.body["errors"]["task"]
+    assert "budget" in error and "task id" in error and "Slack or Redis" not in error
+    assert await WatchStore(stack.runtime.redis).all() == []

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
@@ -37,11 +37,10 @@ from bot.errors import HssAuthError, HssError, HssNotFoundError
 from bot.models import TaskRef
 from bot.storage import keys
 from bot.storage.lease import RedisLease, keep_alive
-from bot.storage.outage import REDIS_OUTAGE, RedisHealth
+from bot.storage.outage import Away, RedisHealth, on_redis
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 #: A proof lasts this long after the last call that got past the gateway.
 PROOF_TTL = 24 * 3600.0
@@ -53,26 +52,6 @@ PROBE_TTL = 10.0
 PROBE_POLL = 0.1
 #: How long "HSS says this task does not exist" is believed.
 MISSING_TTL = 60.0
-
-
-class _Away:
-    """Marks "Redis did not answer" (``None`` is a valid answer)."""
-
-
-_AWAY = _Away()
-
-
-async def _shared(health: RedisHealth, op: Callable[[], Awaitable[T]]) -> T | _Away:
-    """``op`` on Redis through the outage gate the mirror and the budget share."""
-    if not health.should_try():
-        return _AWAY
-    try:
-        result = await op()
-    except REDIS_OUTAGE as exc:
-        health.failed(exc)
-        return _AWAY
-    health.succeeded()
-    return result
 
 
 def passed_the_gateway(err: HssError) -> bool:
@@ -161,7 +140,7 @@ class AuthGate:
                     pipe.set(self._lock_key, json.dumps(info))
                 await pipe.execute()
 
-        await _shared(self._health, write)
+        await on_redis(self._health, write)
 
     @contextlib.asynccontextmanager
     async def calling(
@@ -201,8 +180,10 @@ class AuthGate:
         return keep_alive(RedisLease(probe.lock))
 
     async def _state(self) -> tuple[dict[str, Any] | None, bool]:
-        got = await _shared(self._health, lambda: self._redis.mget(self._lock_key, self._proof_key))
-        if not isinstance(got, _Away):
+        got = await on_redis(
+            self._health, lambda: self._redis.mget(self._lock_key, self._proof_key)
+        )
+        if not isinstance(got, Away):
             raw_lock, raw_proof = got
             self._locked = json.loads(raw_lock) if raw_lock else None
             self._proven = raw_proof is not None
@@ -234,15 +215,15 @@ class AuthGate:
 
     async def _take_probe(self) -> _Probe | None:
         lock = self._redis.lock(self._probe_key, timeout=self._probe_ttl, blocking=False)
-        taken = await _shared(self._health, lock.acquire)
-        if isinstance(taken, _Away):
+        taken = await on_redis(self._health, lock.acquire)
+        if isinstance(taken, Away):
             return _Probe(lock=None)  # Redis away: this process's turn is the probe
         return _Probe(lock=lock) if taken else None
 
     async def _prove(self) -> None:
         self._proven = True
         stamp = json.dumps({"at": self._clock()})
-        await _shared(
+        await on_redis(
             self._health, lambda: self._redis.set(self._proof_key, stamp, px=_ms(PROOF_TTL))
         )
 
@@ -266,11 +247,13 @@ class MissingTasks:
 
     async def known(self, task: TaskRef) -> HssNotFoundError | None:
         """HSS's answer for ``task`` when it said lately that the task does not exist."""
-        raw = await _shared(self._health, lambda: self._redis.get(keys.missing_task(task)))
-        if isinstance(raw, _Away):
+        raw = await on_redis(self._health, lambda: self._redis.get(keys.missing_task(task)))
+        if isinstance(raw, Away):
             info = self._remembered(task)
+        elif raw:
+            info = json.loads(raw)
         else:
-            info = json.loads(raw) if raw else None
+            info = None
         return None if info is None else HssNotFoundError(**info)
 
     async def add(self, task: TaskRef, err: HssNotFoundError) -> None:
@@ -284,7 +267,7 @@ class MissingTasks:
         self._local = {t: v for t, v in self._local.items() if v[0] > now}
         self._local[task] = (now + self._ttl, info)
         key = keys.missing_task(task)
-        await _shared(
+        await on_redis(
             self._health, lambda: self._redis.set(key, json.dumps(info), px=_ms(self._ttl))
         )
 

@@ -51,14 +51,21 @@ def encode_action_value(request: LookupRequest, page: int) -> str:
 _BAD_VALUE = "This button's data is out of date or damaged; run /hss-sync again."
 
 
-def _load(value: str) -> dict[str, Any]:
+def _load(
+    value: str,
+    *,
+    mark: str = "v",
+    version: int = _VALUE_VERSION,
+    known: frozenset[str] = _VALUE_KEYS,
+) -> dict[str, Any]:
+    """A JSON object of ``known`` keys whose ``mark`` is ``version``: one kind of value."""
     if not isinstance(value, str) or len(value) > BUTTON_VALUE_MAX:
         raise CommandError(_BAD_VALUE)
     try:
         doc = json.loads(value)
     except (ValueError, RecursionError):
         raise CommandError(_BAD_VALUE) from None
-    if not isinstance(doc, dict) or doc.get("v") != _VALUE_VERSION or set(doc) - _VALUE_KEYS:
+    if not isinstance(doc, dict) or doc.get(mark) != version or set(doc) - known:
         raise CommandError(_BAD_VALUE)
     return doc
 
@@ -127,14 +134,7 @@ def encode_tasks_value(query: ListTasks, page: int) -> str:
 
 def decode_tasks_value(value: str) -> tuple[ListTasks, int]:
     """Inverse of :func:`encode_tasks_value`; raises :class:`CommandError` on anything else."""
-    if not isinstance(value, str) or len(value) > BUTTON_VALUE_MAX:
-        raise CommandError(_BAD_VALUE)
-    try:
-        doc = json.loads(value)
-    except (ValueError, RecursionError):
-        raise CommandError(_BAD_VALUE) from None
-    if not isinstance(doc, dict) or doc.get("r") != _TASKS_VERSION or set(doc) - _TASKS_KEYS:
-        raise CommandError(_BAD_VALUE)
+    doc = _load(value, mark="r", version=_TASKS_VERSION, known=_TASKS_KEYS)
     page, kind, failed = doc.get("p"), doc.get("k"), doc.get("f", 0)
     if type(page) is not int or not 0 <= page <= MAX_PAGE or failed not in (0, 1):
         raise CommandError(_BAD_VALUE)

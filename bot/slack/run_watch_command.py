@@ -126,7 +126,7 @@ def _parse(words: list[Word], verb: str, usage: str, *, options: bool, duration:
             parsed.values[key] = value
         elif duration and (is_duration(text) or text[:1].isdigit()):
             once("duration", "duration")
-            parsed.seconds = parse_duration(text)
+            parsed.seconds = parse_duration(text, undo="use `unwatch runs`")
         else:
             raise _unexpected(text, verb, usage, options=options, duration=duration)
     return parsed

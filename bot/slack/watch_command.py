@@ -221,8 +221,9 @@ def is_duration(text: str) -> bool:
     return _DURATION_RE.fullmatch(text) is not None
 
 
-def parse_duration(text: str) -> int:
-    """Seconds of a mute: ``<N>m``, ``<N>h`` or ``<N>d``, from 1 minute to 7 days."""
+def parse_duration(text: str, *, undo: str = "unwatch the task") -> int:
+    """Seconds of a mute: ``<N>m``, ``<N>h`` or ``<N>d``, from 1 minute to 7 days. ``undo``:
+    what stops the alerts for good, for the out-of-range sentence."""
     match = _DURATION_RE.fullmatch(text.strip())
     if match is None:
         raise CommandError(
@@ -233,7 +234,7 @@ def parse_duration(text: str) -> int:
     if not MIN_MUTE_SECONDS <= seconds <= MAX_MUTE_SECONDS:
         raise CommandError(
             f'A mute of "{echo(text)}" is out of range: from 1m to 7d (168h). To stop alerts '
-            "for longer, unwatch the task."
+            f"for longer, {undo}."
         )
     return seconds
 

@@ -21,12 +21,14 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import BotError, ChannelRefused, NotAllowed
+from bot.runs_service import is_reference
 from bot.slack.background import Background
 from bot.slack.followups import payload
 from bot.slack.render import Message
 from bot.slack.request_shape import user_of
 from bot.slack.run_watch_command import AddRunWatch
 from bot.slack.text import unescape
+from bot.slack.watch_command import AddWatch
 from bot.slack.watch_form import (
     BLOCK_CHANNEL,
     BLOCK_RUNS,
@@ -49,6 +51,16 @@ _MENTION = re.compile(r"<[#@][A-Z0-9]+(?:\|[^<>]*)?>")
 def plain(mrkdwn: str) -> str:
     """A sentence written for a message, as a form's plain-text error shows it."""
     return unescape(_MENTION.sub("that channel", mrkdwn))
+
+
+def _too_slow(cmd: AddWatch | AddRunWatch) -> str:
+    if isinstance(cmd, AddWatch) and is_reference(cmd.task_id):
+        # Most likely the list call that finds the newest run, waiting for its budget.
+        return (
+            f"Finding the {cmd.task_id.lower()} run waits for the run list's call budget; "
+            "submit again in a minute, or give its task id."
+        )
+    return "Slack or Redis answered too slowly; submit again."
 
 
 class WatchFormHandlers:
@@ -92,7 +104,7 @@ class WatchFormHandlers:
             raise FormErrors({what: field_error(plain(exc.user_message()))}) from None
         except TimeoutError:
             logger.warning("the watch form's checks took over %.1f s", self._deadline)
-            raise FormErrors({what: "Slack or Redis answered too slowly; submit again."}) from None
+            raise FormErrors({what: _too_slow(cmd)}) from None
 
     async def _confirm(self, submitted: Submitted, user: str, message: Message) -> None:
         channel = submitted.command.channel

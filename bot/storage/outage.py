@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.exceptions as rex
 
 from bot.errors import StoreError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Errors that mean "Redis is unreachable or not serving right now", not "we sent nonsense".
 REDIS_OUTAGE: tuple[type[BaseException], ...] = (
@@ -114,3 +117,24 @@ class RedisHealth(OutageGate):
     def failed(self, exc: BaseException) -> None:
         self._next_probe = self._clock() + self._probe_interval
         super().failed(exc)
+
+
+class Away:
+    """Marks "Redis did not answer" (``None`` is a valid answer)."""
+
+
+AWAY = Away()
+
+
+async def on_redis(health: RedisHealth, op: Callable[[], Awaitable[T]]) -> T | Away:
+    """``op`` on Redis through ``health`` (the gate the mirror and the budgets share):
+    :data:`AWAY` at once while another caller probes an outage, or when ``op`` meets one."""
+    if not health.should_try():
+        return AWAY
+    try:
+        result = await op()
+    except REDIS_OUTAGE as exc:
+        health.failed(exc)
+        return AWAY
+    health.succeeded()
+    return result
