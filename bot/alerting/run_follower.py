@@ -260,16 +260,7 @@ class RunFollower:
                 )
             scope = LookupRequest(task_id=run.task_id, types=watch.types, name=watch.name)
             told_one = await self._teller.tell(
-                watch.channel,
-                scope,
-                ref,
-                run,
-                diff,
-                kind=watch.kind,
-                loud=watch.alerts(now),
-                muted_until=watch.muted_until,
-                stuck=stuck,
-                since=changed_at,
+                watch, scope, ref, run, diff, watches=self._watches, stuck=stuck, since=changed_at
             )
             if told_one is None:
                 told_all = False
