@@ -31,6 +31,9 @@ DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_COMMAND = "/hss-sync"
 DEFAULT_POLL_INTERVAL = 60.0
 MIN_POLL_INTERVAL = 1.0
+DEFAULT_TASKS_POLL = 300.0
+DEFAULT_STUCK_AFTER = 7200.0
+DEFAULT_MISSED_RUN_AFTER = 93_600.0
 
 T = TypeVar("T")
 
@@ -126,6 +129,12 @@ class Settings:
     #: Slack user (U.../W...) and user-group (S...) ids allowed to change watches;
     #: empty: anyone may.
     watch_admins: frozenset[str] = frozenset()
+    #: While anything follows runs, they are listed at most this often (seconds).
+    tasks_poll_seconds: float = DEFAULT_TASKS_POLL
+    #: A followed run whose progress has not moved this long gets a "stuck" notice.
+    stuck_after_seconds: float = DEFAULT_STUCK_AFTER
+    #: No scheduled run this long after the last one began: a "missed" notice.
+    missed_run_after_seconds: float = DEFAULT_MISSED_RUN_AFTER
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -188,6 +197,13 @@ class Settings:
                 "POLL_INTERVAL_SECONDS", _poll_interval, d.poll_interval_seconds
             ),
             watch_admins=read("HSS_WATCH_ADMINS", _slack_ids, d.watch_admins),
+            tasks_poll_seconds=read("TASKS_POLL_SECONDS", _poll_interval, d.tasks_poll_seconds),
+            stuck_after_seconds=read(
+                "STUCK_AFTER_SECONDS", _positive_seconds, d.stuck_after_seconds
+            ),
+            missed_run_after_seconds=read(
+                "MISSED_RUN_AFTER_SECONDS", _positive_seconds, d.missed_run_after_seconds
+            ),
         )
         return settings, problems
 
@@ -331,6 +347,13 @@ def _poll_interval(raw: str) -> float:
     # Below a second would only spin: the budget allows a handful of calls a minute.
     if not MIN_POLL_INTERVAL <= value < float("inf"):
         raise ValueError(f"expected a number of seconds, {MIN_POLL_INTERVAL:g} or more")
+    return value
+
+
+def _positive_seconds(raw: str) -> float:
+    value = _number(raw, float, "expected a number of seconds, more than 0")
+    if not 0 < value < float("inf"):
+        raise ValueError("expected a number of seconds, more than 0")
     return value
 
 

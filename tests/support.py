@@ -196,11 +196,15 @@ async def alerting_stack(redis_url: str, task: str) -> AsyncIterator[Stack]:
 
 @asynccontextmanager
 async def watching_stack(
-    redis_url: str, *, env: dict[str, str] | None = None, channels: Sequence[Channel] = ()
+    redis_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    channels: Sequence[Channel] = (),
+    **sim: Any,
 ) -> AsyncIterator[Stack]:
     """A local deployment with watches on and its workers running; ``env`` overrides,
-    ``channels`` can be typed as ``#name``."""
-    config = SimConfig(ak=TEST_AK, sk=TEST_SK, project_id=TEST_PROJECT_ID, rate_limit=1000)
+    ``channels`` can be typed as ``#name``, ``sim`` are more SimConfig fields."""
+    config = SimConfig(ak=TEST_AK, sk=TEST_SK, project_id=TEST_PROJECT_ID, rate_limit=1000, **sim)
     async with local_stack(
         sim_config=config, env=env, redis_url=redis_url, watches=True, channels=channels
     ) as running:

@@ -5,6 +5,7 @@ outbox to the Slack stand-in, the recovery in its thread, and the buttons."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -108,9 +109,11 @@ async def test_mute_button_mutes_the_watch(stack: Stack) -> None:
 
 
 async def _until_refreshed(stack: Stack) -> None:
-    """Wait until the scheduler has fetched the task once more."""
-    base = sum(stack.sim.calls.values())
-    await until(lambda: sum(stack.sim.calls.values()) > base, timeout=15.0, what="a refresh")
+    """Wait until the scheduler has fetched the task once more (a registries call: the run
+    follower's list calls are the other API's)."""
+    fetched = stack.sim.apis["registries"].calls
+    base = sum(fetched.values())
+    await until(lambda: sum(fetched.values()) > base, timeout=15.0, what="a refresh")
 
 
 async def test_a_channel_the_bot_left_pauses_the_watch_until_watched_again(stack: Stack) -> None:
@@ -118,7 +121,8 @@ async def test_a_channel_the_bot_left_pauses_the_watch_until_watched_again(stack
     # Run watches of that channel pause with its task watches; another channel's do not.
     await stack.user.command_text("watch runs auto")
     assert stack.workers is not None
-    other = RunWatch(channel="C0OTHER001", kind=None, created_by="U1", created_at=0.0)
+    # Made now: the runs the simulator has are its baseline, so it posts nothing here.
+    other = RunWatch(channel="C0OTHER001", kind=None, created_by="U1", created_at=time.time())
     await stack.workers.run_watches.add(other)
     await _until_refreshed(stack)
     stack.standin.fail_next(

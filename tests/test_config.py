@@ -61,6 +61,8 @@ def test_defaults_from_an_empty_environment() -> None:
     assert s.command_name == DEFAULT_COMMAND
     assert s.poll_interval_seconds == 60.0
     assert s.watch_admins == frozenset()
+    assert (s.tasks_poll_seconds, s.stuck_after_seconds) == (300.0, 7200.0)
+    assert s.missed_run_after_seconds == 93_600.0
 
 
 @pytest.mark.parametrize(
@@ -106,6 +108,11 @@ def test_defaults_from_an_empty_environment() -> None:
         ("POLL_INTERVAL_SECONDS", "1", "poll_interval_seconds", 1.0),
         ("POLL_INTERVAL_SECONDS", " 2.5 ", "poll_interval_seconds", 2.5),
         ("POLL_INTERVAL_SECONDS", "300", "poll_interval_seconds", 300.0),
+        ("TASKS_POLL_SECONDS", "1", "tasks_poll_seconds", 1.0),
+        ("TASKS_POLL_SECONDS", " 60 ", "tasks_poll_seconds", 60.0),
+        ("STUCK_AFTER_SECONDS", "0.5", "stuck_after_seconds", 0.5),
+        ("STUCK_AFTER_SECONDS", "3600", "stuck_after_seconds", 3600.0),
+        ("MISSED_RUN_AFTER_SECONDS", "172800", "missed_run_after_seconds", 172_800.0),
         ("HSS_WATCH_ADMINS", "U024BE7LH", "watch_admins", frozenset({"U024BE7LH"})),
         (
             "HSS_WATCH_ADMINS",
@@ -216,6 +223,17 @@ MALFORMED: list[tuple[str, str]] = [
     ("POLL_INTERVAL_SECONDS", "1m"),
     ("POLL_INTERVAL_SECONDS", "nan"),
     ("POLL_INTERVAL_SECONDS", "inf"),
+    ("TASKS_POLL_SECONDS", "0.5"),
+    ("TASKS_POLL_SECONDS", "0"),
+    ("TASKS_POLL_SECONDS", "5m"),
+    ("TASKS_POLL_SECONDS", "inf"),
+    ("STUCK_AFTER_SECONDS", "0"),
+    ("STUCK_AFTER_SECONDS", "-7200"),
+    ("STUCK_AFTER_SECONDS", "2h"),
+    ("STUCK_AFTER_SECONDS", "nan"),
+    ("MISSED_RUN_AFTER_SECONDS", "0"),
+    ("MISSED_RUN_AFTER_SECONDS", "26h"),
+    ("MISSED_RUN_AFTER_SECONDS", "inf"),
     ("HSS_WATCH_ADMINS", "alice"),
     ("HSS_WATCH_ADMINS", "@alice"),
     ("HSS_WATCH_ADMINS", "<@U024BE7LH>"),
@@ -260,6 +278,9 @@ def test_the_two_budgets_are_set_apart() -> None:
     ("name", "raw", "accepted"),
     [
         ("POLL_INTERVAL_SECONDS", "0.5", "1 or more"),
+        ("TASKS_POLL_SECONDS", "0.5", "seconds, 1 or more"),
+        ("STUCK_AFTER_SECONDS", "2h", "seconds, more than 0"),
+        ("MISSED_RUN_AFTER_SECONDS", "-1", "seconds, more than 0"),
         ("HSS_WATCH_ADMINS", "U1X,alice", "user ids (U..., W...) or user-group ids (S...)"),
     ],
 )

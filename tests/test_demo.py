@@ -135,7 +135,8 @@ def message(out: str, label: str, nth: int = 0) -> str:
 
 
 SUMMARY = re.compile(
-    r"Summary: (\d+) HSS calls \(limit 5 per 60 s\) · 429s: 0 · "
+    r"Summary: (\d+) ListAssociateRegistries calls \(limit 5 per 60 s\), "
+    r"(\d+) ListImageScanTask calls \(limit 5 per 60 s\) · 429s: 0 · "
     r"Slack messages posted: 2 \(1 alert, 1 thread reply\)"
 )
 
@@ -168,9 +169,20 @@ def test_the_demo_plays_lookup_paging_watch_alert_and_recovery(runs: dict[str, R
     assert VICTIM.registry_name in thread and "recovered" in thread
     assert "All recovered" in out
 
+    # Sync runs: the list, then the newest run's failures by reference.
+    newest = Simulator(sim_config()).listed_runs()[0]
+    runs_list = out.split("» /hss-sync tasks")[1].split("» ")[0]
+    assert "runs 1–2 of 2" in runs_list and f"id `{newest['task_id']}`" in runs_list
+    assert "✗ 2 failed · 48 finished · 50 in all" in runs_list
+    latest = out.split("» /hss-sync latest failed")[1].split("» ")[0]
+    # The run's name has its start time in it: the demo's simulator started at another second.
+    assert re.search(rf"📌 `latest` is `auto-sync-[0-9-]+` · id `{newest['task_id']}`", latest)
+    assert "registries 1–2 of 2" in latest
+    assert "1 ListImageScanTask call; 1 of the 5 allowed per 60 s" in runs_list
+
     summary = SUMMARY.search(out)
     assert summary is not None, out[-600:]
-    assert int(summary[1]) <= 5
+    assert int(summary[1]) <= 5 and int(summary[2]) <= 5
 
 
 def json_lines(out: str) -> list[dict[str, Any]]:
@@ -340,6 +352,49 @@ async def test_interactive_says_when_a_flip_would_be_part_of_the_watch_baseline(
     assert "[Acknowledge]" not in out
 
 
+@pytest.mark.timeout(90)
+async def test_interactive_run_starts_a_sync_run_with_new_and_still_failing_registries(
+    tmp_path: Path, tmpdir_of_demo: Path
+) -> None:
+    """``run auto`` starts a scheduled run in the simulator and names what it will fail,
+    against the previous auto run; the run is a task the bot looks up like any other."""
+    plan = Simulator(sim_config())
+    run = plan.start_run("auto")
+    previous = plan.runs.previous(run)
+    assert previous is not None
+    (new,) = set(run.failing_names()) - set(previous.failing_names())
+    (still,) = set(run.failing_names()) & set(previous.failing_names())
+    assert plan.runs.new_and_still(run) == ([new], [still])
+    session = await interactive(tmp_path, tmpdir_of_demo)
+    try:
+        await session.type(f"watch runs auto #{ALERTS.name}")
+        await session.expect(f"Following every scheduled (auto) run in #{ALERTS.name}")
+        await session.expect("the runs HSS has made so far are the baseline")
+        await session.type("run auto 0.01")
+        await session.expect("in HSS, a scheduled (autoSync) sync run began: auto-sync-")
+        await session.expect(f"(task id {run.task_id}), 50 registries in 0.01 s")
+        await session.expect(
+            f"1 new (not failing in the previous auto run): {new}; 1 still failing: {still}"
+        )
+        await session.expect(f"`latest failed` (or `latest-auto failed`, `{run.task_id} failed`)")
+        await session.type("/hss-sync latest failed")
+        answer = await session.expect("registries 1–2 of 2")
+        assert f"id `{run.task_id}` (scheduled" in answer
+        assert new in answer and still in answer
+        await session.type("run manual")
+        await session.expect("in HSS, a manual (manualSync) sync run began: manual-sync-")
+        await session.expect("registries in 30 s")
+        await session.expect("all new (the first manual run)")
+        await session.type("quit")
+        code, out, err = await session.finish()
+    finally:
+        if session.proc.returncode is None:
+            session.proc.kill()
+            await session.proc.wait()
+    assert code == 0, out + err
+    assert "Traceback" not in out + err
+
+
 BAD_LINES = [
     ("flip", "flip needs a task, a registry and a status"),
     (f"flip {TASK}", "flip needs a task, a registry and a status"),
@@ -352,7 +407,14 @@ BAD_LINES = [
     ("click", "click which button?"),
     ("click next", "no message with buttons yet"),
     ("wait forever", "wait takes a number of seconds"),
-    ("tasks please", "tasks takes nothing after it"),
+    ("sim please", "sim takes nothing after it"),
+    ("run", "start a sync run in HSS with run auto|manual"),
+    ("run weekly", "start a sync run in HSS with run auto|manual"),
+    ("run auto manual", "a run takes from 0 to 3600 seconds"),
+    ("run auto soon", "a run takes from 0 to 3600 seconds"),
+    ("run manual 0", "a run takes from 0 to 3600 seconds"),
+    ("run manual 1e9", "a run takes from 0 to 3600 seconds"),
+    ("run manual nan", "a run takes from 0 to 3600 seconds"),
 ]
 
 
@@ -398,11 +460,11 @@ async def test_interactive_json_is_json_lines_too(tmp_path: Path, tmpdir_of_demo
         stderr=subprocess.PIPE,
     )
     async with asyncio.timeout(40):
-        out_b, err_b = await proc.communicate(b"tasks\nflip\nquit\n")
+        out_b, err_b = await proc.communicate(b"sim\nflip\nquit\n")
     out, err = out_b.decode(), err_b.decode()
     assert proc.returncode == 0, out + err
     records = json_lines(out)
-    assert [r["text"] for r in records if r["kind"] == "step"] == ["tasks", "flip", "quit"]
+    assert [r["text"] for r in records if r["kind"] == "step"] == ["sim", "flip", "quit"]
     texts = [r["text"] for r in records if r["kind"] == "text"]
     assert any("flip needs a task, a registry and a status" in t for t in texts)
     assert texts[-1].startswith("bye")
@@ -448,7 +510,7 @@ def test_a_reader_that_stops_early_ends_the_demo_quietly_with_0(
             assert first.startswith(b"hss-sync-bot demo:"), lines
             proc.stdout.close()
             # The interactive demo waits for input (stdin stays open): a line makes it print.
-            proc.stdin.write(b"tasks\n")
+            proc.stdin.write(b"sim\n")
             proc.stdin.flush()
             code = proc.wait(timeout=DEMO_LIMIT)
         finally:

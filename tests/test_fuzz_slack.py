@@ -1,8 +1,8 @@
 """Fuzzing the Slack side through the real signed HTTP path: slash command text, and
-interaction payloads (clicks with any action id, value and user; view submissions; odd
-JSON). For every request: no 5xx, an ack under 3 s, no mention or link markup from the
-input in anything Slack is sent (the ack, response_url posts, Web API calls), and no HSS
-request at all unless the input is a lookup the bot accepts.
+interaction payloads (clicks with any action id, value and user; view submissions, the
+watch form's among them; odd JSON). For every request: no 5xx, an ack under 3 s, no mention
+or link markup from the input in anything Slack is sent (the ack, response_url posts, Web
+API calls), and no HSS request at all unless the input is a lookup the bot accepts.
 
 The stack runs with watches on (so alert buttons, App Home and the watch commands are
 served), but its workers stopped: only the requests themselves may call HSS. After each
@@ -27,7 +27,7 @@ from bot.alerting.message import ACTION_ALL, ACTION_DETAILS, decode_alert_action
 from bot.alerting.message import ACTION_PATTERN as ALERT_ACTIONS
 from bot.errors import CommandError
 from bot.kept_questions import RetryPlan
-from bot.models import LookupRequest, SyncStatus
+from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
 from bot.runs_service import is_reference
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
@@ -180,17 +180,58 @@ views = st.fixed_dictionaries(
     {
         "type": st.just("view_submission"),
         "user": users,
-        "view": st.dictionaries(st.sampled_from(["type", "callback_id", "id"]), json_values)
-        | st.fixed_dictionaries(
+        "view": st.dictionaries(st.sampled_from(["type", "callback_id", "id"]), json_values),
+    }
+)
+
+
+def _element(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """An input block's state as Slack sends it (``{"value": {...}}``), or junk."""
+    return st.fixed_dictionaries({"value": st.fixed_dictionaries(fields) | json_values})
+
+
+form_texts = st.sampled_from(["t1", "runs", "<!here>", "auto", "", " ", "x" * 70]) | st.text(
+    max_size=30
+)
+form_values = st.fixed_dictionaries(
+    {},
+    optional={
+        "runs": _element(
+            selected_option=st.none()
+            | st.fixed_dictionaries({"value": st.sampled_from(["all", "auto", "manual", "x"])})
+            | json_values
+        ),
+        "task": _element(value=form_texts | json_values),
+        "channel": _element(
+            selected_conversation=st.sampled_from(["C0FUZZ0001", "<!here>", "D0FUZZ0001"])
+            | json_values
+        ),
+        "types": _element(
+            selected_options=st.lists(
+                st.fixed_dictionaries({"value": st.sampled_from(REGISTRY_TYPES) | st.text()}),
+                max_size=3,
+            )
+            | json_values
+        ),
+        "name": _element(value=form_texts | json_values),
+    },
+)
+#: Submissions of the watch form: well-formed, half-formed and forged.
+forms = st.fixed_dictionaries(
+    {
+        "type": st.just("view_submission"),
+        "user": users,
+        "view": st.fixed_dictionaries(
             {
+                "type": st.just("modal"),
                 "callback_id": st.just(CALLBACK_ADD_WATCH),
-                "private_metadata": json_values | st.just('{"home":true}'),
-                "state": st.fixed_dictionaries({"values": json_values}) | json_values,
+                "private_metadata": st.sampled_from(['{"home": true}', "junk"]) | st.text(),
+                "state": st.fixed_dictionaries({"values": form_values}) | json_values,
             }
         ),
     }
 )
-payloads = st.one_of(clicks, clicks, views, json_values)
+payloads = st.one_of(clicks, clicks, views, forms, json_values)
 cases = st.one_of(
     st.tuples(st.just("command"), command_texts), st.tuples(st.just("payload"), payloads)
 )

@@ -10,11 +10,13 @@ from slack_sdk.models.blocks import Block
 
 from bot.errors import CommandError
 from bot.models import TaskRef, Totals
-from bot.runs import RunKind
+from bot.runs import RunKind, SyncRun
 from bot.slack.home import (
     ACTION_HOME_UNWATCH_RUNS,
+    HOME_RECENT_RUNS,
     HOME_ROWS,
     HomeRow,
+    RecentRuns,
     decode_home_runs_value,
     decode_home_value,
     encode_home_runs_value,
@@ -161,3 +163,65 @@ def test_run_button_values_round_trip(kind: RunKind | None, channel: str) -> Non
 def test_junk_run_button_values_are_refused(value: str) -> None:
     with pytest.raises(CommandError, match="out of date"):
         decode_home_runs_value(value)
+
+
+# --- recent runs ---------------------------------------------------------------------------
+
+
+def sync_run(i: int, *, failed: int = 0, name: str = "") -> SyncRun:
+    return SyncRun(
+        task_id=f"run-{i}",
+        task_name=name or f"nightly-{i}",
+        task_type="autoSync" if i % 2 else "manualSync",
+        begin_time=(1_800_000_000 - i * 3600) * 1000,
+        end_time=(1_800_000_000 - i * 3600 + 600) * 1000,
+        task_status=100,
+        failed_num=failed,
+        success_num=30 - failed,
+        total_num=30,
+    )
+
+
+def test_recent_runs_come_above_the_watches_with_failed_counts_and_age() -> None:
+    recent = RecentRuns(runs=tuple(sync_run(i, failed=i) for i in range(8)), fetched_at=NOW - 120)
+    view = render_home(
+        [HomeRow(watch(), None, Totals())], runs=[run_watch()], recent=recent, now=NOW
+    )
+    shown = texts(view)
+    assert shown[0] == "*Recent runs*"
+    lines = shown[1].splitlines()
+    assert len(lines) == HOME_RECENT_RUNS
+    assert "`nightly-0` · id `run-0`" in lines[0] and "0 failed" in lines[0]
+    assert ":x: *3* failed" in lines[3] and "scheduled" in lines[3]
+    assert shown[2] == "*Runs followed*"
+    raw = json.dumps(view)
+    assert "data from 2 min ago" in raw and "/hss-sync tasks" in raw
+
+
+@pytest.mark.parametrize(
+    ("recent", "says"),
+    [
+        (RecentRuns(), "No run list yet: `/hss-sync tasks` fetches it."),
+        (RecentRuns(fetched_at=NOW - 30), "HSS lists no sync runs (data from 30 s ago)."),
+        (RecentRuns(unavailable="The list of sync runs is unavailable <!here>"), "unavailable"),
+    ],
+)
+def test_no_run_list_is_one_sentence(recent: RecentRuns, says: str) -> None:
+    shown = texts(render_home([], recent=recent, now=NOW))
+    assert shown[0] == "*Recent runs*" and says in shown[1]
+    assert "<!here>" not in json.dumps(shown)
+
+
+def test_hostile_run_names_are_inert_and_limits_hold() -> None:
+    runs = tuple(sync_run(i, failed=1, name="<!channel> *x* " + "n" * 500) for i in range(5))
+    view = render_home(
+        [HomeRow(watch(f"task-{i}"), None, Totals()) for i in range(200)],
+        runs=[run_watch(f"C{i:08d}") for i in range(10)],
+        recent=RecentRuns(runs=runs, fetched_at=NOW),
+        now=NOW,
+        notice="n" * 1000,
+    )
+    assert len(view["blocks"]) <= 100
+    for block in view["blocks"]:
+        Block.parse(block).validate_json()  # type: ignore[union-attr]
+    assert "<!channel>" not in json.dumps(view)

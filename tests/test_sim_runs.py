@@ -192,6 +192,22 @@ def test_half_the_failures_carry_over_and_half_are_new() -> None:
     assert len(second.failing & manual.failing) == 5  # carried within its own kind
 
 
+def test_a_runs_failures_happen_when_it_reaches_them() -> None:
+    # ``failures`` is the benchmarks' ground truth: each name fails at the moment given.
+    config = RunsConfig(seed=3, registries=50, every=None, duration=100.0, failure_rate=0.1)
+    run = RunBook(config, start=0.0).start("auto", 0.0)
+    failures = run.failures()
+    assert len(failures) == 5
+    assert [at for _, at in failures] == sorted(at for _, at in failures)
+    for name, at in failures:
+        before = {r.registry_name: r.sync_status for r in run.registries(at - 1e-6).registries()}
+        assert before[name] == "running"
+        after = {r.registry_name: r.sync_status for r in run.registries(at).registries()}
+        assert after[name] == "failed"
+    assert run.failing_names() == [name for name, _ in failures]
+    assert run.counts(100.0) == (5, 45, 50)
+
+
 async def test_the_same_registries_fail_again_across_runs(make_hss_sim: MakeSim) -> None:
     # Runs sync one set of registries: a carried-over failure is the same registry id.
     clock = SimClock()
@@ -310,18 +326,37 @@ def test_runs_share_one_identity_not_the_run_id() -> None:
 
 def test_cli_run_flags() -> None:
     args = _parser().parse_args(
-        ["--run-every", "30", "--run-duration", "5", "--run-history", "0", "--run-registries", "9"]
+        [
+            *("--run-every", "30", "--run-duration", "5", "--run-history", "0"),
+            *("--run-registries", "9", "--run-failure-rate", "0.25"),
+        ]
     )
     config = config_from_args(args)
     assert (config.run_every, config.run_duration) == (30.0, 5.0)
     assert (config.run_history, config.run_registries) == (0, 9)
+    assert config.run_failure_rate == 0.25
     defaults = config_from_args(_parser().parse_args([]))
     assert (defaults.run_every, defaults.run_duration) == (86400.0, 1800.0)
     assert (defaults.run_history, defaults.run_registries) == (3, 500)
+    assert defaults.run_failure_rate == 0.02
+    # The share reaches the runs the simulator lists.
+    rated = _parser().parse_args(
+        ["--run-history", "1", "--run-registries", "40", "--run-failure-rate", "0.25"]
+    )
+    (only,) = Simulator(config_from_args(rated)).listed_runs()
+    assert (only["failed_num"], only["total_num"]) == (10, 40)
 
 
 @pytest.mark.parametrize(
-    "argv", [["--run-every", "0"], ["--run-duration", "-1"], ["--run-history", "x"]]
+    "argv",
+    [
+        ["--run-every", "0"],
+        ["--run-duration", "-1"],
+        ["--run-history", "x"],
+        ["--run-failure-rate", "1.5"],
+        ["--run-failure-rate", "-0.1"],
+        ["--run-failure-rate", "nan"],
+    ],
 )
 def test_cli_refuses_bad_run_flags(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(argv) == 2

@@ -9,11 +9,15 @@ from contextlib import AsyncExitStack
 
 import pytest
 import redis.asyncio as aioredis
+from slack_sdk.models.blocks import Block
 
+from bot.models import REGISTRY_TYPES, TaskRef
 from bot.runs import RunKind
 from bot.sandbox.localstack import Stack
 from bot.sandbox.slack_standin import Channel, Scripted
-from bot.storage.run_watch_store import RunWatchStore
+from bot.slack.watch_text import render_watch_list
+from bot.storage.run_watch_store import RunWatch, RunWatchStore
+from bot.storage.watch_store import Watch
 from tests.support import HOSTILE_RAW, home_views, said, watching_stack
 
 MakeStack = Callable[..., Awaitable[Stack]]
@@ -204,3 +208,28 @@ async def test_app_home_lists_run_watches_and_unwatches_them(make_stack: MakeSta
     await stack.user.click({**unwatch, "block_id": "home"})
     again = json.dumps((await home_views(stack, 4))[-1])
     assert await store.all() == [] and "no runs are followed" in again
+
+
+def test_a_long_watch_list_stays_within_slacks_section_limit() -> None:
+    now = 1_800_000_000.0
+    tasks = [
+        Watch(
+            task=TaskRef("p", f"task-{i:02d}-" + "t" * 60),
+            channel="C0OPS00001",
+            name="n" * 128,
+            types=frozenset(REGISTRY_TYPES),
+            created_by="U1",
+            created_at=now,
+            last_alert_at=now,
+        )
+        for i in range(60)
+    ]
+    runs = [
+        RunWatch(channel=f"C0{i:08d}", kind=None, created_by="U1", created_at=now) for i in range(3)
+    ]
+    message = render_watch_list(tasks, runs, now=now, everywhere=True)
+    assert len(message.blocks) > 1
+    for block in message.blocks:
+        Block.parse(block).validate_json()  # type: ignore[union-attr]
+    text = "\n".join(b["text"]["text"] for b in message.blocks)
+    assert "(63)" in text and "_…and 23 more_" in text and text.count("• ") == 40

@@ -4,6 +4,7 @@ or concurrency of callers, and everything survives a new process (a new store an
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import redis.asyncio as aioredis
@@ -345,3 +346,29 @@ def test_may_change_watches(
     user: str, groups: set[str], admins: frozenset[str], allowed: bool
 ) -> None:
     assert may_change_watches(user, groups, admins) is allowed
+
+
+async def test_records_written_before_run_watches_still_read(
+    store: WatchStore, redis: aioredis.Redis
+) -> None:
+    # The record format from before the shared watch code (channel_watches.py): unchanged.
+    old = (
+        '{"name":"prod","created_by":"U1","created_at":1000.0,"paused_reason":null,'
+        '"paused_at":null,"muted_until":5000.0,"last_alert_at":1500.0,"v":1,'
+        '"project_id":"p","task_id":"t1","ep":"0","types":["Harbor"]}'
+    )
+    await redis.hset(keys.watch_channel("C1"), "p:t1", old)
+    [watch] = await store.of_channel("C1")
+    assert watch == Watch(
+        task=T1_EP0,
+        channel="C1",
+        types=frozenset({"Harbor"}),
+        name="prod",
+        created_by="U1",
+        created_at=1000.0,
+        muted_until=5000.0,
+        last_alert_at=1500.0,
+    )
+    await store.note_alert(task=T1, channel="C1", at=2000.0)
+    rewritten = json.loads(await redis.hget(keys.watch_channel("C1"), "p:t1"))
+    assert rewritten == {**json.loads(old), "last_alert_at": 2000.0}

@@ -111,7 +111,8 @@ def decode_alert_action(action_id: str, value: str) -> AlertAction:
 # --- lines --------------------------------------------------------------------------------------
 
 
-def _who(flip: Flip) -> str:
+def who(flip: Flip) -> str:
+    """A registry as a line shows it: its name in code (or its id), and its type."""
     name = code(flip.name, _NAME_SHOWN)
     if not name:
         name = f"{code(flip.registry_id, _NAME_SHOWN) or '?'} _(no name)_"
@@ -119,15 +120,17 @@ def _who(flip: Flip) -> str:
     return f"{name} · {kind}" if kind else name
 
 
-def _reason(reason: str) -> str:
+def reason_text(reason: str) -> str:
+    """A failure reason in code, or that none was given."""
     return code(reason, _REASON_SHOWN) or "_no reason given_"
 
 
-def _plural(n: int, one: str = "registry", many: str = "registries") -> str:
+def plural(n: int, one: str = "registry", many: str = "registries") -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-def _more(n: int, what: str) -> list[str]:
+def more_line(n: int, what: str) -> list[str]:
+    """``_+n more what_`` when ``n`` were left out."""
     return [f"_+{n} more {what}_"] if n > 0 else []
 
 
@@ -139,10 +142,10 @@ def _failing_lines(incident: Incident, limit: int) -> tuple[list[str], int]:
     for reason, members in group_by_reason(incident.failing):
         if shown >= limit:
             break
-        lines.append(f"*Failed* ({_plural(len(members))}): {_reason(reason)}")
+        lines.append(f"*Failed* ({plural(len(members))}): {reason_text(reason)}")
         for flip in members[: limit - shown]:
             mark = " · :repeat: flapping" if flip.registry_id in incident.flapping else ""
-            lines.append(f"• {_who(flip)}{mark}")
+            lines.append(f"• {who(flip)}{mark}")
             shown += 1
     return lines, len(incident.failing) - shown
 
@@ -151,8 +154,8 @@ def _listed(title: str, flips: Sequence[Flip], limit: int, what: str) -> list[st
     if not flips:
         return []
     ordered = sorted(flips, key=by_name)
-    lines = [title, *(f"• {_who(f)}" for f in ordered[:limit])]
-    return lines + _more(len(flips) - limit, what)
+    lines = [title, *(f"• {who(f)}" for f in ordered[:limit])]
+    return lines + more_line(len(flips) - limit, what)
 
 
 # --- the channel message ---------------------------------------------------------------------
@@ -180,7 +183,7 @@ def _headline(incident: Incident, *, bold: bool = False) -> str:
     """``All recovered (2 registries)``: the resolution with how many it concerns."""
     said = f"*{resolution(incident)}*" if bold else resolution(incident)
     kind = _resolved_kind(incident)
-    return f"{said} ({_plural(len(incident.of_kind(kind)))})" if kind is not None else said
+    return f"{said} ({plural(len(incident.of_kind(kind)))})" if kind is not None else said
 
 
 def _summary(incident: Incident, scope: LookupRequest, totals: Totals | None) -> str:
@@ -190,7 +193,7 @@ def _summary(incident: Incident, scope: LookupRequest, totals: Totals | None) ->
         (FlipKind.RECOVERY, ":white_check_mark:", "recovered"),
         (FlipKind.REMOVED, ":wastebasket:", "removed"),
     ]
-    parts = [f":x: *{_plural(failing)}* failing"] if failing or not incident.resolved else []
+    parts = [f":x: *{plural(failing)}* failing"] if failing or not incident.resolved else []
     if incident.resolved and incident.latest:
         parts.append(f":white_check_mark: {_headline(incident, bold=True)}")
     for kind, emoji, label in counts:
@@ -211,7 +214,7 @@ def _summary(incident: Incident, scope: LookupRequest, totals: Totals | None) ->
 def _context(incident: Incident, now: float, acked_by: str | None, muted: float | None) -> str:
     parts: list[str] = []
     if acked_by is not None:
-        parts.append(_acknowledged(acked_by))
+        parts.append(acknowledged(acked_by))
     if muted is not None:
         parts.append(f":no_bell: Muted until {date_token(muted) or 'later'}")
     last = max((f.at for f in incident.latest.values()), default=now)
@@ -220,23 +223,31 @@ def _context(incident: Incident, now: float, acked_by: str | None, muted: float 
     return " · ".join(parts)
 
 
-def _acknowledged(user: str) -> str:
+def acknowledged(user: str) -> str:
+    """Who acknowledged, as the alert's context shows it (a mention only of a user id)."""
     if USER_ID.fullmatch(user):
         return f":eyes: Acknowledged by <@{user}>"
     logger.warning("not showing an acknowledging user id that is not a Slack user id")
     return ":eyes: Acknowledged"
 
 
-def _muted(muted_until: float | None, now: float) -> float | None:
+def shown_mute(muted_until: float | None, now: float) -> float | None:
+    """The mute to show: a finite time still ahead of ``now``, else None."""
     if muted_until is None or not math.isfinite(muted_until) or muted_until <= now:
         return None
     return muted_until
 
 
-def _buttons(scope: LookupRequest, *, ack: bool, muted: bool, more: bool) -> list[dict[str, Any]]:
+def buttons_block(
+    scope: LookupRequest, *, ack: bool, muted: bool, more: bool, mute: bool = True
+) -> list[dict[str, Any]]:
+    """The alert buttons for a watch ``scope``: Acknowledge (``ack``), Mute or Unmute
+    (``mute``; Unmute when ``muted``), Show details, and Show all failed (``more``: some
+    failing registries were left out)."""
     try:
         ids = [ACTION_ACK] if ack else []
-        ids += [ACTION_UNMUTE] if muted else [ACTION_MUTE_1H, ACTION_MUTE_24H]
+        if mute:
+            ids += [ACTION_UNMUTE] if muted else [ACTION_MUTE_1H, ACTION_MUTE_24H]
         ids += [ACTION_DETAILS] + ([ACTION_ALL] if more else [])
         values = {action: encode_alert_value(action, scope) for action in ids}
     except CommandError:
@@ -264,9 +275,9 @@ def _fallback(task_id: str, incident: Incident) -> str:
         head = _headline(incident)
         raw = f"HSS sync task {task_id}: {head[:1].lower()}{head[1:]}"
     else:
-        raw = f"HSS sync task {task_id}: {_plural(len(incident.failing))} failing"
+        raw = f"HSS sync task {task_id}: {plural(len(incident.failing))} failing"
         if incident.failing:
-            raw += " — " + "; ".join(_fallback_groups(incident.failing))
+            raw += " — " + "; ".join(fallback_groups(incident.failing))
     others = [
         (FlipKind.RETRY, "retrying"),
         (FlipKind.RECOVERY, "recovered"),
@@ -282,7 +293,7 @@ def _fallback(task_id: str, incident: Incident) -> str:
     return escape_truncated(raw, _FALLBACK_SHOWN)
 
 
-def _fallback_groups(failing: Sequence[Flip]) -> list[str]:
+def fallback_groups(failing: Sequence[Flip]) -> list[str]:
     """``reason (n): name, name…`` for the first few reasons, each with its own names."""
     groups = group_by_reason(failing)
     shown = []
@@ -319,7 +330,7 @@ def render_alert(
     failing, hidden = _failing_lines(incident, FAILED_LINES)
     if failing:
         blocks.append({"type": "divider"})
-        blocks.extend(pack(failing + _more(hidden, "failing registries: *Show all failed*")))
+        blocks.extend(pack(failing + more_line(hidden, "failing registries: *Show all failed*")))
     sections = [
         ("*Retrying* (failed → running)", FlipKind.RETRY, "retrying"),
         ("*Recovered*", FlipKind.RECOVERY, "recovered"),
@@ -327,10 +338,10 @@ def render_alert(
     ]
     for title_line, kind, what in sections:
         blocks.extend(pack(_listed(title_line, incident.of_kind(kind), OTHER_LINES, what)))
-    muted = _muted(muted_until, now)
+    muted = shown_mute(muted_until, now)
     blocks.append(context([_context(incident, now, acked_by, muted)]))
     ack = acked_by is None and not incident.resolved
-    blocks.extend(_buttons(scope, ack=ack, muted=muted is not None, more=hidden > 0))
+    blocks.extend(buttons_block(scope, ack=ack, muted=muted is not None, more=hidden > 0))
     return Message(text=_fallback(scope.task_id, incident), blocks=blocks)
 
 
@@ -340,14 +351,14 @@ def render_alert(
 def _thread_lines(plan: AlertPlan) -> list[str]:
     lines: list[str] = []
     failed = sorted(plan.failures, key=by_name)
-    lines += [f":x: {_who(f)} failed: {_reason(f.reason)}" for f in failed[:THREAD_LINES]]
-    lines += _more(len(failed) - THREAD_LINES, "failed")
+    lines += [f":x: {who(f)} failed: {reason_text(f.reason)}" for f in failed[:THREAD_LINES]]
+    lines += more_line(len(failed) - THREAD_LINES, "failed")
     flapping = sorted(plan.flapping, key=by_name)
     for flip in flapping[:THREAD_LINES]:
         times = plan.flap_counts.get(flip.registry_id, 0)
         count = f" ({times} times in the last hour)" if times else ""
-        lines.append(f":repeat: {_who(flip)} failed again{count}: flapping, not re-alerted")
-    lines += _more(len(flapping) - THREAD_LINES, "flapping")
+        lines.append(f":repeat: {who(flip)} failed again{count}: flapping, not re-alerted")
+    lines += more_line(len(flapping) - THREAD_LINES, "flapping")
     simple = [
         (plan.retries, ":arrows_counterclockwise:", "is retrying (was failed)", "retrying"),
         (plan.recoveries, ":white_check_mark:", "recovered", "recovered"),
@@ -355,8 +366,8 @@ def _thread_lines(plan: AlertPlan) -> list[str]:
     ]
     for flips, emoji, verb, what in simple:
         ordered = sorted(flips, key=by_name)
-        lines += [f"{emoji} {_who(f)} {verb}" for f in ordered[:THREAD_LINES]]
-        lines += _more(len(ordered) - THREAD_LINES, what)
+        lines += [f"{emoji} {who(f)} {verb}" for f in ordered[:THREAD_LINES]]
+        lines += more_line(len(ordered) - THREAD_LINES, what)
     return lines
 
 

@@ -1,7 +1,7 @@
 """What a replica runs besides answering Slack: the scheduler (refreshes watched tasks), the
-alert pipeline (mirror changes -> alerts) and the outbox sender (alerts -> Slack), plus the
-Slack handlers that need them. Every replica runs all three; Redis leases and transactions
-keep them from doing the same work twice."""
+alert pipeline (mirror changes -> alerts), the run follower (sync runs -> run alerts) and the
+outbox sender (alerts -> Slack), plus the Slack handlers that need them. Every replica runs
+all four; Redis leases and transactions keep them from doing the same work twice."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from bot.alerting.outbox import OutboxSender, web_client
 from bot.alerting.pipeline import TASKS_EVERY, AlertPipeline
+from bot.alerting.run_follower import Pace, RunFollower
 from bot.alerting.scheduler import Scheduler
 from bot.config import Settings
 from bot.runtime import Runtime
@@ -34,6 +35,7 @@ class Workers:
     buttons: AlertButtons
     scheduler: Scheduler
     pipeline: AlertPipeline
+    follower: RunFollower
     sender: OutboxSender
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -42,6 +44,7 @@ class Workers:
         for name, worker in (
             ("scheduler", self.scheduler),
             ("alerts", self.pipeline),
+            ("runs", self.follower),
             ("outbox", self.sender),
         ):
             self._tasks.append(asyncio.create_task(worker.run(self._stop), name=name))
@@ -110,7 +113,11 @@ def build_workers(
         run_watches=run_watches,
         commands=commands,
         buttons=AlertButtons(
-            redis=runtime.redis, watches=watches, lookups=runtime.lookups, commands=commands
+            redis=runtime.redis,
+            watches=watches,
+            lookups=runtime.lookups,
+            commands=commands,
+            run_watches=run_watches,
         ),
         scheduler=Scheduler(
             lookups=runtime.lookups,
@@ -119,5 +126,16 @@ def build_workers(
             poll_interval=settings.poll_interval_seconds,
         ),
         pipeline=AlertPipeline(runtime.redis, watches=watches, tasks_every=tasks_every),
+        follower=RunFollower(
+            runtime.redis,
+            runs=runtime.runs,
+            watches=run_watches,
+            lookups=runtime.lookups,
+            pace=Pace(
+                poll=settings.tasks_poll_seconds,
+                stuck_after=settings.stuck_after_seconds,
+                missed_after=settings.missed_run_after_seconds,
+            ),
+        ),
         sender=sender,
     )

@@ -25,11 +25,13 @@ from typing import Any, TextIO
 from bot.models import Registry
 from bot.sandbox.demo_view import Feed, OutputClosed, Printer, is_channel_post, message_of
 from bot.sandbox.localstack import Stack, local_stack
-from bot.sandbox.simulator import SimConfig
+from bot.sandbox.simulator import REGISTRIES, TASKS, SimConfig
 from bot.sandbox.slack_requests import button_labelled
 from bot.sandbox.slack_standin import Call, Channel
 
 TASK, BIG_TASK = "daily-sync", "weekly-sync"
+#: The two HSS APIs the bot calls, by the names HSS's documentation gives them.
+API_NAMES = {REGISTRIES: "ListAssociateRegistries", TASKS: "ListImageScanTask"}
 #: The demo's POLL_INTERVAL_SECONDS (60 by default): a flip shows up within seconds.
 POLL_SECONDS = 5
 #: Where the user types (SlackUser's default channel) and where the alerts go.
@@ -40,15 +42,28 @@ FLIP_REASON = "pull from the registry failed: 503 Service Unavailable"
 STEP_TIMEOUT = 20.0
 
 
+#: The project's sync runs (ListImageScanTask): small and quick, so that each run fails two
+#: registries, one of them failing in the previous run of its kind too (still failing) and
+#: one new. Scheduled ones come once a real day: the demo starts its own.
+RUN_REGISTRIES, RUN_FAILURE_RATE, RUN_SECONDS, RUN_HISTORY = 50, 0.04, 30.0, 2
+
+
 def sim_config() -> SimConfig:
-    return SimConfig(seed=7, task_sizes={TASK: 57, BIG_TASK: 1200})
+    return SimConfig(
+        seed=7,
+        task_sizes={TASK: 57, BIG_TASK: 1200},
+        run_registries=RUN_REGISTRIES,
+        run_failure_rate=RUN_FAILURE_RATE,
+        run_duration=RUN_SECONDS,
+        run_history=RUN_HISTORY,
+    )
 
 
 @asynccontextmanager
 async def demo_stack() -> AsyncIterator[Stack]:
     """Everything the demo runs, with the simulator's real rate limit and the bot's default
     budget (5 calls per 60 s), watches on, and a short poll interval."""
-    env = {"POLL_INTERVAL_SECONDS": str(POLL_SECONDS)}
+    env = {"POLL_INTERVAL_SECONDS": str(POLL_SECONDS), "TASKS_POLL_SECONDS": str(POLL_SECONDS)}
     async with local_stack(
         sim_config=sim_config(), env=env, watches=True, channels=(HERE, ALERTS)
     ) as stack:
@@ -56,16 +71,17 @@ async def demo_stack() -> AsyncIterator[Stack]:
 
 
 def intro(stack: Stack) -> str:
-    limit = stack.runtime.settings.rate_limit
+    limit, tasks = stack.runtime.settings.rate_limit, stack.runtime.settings.tasks_rate_limit
     return (
         "hss-sync-bot demo: everything runs here, no accounts needed.\n"
-        "  - an embedded Redis, the HSS simulator (HSS's own rule: 5 calls per 60 s, HTTP 429\n"
-        "    beyond), a local stand-in of Slack's Web API, and the bot in HTTP mode, sent real\n"
-        "    signed Slack requests.\n"
-        f"  - the bot's call budget: {limit} (the default); background refreshes keep 1 call of\n"
-        "    every window free for people.\n"
-        f"  - demo setting: POLL_INTERVAL_SECONDS={POLL_SECONDS} (default 60): a watched task is\n"
-        f"    refreshed every {POLL_SECONDS} s while the budget allows.\n"
+        "  - an embedded Redis, the HSS simulator (HSS's own rule: 5 calls per 60 s per API,\n"
+        "    HTTP 429 beyond), a local stand-in of Slack's Web API, and the bot in HTTP mode,\n"
+        "    sent real signed Slack requests.\n"
+        f"  - the bot's call budgets: {limit} for registries, {tasks} for the sync runs (the\n"
+        "    defaults); background work keeps 1 call of every window free for people.\n"
+        f"  - demo settings: POLL_INTERVAL_SECONDS={POLL_SECONDS} (default 60): a watched task is\n"
+        f"    refreshed every {POLL_SECONDS} s while the budget allows; TASKS_POLL_SECONDS="
+        f"{POLL_SECONDS}\n    (default 300): followed runs are listed every {POLL_SECONDS} s.\n"
     )
 
 
@@ -82,21 +98,29 @@ class Script:
     def hss_calls(self) -> int:
         return sum(self.stack.sim.calls.values())
 
-    def calls_note(self, before: int) -> None:
-        spent = self.hss_calls - before
-        if spent == 0:
-            self.printer.note("no HSS call: answered from the mirror in Redis")
-            return
-        limit = self.stack.runtime.settings.rate_limit
-        noun = "call" if spent == 1 else "calls"
-        self.printer.note(
-            f"{spent} HSS {noun}; {self.hss_calls} of the {limit.calls} allowed per "
-            f"{limit.window:g} s used so far"
-        )
+    def api_calls(self, api: str = REGISTRIES) -> int:
+        """Calls so far to one HSS API (each has its own 5 a minute)."""
+        return sum(self.stack.sim.apis[api].calls.values())
+
+    def calls_note(self, before: dict[str, int]) -> None:
+        settings = self.stack.runtime.settings
+        said = []
+        for api, limit in ((REGISTRIES, settings.rate_limit), (TASKS, settings.tasks_rate_limit)):
+            spent = self.api_calls(api) - before[api]
+            if spent:
+                noun = "call" if spent == 1 else "calls"
+                said.append(
+                    f"{spent} {API_NAMES[api]} {noun}; {self.api_calls(api)} of the "
+                    f"{limit.calls} allowed per {limit.window:g} s used so far"
+                )
+        self.printer.note(" · ".join(said) or "no HSS call: answered from the mirror in Redis")
+
+    def calls_now(self) -> dict[str, int]:
+        return {api: self.api_calls(api) for api in (REGISTRIES, TASKS)}
 
     async def command(self, text: str, *, lookup: bool = True) -> dict[str, Any]:
         """Type a command; print the ack and the fresh answer when one follows."""
-        before = self.hss_calls
+        before = self.calls_now()
         self.printer.step(f"{self.stack.user.command} {text}")
         reply = await self.stack.user.command_text(text)
         self.feed.ack(reply)
@@ -112,7 +136,7 @@ class Script:
 
     async def click(self, message: dict[str, Any], text: str) -> None:
         """Click a button of the user's own answer and print the new answer."""
-        before = self.hss_calls
+        before = self.calls_now()
         target = button_labelled(message, text)
         self.printer.step(f"click [{target['text']['text']}]")
         reply = await self.stack.user.click(target)
@@ -128,27 +152,27 @@ class Script:
         await self.feed.until(lambda c: c.name == "chat.update" and c.body.get("ts") == ts, 10.0)
 
     def flip(self, registry: Registry, status: str, reason: str | None = None) -> int:
-        """Change a registry in HSS; returns the HSS call count at that moment: every
-        later call sees the change."""
+        """Change a registry in HSS; returns the registries API's call count at that
+        moment: every later call sees the change."""
         self.stack.sim.set_status(TASK, registry.registry_id, status, reason)
         why = f" ({reason})" if reason else ""
         self.printer.step(
             f"meanwhile in HSS (the simulator): {registry.registry_name} of {TASK} is now "
             f"{status}{why}"
         )
-        return self.hss_calls
+        return self.api_calls()
 
     async def refreshed(self, after: int) -> None:
         """Wait for the scheduler's first background fetch after call number ``after``."""
         deadline = time.monotonic() + STEP_TIMEOUT
-        while self.hss_calls == after:
+        while self.api_calls() == after:
             if time.monotonic() > deadline:
                 raise TimeoutError
             await asyncio.sleep(0.02)
         at = time.perf_counter() - self.started
         self.printer.note(
             f"the scheduler refreshed {TASK} in the background at +{at:.1f} s "
-            f"(HSS call {self.hss_calls}); the alert pipeline reads what changed"
+            f"(HSS call {self.api_calls()}); the alert pipeline reads what changed"
         )
 
 
@@ -178,6 +202,14 @@ async def play(script: Script) -> None:
             lambda c: c.name == "chat.update" and "recovered" in json.dumps(c.body).lower(),
         ],
     )
+    await play_runs(script)
+
+
+async def play_runs(script: Script) -> None:
+    """Sync runs (ListImageScanTask): the runs HSS made, the newest one's failures by
+    reference."""
+    await script.command("tasks")
+    await script.command("latest failed")
 
 
 async def _until_all(feed: Feed, predicates: list[Callable[[Call], bool]]) -> None:
@@ -191,16 +223,21 @@ async def _until_all(feed: Feed, predicates: list[Callable[[Call], bool]]) -> No
 
 
 def summary(stack: Stack, seconds: float) -> str:
-    calls, limit = sum(stack.sim.calls.values()), stack.runtime.settings.rate_limit
+    settings = stack.runtime.settings
+    calls = []
+    for api, limit in ((REGISTRIES, settings.rate_limit), (TASKS, settings.tasks_rate_limit)):
+        spent = sum(stack.sim.apis[api].calls.values())
+        calls.append(f"{spent} {API_NAMES[api]} calls (limit {limit.calls} per {limit.window:g} s)")
     posts = stack.standin.api("chat.postMessage")
     threaded = sum(1 for c in posts if c.body.get("thread_ts"))
+    alerts = len(posts) - threaded
     updates = len(stack.standin.api("chat.update"))
     answers = sum(1 for c in stack.standin.calls if c.kind == "response")
     return (
-        f"Summary: {calls} HSS calls (limit {limit.calls} per {limit.window:g} s) · "
-        f"429s: {stack.sim.throttled} · Slack messages posted: {len(posts)} "
-        f"({len(posts) - threaded} alert, {threaded} thread reply), {updates} updated in "
-        f"place, {answers} answers by response_url · {seconds:.1f} s"
+        f"Summary: {', '.join(calls)} · 429s: {stack.sim.throttled} · Slack messages posted: "
+        f"{len(posts)} ({alerts} alert{'' if alerts == 1 else 's'}, {threaded} thread "
+        f"repl{'y' if threaded == 1 else 'ies'}), {updates} updated in place, {answers} "
+        f"answers by response_url · {seconds:.1f} s"
     )
 
 

@@ -1,10 +1,11 @@
 """``hss-sync-bot demo --interactive``: type slash commands at a prompt on the local stack.
 
 Lines go to the bot as ``/hss-sync`` commands (with or without the command's name), except
-the demo's own commands: ``flip`` changes a registry in the simulator, ``tasks`` lists what
-the simulator holds, ``click`` presses a button of the last message that has some,
-``wait``, ``help`` and ``quit``. Whatever the bot sends (answers, alerts, thread replies,
-updates) is printed as it arrives by a ``Feed`` following the Slack stand-in.
+the demo's own commands: ``flip`` changes a registry in the simulator, ``run`` starts a
+sync run in it (scheduled or manual), ``sim`` lists what the simulator holds, ``click``
+presses a button of the last message that has some, ``wait``, ``help`` and ``quit``.
+Whatever the bot sends (answers, alerts, thread replies, updates) is printed as it
+arrives by a ``Feed`` following the Slack stand-in.
 
 Any ``#name`` typed in a command is a channel of the demo's workspace: the first use makes
 it up (an id in the Slack stand-in, which tells the bot it is a member), and it is sent as
@@ -37,13 +38,18 @@ from bot.sandbox.simdata import STATUSES
 from bot.sandbox.slack_requests import button_labelled, channel_names
 from bot.sandbox.slack_standin import Channel
 
-#: Names shown per status by ``tasks``.
+#: Names shown per status by ``sim``.
 _NAMES_SHOWN = 8
 #: The longest ``wait``, in seconds.
 _WAIT_MAX = 120.0
 #: How long after a ``watch`` the prompt looks out for the first fetch of the task.
 _BASELINE_WAIT = 180.0
 _FLIP_USAGE = "flip <task> <registry> failed [reason]  or  flip <task> <registry> finished|running"
+#: The longest run ``run`` starts, in seconds.
+_RUN_MAX = 3600.0
+_RUN_USAGE = f"run auto|manual [seconds, up to {_RUN_MAX:g}]"
+#: The run kinds ``run`` takes, as ``Simulator.start_run`` takes them, and their HSS names.
+_RUN_KINDS = {"auto": "scheduled (autoSync)", "manual": "manual (manualSync)"}
 
 
 class InputError(ValueError):
@@ -64,6 +70,12 @@ class Flip:
 
 
 @dataclass(frozen=True, slots=True)
+class StartRun:
+    kind: str  # auto | manual
+    seconds: float | None = None  # None: the simulator's run duration
+
+
+@dataclass(frozen=True, slots=True)
 class Click:
     label: str
 
@@ -75,17 +87,18 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Plain:
-    """``help``, ``tasks`` or ``quit``."""
+    """``help``, ``sim`` or ``quit``."""
 
     name: str
 
 
-Action = SlashCommand | Flip | Click | Wait | Plain
+Action = SlashCommand | Flip | StartRun | Click | Wait | Plain
 
 #: Signals that end the prompt like ``quit`` (Ctrl-C, and a polite kill).
 _QUIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-_PLAIN = {"help": "help", "?": "help", "tasks": "tasks", "quit": "quit", "exit": "quit"}
+#: ``sim``, not ``tasks``: that is the bot's own command (the sync runs it knows).
+_PLAIN = {"help": "help", "?": "help", "sim": "sim", "quit": "quit", "exit": "quit"}
 
 
 def parse_line(line: str, command: str) -> Action | None:
@@ -105,6 +118,8 @@ def parse_line(line: str, command: str) -> Action | None:
         return Plain(_PLAIN[word])
     if word == "flip":
         return _flip(rest)
+    if word == "run":
+        return _run(rest)
     if word == "click":
         if not rest.strip():
             raise InputError("click which button? e.g. click next (see the last message)")
@@ -130,6 +145,21 @@ def _flip(rest: str) -> Flip:
     return Flip(task_id, registry, status, " ".join(why) or None)
 
 
+def _run(rest: str) -> StartRun:
+    words = rest.lower().split()
+    if not words or words[0] not in _RUN_KINDS or len(words) > 2:
+        raise InputError(f"start a sync run in HSS with {_RUN_USAGE}")
+    if len(words) == 1:
+        return StartRun(words[0])
+    try:
+        seconds = float(words[1])
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= _RUN_MAX:
+        raise InputError(f"a run takes from 0 to {_RUN_MAX:g} seconds: {_RUN_USAGE}")
+    return StartRun(words[0], seconds)
+
+
 def _wait(rest: str) -> Wait:
     try:
         seconds = float(rest) if rest else 5.0
@@ -148,11 +178,18 @@ def help_text(command: str, poll_seconds: float, alerts_channel: str, here: str)
         (f"watch daily-sync #{alerts_channel}", f"alerts for daily-sync in #{alerts_channel}"),
         ("", "(any #channel name works: the demo makes the channel up)"),
         ("watches all", f"every channel's watches (plain `watches`: only #{here}'s)"),
+        ("tasks", "the sync runs HSS made, newest first (auto, manual, failed)"),
+        ("latest failed", "what the newest run failed (latest-auto, latest-manual too)"),
+        (
+            f"watch runs auto #{alerts_channel}",
+            "alerts for each new scheduled run (runs: every run)",
+        ),
         (f"{command} help", "the bot's own help"),
         ("The demo's own commands:", ""),
         ("flip <task> <registry> failed [reason]", "make a registry fail in HSS (the simulator)"),
         ("flip <task> <registry> finished", "...or recover (running: retry)"),
-        ("tasks", "the simulator's tasks and their registries"),
+        ("run auto|manual [seconds]", "start a sync run in HSS (a new task, like tonight's)"),
+        ("sim", "the simulator's tasks and their registries"),
         ("click <button>", "press a button of the last message that has some"),
         ("wait [seconds]", "just print what the bot sends (default 5 s)"),
         ("help, quit", "this text; stop everything (also Ctrl-D, Ctrl-C)"),
@@ -270,13 +307,15 @@ class Prompt:
             await self._command(action.text)
         elif isinstance(action, Flip):
             await self._flip(action)
+        elif isinstance(action, StartRun):
+            self._start_run(action)
         elif isinstance(action, Click):
             await self._click(action.label)
         elif isinstance(action, Wait):
             # Ctrl-C ends a wait at once, not after it.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._interrupted.wait(), action.seconds)
-        elif action == Plain("tasks"):
+        elif action == Plain("sim"):
             await self._tasks()
         elif action == Plain("help"):
             self.printer.line(self.help())
@@ -290,7 +329,9 @@ class Prompt:
             return
         self.feed.ack(reply)
         words = text.lower().split()
-        if words[:1] == ["watch"] and len(words) > 1:
+        if words[:2] == ["watch", "runs"]:
+            await self._after_run_watch()
+        elif words[:1] == ["watch"] and len(words) > 1:
             await self._after_watch(text.split()[1])
         elif words == ["watches"]:
             self.printer.note(
@@ -328,6 +369,19 @@ class Prompt:
             )
             self._spawn(self._announce_baseline(task_id))
         self.printer.note(f"`watches all` lists the watch (plain `watches`: #{self.here}'s only)")
+
+    async def _after_run_watch(self) -> None:
+        """Say how a run watch plays out here: the runs that exist are its baseline, and
+        ``run`` makes a new one."""
+        workers = self.stack.workers
+        if workers is None or not await workers.run_watches.all():
+            return  # the bot said no, and why
+        self.printer.note(
+            f"the runs HSS has made so far are the baseline; the bot lists the runs every "
+            f"{self.poll_seconds:g} s while a channel follows them: `run auto` (or `run manual`) "
+            "starts one in HSS, and its failures come as one message, each marked new or still "
+            "failing"
+        )
 
     async def _has_baseline(self, task_id: str) -> bool:
         """Whether the bot's mirror holds every registry of the task (a full fetch)."""
@@ -369,13 +423,39 @@ class Prompt:
         try:
             changed = sim.set_status(flip.task_id, flip.registry, flip.status, flip.reason)
         except KeyError as exc:  # UnknownRegistry, whose message names task and registry
-            self.printer.line(f"  ! {exc}; `tasks` lists them")
+            self.printer.line(f"  ! {exc}; `sim` lists them")
             return
         why = f" ({changed.failed_reason})" if changed.sync_status == "failed" else ""
         self.printer.note(
             f"in HSS, {changed.registry_name} of {flip.task_id} is now {changed.sync_status}{why}"
         )
         self.printer.note(await self._when_seen(flip.task_id, changed))
+
+    def _start_run(self, start: StartRun) -> None:
+        sim = self.stack.sim
+        run = sim.start_run(start.kind, duration=start.seconds)
+        previous = sim.runs.previous(run)
+        new, still = sim.runs.new_and_still(run)
+        failing = new + still
+        self.printer.note(
+            f"in HSS, a {_RUN_KINDS[start.kind]} sync run began: {run.task_name} "
+            f"(task id {run.task_id}), {run.size} registries in {run.duration:g} s"
+        )
+        if previous is None:
+            self.printer.note(
+                f"it will fail {len(failing)} registries as it goes, all new (the first "
+                f"{start.kind} run): {_shown(failing)}"
+            )
+        else:
+            self.printer.note(
+                f"it will fail {len(failing)} registries as it goes: {len(new)} new (not failing "
+                f"in the previous {start.kind} run): {_shown(new)}; {len(still)} still failing: "
+                f"{_shown(still)}"
+            )
+        self.printer.note(
+            f"`latest failed` (or `latest-{start.kind} failed`, `{run.task_id} failed`) looks "
+            "them up; `tasks` lists the runs"
+        )
 
     async def _when_seen(self, task_id: str, changed: Registry) -> str:
         if task_id not in await self._watched():
@@ -407,11 +487,14 @@ class Prompt:
                 self.printer.line("    " + _names_line(status, registries))
 
 
+def _shown(names: list[str]) -> str:
+    more = f" … and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
+    return (", ".join(names[:_NAMES_SHOWN]) or "none") + more
+
+
 def _names_line(status: str, registries: list[Registry]) -> str:
     names = [r.registry_name for r in registries if r.sync_status == status]
-    shown = ", ".join(names[:_NAMES_SHOWN])
-    more = f" … and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
-    return f"{len(names)} {status}: {shown}{more}"
+    return f"{len(names)} {status}: {_shown(names)}"
 
 
 def _start_reader(

@@ -214,8 +214,9 @@ Serve an HSS stand-in over HTTP: ListAssociateRegistries and ListImageScanTask (
 runs) with the API gateway's signature check, its rate limit per API (HTTP 429, APIGW.0308),
 paging, made-up but repeatable registries, faults and status flips. A scheduled sync run
 starts every --run-every seconds and goes through the project's --run-registries registries
-in --run-duration seconds, about 2% of them failing (half of the previous run's failures
-carried over, half new); each run's task id is a task ListAssociateRegistries answers for.
+in --run-duration seconds, --run-failure-rate of them failing (half of the previous run's
+failures of the same kind carried over, half new); manual runs start by POST /_sim/run.
+Each run's task id is a task ListAssociateRegistries answers for.
 Point the bot at it with HSS_ENDPOINT=http://HOST:PORT and the --ak, --sk and --project-id
 below (CLOUD_SDK_AK, CLOUD_SDK_SK, HSS_PROJECT_ID)."""
 
@@ -353,6 +354,14 @@ def _parser() -> argparse.ArgumentParser:
         help="registries of the project, which every sync run goes through (default %(default)s)",
     )
     p.add_argument(
+        "--run-failure-rate",
+        type=_share,
+        default=0.02,
+        metavar="SHARE",
+        help="share of the registries, 0 to 1, that fail in each sync run: half of them failed "
+        "in the previous run of the same kind too (default %(default)g)",
+    )
+    p.add_argument(
         "--lockout",
         action="store_true",
         help="lock an AK for 5 minutes after 5 failed signatures in a row, as HSS does "
@@ -405,6 +414,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         run_duration=args.run_duration,
         run_history=args.run_history,
         run_registries=args.run_registries,
+        run_failure_rate=args.run_failure_rate,
     )
 
 

@@ -171,6 +171,23 @@ class SimRun:
         self._stopped_at = self.reached(now)
         self.end_status, self.ended_at = status, now
 
+    def failures(self) -> list[tuple[str, float]]:
+        """The registries this run fails as planned, in the order it reaches them: each
+        one's name and the moment it fails (when ``reached`` passes it)."""
+        data = self.registries(self.begin)
+        found = []
+        for serial in sorted(self.failing):
+            row = data.row_of(data.registry_id(serial))
+            if row is not None:  # None: removed by hand
+                at = self.begin + self.duration * (serial + 1) / self.size
+                found.append((data.registry_at(row).registry_name, at))
+        return found
+
+    def failing_names(self) -> list[str]:
+        """The names of the registries this run fails (as planned), in the order it reaches
+        them."""
+        return [name for name, _ in self.failures()]
+
     def registries(self, now: float) -> TaskData:
         """What ListAssociateRegistries answers for this run at ``now``."""
         if self._data is None:
@@ -296,6 +313,19 @@ class RunBook:
     def get(self, task_id: str, now: float) -> SimRun | None:
         self.catch_up(now)
         return self._by_id.get(task_id)
+
+    def previous(self, run: SimRun) -> SimRun | None:
+        """The run of the same kind that began before ``run``, whose failures it carries."""
+        earlier = self._runs[: self._runs.index(run)]
+        return next((r for r in reversed(earlier) if r.task_type == run.task_type), None)
+
+    def new_and_still(self, run: SimRun) -> tuple[list[str], list[str]]:
+        """The names of the registries ``run`` fails (as planned) that did not fail in the
+        previous run of its kind (new), and those that did (still failing)."""
+        previous = self.previous(run)
+        before = set(previous.failing_names()) if previous is not None else set()
+        failing = run.failing_names()
+        return [n for n in failing if n not in before], [n for n in failing if n in before]
 
     def newest_first(self, now: float) -> list[SimRun]:
         self.catch_up(now)

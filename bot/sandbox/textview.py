@@ -34,6 +34,12 @@ EMOJI = {
     "no_bell": "🔕",
     "mute": "🔇",
     "pause_button": "⏸",
+    # Sync runs (issue 10): a resolved reference, run alerts and their notices.
+    "pushpin": "📌",
+    "new": "🆕",
+    "alarm_clock": "⏰",
+    "hourglass": "⌛",
+    "checkered_flag": "🏁",
 }
 
 #: What formatting leaves alone: a code span, or one of Slack's ``<...>`` tokens. In escaped

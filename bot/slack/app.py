@@ -257,10 +257,11 @@ def build_app(
     if alert_buttons is not None:
         app.action(ALERT_ACTIONS)(clicks(alert_buttons.on_click))
     if watch_commands is not None:
-        app.event("app_home_opened")(background.events(watch_commands.on_home_opened))
-        app.action(ACTION_HOME_UNWATCH)(clicks(watch_commands.on_home_unwatch))
-        app.action(ACTION_HOME_UNWATCH_RUNS)(clicks(watch_commands.on_home_unwatch_runs))
-        app.action(ACTION_HOME_ADD_WATCH)(clicks(watch_commands.on_home_add_watch))
+        home = watch_commands.home
+        app.event("app_home_opened")(background.events(home.on_opened))
+        app.action(ACTION_HOME_UNWATCH)(clicks(home.on_unwatch))
+        app.action(ACTION_HOME_UNWATCH_RUNS)(clicks(home.on_unwatch_runs))
+        app.action(ACTION_HOME_ADD_WATCH)(clicks(home.on_add_watch))
         form = WatchFormHandlers(watch_commands, client=web_client, background=background)
         app.view(CALLBACK_ADD_WATCH)(form.on_submit)
     app.error(_on_error)

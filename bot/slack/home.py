@@ -1,6 +1,8 @@
-"""The App Home tab, pure: every run watch (what it follows, its filters and state) and every
-task watch with its last refresh, totals, last alert, each with an Unwatch button. Button
-values carry the watch's task (or kind of runs) and channel, re-validated on return."""
+"""The App Home tab, pure: an "Add a watch" button, the recent sync runs with their failed
+counts (from the stored run list, with its age: rendering Home never calls HSS), every run
+watch (what it follows, its filters and state) and every task watch with its last refresh,
+totals and last alert, each with an Unwatch button. Button values carry the watch's task (or
+kind of runs) and channel, re-validated on return."""
 
 from __future__ import annotations
 
@@ -11,10 +13,18 @@ from typing import Any
 
 from bot.errors import CommandError
 from bot.models import TaskRef, Totals
-from bot.runs import RunKind
+from bot.runs import RunKind, SyncRun
 from bot.slack.action_value import BUTTON_VALUE_MAX
-from bot.slack.blocks import button, context, header, section
-from bot.slack.text import CONVERSATION_ID, channel_mention, code, date_token, escape_truncated
+from bot.slack.blocks import button, context, header, pack, section
+from bot.slack.run_text import counts_text, kind_text, outcome_text, run_time, run_title
+from bot.slack.text import (
+    CONVERSATION_ID,
+    channel_mention,
+    code,
+    data_age,
+    date_token,
+    escape_truncated,
+)
 from bot.slack.watch_form import ACTION_HOME_ADD_WATCH
 from bot.slack.watch_text import filters_text, runs_text, state_text
 from bot.slack.words import validate_ep, validate_task_id
@@ -23,9 +33,23 @@ from bot.storage.watch_store import Watch
 
 ACTION_HOME_UNWATCH = "hss_home_unwatch"
 ACTION_HOME_UNWATCH_RUNS = "hss_home_unwatch_runs"
-#: App Home allows 100 blocks: the header, a notice, the headings and footers leave room for
-#: this many watch rows, run watches first.
+#: App Home allows 100 blocks: the header, a notice, the button, the recent runs, the
+#: headings and footers leave room for this many watch rows, run watches first.
 HOME_ROWS = 85
+#: Runs shown in "Recent runs", newest first.
+HOME_RECENT_RUNS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RecentRuns:
+    """What Home shows of the sync runs: the newest ones and when the list was fetched (None:
+    never), or one sentence saying why there is no list."""
+
+    runs: tuple[SyncRun, ...] = ()
+    fetched_at: float | None = None
+    unavailable: str | None = None
+
+
 _PROJECT_MAX = 256
 
 
@@ -75,19 +99,42 @@ def _run_row(w: RunWatch, now: float) -> dict[str, Any]:
     return _unwatchable(text, ACTION_HOME_UNWATCH_RUNS, encode_home_runs_value(w.kind, w.channel))
 
 
+def _recent_line(run: SyncRun) -> str:
+    return (
+        f"• {run_title(run)} · {kind_text(run)} · began {run_time(run.begin_time)} · "
+        f"{outcome_text(run)} · {counts_text(run)}"
+    )
+
+
+def _recent_blocks(recent: RecentRuns, now: float) -> list[dict[str, Any]]:
+    heading = section("*Recent runs*")
+    if recent.unavailable is not None:
+        return [heading, section(escape_truncated(recent.unavailable, 500))]
+    if recent.fetched_at is None:
+        return [heading, section("No run list yet: `/hss-sync tasks` fetches it.")]
+    age = data_age(recent.fetched_at, now)
+    if not recent.runs:
+        return [heading, section(f"HSS lists no sync runs ({age}).")]
+    lines = [_recent_line(run) for run in recent.runs[:HOME_RECENT_RUNS]]
+    return [heading, *pack(lines), context([f"{age} · `/hss-sync tasks` for every run"])]
+
+
 def render_home(
     rows: Sequence[HomeRow],
     *,
     runs: Sequence[RunWatch] = (),
+    recent: RecentRuns | None = None,
     now: float,
     notice: str | None = None,
 ) -> dict[str, Any]:
-    """The ``views.publish`` view for the Home tab."""
+    """The ``views.publish`` view for the Home tab; ``recent`` None: no "Recent runs"."""
     blocks: list[dict[str, Any]] = [header("HSS image-sync watches")]
     if notice:
         blocks.append(section(f":warning: {escape_truncated(notice, 500)}"))
     add = button("Add a watch", ACTION_HOME_ADD_WATCH, "add", primary=True)
     blocks.append({"type": "actions", "elements": [add]})
+    if recent is not None:
+        blocks.extend(_recent_blocks(recent, now))
     if not rows and not runs:
         blocks.append(
             section(

@@ -21,7 +21,7 @@ ids are UUID-like, so this costs nothing in practice.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from bot.errors import CommandError
@@ -94,12 +94,12 @@ def kind_word(kind: RunKind | None) -> str:
 class _Parsed:
     kind: RunKind | None = None
     channel: str | None = None
-    values: dict[str, str] | None = None
+    values: dict[str, str] = field(default_factory=dict)
     seconds: int | None = None
 
 
 def _parse(words: list[Word], verb: str, usage: str, *, options: bool, duration: bool) -> _Parsed:
-    parsed = _Parsed(values={})
+    parsed = _Parsed()
     seen: set[str] = set()
 
     def once(what: str, said: str) -> None:
@@ -123,7 +123,6 @@ def _parse(words: list[Word], verb: str, usage: str, *, options: bool, duration:
             if key in seen:
                 raise CommandError(f"Option {key}= is given twice; give each option once.")
             seen.add(key)
-            assert parsed.values is not None
             parsed.values[key] = value
         elif duration and (is_duration(text) or text[:1].isdigit()):
             once("duration", "duration")
@@ -149,7 +148,7 @@ def _unexpected(text: str, verb: str, usage: str, *, options: bool, duration: bo
 
 def parse_watch_runs(words: list[Word]) -> AddRunWatch:
     p = _parse(words, "watch", WATCH_RUNS_USAGE, options=True, duration=False)
-    values = p.values or {}
+    values = p.values
     return AddRunWatch(
         kind=p.kind,
         channel=p.channel,

@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from bot.runs import RunKind
+from bot.runs import RunKind, SyncRun
 from bot.slack.render import Message
+from bot.slack.run_text import run_time, run_title
 from bot.slack.run_watch_command import (
     AddRunWatch,
     MuteRuns,
@@ -28,15 +29,24 @@ from bot.storage.run_watch_store import RunWatch, RunWatchStore
 
 #: Raises ChannelRefused (with how to fix it) unless the bot can post in a channel.
 ChannelCheck = Callable[[str], Awaitable[None]]
+#: The newest run of a kind (None: any) the bot knows of, without asking HSS.
+NewestRun = Callable[[RunKind | None], Awaitable[SyncRun | None]]
 
 
-def watching_text(record: RunWatch, *, created: bool) -> str:
-    """The reply to ``watch runs``: what is followed, where, and what the baseline is."""
+def watching_text(record: RunWatch, *, created: bool, newest: SyncRun | None = None) -> str:
+    """The reply to ``watch runs``: what is followed, where, and what the baseline is
+    (``newest``: the newest run of the kind the bot knows of, which is part of it)."""
     where = channel_mention(record.channel)
     filters = filters_text(record.types, record.name)
     if created:
         head = f"Following {followed_text(record.kind)} in {where} ({filters})."
-        baseline = "Runs that exist now are the baseline, not alerts:"
+        baseline = "Runs that exist now are the baseline, not alerts"
+        if newest is not None:
+            baseline += (
+                f" (the newest I know of is {run_title(newest)}, "
+                f"began {run_time(newest.begin_time)})"
+            )
+        baseline += ":"
     else:
         head = f"Updated the watch of {runs_text(record.kind)} in {where} ({filters})."
         baseline = (
@@ -60,11 +70,13 @@ class RunWatchChanges:
         check_channel: ChannelCheck,
         clock: Callable[[], float] = time.time,
         on_watch: Callable[[str], Awaitable[None]] | None = None,
+        newest: NewestRun | None = None,
     ) -> None:
         self._store = store
         self._check_channel = check_channel
         self._clock = clock
         self._on_watch = on_watch
+        self._newest = newest
 
     async def change(self, cmd: RunWatchCommand, *, user: str, channel: str) -> Message:
         """Apply ``cmd`` in ``channel`` on behalf of ``user``; the reply."""
@@ -103,7 +115,8 @@ class RunWatchChanges:
         record, created = await self._store.add(given)
         if self._on_watch is not None:
             await self._on_watch(channel)
-        return section_message(watching_text(record, created=created))
+        newest = await self._newest(cmd.kind) if self._newest is not None else None
+        return section_message(watching_text(record, created=created, newest=newest))
 
 
 def _kind_suffix(kind: RunKind | None) -> str:

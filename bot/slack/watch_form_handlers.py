@@ -115,4 +115,4 @@ class WatchFormHandlers:
             # Not in the channel, say: the watch is made; the Home tab and `watches` show it.
             logger.info("no confirmation for a watch form: %s", exc.response.get("error"))
         if submitted.from_home:
-            await self._commands.publish_home(user)
+            await self._commands.home.publish(user)

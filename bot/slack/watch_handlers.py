@@ -20,25 +20,20 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.errors import BotError, ChannelRefused, CommandError, NotAllowed
 from bot.lookup import LookupService
 from bot.models import LookupRequest, SyncStatus, TaskRef
+from bot.runs import RunKind, SyncRun, latest
 from bot.runs_service import RunsService, named_run
 from bot.slack.blocks import section
-from bot.slack.home import HomeRow, decode_home_runs_value, decode_home_value, render_home
+from bot.slack.home_handlers import HomeTab
 from bot.slack.render import Message, render_error
-from bot.slack.request_shape import first_action, user_of
 from bot.slack.run_text import Resolved, resolved_line
 from bot.slack.run_watch_command import RunWatchCommand
 from bot.slack.run_watch_handlers import RunWatchChanges
 from bot.slack.text import channel_mention, code, date_token, escape
 from bot.slack.watch_command import AddWatch, ListWatches, Mute, Unmute, Unwatch, WatchCommand
 from bot.slack.watch_form import OpenWatchForm, form_view
-from bot.slack.watch_text import (
-    filters_text,
-    run_watch_line,
-    section_message,
-    state_text,
-)
-from bot.storage.run_watch_store import RunWatch, RunWatchStore
-from bot.storage.watch_store import Watch, WatchStore, may_change_watches
+from bot.slack.watch_text import filters_text, render_watch_list, section_message
+from bot.storage.run_watch_store import RunWatchStore
+from bot.storage.watch_store import WatchStore, may_change_watches
 
 logger = logging.getLogger(__name__)
 
@@ -46,32 +41,6 @@ Reply = Callable[[Message], Awaitable[None]]
 
 #: How long a user group's member list is trusted before asking Slack again.
 GROUP_CACHE_SECONDS = 300.0
-_LIST_SHOWN = 40
-
-
-def watch_line(w: Watch, now: float) -> str:
-    last = f", last alert {date_token(w.last_alert_at)}" if w.last_alert_at else ""
-    where = channel_mention(w.channel)
-    what = filters_text(w.types, w.name)
-    return f"• {code(w.task.task_id, 70)} in {where} · {what} · {state_text(w, now)}{last}"
-
-
-def render_watch_list(
-    watches: list[Watch], runs: list[RunWatch], *, now: float, everywhere: bool
-) -> Message:
-    """Run watches first (a channel has at most three), then task watches."""
-    if not watches and not runs:
-        where = "in any channel" if everywhere else "in this channel"
-        return section_message(
-            f"No task is watched {where}, and no runs are followed. Start with "
-            "`/hss-sync watch <task_id>` or `/hss-sync watch runs`."
-        )
-    lines = [run_watch_line(w, now) for w in runs] + [watch_line(w, now) for w in watches]
-    shown = lines[:_LIST_SHOWN]
-    if len(lines) > _LIST_SHOWN:
-        shown.append(f"_…and {len(lines) - _LIST_SHOWN} more_")
-    title = "Watches in every channel" if everywhere else "Watches in this channel"
-    return section_message(f"*{title}* ({len(lines)})\n" + "\n".join(shown))
 
 
 class WatchCommands:
@@ -98,8 +67,21 @@ class WatchCommands:
         self._clock = clock
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._run_watches = run_watches
+        self.home = HomeTab(
+            self,
+            watches=watches,
+            run_watches=run_watches,
+            lookups=lookups,
+            runs=runs,
+            client=client,
+            clock=clock,
+        )
         self._run_changes = RunWatchChanges(
-            run_watches, check_channel=self.check_channel, clock=clock, on_watch=on_watch
+            run_watches,
+            check_channel=self.check_channel,
+            clock=clock,
+            on_watch=on_watch,
+            newest=self._newest_run,
         )
 
     async def handle(
@@ -116,7 +98,7 @@ class WatchCommands:
                 await reply(await self._list(cmd, here))
             elif isinstance(cmd, OpenWatchForm):
                 trigger = str(command.get("trigger_id", ""))
-                await reply(await self._open_form(user, trigger, channel=here, from_home=False))
+                await reply(await self.open_form(user, trigger, channel=here, from_home=False))
             else:
                 await reply(await self.change(cmd, user=user, channel=cmd.channel or here))
         except BotError as exc:
@@ -200,63 +182,14 @@ class WatchCommands:
     def _ref(self, task_id: str, ep: str | None = None) -> TaskRef:
         return self._lookups.ref(LookupRequest(task_id, ep=ep))
 
-    # --- the App Home tab ---
-
-    async def home_rows(self) -> list[HomeRow]:
-        rows = []
-        for w in await self._watches.all():
-            request = LookupRequest(w.task.task_id, ep=w.task.enterprise_project_id)
-            answer = (await self._lookups.peek(request)).answer
-            rows.append(HomeRow(watch=w, fetched_at=answer.fetched_at, totals=answer.totals))
-        return rows
-
-    async def publish_home(self, user: str, notice: str | None = None) -> None:
-        rows, runs = await self.home_rows(), await self._run_watches.all()
-        view = render_home(rows, runs=runs, now=self._clock(), notice=notice)
-        await self._client.views_publish(user_id=user, view=view)
-
-    async def on_home_opened(self, event: dict[str, Any]) -> None:
-        user = event.get("user")
-        if event.get("tab", "home") == "home" and isinstance(user, str) and user:
-            await self.publish_home(user)
-
-    async def on_home_unwatch(self, body: dict[str, Any], respond: Any = None) -> None:
-        """The work after an Unwatch click's ack (``respond`` unused: Home has no message)."""
-
-        async def remove(value: str) -> None:
-            task, channel = decode_home_value(value)
-            await self._watches.remove(task=task, channel=channel)
-
-        await self._home_unwatch(body, remove)
-
-    async def on_home_unwatch_runs(self, body: dict[str, Any], respond: Any = None) -> None:
-        """The work after a run watch's Unwatch click's ack."""
-
-        async def remove(value: str) -> None:
-            kind, channel = decode_home_runs_value(value)
-            await self._run_watches.remove(channel=channel, kind=kind)
-
-        await self._home_unwatch(body, remove)
-
-    async def _home_unwatch(
-        self, body: dict[str, Any], remove: Callable[[str], Awaitable[None]]
-    ) -> None:
-        """Check who clicked, then ``remove`` by the button's value (CommandError: a value
-        that is not one of ours), and show the Home tab again."""
-        user = user_of(body)
-        if not await self.allowed(user):
-            await self.publish_home(user, notice=self.refusal())
-            return
-        try:
-            await remove(str(first_action(body).get("value", "")))
-        except CommandError as exc:
-            await self.publish_home(user, notice=exc.user_message())
-            return
-        await self.publish_home(user)
+    async def _newest_run(self, kind: RunKind | None) -> SyncRun | None:
+        """The newest run of ``kind`` in the stored run list (never a call)."""
+        snap = await self._runs.peek() if self._runs is not None else None
+        return latest(snap.runs, kind) if snap is not None else None
 
     # --- the form ---
 
-    async def _open_form(
+    async def open_form(
         self, user: str, trigger_id: str, *, channel: str | None, from_home: bool
     ) -> Message:
         """Open the "Add a watch" modal for ``user``, who must be allowed to add one."""
@@ -274,16 +207,6 @@ class WatchCommands:
                 "`/hss-sync watch <task_id>` or `/hss-sync watch runs`."
             ) from None
         return section_message("The form to add a watch is open.")
-
-    async def on_home_add_watch(self, body: dict[str, Any], respond: Any = None) -> None:
-        """The work after the Home tab's "Add a watch" click."""
-        user = user_of(body)
-        try:
-            trigger = body.get("trigger_id")
-            trigger = trigger if isinstance(trigger, str) else ""
-            await self._open_form(user, trigger, channel=None, from_home=True)
-        except BotError as exc:
-            await self.publish_home(user, notice=exc.user_message())
 
     # --- who may, and where ---
 

@@ -278,3 +278,52 @@ def runs_refused(project_id: str, ep: str | None) -> str:
     call. PX 5 minutes: a granted permission shows within that. Never the auth lock-out: a
     refused list must not stop lookups by task id."""
     return f"{PREFIX}:runs:{_runs_part(project_id, ep)}:refused"
+
+
+# --- following sync runs (``bot.alerting.run_follower``); TTLs of ``RUN_STATE_TTL`` ---------
+# A run is named by a ``TaskRef`` (project, enterprise project, the run's task id).
+
+#: Seconds a followed run's state outlives its last change: longer than a week, so the next
+#: daily run still finds what the previous one was told, and an idle cluster forgets.
+RUN_STATE_TTL = 30 * 86_400
+
+
+def run_follow(ref: TaskRef) -> str:
+    """HASH ``progress`` (JSON status and counts last listed), ``changed_at`` (when they last
+    moved, data time), ``fetched_for`` (JSON failed count, total and ended for which the
+    channels were last told), ``done`` (ended and told). Written by the follower only;
+    EX ``RUN_STATE_TTL``, renewed on every write."""
+    return f"{PREFIX}:follow:run:{task_part(ref)}"
+
+
+def run_alert(channel: str, ref: TaskRef) -> str:
+    """HASH ``state`` (JSON: what the channel was told about the run) and ``parent_ts`` (the
+    run message's ts, set by the outbox when it posts it). WATCHed by the follower, written
+    in the MULTI that queues its outbox items; EX ``RUN_STATE_TTL``."""
+    return f"{PREFIX}:follow:alert:{_part(channel)}:{task_part(ref)}"
+
+
+def run_notice(channel: str, ref: TaskRef, what: str) -> str:
+    """HASH ``parent_ts`` of a notice posted on its own (``stuck`` about a run with no
+    message, ``missed`` after a run, whose id ``ref`` holds): written by the outbox, EX
+    ``RUN_STATE_TTL`` set by the follower when it queues the notice."""
+    return f"{PREFIX}:follow:notice:{_part(what)}:{_part(channel)}:{task_part(ref)}"
+
+
+def runs_missed() -> str:
+    """HASH field = channel id, value = the mark of the absence of a scheduled run the channel
+    was last told about (``run_flips.Missed.mark``): one "missed" notice per absence. No
+    TTL: one small field per channel following scheduled runs."""
+    return f"{PREFIX}:follow:missed"
+
+
+def runs_follower_lease() -> str:
+    """STRING lock token (``redis.asyncio.lock.Lock``), PX ~ a minute, extended while a round
+    runs: one replica follows runs at a time."""
+    return f"{PREFIX}:follow:lease"
+
+
+def runs_follow_round() -> str:
+    """STRING epoch seconds of the last round's start: every replica keeps to one round per
+    ``TASKS_POLL_SECONDS`` across the cluster. PX = twice that poll."""
+    return f"{PREFIX}:follow:round"
