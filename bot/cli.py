@@ -380,7 +380,8 @@ async def _resolved(runtime: Runtime, request: LookupRequest) -> LookupRequest:
     Which run it named goes to stderr, with the data's age."""
     from bot.runs_service import named_run
 
-    run = await named_run(runtime.runs, request.task_id)
+    # At a terminal the fresh list is worth its wait (up to RESOLVE_WAIT).
+    run = await named_run(runtime.runs, request.task_id, patience=None)
     if run is None:
         return request
     said = (

@@ -68,6 +68,10 @@ RESOLVE_MAX_AGE = 60.0
 RECHECK_AGE = 5.0
 #: How long a person waits for a reference to be resolved before being told to try again.
 RESOLVE_WAIT = 30.0
+#: How long a reference waits for a fresher list when the older one names a run, before the
+#: older one answers: within Slack's 3-second ack, as a lookup answers from what the bot
+#: knows instead of making people wait on a busy budget (the fresh list still lands).
+RESOLVE_PATIENCE = 1.5
 
 #: Task references and the kind of run each names (None: any).
 REFERENCES: dict[str, RunKind | None] = {
@@ -220,14 +224,21 @@ class RunsService:
         raise AssertionError("unreachable: the second round returns or raises")
 
     async def resolve(
-        self, reference: str, *, priority: Priority, max_age: float = RESOLVE_MAX_AGE
+        self,
+        reference: str,
+        *,
+        priority: Priority,
+        max_age: float = RESOLVE_MAX_AGE,
+        patience: float | None = RESOLVE_PATIENCE,
     ) -> SyncRun:
         """The newest run a reference names, from a snapshot younger than ``max_age`` s
-        (refreshed otherwise). ``CommandError`` when HSS lists no such run."""
+        (refreshed otherwise; when the older snapshot names a run, the fresher one is waited
+        for at most ``patience`` s, None: as long as it takes). ``CommandError`` when HSS
+        lists no such run."""
         kind = reference_kind(reference)
         snap = await self.peek()
         if snap is None or self.age(snap) >= max_age:
-            snap = await self.refresh(priority=priority, max_age=max_age)
+            snap = await self._fresher(snap, kind, priority, max_age, patience)
         run = latest(snap.runs, kind)
         if run is None and self.age(snap) >= RECHECK_AGE:
             # "None" from a young list may be a manual run started seconds ago, the case
@@ -241,6 +252,22 @@ class RunsService:
                 "give a task id instead."
             )
         return run
+
+    async def _fresher(
+        self,
+        older: RunsSnapshot | None,
+        kind: RunKind | None,
+        priority: Priority,
+        max_age: float,
+        patience: float | None,
+    ) -> RunsSnapshot:
+        if older is None or patience is None or latest(older.runs, kind) is None:
+            return await self.refresh(priority=priority, max_age=max_age)
+        try:
+            async with asyncio.timeout(patience):
+                return await self.refresh(priority=priority, max_age=max_age)
+        except TimeoutError:
+            return older  # the call goes on (shared, shielded) and lands for the next one
 
     async def aclose(self) -> None:
         task, self._inflight = self._inflight, None
@@ -343,6 +370,7 @@ async def named_run(
     *,
     priority: Priority = Priority.INTERACTIVE,
     max_wait: float = RESOLVE_WAIT,
+    patience: float | None = RESOLVE_PATIENCE,
 ) -> SyncRun | None:
     """The run a task reference names, or None when ``word`` is a plain task id (which needs
     no call). Wherever a task id is accepted, this is how a reference is told from it and
@@ -353,7 +381,7 @@ async def named_run(
         raise CommandError(f"{REFERENCE_WORDS} need the run list, which is not set up here.")
     try:
         async with asyncio.timeout(max_wait):
-            return await runs.resolve(word, priority=priority)
+            return await runs.resolve(word, priority=priority, patience=patience)
     except TimeoutError:
         raise CommandError(
             f"Finding the newest run took longer than {max_wait:.0f} s (the run list's call "

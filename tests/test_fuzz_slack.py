@@ -28,11 +28,12 @@ from bot.alerting.message import ACTION_PATTERN as ALERT_ACTIONS
 from bot.errors import CommandError
 from bot.kept_questions import RetryPlan
 from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus
+from bot.runs_service import is_reference
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
 from bot.sandbox.slack_requests import Reply
-from bot.slack.action_value import decode_action_value, encode_action_value
-from bot.slack.command import Lookup, parse
+from bot.slack.action_value import decode_action_value, encode_action_value, encode_tasks_value
+from bot.slack.command import AddWatch, ListTasks, Lookup, parse
 from bot.slack.home import ACTION_HOME_UNWATCH, ACTION_HOME_UNWATCH_RUNS, decode_home_value
 from bot.slack.render import (
     ACTION_PAGE_NEXT,
@@ -42,8 +43,9 @@ from bot.slack.render import (
     ACTION_RETRY,
     ACTION_SHARE,
 )
+from bot.slack.render_tasks import ACTION_TASKS_FAILED, ACTION_TASKS_NEXT, ACTION_TASKS_PREV
 from bot.slack.text import CONVERSATION_ID, USER_ID, escape
-from bot.slack.watch_form import CALLBACK_ADD_WATCH
+from bot.slack.watch_form import ACTION_HOME_ADD_WATCH, CALLBACK_ADD_WATCH
 from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK
 from tests.support import HOSTILE, task_ids, until
 
@@ -52,9 +54,13 @@ USER = "U0FUZZ0001"
 #: Lookup buttons that may fetch (paging and sharing read the mirror only).
 FETCHING_BUTTONS = {ACTION_REFRESH, ACTION_REFRESH_CONFIRM, ACTION_RETRY}
 LOOKUP_BUTTONS = {ACTION_PAGE_PREV, ACTION_PAGE_NEXT, ACTION_SHARE, *FETCHING_BUTTONS}
+#: A run's Show failed is a lookup; the run list's paging reads the snapshot only.
+TASKS_BUTTONS = {ACTION_TASKS_FAILED, ACTION_TASKS_PREV, ACTION_TASKS_NEXT}
 ACTION_IDS = sorted(
     LOOKUP_BUTTONS
-    | {ACTION_HOME_UNWATCH, ACTION_HOME_UNWATCH_RUNS, ACTION_DETAILS, ACTION_ALL}
+    | TASKS_BUTTONS
+    | {ACTION_HOME_UNWATCH, ACTION_HOME_UNWATCH_RUNS, ACTION_HOME_ADD_WATCH}
+    | {ACTION_DETAILS, ACTION_ALL}
     | {f"hss_alert_{a}" for a in ("ack", "mute_1h", "mute_24h", "unmute")}
 )
 #: Markup that would ping people or hide a link; the bot's own tokens are allowed (below).
@@ -79,6 +85,10 @@ PIECES = [
     "unwatch",
     "runs",
     "auto",
+    "tasks",
+    "latest",
+    "latest-manual",
+    "name=<!here>",
     "1h",
     "type=Harbor,jfrog",
     "type=Quay",
@@ -98,9 +108,24 @@ PIECES = [
     "x" * 70,
     *HOSTILE,
 ]
+#: Commands' first words, so that the rest of a text reaches each grammar.
+STARTS = [
+    "tasks",
+    "latest",
+    "latest-auto failed",
+    "watch latest",
+    "watch runs",
+    "unwatch runs",
+    "mute runs",
+    "unmute runs",
+]
 command_texts = st.one_of(
     st.text(max_size=80),
     st.lists(st.sampled_from(PIECES) | st.text(max_size=12), max_size=6).map(" ".join),
+    st.tuples(
+        st.sampled_from(STARTS),
+        st.lists(st.sampled_from(PIECES) | st.text(max_size=12), max_size=3),
+    ).map(lambda t: " ".join([t[0], *t[1]])),
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -119,6 +144,8 @@ values = st.one_of(
     st.text(max_size=60),
     json_values.map(json.dumps),
     st.sampled_from(['{"v":1,"t":"..","p":0}', '{"v":1,"t":"t\\u200b","p":0}']),
+    st.builds(encode_tasks_value, st.builds(ListTasks), st.integers(0, 5)),
+    st.sampled_from(['{"v":1,"t":"latest","p":0}', '{"r":1,"p":0,"k":"x"}', '{"r":1,"p":-1}']),
 )
 users = st.one_of(
     st.just({"id": USER}),
@@ -218,9 +245,12 @@ def may_call_hss(kind: str, case: Any) -> bool:
     on a fetching button whose value it accepts; never for anything it refuses."""
     if kind == "command":
         try:
-            return isinstance(parse(escape(case)), Lookup)
+            parsed = parse(escape(case))
         except CommandError:
             return False
+        # A reference in a watch is resolved from the run list, which may take a call.
+        named = isinstance(parsed, AddWatch) and is_reference(parsed.task_id)
+        return isinstance(parsed, Lookup | ListTasks) or named
     if not (isinstance(case, dict) and case.get("type") == "block_actions"):
         return False
     if not isinstance(case.get("user"), dict) or not isinstance(case["user"].get("id"), str):
@@ -231,9 +261,11 @@ def may_call_hss(kind: str, case: Any) -> bool:
 
 def _accepted_fetch(action_id: str, value: str) -> bool:
     try:
-        if action_id in FETCHING_BUTTONS:
+        if action_id in FETCHING_BUTTONS or action_id == ACTION_TASKS_FAILED:
             decode_action_value(value)
             return True
+        if action_id in LOOKUP_BUTTONS:  # a reference in the value is resolved first
+            return is_reference(decode_action_value(value)[0].task_id)
         if ALERT_ACTIONS.fullmatch(action_id):
             return decode_alert_action(action_id, value).action_id in (ACTION_DETAILS, ACTION_ALL)
         if action_id == ACTION_HOME_UNWATCH:

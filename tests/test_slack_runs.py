@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from bot.hss.budget import Priority
 from bot.runs import SyncRun
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.simulator import SimConfig
@@ -39,10 +40,12 @@ MakeStack = Callable[..., Awaitable[Stack]]
 @pytest.fixture
 async def make_stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[MakeStack]:
     """``await make_stack(**SimConfig fields)``: the bot with watches, on the test Redis (or
-    on the one at ``url``)."""
+    on the one at ``url``), ``env`` overriding its settings."""
     async with AsyncExitStack() as exits:
 
-        async def make(url: str | None = None, **sim: Any) -> Stack:
+        async def make(
+            url: str | None = None, env: dict[str, str] | None = None, **sim: Any
+        ) -> Stack:
             config: dict[str, Any] = {
                 "ak": TEST_AK,
                 "sk": TEST_SK,
@@ -57,7 +60,10 @@ async def make_stack(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[Mak
             config.update(sim)
             return await exits.enter_async_context(
                 local_stack(
-                    sim_config=SimConfig(**config), redis_url=url or redis_url, watches=True
+                    sim_config=SimConfig(**config),
+                    redis_url=url or redis_url,
+                    watches=True,
+                    env=env,
                 )
             )
 
@@ -425,3 +431,21 @@ async def test_with_redis_away_tasks_and_references_answer_as_lookups_do(
     assert "Watches are kept in Redis" in text_of(reply.body)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     await asyncio.to_thread(redis_server.start)
+
+
+async def test_a_reference_on_a_busy_run_list_budget_answers_at_once_from_the_older_list(
+    make_stack: MakeStack,
+) -> None:
+    # Like a lookup, from what the bot knows: the run an older list names, in the ack,
+    # rather than "Working on it" and, 30 s later, "try again in a minute".
+    stack = await make_stack(env={"HSS_TASKS_RATE_LIMIT": "1/60s"})
+    await stack.runtime.runs.refresh(priority=Priority.INTERACTIVE)  # the minute's one call
+    key = keys.runs(TEST_PROJECT_ID, None)
+    at = float(await stack.runtime.redis.hget(key, "at") or 0)
+    await stack.runtime.redis.hset(key, "at", repr(at - 600))
+    newest = listed(stack)[0]
+    reply = await stack.user.command_text("latest failed")
+    assert reply.status == 200 and reply.elapsed < 3.0
+    said = text_of(reply.body)
+    assert ":pushpin: `latest` is" in said and f"`{newest.task_id}`" in said
+    assert f"task {newest.task_id}" in text_of(await answered(stack, reply))

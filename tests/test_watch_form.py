@@ -398,15 +398,21 @@ async def _settled(stack: Stack) -> bool:
 async def test_a_reference_waiting_for_the_run_list_s_budget_says_so_on_the_task_field(
     make_stack: MakeStack,
 ) -> None:
-    # The form has 2 s: a `latest` whose list is old waits for a slot of the run list's
-    # budget. The field says so and offers the way round (a task id), not "Slack or Redis".
+    # The form has 2 s. `latest-manual` names no run in the old list (the simulator's runs
+    # are scheduled), so it waits for a fresh one, behind the run list's spent budget: the
+    # field says so and offers the way round (a task id), not "Slack or Redis".
     stack = await make_stack(env={"HSS_TASKS_RATE_LIMIT": "1/60s"})
     await stack.runtime.runs.refresh(priority=Priority.INTERACTIVE)  # the minute's one call
     key = keys.runs(TEST_PROJECT_ID, None)
     at = float(await stack.runtime.redis.hget(key, "at") or 0)
     await stack.runtime.redis.hset(key, "at", repr(at - 600))
-    reply = await submit(stack, values(task="latest"))
+    reply = await submit(stack, values(task="latest-manual"))
     assert reply.body["response_action"] == "errors"
     error = reply.body["errors"]["task"]
     assert "budget" in error and "task id" in error and "Slack or Redis" not in error
     assert await WatchStore(stack.runtime.redis).all() == []
+    # `latest` the old list names: watched at once, as the command would.
+    reply = await submit(stack, values(task="latest"))
+    assert reply.body == {}
+    [watch] = await WatchStore(stack.runtime.redis).all()
+    assert watch.task.task_id == stack.sim.listed_runs()[0]["task_id"]
