@@ -63,6 +63,8 @@ SECRETS: tuple[str, ...] = (
     "xapp-run-test",
     "replica-test-signing-secret",  # test_replicas
     "xoxb-replica-test-token",
+    "run-replica-test-signing-secret",  # test_run_replicas
+    "xoxb-run-replica-test-token",
     "xoxb-test",  # test_outbox
     "xoxb-socket-test",  # test_socket_mode
     "xapp-1-socket-test",
