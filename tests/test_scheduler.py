@@ -329,9 +329,10 @@ async def test_hss_errors_are_logged_once_per_task_and_others_go_on(
     rep = await make_replica(sim)
     await watch(redis, "missing-1", "ok")
     with caplog.at_level(logging.WARNING, logger="bot.alerting.scheduler"):
-        await run_for(1.0, rep.scheduler)
-    assert len(rep.log.starts("ok")) >= 3
-    assert len(rep.log.starts("missing-1")) >= 3
+        # Until both came round three times (not for a second: a loaded machine made two).
+        await run_until(
+            lambda: all(len(rep.log.starts(t)) >= 3 for t in ("ok", "missing-1")), rep.scheduler
+        )
     assert min(gaps(rep.log.starts("missing-1"))) >= POLL
     warned = [r for r in caplog.records if r.name == "bot.alerting.scheduler"]
     assert [r.getMessage().split(":")[0] for r in warned] == [
