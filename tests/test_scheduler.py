@@ -334,10 +334,14 @@ async def test_hss_errors_are_logged_once_per_task_and_others_go_on(
             lambda: all(len(rep.log.starts(t)) >= 3 for t in ("ok", "missing-1")), rep.scheduler
         )
     assert min(gaps(rep.log.starts("missing-1"))) >= POLL
-    warned = [r for r in caplog.records if r.name == "bot.alerting.scheduler"]
-    assert [r.getMessage().split(":")[0] for r in warned] == [
-        "background refresh of task missing-1 failed"
+    # Only the refresh warnings: a loaded machine may also miss a 0.2 s lease's extension
+    # ("scheduler lease ... lost"), which is not what this test is about.
+    warned = [
+        r.getMessage().split(":")[0]
+        for r in caplog.records
+        if r.name == "bot.alerting.scheduler" and r.getMessage().startswith("background")
     ]
+    assert warned == ["background refresh of task missing-1 failed"]
 
 
 async def test_an_auth_lockout_idles_the_scheduler_until_cleared(
