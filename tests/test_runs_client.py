@@ -145,8 +145,9 @@ async def test_list_calls_spend_only_the_tasks_budget(
 
 
 #: The simulator's limit, per API; the budgets keep a margin (see test_hss_client.LIMIT).
+#: Two APIs' calls at once on a loaded machine bunched up by more than 30 ms (a 429): 100 ms.
 LIMIT = RateLimit(3, 0.3)
-BUDGET_LIMIT = RateLimit(LIMIT.calls, LIMIT.window + 0.03)
+BUDGET_LIMIT = RateLimit(LIMIT.calls, LIMIT.window + 0.1)
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["redis", "in-process"])

@@ -329,14 +329,19 @@ async def test_hss_errors_are_logged_once_per_task_and_others_go_on(
     rep = await make_replica(sim)
     await watch(redis, "missing-1", "ok")
     with caplog.at_level(logging.WARNING, logger="bot.alerting.scheduler"):
-        await run_for(1.0, rep.scheduler)
-    assert len(rep.log.starts("ok")) >= 3
-    assert len(rep.log.starts("missing-1")) >= 3
+        # Until both came round three times (not for a second: a loaded machine made two).
+        await run_until(
+            lambda: all(len(rep.log.starts(t)) >= 3 for t in ("ok", "missing-1")), rep.scheduler
+        )
     assert min(gaps(rep.log.starts("missing-1"))) >= POLL
-    warned = [r for r in caplog.records if r.name == "bot.alerting.scheduler"]
-    assert [r.getMessage().split(":")[0] for r in warned] == [
-        "background refresh of task missing-1 failed"
+    # Only the refresh warnings: a loaded machine may also miss a 0.2 s lease's extension
+    # ("scheduler lease ... lost"), which is not what this test is about.
+    warned = [
+        r.getMessage().split(":")[0]
+        for r in caplog.records
+        if r.name == "bot.alerting.scheduler" and r.getMessage().startswith("background")
     ]
+    assert warned == ["background refresh of task missing-1 failed"]
 
 
 async def test_an_auth_lockout_idles_the_scheduler_until_cleared(
@@ -353,14 +358,16 @@ async def test_an_auth_lockout_idles_the_scheduler_until_cleared(
         assert await rep.scheduler.run_once() is None
         assert rep.scheduler.next_wait == pytest.approx(POLL, abs=0.01)
         calls = sum(sim.sim.calls.values()) + sum(sim.sim.auth_failures.values())
-        await run_for(4 * POLL, rep.scheduler)
-        # It looked again every poll interval, but the lock-out stopped every call.
+        # Until it looked again three times (not for 4 polls: a loaded machine makes fewer).
+        await run_until(lambda: len(rep.log.refreshes) >= 4, rep.scheduler)
+        # It looked again every poll interval, no sooner, but the lock-out stopped every call.
+        assert min(gaps([start for _, start, _ in rep.log.refreshes])) >= POLL
         assert sum(sim.sim.calls.values()) + sum(sim.sim.auth_failures.values()) == calls
-        assert 2 <= len(rep.log.refreshes) <= 6
         assert await rep.lookups.reset_auth() is True
-        await run_for(2 * POLL, rep.scheduler)
-    fetched = {t for t, _, _ in rep.log.refreshes[-2:]}
-    assert fetched == {"a", "b"}
+        looked = len(rep.log.refreshes)
+        await run_until(
+            lambda: {t for t, _, _ in rep.log.refreshes[looked:]} == {"a", "b"}, rep.scheduler
+        )
     assert (await rep.lookups.peek(LookupRequest("b"))).answer.has_data
     messages = [r.getMessage() for r in caplog.records if r.name == "bot.alerting.scheduler"]
     assert sum("idle until the HSS authentication lock-out clears" in m for m in messages) == 1
