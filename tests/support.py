@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -22,13 +23,17 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.typedefs import Handler
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from slack_sdk.models.blocks import Block, BlockElement
 
 from bot.hss.budget import CallBudget, Priority, Ticket
 from bot.models import REGISTRY_TYPES, LookupRequest, SyncStatus, TaskRef, task_id_problem
 from bot.sandbox.localstack import Stack, local_stack
-from bot.sandbox.simulator import SimConfig
+from bot.sandbox.sim_server import make_app
+from bot.sandbox.simulator import SimConfig, Simulator
 from bot.sandbox.slack_standin import Channel
 from bot.slack.render import Message
 from bot.storage import keys
@@ -124,6 +129,95 @@ async def wait_healthy(
                 pass
             await asyncio.sleep(0.05)
     raise AssertionError("the bot never became healthy")
+
+
+@dataclass
+class Replica:
+    """One ``hss-sync-bot run`` process; its stderr is read all along (a full pipe would
+    block the bot's logging) and kept for the checks at the end."""
+
+    name: str
+    port: int
+    proc: asyncio.subprocess.Process
+    _err: bytearray = field(default_factory=bytearray)
+    _readers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stderr(self) -> str:
+        return self._err.decode(errors="replace")
+
+    def start_reading(self) -> None:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [
+            asyncio.create_task(_pump(self.proc.stderr, self._err)),
+            asyncio.create_task(_pump(self.proc.stdout, bytearray())),
+        ]
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Send ``sig`` and wait for the exit; the return code."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.wait_for(asyncio.gather(*self._readers), 5.0)
+        return code
+
+
+async def _pump(stream: asyncio.StreamReader, into: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        into += chunk
+
+
+@dataclass
+class SimDoor:
+    """One more HTTP front of a served simulator, counting the API requests in flight
+    through it: give each replica its own door, and a slow answer shows which one is
+    waiting on HSS (the one holding a lease around its calls)."""
+
+    url: str = ""
+    in_flight: int = 0
+    runner: web.AppRunner | None = None
+
+    async def aclose(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def open_door(sim: Simulator) -> SimDoor:
+    door = SimDoor()
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/_sim/"):
+            return await handler(request)
+        door.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            door.in_flight -= 1
+
+    app = make_app(sim)
+    app.middlewares.append(count)
+    door.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await door.runner.setup()
+    await web.TCPSite(door.runner, "127.0.0.1", 0).start()
+    host, port = door.runner.addresses[0][:2]
+    door.url = f"http://{host}:{port}"
+    return door
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` in a ``/metrics`` body whose labels include
+    ``labels``."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
 
 
 def redis_server_pids(data_dir: Path) -> list[int]:

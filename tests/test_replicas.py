@@ -30,7 +30,15 @@ from bot.sandbox.slack_standin import Call, Scripted, SlackStandIn
 from bot.storage import keys
 from bot.storage.mirror_store import RedisMirrorStore
 from tests.plugins.hss_sim import TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
-from tests.support import alerts_delivered, free_port, hss_env, refreshes_stored, run_bot, until
+from tests.support import (
+    Replica,
+    alerts_delivered,
+    free_port,
+    hss_env,
+    refreshes_stored,
+    run_bot,
+    until,
+)
 
 TASK = "task-replicas"
 REF = TaskRef(TEST_PROJECT_ID, TASK)
@@ -46,46 +54,6 @@ ALERT_TIMEOUT = 30.0
 
 
 # --- the processes ------------------------------------------------------------------------
-
-
-@dataclass
-class Replica:
-    """One ``hss-sync-bot run`` process; its stderr is read all along (a full pipe would
-    block the bot's logging) and kept for the checks at the end."""
-
-    name: str
-    port: int
-    proc: asyncio.subprocess.Process
-    _err: bytearray = field(default_factory=bytearray)
-    _readers: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def stderr(self) -> str:
-        return self._err.decode(errors="replace")
-
-    def start_reading(self) -> None:
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            asyncio.create_task(_pump(self.proc.stderr, self._err)),
-            asyncio.create_task(_pump(self.proc.stdout, bytearray())),
-        ]
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        """Send ``sig`` and wait for the exit; the return code."""
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.wait_for(asyncio.gather(*self._readers), 5.0)
-        return code
-
-
-async def _pump(stream: asyncio.StreamReader, into: bytearray) -> None:
-    while chunk := await stream.read(65536):
-        into += chunk
 
 
 @dataclass

@@ -16,6 +16,7 @@ from bot.alerting.run_flips import (
     Say,
     Send,
     compare,
+    complete,
     failed_flip,
     follows,
     is_stuck,
@@ -327,3 +328,12 @@ def test_stored_run_state_reads_back_and_damage_reads_as_new() -> None:
         assert decode_channel(junk) == ChannelRun()
     assert decode_seen({"progress": "[1]", "changed_at": "x"}) is None
     assert decode_seen({}) is None
+
+
+def test_a_run_of_no_registries_recovered_nothing() -> None:
+    empty = run(status=100, failed=0, total=0)
+    assert not complete(empty)
+    diff = compare([], [reg("a"), reg("b")], complete=complete(empty))
+    assert diff.recovered == () and not diff.all_recovered
+    step = plan_channel(ChannelRun(), empty, diff, loud=True, stuck=False)
+    assert step.sends == () and step.state.closed

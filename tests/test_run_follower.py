@@ -487,3 +487,26 @@ async def test_watch_runs_from_slack_then_a_new_run_is_alerted_with_its_end(redi
         assert "Muted until" not in everything(unmuted) and "Acknowledged by" in everything(unmuted)
         watch = await store.get(channel=channel, kind=RunKind.AUTO)
         assert watch is not None and watch.muted_until is None
+
+
+# --- changes that land while a round goes on ----------------------------------------------------
+
+
+async def test_a_watch_removed_or_muted_during_a_round_is_told_nothing(
+    make_world: MakeWorld,
+) -> None:
+    world = await make_world()
+    await world.start_run()
+    world.clock.advance(150)
+    await world.watch()
+    await world.watch(channel=OTHER)
+    await world.start_run()
+    world.clock.advance(150)
+    snap = await world.replicas[0].runtime.runs.refresh(priority=Priority.BACKGROUND)
+    read = await world.watches.all()  # what the round read; a round can wait minutes for slots
+    assert await world.watches.remove(channel=CHANNEL, kind=RunKind.AUTO) is not None
+    until_then = world.clock.now + 3600
+    assert await world.watches.mute(channel=OTHER, kind=RunKind.AUTO, until=until_then)
+    assert await world.follower.follow(snap, read) == 0
+    await world.deliver()
+    assert world.posts() == [] and world.posts(OTHER) == []

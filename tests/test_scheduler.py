@@ -25,7 +25,14 @@ from bot.runtime import Runtime, open_runtime
 from bot.sandbox.simulator import Faults
 from bot.storage import keys
 from bot.storage.watch_store import WatchStore
-from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.plugins.hss_sim import (
+    TEST_AK,
+    TEST_PROJECT_ID,
+    TEST_SK,
+    MakeSim,
+    RunningSim,
+    SimClock,
+)
 from tests.support import until
 
 POLL = 0.2
@@ -85,11 +92,17 @@ MakeReplica = Callable[..., Awaitable[Replica]]
 
 @pytest.fixture
 async def make_replica(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[MakeReplica]:
-    """``await make_replica(sim, poll=, log=, **env)``: a runtime and its scheduler."""
+    """``await make_replica(sim, poll=, log=, clock=, **env)``: a runtime and its scheduler,
+    both on ``clock`` (default ``time.time``)."""
     async with AsyncExitStack() as exits:
 
         async def make(
-            sim: RunningSim, *, poll: float = POLL, log: Log | None = None, **env: str
+            sim: RunningSim,
+            *,
+            poll: float = POLL,
+            log: Log | None = None,
+            clock: Callable[[], float] = time.time,
+            **env: str,
         ) -> Replica:
             settings = Settings.from_env(
                 {
@@ -102,7 +115,7 @@ async def make_replica(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[M
                     **env,
                 }
             )
-            runtime = await open_runtime(settings)
+            runtime = await open_runtime(settings, clock=clock)
             exits.push_async_callback(runtime.aclose)
             log = log if log is not None else Log()
             scheduler = Scheduler(
@@ -110,6 +123,7 @@ async def make_replica(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[M
                 watches=WatchStore(runtime.redis),
                 redis=runtime.redis,
                 poll_interval=poll,
+                clock=clock,
             )
             return Replica(runtime, scheduler, log)
 
@@ -130,6 +144,16 @@ async def run_for(seconds: float, *schedulers: Scheduler) -> None:
     await asyncio.gather(*loops)
 
 
+async def run_until(done: Callable[[], bool], *schedulers: Scheduler) -> None:
+    stop = asyncio.Event()
+    loops = [asyncio.create_task(s.run(stop)) for s in schedulers]
+    try:
+        await until(done, what="the schedulers' refreshes")
+    finally:
+        stop.set()
+        await asyncio.gather(*loops)
+
+
 def gaps(starts: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(starts)]
 
@@ -137,17 +161,24 @@ def gaps(starts: list[float]) -> list[float]:
 async def test_never_fetched_first_then_oldest_first(
     make_hss_sim: MakeSim, make_replica: MakeReplica, redis: aioredis.Redis
 ) -> None:
+    # Ages on a clock in the test's hand (the scheduler's and the lookup service's; HSS
+    # calls still stamp real time): "younger than poll_interval" holds however slowly a
+    # loaded machine runs the refreshes.
+    clock = SimClock()
     sim = await make_hss_sim(rate_limit=5, window=0.5)
-    rep = await make_replica(sim, poll=0.3)
+    rep = await make_replica(sim, poll=0.3, clock=clock)
     await watch(redis, "a", "b", "c", "d")
     await rep.lookups.refresh(LookupRequest("c"))
     await rep.lookups.refresh(LookupRequest("a"))
-    await asyncio.sleep(0.3)
+    clock.now = time.time() + 0.3  # c and a are a poll interval old, b and d never fetched
     done = [await rep.scheduler.run_once() for _ in range(4)]
     assert [r.task_id if r else None for r in done] == ["b", "d", "c", "a"]
     assert await rep.scheduler.run_once() is None  # everything younger than poll_interval
-    assert 0 < rep.scheduler.next_wait <= 0.3 + 0.01
-    await asyncio.sleep(rep.scheduler.next_wait)
+    # It waits exactly until the oldest, b, comes due (plus the loop's hair of slack).
+    b_at = (await rep.lookups.peek(LookupRequest("b"))).answer.fetched_at
+    assert b_at is not None and clock.now - b_at < 0.3
+    assert 0 < rep.scheduler.next_wait == pytest.approx(b_at + 0.3 - clock.now + 0.005, abs=1e-3)
+    clock.advance(rep.scheduler.next_wait)
     again = await rep.scheduler.run_once()
     assert again is not None and again.task_id == "b"
     assert sim.sim.throttled == 0
@@ -168,10 +199,14 @@ async def test_no_task_refreshed_more_often_than_poll_interval(
         return await run_once()
 
     rep.scheduler.run_once = counted  # type: ignore[method-assign]
-    await run_for(1.5, rep.scheduler)
+    # Until each task came round five times, not for a fixed time: a loaded machine makes
+    # fewer rounds a second, never shorter gaps.
+    started = time.time()
+    await run_until(lambda: all(len(rep.log.starts(t)) >= 5 for t in "abc"), rep.scheduler)
+    seconds = time.time() - started
     for task in "abc":
         starts = rep.log.starts(task)
-        assert 5 <= len(starts) <= 1.5 / POLL + 1
+        assert 5 <= len(starts) <= seconds / POLL + 1
         assert min(gaps(starts)) >= POLL
     # It sleeps until the next task is due instead of spinning.
     assert steps <= 3 * len(rep.log.refreshes)

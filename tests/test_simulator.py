@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
@@ -19,7 +18,14 @@ from bot.hss import signer
 from bot.sandbox.sim_server import cli_main
 from bot.sandbox.simdata import HOSTILE_NAMES, Query, TaskData
 from bot.sandbox.simulator import SimConfig, SimRequest, Simulator
-from tests.plugins.hss_sim import TEST_AK, TEST_PROJECT_ID, TEST_SK, MakeSim, RunningSim
+from tests.plugins.hss_sim import (
+    TEST_AK,
+    TEST_PROJECT_ID,
+    TEST_SK,
+    MakeSim,
+    RunningSim,
+    SimClock,
+)
 
 Params = list[tuple[str, str]]
 
@@ -179,20 +185,25 @@ async def test_wrong_project_is_403(hss_sim: RunningSim) -> None:
 
 
 async def test_rate_limit_sliding_window_with_retry_after(make_hss_sim: MakeSim) -> None:
-    running = await make_hss_sim(rate_limit=5, window=0.5, retry_after=True)
-    started = time.monotonic()
-    statuses = [(await get(running, "t")).status_code for _ in range(5)]
+    # The simulator's clock in the test's hand: a loaded machine cannot stretch the burst
+    # past the window, and the window passes without a real wait.
+    clock = SimClock()
+    running = await make_hss_sim(clock=clock, rate_limit=5, window=0.5, retry_after=True)
+    statuses = []
+    for n in range(5):  # at 0, 0.1, ... 0.4 s: all in one window
+        clock.advance(0.1 if n else 0.0)
+        statuses.append((await get(running, "t")).status_code)
     throttled = await get(running, "t")
-    assert time.monotonic() - started < 0.5, "the machine is too slow for this window"
     assert statuses == [200] * 5
     assert_error(throttled, 429, "APIGW.0308")
-    assert throttled.headers["Retry-After"] == "1"
-    await asyncio.sleep(0.55)
+    assert throttled.headers["Retry-After"] == "1"  # 0.1 s, rounded up to whole seconds
+    clock.advance(0.15)  # the window slides past the first call only: one slot, not five
     assert (await get(running, "t")).status_code == 200
+    assert (await get(running, "t")).status_code == 429
     stats = running.sim.stats()
-    assert stats["throttled"] == 1
-    assert stats["max_in_window"] == {TEST_AK: 6}
-    assert stats["by_status"] == {"200": 6, "429": 1}
+    assert stats["throttled"] == 2
+    assert stats["max_in_window"] == {TEST_AK: 7}  # the refused calls count too
+    assert stats["by_status"] == {"200": 6, "429": 2}
 
 
 async def test_no_retry_after_unless_configured(make_hss_sim: MakeSim) -> None:

@@ -115,8 +115,10 @@ def compare(
 
 
 def complete(run: SyncRun) -> bool:
-    """The run got through every registry (finished, with or without failures)."""
-    return run.task_status == DONE_STATUS
+    """The run got through every registry (finished, with or without failures). A run of
+    no registries (``total_num`` 0) synced nothing, so nothing the previous run failed can
+    have recovered in it: it is not complete in this sense."""
+    return run.task_status == DONE_STATUS and run.total_num > 0
 
 
 def previous_run(runs: Iterable[SyncRun], run: SyncRun) -> SyncRun | None:

@@ -64,7 +64,9 @@ from bot.storage.runs_store import RunsSnapshot
 
 logger = logging.getLogger(__name__)
 
-#: How long the follower's lease lives without renewal (renewed every third of it).
+#: How long the follower's lease lives without renewal (renewed every third of it), at most:
+#: it is one poll when polls are shorter, so a replica that dies inside a round holds up
+#: following for one poll, as a dead scheduler's lease does, not for many.
 LEASE_SECONDS = 30.0
 #: The shortest and longest wait of the loop between looks at the round's pace.
 _MIN_WAIT = 0.05
@@ -107,7 +109,7 @@ class RunFollower:
         lookups: LookupService,
         pace: Pace,
         clock: Callable[[], float] = time.time,
-        lease_seconds: float = LEASE_SECONDS,
+        lease_seconds: float | None = None,
     ) -> None:
         self._redis = redis
         self._runs = runs
@@ -116,7 +118,10 @@ class RunFollower:
         self._pace = pace
         self._clock = clock
         self._lease = Lock(
-            redis, keys.runs_follower_lease(), timeout=lease_seconds, thread_local=False
+            redis,
+            keys.runs_follower_lease(),
+            timeout=lease_seconds or min(LEASE_SECONDS, max(pace.poll, 1.0)),
+            thread_local=False,
         )
         self._outage = OutageGate(
             logger=logger,
@@ -255,16 +260,7 @@ class RunFollower:
                 )
             scope = LookupRequest(task_id=run.task_id, types=watch.types, name=watch.name)
             told_one = await self._teller.tell(
-                watch.channel,
-                scope,
-                ref,
-                run,
-                diff,
-                kind=watch.kind,
-                loud=watch.alerts(now),
-                muted_until=watch.muted_until,
-                stuck=stuck,
-                since=changed_at,
+                watch, scope, ref, run, diff, watches=self._watches, stuck=stuck, since=changed_at
             )
             if told_one is None:
                 told_all = False

@@ -33,10 +33,11 @@ from bot.alerting.run_message import (
 )
 from bot.alerting.run_state import RunView, queue_channel, queue_view, read_channel, read_view
 from bot.models import LookupRequest, TaskRef
-from bot.runs import RunKind, SyncRun
+from bot.runs import SyncRun
 from bot.slack.render import Message
 from bot.storage import keys
 from bot.storage.replies import as_str
+from bot.storage.run_watch_store import RunWatch, RunWatchStore
 from bot.storage.transact import Contended, transact
 
 logger = logging.getLogger(__name__)
@@ -49,29 +50,36 @@ class Teller:
 
     async def tell(
         self,
-        channel: str,
+        watch: RunWatch,
         scope: LookupRequest,
         ref: TaskRef,
         run: SyncRun,
         diff: RunDiff | None,
         *,
-        kind: RunKind | None,
-        loud: bool,
-        muted_until: float | None,
+        watches: RunWatchStore,
         stuck: bool,
         since: float,
     ) -> tuple[int, ChannelRun] | None:
-        """Plan and queue what ``channel`` hears about ``run`` through its watch of ``kind``
-        (``scope``: the run's task id and the watch's filters; ``loud`` unless muted or
-        paused; ``stuck`` since ``since``): the items queued and the channel's state, or None
-        when it could not be written (told again next round)."""
+        """Plan and queue what ``watch``'s channel hears about ``run`` (``scope``: the run's
+        task id and the watch's filters; ``stuck`` since ``since``): the items queued and the
+        channel's state, or None when it could not be written (told again next round).
+
+        The watch is read again in the transaction, under ``WATCH``: a round can wait
+        minutes for call slots, and a channel that unwatched, muted or was paused meanwhile
+        must hear nothing (a watch removed is told nothing; muted or paused, as
+        :func:`plan_channel` says)."""
+        channel, kind = watch.channel, watch.kind
         key = keys.run_alert(channel, ref)
         now = self._clock()
         shown = diff or RunDiff()
 
         async def body(pipe: Pipeline) -> tuple[tuple[Send, ...], ChannelRun]:
+            current = await watches.read(pipe, channel=channel, kind=kind)
             state = await read_channel(pipe, key)
-            step = plan_channel(state, run, diff, loud=loud, stuck=stuck)
+            if current is None or current.created_at != watch.created_at:
+                return (), state
+            muted_until = current.muted_until
+            step = plan_channel(state, run, diff, loud=current.alerts(now), stuck=stuck)
             if step.state == state:
                 return (), state
             before = await read_view(pipe, key)
@@ -94,7 +102,7 @@ class Teller:
             return step.sends, step.state
 
         try:
-            sends, state = await transact(self._redis, body, watch=[key])
+            sends, state = await transact(self._redis, body, watch=[key, watches.key(channel)])
         except Contended:
             logger.warning("run %s: channel %s kept changing; next round", run.task_id, channel)
             return None

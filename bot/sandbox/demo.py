@@ -3,9 +3,10 @@
 It starts an embedded Redis, the HSS simulator (with the real 5 calls/minute rule), a local
 stand-in for Slack's Web API and the bot in HTTP mode, then plays a short session through
 real signed Slack requests (a lookup, paging, a watch, a registry failing, the alert, the
-recovery in its thread) and prints every message the bot sends, as text or (``--json``) as
-JSON Lines with each message's Block Kit. ``--interactive`` gives a prompt instead (see
-``bot.sandbox.demo_prompt``).
+recovery in its thread; then ``tasks``, ``latest failed``, ``watch runs auto`` and the alert
+for a new scheduled run with one new and one still-failing registry) and prints every
+message the bot sends, as text or (``--json``) as JSON Lines with each message's Block Kit.
+``--interactive`` gives a prompt instead (see ``bot.sandbox.demo_prompt``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ POLL_SECONDS = 5
 HERE = Channel("C0DEMO0001", "demo")
 ALERTS = Channel("C0ALERTS01", "sync-alerts")
 FLIP_REASON = "pull from the registry failed: 503 Service Unavailable"
-#: Longest wait for any one thing the script expects; the whole run takes about 10 s.
+#: Longest wait for any one thing the script expects but the run's alert.
 STEP_TIMEOUT = 20.0
+#: Tonight's run in the script: it goes through its registries in this many seconds.
+DEMO_RUN_SECONDS = 20.0
+#: Longest wait for the run's alert and end: the registries budget may be spent for a
+#: minute by the session before it.
+RUN_TIMEOUT = 90.0
 
 
 #: The project's sync runs (ListImageScanTask): small and quick, so that each run fails two
@@ -162,6 +168,27 @@ class Script:
         )
         return self.api_calls()
 
+    def start_run(self) -> None:
+        """Tonight's scheduled run begins in HSS; say what it will fail, against the
+        previous scheduled run, and when the bot can fetch it."""
+        sim = self.stack.sim
+        run = sim.start_run("auto", duration=DEMO_RUN_SECONDS)
+        new, still = sim.runs.new_and_still(run)
+        self.printer.step(
+            f"meanwhile in HSS (the simulator): a scheduled sync run begins, {run.task_name} "
+            f"({run.size} registries in {DEMO_RUN_SECONDS:g} s); it will fail "
+            f"{', '.join(new)} (new: it did not fail in the previous scheduled run) and "
+            f"{', '.join(still)} (still failing)"
+        )
+        limit = self.stack.runtime.settings.rate_limit
+        spent = self.api_calls()
+        if spent >= limit.calls - 1:
+            self.printer.note(
+                f"{spent} ListAssociateRegistries calls went to the session above, and background "
+                f"work leaves 1 of every {limit.calls} to people: the bot's fetch of the run's "
+                f"failures waits until the first of them is {limit.window:g} s old"
+            )
+
     async def refreshed(self, after: int) -> None:
         """Wait for the scheduler's first background fetch after call number ``after``."""
         deadline = time.monotonic() + STEP_TIMEOUT
@@ -207,9 +234,28 @@ async def play(script: Script) -> None:
 
 async def play_runs(script: Script) -> None:
     """Sync runs (ListImageScanTask): the runs HSS made, the newest one's failures by
-    reference."""
+    reference, then a channel following scheduled runs hears of tonight's."""
+    feed = script.feed
+    # Each night's run is a new task: a watch on one task id hears nothing of the next run.
+    # The channel follows the runs instead, and the scheduler stops refreshing the task.
+    await script.command(f"unwatch {TASK} #{ALERTS.name}", lookup=False)
     await script.command("tasks")
     await script.command("latest failed")
+    await script.command(f"watch runs auto #{ALERTS.name}", lookup=False)
+    script.printer.note(
+        f"the runs that exist are the watch's baseline; from now on the bot lists the runs every "
+        f"{POLL_SECONDS} s (one ListImageScanTask call) and fetches a run's failed registries "
+        "when its counts move, at background priority"
+    )
+    script.start_run()
+    alert = await feed.until(
+        lambda c: is_channel_post(c, ALERTS.id) and "Sync run" in json.dumps(c.body), RUN_TIMEOUT
+    )
+    ts = str(alert.answer["ts"])
+    await feed.until(
+        lambda c: is_channel_post(c, ALERTS.id, thread=ts) and "Run ended" in json.dumps(c.body),
+        RUN_TIMEOUT,
+    )
 
 
 async def _until_all(feed: Feed, predicates: list[Callable[[Call], bool]]) -> None:
@@ -305,7 +351,9 @@ _DESCRIPTION = """\
 Play a short Slack session with the whole bot, no accounts needed: an embedded Redis, the
 HSS simulator (5 calls per 60 s, as HSS), a local stand-in for Slack's Web API and the bot,
 sent real signed Slack requests (a lookup, paging, a watch, a failure, its alert, the
-recovery). Every message the bot sends is printed as a person would read it in Slack."""
+recovery; then the sync runs, the newest one's failures, a watch on scheduled runs and the
+alert for tonight's). Every message the bot sends is printed as a person would read it in
+Slack."""
 
 
 def _parser() -> argparse.ArgumentParser:

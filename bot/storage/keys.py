@@ -318,8 +318,8 @@ def runs_missed() -> str:
 
 
 def runs_follower_lease() -> str:
-    """STRING lock token (``redis.asyncio.lock.Lock``), PX ~ a minute, extended while a round
-    runs: one replica follows runs at a time."""
+    """STRING lock token (``redis.asyncio.lock.Lock``), PX one ``TASKS_POLL_SECONDS`` (30 s
+    at most), extended while a round runs: one replica follows runs at a time."""
     return f"{PREFIX}:follow:lease"
 
 

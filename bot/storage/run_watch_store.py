@@ -137,6 +137,16 @@ class RunWatchStore:
 
     # --- reads ---
 
+    @staticmethod
+    def key(channel: str) -> str:
+        """The key that changes whenever a run watch of ``channel`` does (to ``WATCH``)."""
+        return keys.run_watch_channel(channel)
+
+    async def read(self, pipe: Pipeline, *, channel: str, kind: RunKind | None) -> RunWatch | None:
+        """The watch as it stands now, read through ``pipe`` (under its ``WATCH`` of
+        :meth:`key`): what a write made from an older read must check first."""
+        return await self._records.read(pipe, channel, _field(kind))
+
     async def get(self, *, channel: str, kind: RunKind | None) -> RunWatch | None:
         return await self._records.get(channel, _field(kind))
 
