@@ -183,8 +183,10 @@ def test_parse_raises_only_command_error_on_slack_syntax(text: str) -> None:
 
 # --- valid commands generated, then written the way Slack would send them -------------------
 
+#: What a name or ep may hold: no control, invisible or text-direction characters.
 _value_chars = st.characters(
-    blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"), blacklist_characters='"\u201c\u201d'
+    blacklist_categories=("Cc", "Cf", "Cs", "Zs", "Zl", "Zp"),
+    blacklist_characters='"\u201c\u201d',
 )
 
 

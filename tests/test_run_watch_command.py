@@ -80,6 +80,8 @@ def test_run_watch_commands_accepted(text: str, expected: object) -> None:
         ("mute runs type=Harbor", 'Unexpected "type=Harbor": mute runs takes auto or manual, a'),
         (f"watch runs name={'n' * 200}", "at most 128"),
         ('watch runs name="a\x01b"', "control characters"),
+        ("watch runs name=a\u202eb", "U+202E RIGHT-TO-LEFT OVERRIDE, a text-direction mark"),
+        ("watch runs name=\u200bx", "U+200B ZERO WIDTH SPACE, an invisible character"),
     ],
 )
 def test_run_watch_commands_rejected(text: str, message: str) -> None:

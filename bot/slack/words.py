@@ -24,6 +24,7 @@ from bot.models import (
     REGISTRY_TYPES,
     TASK_ID_MAX,
     SyncStatus,
+    hidden_character,
     task_id_problem,
 )
 from bot.slack.text import truncate, unescape
@@ -133,6 +134,11 @@ def _check_chars(what: str, value: str) -> None:
     # Control characters and lone surrogates cannot be sent to HSS or shown sensibly.
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
         raise CommandError(f"The {what} contains control characters; use printable text only.")
+    # Invisible and text-direction marks match nothing anyone can see, and echoed back they
+    # turn the rest of a reply's line around.
+    hidden = hidden_character("".join(ch for ch in value if unicodedata.category(ch) == "Cf"))
+    if hidden is not None:
+        raise CommandError(f"The {what} contains {hidden}; use visible characters only.")
 
 
 def _validate_text(value: str, *, what: str, maximum: int, empty: str) -> str:
