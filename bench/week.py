@@ -36,7 +36,10 @@ failure is *alerted* when its name (in code) first shows in a line of that run's
 or thread in that channel; *lost* when it never does; *duplicated* when more than one
 top-level message of the channel names it for that run, or more than one thread line does.
 Ours must mark it ``new``: ``misclassified`` counts those marked still failing. Latency =
-alerted - happened, in simulated seconds (a lost one counts as infinitely late).
+alerted - happened, in simulated seconds (a lost one counts as infinitely late); ours is
+split at the first ListImageScanTask call answered after the failure: ``to_list_call``
+(simulated s, what P bounds) and ``list_call_to_slack`` (real ms: the fetches, the outbox
+and the processing, which the compressed clock magnifies F times).
 
 The bound (ours), as the README's "Following runs" gives it: a failure shows in the counts of
 the next list call, every P = TASKS_POLL_SECONDS (one call on the tasks budget, which at one
