@@ -416,7 +416,9 @@ class LookupService:
     ) -> tuple[FetchResult, ApiFilter, int | None]:
         """The fetch, the filter it used, and the task's size if a probe learned it. All its
         calls are one question in the budget's queue (one ticket)."""
-        ticket = Ticket()
+        # Its size, as far as the mirror knows it: the first page of an unknown task is one
+        # call. The client corrects it from the first page.
+        ticket = Ticket(calls=_calls_for(snap, query))
         client = self._client
         if not (flt.is_full and task_size(snap) is None):
             return await client.fetch_all(ref, flt, priority=priority, ticket=ticket), flt, None
@@ -429,6 +431,7 @@ class LookupService:
             full = await client.fetch_all(ref, flt, priority=priority, first=first, ticket=ticket)
             return full, flt, None
         logger.info("task has %d registries: fetching only %s", first.total_num, view_key(narrower))
+        ticket.calls = 1  # a view of unknown size: its first page is one call
         narrow = await client.fetch_all(ref, narrower, priority=priority, ticket=ticket)
         return narrow, narrower, first.total_num
 
