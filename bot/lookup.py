@@ -44,10 +44,12 @@ from bot.mirror import (
     View,
     choose_view,
     covering_view,
+    covers,
     is_fresh,
     matching_rows,
     merge,
     pages,
+    parse_view_key,
     registries_of,
     row_matches,
     task_size,
@@ -266,11 +268,14 @@ class LookupService:
         # repeating a fetch because it waited would spend calls on data nobody has seen.
         # More rounds happen only when a size probe switched to a view that does not cover
         # this query, or a fetch we joined was for another filter.
-        for _ in range(3):
+        for round_no in range(3):
             view = covering_view(snap, query)
             if is_fresh(view, now=self._clock(), max_age=wanted) or _age_mark(view) > had:
                 break
-            await self._shared_fetch(ref, snap, query, priority)
+            # A narrow question joins a wider fetch under way once; if that fails, or lands
+            # without covering it (a size probe switched views), it fetches on its own.
+            if not (round_no == 0 and await self._join_covering(ref, query)):
+                await self._shared_fetch(ref, snap, query, priority)
             snap = await self._store.load(ref)
         return await self._answer(snap, request, covering_view(snap, query))
 
@@ -331,6 +336,34 @@ class LookupService:
         return had
 
     # --- fetching ---
+
+    async def _join_covering(self, ref: TaskRef, query: ApiFilter) -> bool:
+        """A ``name=`` or ``type=`` question waits for a fetch of a view that holds its answer
+        (the whole task, or its status), in this process or another replica, instead of
+        spending a call of its own. True when such a fetch landed; False when none is under
+        way or it failed."""
+        if query.registry_name is None and not query.registry_types:
+            return False
+        for (other, view), task in list(self._inflight.items()):
+            if other == ref and covers(parse_view_key(view), query):
+                try:
+                    await asyncio.shield(task)
+                except Exception as exc:  # its asker is told; this question asks on its own
+                    logger.info("covering fetch failed (%s): fetching on our own", exc)
+                    return False
+                return True
+        for flt in _wider_views(query):
+            view = view_key(flt)
+            snap = await self._store.load(ref)
+            before = _fetched_at(snap, view)
+            # Another replica holds the view's lock while it fetches: wait for its save.
+            while await self._store.locked(ref, view):
+                if await self._landed(ref, view, before):
+                    return True
+                await asyncio.sleep(POLL_OTHERS)
+            if await self._landed(ref, view, before):
+                return True
+        return False
 
     async def _shared_fetch(
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, priority: Priority
@@ -561,6 +594,14 @@ def _retrieve_exception(task: asyncio.Task[None]) -> None:
     # Retrieved here so that a failure nobody awaited is not logged as lost.
     if not task.cancelled():
         task.exception()
+
+
+def _wider_views(query: ApiFilter) -> list[ApiFilter]:
+    """The views that hold every answer to a narrow ``query``: the whole task, its status."""
+    views = [ApiFilter()]
+    if query.sync_status is not None:
+        views.append(ApiFilter(sync_status=query.sync_status))
+    return views
 
 
 def _age_mark(view: View | None) -> float:
