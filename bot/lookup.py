@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,7 @@ from bot.mirror import (
     task_size,
     totals,
     view_key,
+    with_task_size,
 )
 from bot.models import PAGE_LIMIT_MAX, Answer, ApiFilter, LookupRequest, TaskRef
 from bot.ops import metrics
@@ -138,6 +139,8 @@ class LookupService:
         self._calling: set[tuple[TaskRef, str]] = set()
         self._recent: OrderedDict[TaskRef, tuple[float, Snapshot]] = OrderedDict()
         self._loading: dict[TaskRef, asyncio.Future[Snapshot]] = {}
+        #: Fetches of tasks of unknown size: set once their first page told the size.
+        self._sizing: dict[TaskRef, asyncio.Event] = {}
         self._answers: OrderedDict[LookupRequest, tuple[Snapshot, Answer]] = OrderedDict()
         #: What fetches waiting for their turn (view locks held or wanted) may use of the
         #: Redis pool at once: hundreds of them renew and release together.
@@ -371,7 +374,10 @@ class LookupService:
         flt = choose_view(snap, query)
         key = (ref, view_key(flt))
         task = self._inflight.get(key)
+        sizing = flt.is_full and task_size(snap) is None
         if task is None:
+            if sizing:
+                self._sizing[ref] = asyncio.Event()
             # The fetch task inherits this hook: it marks the fetch as calling HSS once the
             # budget grants its first slot (see ``drain``).
             hook = on_grant.set(functools.partial(self._calling.add, key))
@@ -381,6 +387,8 @@ class LookupService:
                 on_grant.reset(hook)
             self._inflight[key] = task
             task.add_done_callback(_retrieve_exception)
+        elif sizing and await self._cheaper_once_sized(ref, query, task):
+            return  # the caller plans again, with the task's size known
         try:
             await asyncio.shield(task)
         except TooManyQuestions as exc:
@@ -388,6 +396,25 @@ class LookupService:
             # show; the caller's next round fetches on our own account.
             if exc.asker == (asker.get() or ""):
                 raise
+
+    async def _cheaper_once_sized(
+        self, ref: TaskRef, query: ApiFilter, task: asyncio.Task[None]
+    ) -> bool:
+        """Joining a fetch of a task of unknown size (everything, a page at a time): wait
+        until its first page tells the size. True when, with the size known, a cheaper view
+        answers ``query``: a one-call question then asks for it instead of waiting for
+        every page of the whole task."""
+        sized = self._sizing.get(ref)
+        if sized is None:
+            return False
+        probe = asyncio.ensure_future(sized.wait())
+        try:
+            await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            probe.cancel()
+        if task.done():
+            return False
+        return not choose_view(await self._store.load(ref), query).is_full
 
     async def _fetch_once(
         self,
@@ -401,6 +428,8 @@ class LookupService:
         try:
             await self._locked_fetch(ref, snap, query, flt, priority)
         finally:
+            if (sized := self._sizing.pop(ref, None)) is not None:
+                sized.set()
             # Leave before waiters wake: a caller that comes next must start a new fetch,
             # not "join" this finished one.
             if self._inflight.get(key) is asyncio.current_task():
@@ -449,9 +478,9 @@ class LookupService:
     ) -> tuple[FetchResult, ApiFilter, int | None]:
         """The fetch, the filter it used, and the task's size if a probe learned it. All its
         calls are one question in the budget's queue (one ticket)."""
-        # Its size, as far as the mirror knows it: the first page of an unknown task is one
-        # call. The client corrects it from the first page.
-        ticket = Ticket(calls=_calls_for(snap, query))
+        # Its size, as far as the mirror knows it: the first page of an unknown task or view
+        # is one call. The client corrects it from the first page.
+        ticket = Ticket(calls=_view_calls(snap, flt, unknown=1))
         client = self._client
         if not (flt.is_full and task_size(snap) is None):
             return await client.fetch_all(ref, flt, priority=priority, ticket=ticket), flt, None
@@ -459,6 +488,7 @@ class LookupService:
         first = await client.list_page(
             ref, flt, limit=PAGE_LIMIT_MAX, priority=priority, ticket=ticket
         )
+        await self._note_size(ref, first.total_num)
         narrower = choose_view(snap, query, size_hint=first.total_num)
         if narrower.is_full:
             full = await client.fetch_all(ref, flt, priority=priority, first=first, ticket=ticket)
@@ -467,6 +497,19 @@ class LookupService:
         ticket.calls = 1  # a view of unknown size: its first page is one call
         narrow = await client.fetch_all(ref, narrower, priority=priority, ticket=ticket)
         return narrow, narrower, first.total_num
+
+    async def _note_size(self, ref: TaskRef, total: int) -> None:
+        """Save the task's size as soon as a first page tells it, so that questions asked
+        meanwhile (here or on other replicas) plan their own view instead of waiting for
+        every page of this fetch."""
+        try:
+            new, _ = await self._store.update(ref, _sized(total))
+        except StoreError as exc:  # planning without it only costs time
+            logger.info("task size not saved (%s)", exc)
+        else:
+            self._remember(ref, new)
+        if (sized := self._sizing.pop(ref, None)) is not None:
+            sized.set()
 
     async def _merge_save(
         self, ref: TaskRef, flt: ApiFilter, result: FetchResult, size: int | None
@@ -511,7 +554,12 @@ def _calls_for(snap: Snapshot, query: ApiFilter) -> int:
     """Calls a refresh of ``query`` would make: pages of the view it would fetch, sized by
     its last fetch, else by the mirror's rows (when a wider view holds them all), else by
     the task."""
-    flt = choose_view(snap, query)
+    size = task_size(snap)
+    return _view_calls(snap, choose_view(snap, query), unknown=pages(size) if size else 1)
+
+
+def _view_calls(snap: Snapshot, flt: ApiFilter, *, unknown: int) -> int:
+    """Pages of a fetch of ``flt`` as far as the mirror knows (``unknown`` if it does not)."""
     size = task_size(snap)
     if flt.is_full:
         return pages(size) if size is not None else 1
@@ -520,7 +568,14 @@ def _calls_for(snap: Snapshot, query: ApiFilter) -> int:
         return pages(known.total)
     if covering_view(snap, flt) is not None:
         return pages(sum(1 for row in snap.rows.values() if row_matches(flt, row)))
-    return pages(size) if size is not None else 1
+    return unknown
+
+
+def _sized(total: int) -> Callable[[Snapshot], Awaitable[tuple[Snapshot, list[Change]]]]:
+    async def change(snap: Snapshot) -> tuple[Snapshot, list[Change]]:
+        return with_task_size(snap, total), []
+
+    return change
 
 
 def _note_lookup(

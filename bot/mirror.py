@@ -187,6 +187,11 @@ def merge(
     return merged, changes
 
 
+def with_task_size(snap: Snapshot, total: int) -> Snapshot:
+    """``snap`` knowing the task's size from a first page (its views and rows unchanged)."""
+    return replace(snap, task_total=total, generation=snap.generation + 1)
+
+
 def _row_from(reg: Registry, old: Row | None, at: float) -> Row:
     known = reg.sync_status or (old.known_status if old else "")
     return Row(

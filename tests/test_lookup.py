@@ -344,3 +344,23 @@ async def test_when_the_covering_fetch_fails_the_question_asks_on_its_own(
     assert {r.registry_name for r in narrow.registries} == named(sim, "big", part)
     # The failed fetch's attempts, then one call of the question's own.
     assert calls(sim) - spent == 1 + 3 + 1
+
+
+async def test_a_question_joining_a_size_probe_plans_again_once_the_size_is_known(
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+) -> None:
+    sim = await make_hss_sim(task_sizes={"big": 1200}, faults=Faults(latency_ms=250.0))
+    a = await make_runtime(sim)
+    b = await make_runtime(sim)
+    whole = asyncio.create_task(a.lookups.refresh(LookupRequest("big")))  # 6 pages
+    await until(lambda: bool(a.lookups._inflight), what="the first page asked for")
+    # Asked while the first page is on its way: it joins the fetch of everything (the
+    # size is unknown), then asks for the failed view alone once the first page told it.
+    failed = await a.lookups.refresh(LookupRequest("big", FAILED))
+    assert not whole.done(), "answered before the fetch of every page"
+    assert {r.registry_name for r in failed.registries} == names(sim, "big", "failed")
+    # Another replica knows the size from the mirror at once, and plans by it.
+    ref = a.lookups.ref(LookupRequest("big"))
+    assert (await b.lookups._store.load(ref)).task_total == 1200
+    await whole
+    assert calls(sim) == 6 + 1
