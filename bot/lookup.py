@@ -52,12 +52,21 @@ from bot.mirror import (
     parse_view_key,
     registries_of,
     row_matches,
+    sampled_pages,
     task_size,
     totals,
     view_key,
     with_task_size,
 )
-from bot.models import PAGE_LIMIT_MAX, Answer, ApiFilter, LookupRequest, TaskRef
+from bot.models import (
+    PAGE_LIMIT_MAX,
+    Answer,
+    ApiFilter,
+    LookupRequest,
+    Registry,
+    RegistryPage,
+    TaskRef,
+)
 from bot.ops import metrics
 from bot.storage.lease import keep_alive
 from bot.storage.mirror_store import MirrorStore, ViewLock
@@ -141,6 +150,8 @@ class LookupService:
         self._loading: dict[TaskRef, asyncio.Future[Snapshot]] = {}
         #: Fetches of tasks of unknown size: set once their first page told the size.
         self._sizing: dict[TaskRef, asyncio.Event] = {}
+        #: Their first page (registries, total) until they end.
+        self._samples: dict[TaskRef, tuple[tuple[Registry, ...], int]] = {}
         self._answers: OrderedDict[LookupRequest, tuple[Snapshot, Answer]] = OrderedDict()
         #: What fetches waiting for their turn (view locks held or wanted) may use of the
         #: Redis pool at once: hundreds of them renew and release together.
@@ -343,12 +354,16 @@ class LookupService:
     async def _join_covering(self, ref: TaskRef, query: ApiFilter) -> bool:
         """A ``name=`` or ``type=`` question waits for a fetch of a view that holds its answer
         (the whole task, or its status), in this process or another replica, instead of
-        spending a call of its own. True when such a fetch landed; False when none is under
-        way or it failed."""
-        if query.registry_name is None and not query.registry_types:
+        spending a call of its own; so does a status question unless its own view is one
+        call (shortest first). True when such a fetch landed; False when none is under way,
+        it failed, or its first page showed that the question is one call of its own."""
+        narrow = query.registry_name is not None or bool(query.registry_types)
+        if not narrow and (query.sync_status is None or await self._one_call(ref, query)):
             return False
         for (other, view), task in list(self._inflight.items()):
             if other == ref and covers(parse_view_key(view), query):
+                if not narrow and await self._cheaper_once_sized(ref, query, task):
+                    return False
                 try:
                     await asyncio.shield(task)
                 except Exception as exc:  # its asker is told; this question asks on its own
@@ -412,9 +427,18 @@ class LookupService:
             await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             probe.cancel()
-        if task.done():
-            return False
-        return not choose_view(await self._store.load(ref), query).is_full
+        return not task.done() and await self._one_call(ref, query)
+
+    async def _one_call(self, ref: TaskRef, query: ApiFilter) -> bool:
+        """The view that would answer ``query`` is one call, as far as the mirror knows, or
+        as the first page of a fetch of the whole task under way suggests (a sample)."""
+        snap = await self._store.load(ref)
+        flt = choose_view(snap, query)
+        known = _view_calls(snap, flt, unknown=0)
+        if known or flt.is_full:
+            return known == 1
+        sample = self._samples.get(ref)
+        return sample is not None and sampled_pages(sample[0], sample[1], flt) == 1
 
     async def _fetch_once(
         self,
@@ -430,6 +454,7 @@ class LookupService:
         finally:
             if (sized := self._sizing.pop(ref, None)) is not None:
                 sized.set()
+            self._samples.pop(ref, None)
             # Leave before waiters wake: a caller that comes next must start a new fetch,
             # not "join" this finished one.
             if self._inflight.get(key) is asyncio.current_task():
@@ -488,7 +513,7 @@ class LookupService:
         first = await client.list_page(
             ref, flt, limit=PAGE_LIMIT_MAX, priority=priority, ticket=ticket
         )
-        await self._note_size(ref, first.total_num)
+        await self._note_size(ref, first)
         narrower = choose_view(snap, query, size_hint=first.total_num)
         if narrower.is_full:
             full = await client.fetch_all(ref, flt, priority=priority, first=first, ticket=ticket)
@@ -498,12 +523,13 @@ class LookupService:
         narrow = await client.fetch_all(ref, narrower, priority=priority, ticket=ticket)
         return narrow, narrower, first.total_num
 
-    async def _note_size(self, ref: TaskRef, total: int) -> None:
+    async def _note_size(self, ref: TaskRef, first: RegistryPage) -> None:
         """Save the task's size as soon as a first page tells it, so that questions asked
-        meanwhile (here or on other replicas) plan their own view instead of waiting for
-        every page of this fetch."""
+        meanwhile (here or on other replicas) plan their own view; keep the page as a
+        sample of the task until this fetch ends, to tell which views are one call."""
+        self._samples[ref] = (first.registries, first.total_num)
         try:
-            new, _ = await self._store.update(ref, _sized(total))
+            new, _ = await self._store.update(ref, _sized(first.total_num))
         except StoreError as exc:  # planning without it only costs time
             logger.info("task size not saved (%s)", exc)
         else:

@@ -326,6 +326,15 @@ def _cost(snap: Snapshot, flt: ApiFilter, size: int) -> float:
     return whole - 0.5 if whole > 1 else whole
 
 
+def sampled_pages(sample: Sequence[Registry], total: int, flt: ApiFilter) -> int:
+    """Pages a fetch of ``flt`` would take, estimated from ``sample`` (a page of the whole
+    task) and the task's size: a guess for planning, never for answering."""
+    if not sample:
+        return pages(total)
+    hits = sum(1 for reg in sample if row_matches(flt, _row_from(reg, None, 0.0)))
+    return pages(math.ceil(hits / len(sample) * total))
+
+
 def _candidates(query: ApiFilter) -> list[ApiFilter]:
     out = [ApiFilter()]
     if query.sync_status is not None:

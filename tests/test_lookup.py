@@ -364,3 +364,20 @@ async def test_a_question_joining_a_size_probe_plans_again_once_the_size_is_know
     assert (await b.lookups._store.load(ref)).task_total == 1200
     await whole
     assert calls(sim) == 6 + 1
+
+
+async def test_a_status_question_of_many_pages_waits_for_the_whole_task_instead(
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+) -> None:
+    sim = await make_hss_sim(task_sizes={"big": 1200}, faults=Faults(latency_ms=100.0))
+    rt = await make_runtime(sim)
+    whole = asyncio.create_task(rt.lookups.refresh(LookupRequest("big")))  # 6 pages
+    # Asked once the first page told the task's size, while the other pages are on their
+    # way: the finished view alone would be cheaper than everything, but not one call.
+    await until(lambda: calls(sim) >= 2, what="the first page in")
+    finished = SyncStatus.FINISHED
+    assert len(names(sim, "big", "finished")) > 200, "the finished view is several pages"
+    answer = await rt.lookups.refresh(LookupRequest("big", finished))
+    await whole
+    assert calls(sim) == 6, "no page of the finished view of its own"
+    assert {r.registry_name for r in answer.registries} == names(sim, "big", "finished")
