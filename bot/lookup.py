@@ -427,7 +427,10 @@ class LookupService:
             await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             probe.cancel()
-        return not task.done() and await self._one_call(ref, query)
+        if task.done():
+            return False
+        wider = choose_view(await self._store.load(ref), query).is_full
+        return not wider and await self._one_call(ref, query)
 
     async def _one_call(self, ref: TaskRef, query: ApiFilter) -> bool:
         """The view that would answer ``query`` is one call, as far as the mirror knows, or
