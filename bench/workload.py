@@ -22,7 +22,9 @@ otherwise; a Next click counts as its question. The age of the data in an ack is
 the bot peeked the mirror for it (real seconds, reported simulated).
 
 Run: ``.venv/bin/python -m bench.workload [--seed N] [--factor F] [--fresh-seconds S]``;
-one figure per line.
+one figure per line. The 60-minute variant of the same team pattern (the same rate of
+lookups), with its last 30 minutes reported apart as the steady state:
+``--minutes 60 --lookups 1800 --steady-from 30``.
 """
 
 from __future__ import annotations
@@ -489,7 +491,7 @@ def report_side(
         emit(f"{p}.{size}_questions", len(sized))
         emit(f"{p}.{size}_first_answer_p50_sim_s", percentile(sized, 50) * factor)
         emit(f"{p}.{size}_first_answer_p99_sim_s", percentile(sized, 99) * factor)
-    if name == "ours":
+    if name.endswith("ours"):
         emit(f"{p}.first_answer_in_ack_share", sum(o.in_ack for o in outs) / len(outs))
         emit(f"{p}.commands_data_in_ack_share", sum(o.in_ack for o in commands) / len(commands))
         ages = [o.ack_age for o in commands if o.in_ack]
@@ -498,6 +500,21 @@ def report_side(
         for kind in ("fresh", "stale", "empty"):
             emit(f"{p}.acks_{kind}", sum(o.ack == kind for o in commands))
         emit(f"{p}.max_calls_in_window", max(side.stats["max_in_window"].values(), default=0))
+
+
+def _tail(side: Side, events: Sequence[Event], start: float) -> tuple[Side, list[Event]]:
+    """``side`` restricted to the lookups asked from ``start`` (simulated s) and the calls
+    made from then on."""
+    picked = [i for i, ev in enumerate(events) if ev.at >= start]
+    calls = [c for c in side.calls if c.at >= start]
+    tail = Side(
+        outcomes=[side.outcomes[i] for i in picked],
+        calls=calls,
+        late_calls=side.late_calls,
+        throttled=sum(c.status == 429 for c in calls),
+        stats=side.stats,
+    )
+    return tail, [events[i] for i in picked]
 
 
 def report(
@@ -525,6 +542,11 @@ def report(
             sum(c.at <= minutes * 60.0 for c in ours.calls),
         ),
     )
+    if args.steady_from is not None:
+        # The same figures for the lookups asked from that minute on, and the calls made
+        # from then until the last answer (429s: those among them).
+        tail, tail_events = _tail(ours, events, args.steady_from * 60.0)
+        report_side("steady.ours", tail, tail_events, factor, minutes)
     by_task = Counter(c.task for c in ours.calls)
     print(f"# ours.calls_by_task {json.dumps(dict(sorted(by_task.items())))}", flush=True)
     if args.verbose:
@@ -562,6 +584,13 @@ def main() -> None:
         type=float,
         default=REAL_FRESH,
         help="the bot's HSS_FRESH_SECONDS in real time (divided by --factor)",
+    )
+    parser.add_argument(
+        "--steady-from",
+        type=float,
+        default=None,
+        help="also report (as workload.steady.ours.*) the lookups asked from this simulated"
+        " minute on: the steady state of a long run",
     )
     parser.add_argument("--verbose", action="store_true", help="one line per lookup, as #")
     args = parser.parse_args()
