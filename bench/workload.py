@@ -16,8 +16,15 @@ Calls are timestamped as the simulator receives them: ``calls_in_window`` counts
 the 10 simulated minutes (the budget allows at most 5 x minutes there), ``calls`` all of them
 until the last answer landed; ``calls_first_sim_s``/``calls_last_sim_s`` give their span.
 
+Questions are split by size: one-page when the cheapest server-side view that answers them
+(the whole task, its status alone, or the query itself) fits one page of 200, multi-page
+otherwise; a Next click counts as its question. The age of the data in an ack is taken when
+the bot peeked the mirror for it (real seconds, reported simulated).
+
 Run: ``.venv/bin/python -m bench.workload [--seed N] [--factor F] [--fresh-seconds S]``;
-one figure per line.
+one figure per line. The 60-minute variant of the same team pattern (the same rate of
+lookups), with its last 30 minutes reported apart as the steady state:
+``--minutes 60 --lookups 1800 --steady-from 30``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ from huaweicloudsdkcore.exceptions import exceptions as sdk_errors
 from huaweicloudsdkhss.v5 import HssClient, ListAssociateRegistriesRequest
 
 from bench.common import INF, ResponseWatcher, emit, ms, percentile, quiet, ratio
-from bot.models import REGISTRY_TYPES, Registry
+from bot.hss.budget import asker
+from bot.lookup import Question
+from bot.models import PAGE_LIMIT_MAX, REGISTRY_TYPES, LookupRequest, Registry
 from bot.sandbox.localstack import Stack, local_stack
 from bot.sandbox.sim_server import start_simulator
 from bot.sandbox.simulator import _ROUTE, SimConfig, SimRequest, SimResponse, Simulator
@@ -104,6 +113,9 @@ class Event:
     page: int = 0
     after: int | None = None  # page clicks: the lookup whose Next button is clicked
     matches: int = 0
+    #: Calls the cheapest server-side view answering the question takes (whole task, its
+    #: status, or the query itself, each 200 a page): 1 = a one-page question.
+    calls: int = 1
 
 
 # --- the workload ----------------------------------------------------------------------------
@@ -131,6 +143,21 @@ def _new_query(rng: random.Random, task: str, regs: Sequence[Registry]) -> Query
     return Query(task, kind)
 
 
+def _pages(count: int) -> int:
+    return max(1, -(-count // PAGE_LIMIT_MAX))
+
+
+def view_calls(query: Query, regs: Sequence[Registry]) -> int:
+    """Calls the cheapest view answering ``query`` takes: the whole task, its status alone,
+    or the query itself (as ``bot.mirror.choose_view`` chooses)."""
+    options = [len(regs)]
+    if query.status is not None:
+        options.append(sum(r.sync_status == query.status for r in regs))
+    if query.types or query.name is not None:
+        options.append(sum(map(query.matches, regs)))
+    return _pages(min(options))
+
+
 def make_workload(
     config: SimConfig, *, seed: int, users: int, lookups: int, minutes: float
 ) -> list[Event]:
@@ -148,7 +175,17 @@ def make_workload(
         user = rng.randrange(users)
         prev = last.get(user)
         if prev and prev.matches > (prev.page + 1) * PAGE_SIZE and rng.random() < PAGE_CHANCE:
-            ev = Event(index, at, user, "page", prev.query, prev.page + 1, prev.index, prev.matches)
+            ev = Event(
+                index,
+                at,
+                user,
+                "page",
+                prev.query,
+                prev.page + 1,
+                prev.index,
+                prev.matches,
+                prev.calls,
+            )
         elif events and rng.random() < REPEAT_CHANCE:
             query = rng.choice([e.query for e in events if e.kind != "page"])
             ev = Event(index, at, user, "repeat", query)
@@ -157,7 +194,9 @@ def make_workload(
             ev = Event(index, at, user, "new", _new_query(rng, task, truth.registries(task)))
         if ev.kind != "page":
             regs = truth.registries(ev.query.task)
-            ev = dataclasses.replace(ev, matches=sum(map(ev.query.matches, regs)))
+            ev = dataclasses.replace(
+                ev, matches=sum(map(ev.query.matches, regs)), calls=view_calls(ev.query, regs)
+            )
         events.append(ev)
         last[user] = ev
     return events
@@ -173,6 +212,7 @@ class Outcome:
     fresh: float = INF  # seconds to fresh data (commands only)
     in_ack: bool = False
     ack: str = ""  # commands: fresh | stale (data and a notice) | empty (no data)
+    ack_age: float = INF  # real seconds: how old the data shown in the ack was
     final: dict[str, Any] | None = None
     problem: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -248,6 +288,25 @@ class OurRun:
         self.watcher = watcher
         self.life = life
         self.users = [self._user(i) for i in range(users)]
+        #: asker -> (perf_counter, age in s) of each answer with data the bot acked with
+        self.asked: dict[str, list[tuple[float, float]]] = {}
+        lookups = stack.runtime.lookups
+        ask = lookups.ask
+
+        async def noted(request: LookupRequest, *, started: float | None = None) -> Question:
+            question = await ask(request, started=started)
+            shown = question.peek.answer.fetched_at
+            if shown is not None:
+                entry = (time.perf_counter(), max(0.0, time.time() - shown))
+                self.asked.setdefault(asker.get() or "", []).append(entry)
+            return question
+
+        lookups.ask = noted  # type: ignore[method-assign]
+
+    def _ack_age(self, user: SlackUser, since: float) -> float:
+        """The age of the data the bot acked ``user``'s command with, asked after ``since``."""
+        ages = [age for at, age in self.asked.get(user.user_id, []) if at >= since]
+        return ages[-1] if ages else INF
 
     def _user(self, i: int) -> SlackUser:
         # A copy of the stack's signed-request user, as another person in another channel.
@@ -264,6 +323,7 @@ class OurRun:
         out.ack = "empty"
         if has_data(reply.body):
             out.first, out.in_ack = t_ack - t0, True
+            out.ack_age = self._ack_age(self.users[ev.user], t0)
             out.ack = "stale" if has_notice(reply.body) else "fresh"
             if not has_notice(reply.body):
                 out.fresh = t_ack - t0
@@ -426,11 +486,35 @@ def report_side(
     emit(f"{p}.calls_last_sim_s", max((c.at for c in side.calls), default=0.0))
     emit(f"{p}.calls_after_last_answer", side.late_calls)
     emit(f"{p}.throttled_429", side.throttled)
-    if name == "ours":
+    for size, picked in (("one_page", True), ("multi_page", False)):
+        sized = [o.first for o, e in zip(outs, events, strict=True) if (e.calls == 1) == picked]
+        emit(f"{p}.{size}_questions", len(sized))
+        emit(f"{p}.{size}_first_answer_p50_sim_s", percentile(sized, 50) * factor)
+        emit(f"{p}.{size}_first_answer_p99_sim_s", percentile(sized, 99) * factor)
+    if name.endswith("ours"):
         emit(f"{p}.first_answer_in_ack_share", sum(o.in_ack for o in outs) / len(outs))
+        emit(f"{p}.commands_data_in_ack_share", sum(o.in_ack for o in commands) / len(commands))
+        ages = [o.ack_age for o in commands if o.in_ack]
+        emit(f"{p}.ack_age_p50_sim_s", percentile(ages, 50) * factor)
+        emit(f"{p}.ack_age_p99_sim_s", percentile(ages, 99) * factor)
         for kind in ("fresh", "stale", "empty"):
             emit(f"{p}.acks_{kind}", sum(o.ack == kind for o in commands))
         emit(f"{p}.max_calls_in_window", max(side.stats["max_in_window"].values(), default=0))
+
+
+def _tail(side: Side, events: Sequence[Event], start: float) -> tuple[Side, list[Event]]:
+    """``side`` restricted to the lookups asked from ``start`` (simulated s) and the calls
+    made from then on."""
+    picked = [i for i, ev in enumerate(events) if ev.at >= start]
+    calls = [c for c in side.calls if c.at >= start]
+    tail = Side(
+        outcomes=[side.outcomes[i] for i in picked],
+        calls=calls,
+        late_calls=side.late_calls,
+        throttled=sum(c.status == 429 for c in calls),
+        stats=side.stats,
+    )
+    return tail, [events[i] for i in picked]
 
 
 def report(
@@ -458,6 +542,11 @@ def report(
             sum(c.at <= minutes * 60.0 for c in ours.calls),
         ),
     )
+    if args.steady_from is not None:
+        # The same figures for the lookups asked from that minute on, and the calls made
+        # from then until the last answer (429s: those among them).
+        tail, tail_events = _tail(ours, events, args.steady_from * 60.0)
+        report_side("steady.ours", tail, tail_events, factor, minutes)
     by_task = Counter(c.task for c in ours.calls)
     print(f"# ours.calls_by_task {json.dumps(dict(sorted(by_task.items())))}", flush=True)
     if args.verbose:
@@ -495,6 +584,13 @@ def main() -> None:
         type=float,
         default=REAL_FRESH,
         help="the bot's HSS_FRESH_SECONDS in real time (divided by --factor)",
+    )
+    parser.add_argument(
+        "--steady-from",
+        type=float,
+        default=None,
+        help="also report (as workload.steady.ours.*) the lookups asked from this simulated"
+        " minute on: the steady state of a long run",
     )
     parser.add_argument("--verbose", action="store_true", help="one line per lookup, as #")
     args = parser.parse_args()

@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,17 +44,29 @@ from bot.mirror import (
     View,
     choose_view,
     covering_view,
+    covers,
     is_fresh,
     matching_rows,
     merge,
     pages,
+    parse_view_key,
     registries_of,
     row_matches,
+    sampled_pages,
     task_size,
     totals,
     view_key,
+    with_task_size,
 )
-from bot.models import PAGE_LIMIT_MAX, Answer, ApiFilter, LookupRequest, TaskRef
+from bot.models import (
+    PAGE_LIMIT_MAX,
+    Answer,
+    ApiFilter,
+    LookupRequest,
+    Registry,
+    RegistryPage,
+    TaskRef,
+)
 from bot.ops import metrics
 from bot.storage.lease import keep_alive
 from bot.storage.mirror_store import MirrorStore, ViewLock
@@ -136,6 +148,10 @@ class LookupService:
         self._calling: set[tuple[TaskRef, str]] = set()
         self._recent: OrderedDict[TaskRef, tuple[float, Snapshot]] = OrderedDict()
         self._loading: dict[TaskRef, asyncio.Future[Snapshot]] = {}
+        #: Fetches of tasks of unknown size: set once their first page told the size.
+        self._sizing: dict[TaskRef, asyncio.Event] = {}
+        #: Their first page (registries, total) until they end.
+        self._samples: dict[TaskRef, tuple[tuple[Registry, ...], int]] = {}
         self._answers: OrderedDict[LookupRequest, tuple[Snapshot, Answer]] = OrderedDict()
         #: What fetches waiting for their turn (view locks held or wanted) may use of the
         #: Redis pool at once: hundreds of them renew and release together.
@@ -266,11 +282,14 @@ class LookupService:
         # repeating a fetch because it waited would spend calls on data nobody has seen.
         # More rounds happen only when a size probe switched to a view that does not cover
         # this query, or a fetch we joined was for another filter.
-        for _ in range(3):
+        for round_no in range(3):
             view = covering_view(snap, query)
             if is_fresh(view, now=self._clock(), max_age=wanted) or _age_mark(view) > had:
                 break
-            await self._shared_fetch(ref, snap, query, priority)
+            # A narrow question joins a wider fetch under way once; if that fails, or lands
+            # without covering it (a size probe switched views), it fetches on its own.
+            if not (round_no == 0 and await self._join_covering(ref, query)):
+                await self._shared_fetch(ref, snap, query, priority)
             snap = await self._store.load(ref)
         return await self._answer(snap, request, covering_view(snap, query))
 
@@ -332,13 +351,48 @@ class LookupService:
 
     # --- fetching ---
 
+    async def _join_covering(self, ref: TaskRef, query: ApiFilter) -> bool:
+        """A ``name=`` or ``type=`` question waits for a fetch of a view that holds its answer
+        (the whole task, or its status), in this process or another replica, instead of
+        spending a call of its own; so does a status question unless its own view is one
+        call (shortest first). True when such a fetch landed; False when none is under way,
+        it failed, or its first page showed that the question is one call of its own."""
+        narrow = query.registry_name is not None or bool(query.registry_types)
+        if not narrow and (query.sync_status is None or await self._one_call(ref, query)):
+            return False
+        for (other, view), task in list(self._inflight.items()):
+            if other == ref and covers(parse_view_key(view), query):
+                if not narrow and await self._cheaper_once_sized(ref, query, task):
+                    return False
+                try:
+                    await asyncio.shield(task)
+                except Exception as exc:  # its asker is told; this question asks on its own
+                    logger.info("covering fetch failed (%s): fetching on our own", exc)
+                    return False
+                return True
+        for flt in _wider_views(query):
+            view = view_key(flt)
+            snap = await self._store.load(ref)
+            before = _fetched_at(snap, view)
+            # Another replica holds the view's lock while it fetches: wait for its save.
+            while await self._store.locked(ref, view):
+                if await self._landed(ref, view, before):
+                    return True
+                await asyncio.sleep(POLL_OTHERS)
+            if await self._landed(ref, view, before):
+                return True
+        return False
+
     async def _shared_fetch(
         self, ref: TaskRef, snap: Snapshot, query: ApiFilter, priority: Priority
     ) -> None:
         flt = choose_view(snap, query)
         key = (ref, view_key(flt))
         task = self._inflight.get(key)
+        sizing = flt.is_full and task_size(snap) is None
         if task is None:
+            if sizing:
+                self._sizing[ref] = asyncio.Event()
             # The fetch task inherits this hook: it marks the fetch as calling HSS once the
             # budget grants its first slot (see ``drain``).
             hook = on_grant.set(functools.partial(self._calling.add, key))
@@ -348,6 +402,8 @@ class LookupService:
                 on_grant.reset(hook)
             self._inflight[key] = task
             task.add_done_callback(_retrieve_exception)
+        elif sizing and await self._cheaper_once_sized(ref, query, task):
+            return  # the caller plans again, with the task's size known
         try:
             await asyncio.shield(task)
         except TooManyQuestions as exc:
@@ -355,6 +411,37 @@ class LookupService:
             # show; the caller's next round fetches on our own account.
             if exc.asker == (asker.get() or ""):
                 raise
+
+    async def _cheaper_once_sized(
+        self, ref: TaskRef, query: ApiFilter, task: asyncio.Task[None]
+    ) -> bool:
+        """Joining a fetch of a task of unknown size (everything, a page at a time): wait
+        until its first page tells the size. True when, with the size known, a cheaper view
+        answers ``query``: a one-call question then asks for it instead of waiting for
+        every page of the whole task."""
+        sized = self._sizing.get(ref)
+        if sized is None:
+            return False
+        probe = asyncio.ensure_future(sized.wait())
+        try:
+            await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            probe.cancel()
+        if task.done():
+            return False
+        wider = choose_view(await self._store.load(ref), query).is_full
+        return not wider and await self._one_call(ref, query)
+
+    async def _one_call(self, ref: TaskRef, query: ApiFilter) -> bool:
+        """The view that would answer ``query`` is one call, as far as the mirror knows, or
+        as the first page of a fetch of the whole task under way suggests (a sample)."""
+        snap = await self._store.load(ref)
+        flt = choose_view(snap, query)
+        known = _view_calls(snap, flt, unknown=0)
+        if known or flt.is_full:
+            return known == 1
+        sample = self._samples.get(ref)
+        return sample is not None and sampled_pages(sample[0], sample[1], flt) == 1
 
     async def _fetch_once(
         self,
@@ -368,6 +455,9 @@ class LookupService:
         try:
             await self._locked_fetch(ref, snap, query, flt, priority)
         finally:
+            if (sized := self._sizing.pop(ref, None)) is not None:
+                sized.set()
+            self._samples.pop(ref, None)
             # Leave before waiters wake: a caller that comes next must start a new fetch,
             # not "join" this finished one.
             if self._inflight.get(key) is asyncio.current_task():
@@ -416,7 +506,9 @@ class LookupService:
     ) -> tuple[FetchResult, ApiFilter, int | None]:
         """The fetch, the filter it used, and the task's size if a probe learned it. All its
         calls are one question in the budget's queue (one ticket)."""
-        ticket = Ticket()
+        # Its size, as far as the mirror knows it: the first page of an unknown task or view
+        # is one call. The client corrects it from the first page.
+        ticket = Ticket(calls=_view_calls(snap, flt, unknown=1))
         client = self._client
         if not (flt.is_full and task_size(snap) is None):
             return await client.fetch_all(ref, flt, priority=priority, ticket=ticket), flt, None
@@ -424,13 +516,29 @@ class LookupService:
         first = await client.list_page(
             ref, flt, limit=PAGE_LIMIT_MAX, priority=priority, ticket=ticket
         )
+        await self._note_size(ref, first)
         narrower = choose_view(snap, query, size_hint=first.total_num)
         if narrower.is_full:
             full = await client.fetch_all(ref, flt, priority=priority, first=first, ticket=ticket)
             return full, flt, None
         logger.info("task has %d registries: fetching only %s", first.total_num, view_key(narrower))
+        ticket.calls = 1  # a view of unknown size: its first page is one call
         narrow = await client.fetch_all(ref, narrower, priority=priority, ticket=ticket)
         return narrow, narrower, first.total_num
+
+    async def _note_size(self, ref: TaskRef, first: RegistryPage) -> None:
+        """Save the task's size as soon as a first page tells it, so that questions asked
+        meanwhile (here or on other replicas) plan their own view; keep the page as a
+        sample of the task until this fetch ends, to tell which views are one call."""
+        self._samples[ref] = (first.registries, first.total_num)
+        try:
+            new, _ = await self._store.update(ref, _sized(first.total_num))
+        except StoreError as exc:  # planning without it only costs time
+            logger.info("task size not saved (%s)", exc)
+        else:
+            self._remember(ref, new)
+        if (sized := self._sizing.pop(ref, None)) is not None:
+            sized.set()
 
     async def _merge_save(
         self, ref: TaskRef, flt: ApiFilter, result: FetchResult, size: int | None
@@ -475,7 +583,12 @@ def _calls_for(snap: Snapshot, query: ApiFilter) -> int:
     """Calls a refresh of ``query`` would make: pages of the view it would fetch, sized by
     its last fetch, else by the mirror's rows (when a wider view holds them all), else by
     the task."""
-    flt = choose_view(snap, query)
+    size = task_size(snap)
+    return _view_calls(snap, choose_view(snap, query), unknown=pages(size) if size else 1)
+
+
+def _view_calls(snap: Snapshot, flt: ApiFilter, *, unknown: int) -> int:
+    """Pages of a fetch of ``flt`` as far as the mirror knows (``unknown`` if it does not)."""
     size = task_size(snap)
     if flt.is_full:
         return pages(size) if size is not None else 1
@@ -484,7 +597,14 @@ def _calls_for(snap: Snapshot, query: ApiFilter) -> int:
         return pages(known.total)
     if covering_view(snap, flt) is not None:
         return pages(sum(1 for row in snap.rows.values() if row_matches(flt, row)))
-    return pages(size) if size is not None else 1
+    return unknown
+
+
+def _sized(total: int) -> Callable[[Snapshot], Awaitable[tuple[Snapshot, list[Change]]]]:
+    async def change(snap: Snapshot) -> tuple[Snapshot, list[Change]]:
+        return with_task_size(snap, total), []
+
+    return change
 
 
 def _note_lookup(
@@ -558,6 +678,14 @@ def _retrieve_exception(task: asyncio.Task[None]) -> None:
     # Retrieved here so that a failure nobody awaited is not logged as lost.
     if not task.cancelled():
         task.exception()
+
+
+def _wider_views(query: ApiFilter) -> list[ApiFilter]:
+    """The views that hold every answer to a narrow ``query``: the whole task, its status."""
+    views = [ApiFilter()]
+    if query.sync_status is not None:
+        views.append(ApiFilter(sync_status=query.sync_status))
+    return views
 
 
 def _age_mark(view: View | None) -> float:

@@ -187,6 +187,11 @@ def merge(
     return merged, changes
 
 
+def with_task_size(snap: Snapshot, total: int) -> Snapshot:
+    """``snap`` knowing the task's size from a first page (its views and rows unchanged)."""
+    return replace(snap, task_total=total, generation=snap.generation + 1)
+
+
 def _row_from(reg: Registry, old: Row | None, at: float) -> Row:
     known = reg.sync_status or (old.known_status if old else "")
     return Row(
@@ -319,6 +324,15 @@ def _cost(snap: Snapshot, flt: ApiFilter, size: int) -> float:
     if estimate is not None:
         return pages(estimate)
     return whole - 0.5 if whole > 1 else whole
+
+
+def sampled_pages(sample: Sequence[Registry], total: int, flt: ApiFilter) -> int:
+    """Pages a fetch of ``flt`` would take, estimated from ``sample`` (a page of the whole
+    task) and the task's size: a guess for planning, never for answering."""
+    if not sample:
+        return pages(total)
+    hits = sum(1 for reg in sample if row_matches(flt, _row_from(reg, None, 0.0)))
+    return pages(math.ceil(hits / len(sample) * total))
 
 
 def _candidates(query: ApiFilter) -> list[ApiFilter]:

@@ -12,6 +12,7 @@ load; upper bounds (no slot idles while someone waits) the other way round, and 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -424,12 +425,15 @@ ONE = RateLimit(1, 0.2)  # one slot per 0.2 s: every waiter has its own turn
 
 
 async def queue_up(
-    budgets: list[TimedBudget], names: list[str], order: list[str]
+    budgets: list[TimedBudget],
+    names: list[str],
+    order: list[str],
+    sizes: dict[str, int] | None = None,
 ) -> list[asyncio.Task[Grant]]:
     """Interactive waiters ``names``, arriving one after another across ``budgets``
     (replicas); each appends its name to ``order`` and returns its grant. A name
     ``person/question`` is asked by ``person`` (the ``asker`` of its task); others by
-    nobody in particular."""
+    nobody in particular. ``sizes``: calls a question takes in all (default one)."""
 
     async def wait(budget: TimedBudget, name: str, ticket: Ticket) -> Grant:
         if "/" in name:
@@ -440,7 +444,8 @@ async def queue_up(
 
     tasks = []
     for i, name in enumerate(names):
-        ticket = Ticket()  # what a fresh acquire takes; it shows when the arrival is queued
+        # What a fresh acquire takes; it shows when the arrival is queued.
+        ticket = Ticket(calls=(sizes or {}).get(name, 1))
         tasks.append(asyncio.create_task(wait(budgets[i % len(budgets)], name, ticket)))
         await until(lambda: bool(ticket.arrivals), what=f"{name} queued")  # before the next
     return tasks
@@ -747,6 +752,94 @@ async def test_mixed_load_keeps_the_window(new_budget: BudgetMaker) -> None:
     )
     assert len(times) == 21
     assert_sliding_window(times, limit)
+
+
+# --- shortest question first ---
+
+
+async def queue_page(
+    budget: TimedBudget, fetch: Ticket, name: str, order: list[str]
+) -> asyncio.Task[Grant]:
+    """The next page of the fetch ``fetch``, queued (it has already had a page granted)."""
+
+    async def wait() -> Grant:
+        got = await grant(budget, ticket=fetch)
+        order.append(name)
+        return got
+
+    tried = budget.attempts
+    task = asyncio.create_task(wait())
+    await until(lambda: budget.attempts > tried, what=f"{name} queued")
+    return task
+
+
+async def backdate(budget: TimedBudget, ages: list[float]) -> None:
+    """Starts made ``ages`` seconds ago, as if by another replica."""
+    if isinstance(budget, RedisCallBudget):
+        await budget.note_starts([(f"old-{i}", age) for i, age in enumerate(ages)])
+    else:
+        for i, age in enumerate(ages):
+            budget.record(f"old-{i}", time.monotonic() - age)
+
+
+async def test_a_one_call_question_overtakes_queued_pages(new_budget: BudgetMaker) -> None:
+    limit = RateLimit(3, 2.0)
+    replicas = [new_budget(limit=limit) for _ in range(2)]
+    # Two slots free in 0.1 s and 0.2 s; page 1 takes the third, which frees in a window.
+    await backdate(replicas[0], [1.9, 1.8])
+    order: list[str] = []
+    fetch = Ticket(calls=4)  # a fetch of four pages, by nobody in particular
+    await grant(replicas[0], ticket=fetch, timeout=0)  # page 1
+    page_2 = await queue_page(replicas[0], fetch, "page 2", order)
+    # Asked after page 2 queued, on the other replica: the one-call questions take the two
+    # slots that free first, although page 2 came first; the page is served after them.
+    later = await queue_up([replicas[1]], ["one", "two"], order)
+    await asyncio.gather(page_2, *later)
+    assert order == ["one", "two", "page 2"]
+
+
+async def test_sizes_do_not_break_round_robin_or_the_cap(new_budget: BudgetMaker) -> None:
+    replicas = [new_budget(limit=ONE) for _ in range(2)]
+    await grant(replicas[0], timeout=0)
+    order: list[str] = []
+    # bob's question is long, ann's are one call each: bob still goes in the first round,
+    # after ann's first (shorter) question and before her second.
+    names = ["ann/1", "ann/2", "bob/long", "ann/3"]
+    held = await queue_up(replicas, names, order, {"bob/long": 5})
+    asker.set("ann")
+    with pytest.raises(TooManyQuestions):  # ann holds the cap, whatever the sizes
+        await replicas[1].acquire(ticket=Ticket(calls=1))
+    await asyncio.gather(*held)
+    assert order == ["ann/1", "bob/long", "ann/2", "ann/3"]
+
+
+async def test_aging_gives_a_long_fetch_a_page_each_window(new_budget: BudgetMaker) -> None:
+    limit = RateLimit(2, 0.5)
+    replicas = [new_budget(limit=limit) for _ in range(2)]
+    fetch = Ticket(calls=20)
+    served: list[str] = []
+    stop = asyncio.Event()
+
+    async def flood(n: int) -> None:
+        # One-call questions, always one waiting per flooder: without aging they alone
+        # would be served, as each is shorter than the fetch.
+        while not stop.is_set():
+            await grant(replicas[1], ticket=Ticket())
+            served.append(f"q{n}")
+
+    flooders = [asyncio.create_task(flood(n)) for n in range(3)]
+    await until(lambda: len(served) >= 2, what="the flood served")
+    pages = [await grant(replicas[0], ticket=fetch)]  # page 1, a question of 20 calls
+    served_before = len(served)
+    for _ in range(3):
+        pages.append(await grant(replicas[0], ticket=fetch))
+    stop.set()
+    await asyncio.gather(*flooders)
+    # Each page waits at most a window to age, then for the next free slot.
+    for before, after in itertools.pairwise(pages):
+        assert after.earliest - before.latest <= 2 * limit.window + 2 * TOL
+    # One-call questions still went between the pages (shortest first, up to aging).
+    assert len(served) - served_before >= 3
 
 
 # --- what waiting costs Redis ---

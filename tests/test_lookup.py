@@ -273,3 +273,115 @@ async def test_drain_gives_up_on_a_call_that_outlasts_its_timeout(
     await asyncio.wait({calling}, timeout=1.0)
     assert calling.cancelled()
     assert not (await rt.lookups.peek(LookupRequest("a"))).answer.has_data
+
+
+# --- covering views ---
+
+
+def named(sim: RunningSim, task: str, part: str) -> set[str]:
+    return {n for n in names(sim, task) if part.casefold() in n.casefold()}
+
+
+async def known_size(rt: Runtime, task: str) -> None:
+    """The mirror learns the task's size (a full fetch), so a ``name=`` question alone would
+    be a call of its own (a filtered view), not a fetch of everything."""
+    await rt.lookups.refresh(LookupRequest(task))
+
+
+async def test_a_name_question_waits_for_the_covering_fetch(
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+) -> None:
+    sim = await make_hss_sim(task_sizes={"big": 450}, faults=Faults(latency_ms=150.0))
+    rt = await make_runtime(sim, HSS_FRESH_SECONDS="0")
+    await known_size(rt, "big")
+    spent = calls(sim)
+    whole = asyncio.create_task(rt.lookups.refresh(LookupRequest("big"), max_age=0))
+    await until(lambda: calls(sim) > spent, what="the full fetch under way")
+    part = next(iter(names(sim, "big")))[:6]
+    narrow, typed = await asyncio.gather(
+        rt.lookups.refresh(LookupRequest("big", name=part), max_age=0),
+        rt.lookups.refresh(LookupRequest("big", FAILED, types=frozenset({"Harbor"})), max_age=0),
+    )
+    await whole
+    assert calls(sim) - spent == 3, "only the full view's three pages"
+    assert {r.registry_name for r in narrow.registries} == named(sim, "big", part)
+    assert narrow.has_data and typed.has_data
+    harbor_failed = {
+        r.registry_name
+        for r in sim.sim.registries("big")
+        if r.sync_status == "failed" and r.registry_type == "Harbor"
+    }
+    assert {r.registry_name for r in typed.registries} == harbor_failed
+
+
+async def test_a_name_question_waits_for_another_replicas_covering_fetch(
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+) -> None:
+    sim = await make_hss_sim(task_sizes={"big": 450}, faults=Faults(latency_ms=150.0))
+    a = await make_runtime(sim, HSS_FRESH_SECONDS="0")
+    b = await make_runtime(sim, HSS_FRESH_SECONDS="0")
+    await known_size(a, "big")
+    spent = calls(sim)
+    whole = asyncio.create_task(a.lookups.refresh(LookupRequest("big"), max_age=0))
+    await until(lambda: calls(sim) > spent, what="the full fetch under way on replica a")
+    part = next(iter(names(sim, "big")))[:6]
+    narrow = await b.lookups.refresh(LookupRequest("big", name=part), max_age=0)
+    await whole
+    assert calls(sim) - spent == 3, "replica b spent nothing"
+    assert {r.registry_name for r in narrow.registries} == named(sim, "big", part)
+
+
+async def test_when_the_covering_fetch_fails_the_question_asks_on_its_own(
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+) -> None:
+    sim = await make_hss_sim(task_sizes={"big": 450})
+    rt = await make_runtime(sim, HSS_FRESH_SECONDS="0")
+    await known_size(rt, "big")
+    spent = calls(sim)
+    sim.sim.queue("ok", 503, 503, 503)  # page 2 of the full view fails: 3 attempts
+    whole = asyncio.create_task(rt.lookups.refresh(LookupRequest("big"), max_age=0))
+    await until(lambda: calls(sim) > spent, what="the full fetch under way")
+    part = next(iter(names(sim, "big")))[:6]
+    narrow = await rt.lookups.refresh(LookupRequest("big", name=part), max_age=0)
+    with pytest.raises(HssUnavailableError):
+        await whole
+    assert {r.registry_name for r in narrow.registries} == named(sim, "big", part)
+    # The failed fetch's attempts, then one call of the question's own.
+    assert calls(sim) - spent == 1 + 3 + 1
+
+
+async def test_a_question_joining_a_size_probe_plans_again_once_the_size_is_known(
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+) -> None:
+    sim = await make_hss_sim(task_sizes={"big": 1200}, faults=Faults(latency_ms=250.0))
+    a = await make_runtime(sim)
+    b = await make_runtime(sim)
+    whole = asyncio.create_task(a.lookups.refresh(LookupRequest("big")))  # 6 pages
+    await until(lambda: bool(a.lookups._inflight), what="the first page asked for")
+    # Asked while the first page is on its way: it joins the fetch of everything (the
+    # size is unknown), then asks for the failed view alone once the first page told it.
+    failed = await a.lookups.refresh(LookupRequest("big", FAILED))
+    assert not whole.done(), "answered before the fetch of every page"
+    assert {r.registry_name for r in failed.registries} == names(sim, "big", "failed")
+    # Another replica knows the size from the mirror at once, and plans by it.
+    ref = a.lookups.ref(LookupRequest("big"))
+    assert (await b.lookups._store.load(ref)).task_total == 1200
+    await whole
+    assert calls(sim) == 6 + 1
+
+
+async def test_a_status_question_of_many_pages_waits_for_the_whole_task_instead(
+    make_hss_sim: MakeSim, make_runtime: MakeRuntime
+) -> None:
+    sim = await make_hss_sim(task_sizes={"big": 1200}, faults=Faults(latency_ms=100.0))
+    rt = await make_runtime(sim)
+    whole = asyncio.create_task(rt.lookups.refresh(LookupRequest("big")))  # 6 pages
+    # Asked once the first page told the task's size, while the other pages are on their
+    # way: the finished view alone would be cheaper than everything, but not one call.
+    await until(lambda: calls(sim) >= 2, what="the first page in")
+    finished = SyncStatus.FINISHED
+    assert len(names(sim, "big", "finished")) > 200, "the finished view is several pages"
+    answer = await rt.lookups.refresh(LookupRequest("big", finished))
+    await whole
+    assert calls(sim) == 6, "no page of the finished view of its own"
+    assert {r.registry_name for r in answer.registries} == names(sim, "big", "finished")

@@ -21,9 +21,11 @@ from bot.mirror import (
     merge,
     parse_view_key,
     row_matches,
+    sampled_pages,
     task_size,
     totals,
     view_key,
+    with_task_size,
 )
 from bot.models import (
     REGISTRY_TYPES,
@@ -533,3 +535,23 @@ def test_matching_rows_order_and_filter() -> None:
     assert [r.registry_id for r in failed] == ["5", "7", "2"]
     harbor_b = matching_rows(snap, LookupRequest(task_id="t", types=HARBOR, name="B"))
     assert [r.registry_id for r in harbor_b] == ["3"]
+
+
+def test_a_first_page_estimates_the_pages_of_a_view() -> None:
+    # 200 registries seen of 2,000: 10 failed (5 %) -> about 100 failed, one page; 120
+    # finished (60 %) -> about 1,200, six pages; the whole task ten.
+    sample = [reg(f"f{i}", "failed") for i in range(10)]
+    sample += [reg(f"d{i}", "finished") for i in range(120)]
+    sample += [reg(f"r{i}", "running") for i in range(70)]
+    assert sampled_pages(sample, 2000, FAILED_VIEW) == 1
+    assert sampled_pages(sample, 2000, ApiFilter(sync_status=FINISHED)) == 6
+    assert sampled_pages(sample, 2000, FULL) == 10
+    assert sampled_pages([], 2000, FAILED_VIEW) == 10, "no sample: as big as the task"
+
+
+def test_the_task_size_alone_changes_no_view_or_row() -> None:
+    snap = Snapshot(rows={"a": row("a")}, views={}, generation=3)
+    sized = with_task_size(snap, 450)
+    assert (sized.task_total, sized.generation) == (450, 4)
+    assert sized.rows == snap.rows and sized.views == snap.views
+    assert task_size(snap) is None, "the original is unchanged"

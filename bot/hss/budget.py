@@ -17,9 +17,13 @@ Rules shared by both implementations:
   questions already waiting; the next call of a question just served (a fetch's next page,
   a retry) waits for the round after. Within a round, first come, first served: a caller
   starts only while fewer live waiters are ahead of it than slots are free (two free slots:
-  the first two may both go). The order is (round, arrival), so another key (a question's
-  size) can go between them. A waiter keeps its place across its wake-ups, and a ``Ticket``
+  the first two may both go). A waiter keeps its place across its wake-ups, and a ``Ticket``
   carries a question's arrival and last round from one acquire to the next (its pages).
+- Shortest question first: the order is (round, size, arrival), where size is the calls the
+  whole question takes (``Ticket.calls``), so within a round a question one call answers goes
+  before the pages of a longer fetch. Aging keeps a long fetch moving: a page that has
+  waited a whole window goes to the front of the round being served, as a one-call
+  question would, so every fetch advances at least one page per window.
   Questions of nobody in particular (no asker) stay in the round being served: among
   themselves, first come, first served.
 - Nobody holds more than ``MAX_QUEUED_PER_ASKER`` places in the queue: a new question of
@@ -47,7 +51,7 @@ from abc import ABC, abstractmethod
 from bisect import insort
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -90,14 +94,19 @@ class Ticket:
     last granted one, and only the first can be refused for its asker's cap. Arrivals and
     rounds are kept per clock (Redis's, this process's): a ticket may move from Redis to
     the fallback and back. ``asker`` is read from the context at the first acquire.
+
+    ``calls`` is the question's size: how many calls it takes in all (1: one call answers
+    it), set by whoever knows (the lookup from the mirror, the client from a first page).
+    A waiter queues with the size its ticket has when it starts waiting.
     """
 
-    __slots__ = ("arrivals", "asker", "turns")
+    __slots__ = ("arrivals", "asker", "calls", "turns")
 
-    def __init__(self) -> None:
+    def __init__(self, calls: int = 1) -> None:
         self.arrivals: dict[str, float] = {}
         self.turns: dict[str, int] = {}
         self.asker: str | None = None
+        self.calls = calls
 
 
 @runtime_checkable
@@ -150,13 +159,20 @@ class _Place:
     """A waiter's place in the in-process queue, ordered as Redis orders them."""
 
     round: int
+    size: int  # calls the question takes in all (1: one call answers it)
     arrival: float
     waiter: str
     asker: str = field(compare=False)
+    queued: float = field(compare=False, default=0.0)  # when it began to wait (aging)
+
+
+def _size(calls: int) -> int:
+    """The size key as the script keeps it (at most 1000)."""
+    return min(max(calls, 1), 1000)
 
 
 class _TurnQueue:
-    """The in-process twin of the script's queue: rounds by asker, then arrival."""
+    """The in-process twin of the script's queue: rounds by asker, then size, then arrival."""
 
     def __init__(self) -> None:
         self._places: dict[str, _Place] = {}
@@ -175,20 +191,40 @@ class _TurnQueue:
         """Places a new question of ``asker`` would queue behind (every one of its round)."""
         held, last = self._askers.get(asker, (0, 0)) if asker else (0, 0)
         round_ = self._round(asker, None, held, last)
-        return sum(place.round <= round_ for place in self._places.values())
+        return sum((p.round, p.size) <= (round_, 1) for p in self._places.values())
 
     def join(
-        self, waiter: str, arrival: float, asker: str, last_turn: int | None
+        self,
+        waiter: str,
+        arrival: float,
+        asker: str,
+        last_turn: int | None,
+        *,
+        calls: int,
+        now: float,
     ) -> tuple[_Place, int]:
         """The waiter's place (a new one if it has none) and how many its asker held before."""
         if (place := self._places.get(waiter)) is not None:
             return place, 0
         held, last = self._askers.get(asker, (0, 0)) if asker else (0, 0)
         round_ = self._round(asker, last_turn, held, last)
-        self._places[waiter] = place = _Place(round_, arrival, waiter, asker)
+        place = _Place(round_, _size(calls), arrival, waiter, asker, queued=now)
+        self._places[waiter] = place
         if asker:
             self._askers[asker] = (held + 1, round_)
         return place, held
+
+    def age(self, waiter: str, now: float, window: float) -> float:
+        """Aging (as the script does it): seconds until the waiter's place of a longer question
+        moves to the front of the round being served; 0 when it has or is not one."""
+        place = self._places[waiter]
+        if place.size == 1:
+            return 0.0
+        if place.queued + window > now:
+            return place.queued + window - now
+        head = min(self._places.values())
+        self._places[waiter] = replace(place, round=min(head.round, place.round), size=1)
+        return 0.0
 
     def _round(self, asker: str, last_turn: int | None, held: int, last: int) -> int:
         head = min(self._places.values(), default=None)
@@ -329,7 +365,7 @@ class RedisCallBudget(_SlidingWindowBudget):
     ) -> float:
         arrival = ticket.arrivals.get("redis", "")
         turn = ticket.turns.get("redis", "")
-        question = (ticket.asker or "", self._cap, turn)
+        question = (ticket.asker or "", self._cap, turn, ticket.calls)
         args = (int(priority), waiter, self._grace, self.reserve, arrival, *question)
         reply = await self._run("acquire", call_id, *args)
         if reply.granted < 0:
@@ -403,8 +439,14 @@ class LocalCallBudget(_SlidingWindowBudget):
         new = "local" not in ticket.arrivals
         arrival = min(ticket.arrivals.get("local", now), now)
         turn = ticket.turns.get("local")
-        place, held = self._queue.join(waiter, arrival, ticket.asker or "", turn)
+        place, held = self._queue.join(
+            waiter, arrival, ticket.asker or "", turn, calls=ticket.calls, now=now
+        )
+        due = self._queue.age(waiter, now, self.limit.window)
+        place = self._queue.place_of(waiter) or place
         wait = self._wait_for(self._queue.ahead_of(place) + 1, now)
+        if due > 0:  # wake when aging moves the place, if its turn has not come by then
+            wait = min(wait, due)
         if wait > 0 and new and place.asker and held >= self._cap:
             self._forget(waiter)
             raise TooManyQuestions(place.asker, self._cap)

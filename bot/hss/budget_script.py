@@ -8,9 +8,10 @@ atomic across processes and uses Redis's clock (replicas' clocks may disagree).
 BUDGET_LUA = """
 -- KEYS[1] = budget log: ZSET member = call id, score = start time (Redis clock, s)
 -- KEYS[2] = interactive waiters: ZSET member = waiter id, score = expiry (Redis clock, s)
--- KEYS[3] = interactive queue: ZSET score = round, member = place (see `enqueue`); the order
---           of the live members of KEYS[2] (one that expires there leaves every key)
--- KEYS[4] = places: HASH waiter id -> its member of KEYS[3]
+-- KEYS[3] = interactive queue: ZSET score = round + size key, member = place (see `enqueue`);
+--           the order of the live members of KEYS[2] (one that expires there leaves every key)
+-- KEYS[4] = places: HASH waiter id -> its member of KEYS[3]; 't:' .. waiter id -> when a
+--           question of several calls queued (Redis clock, s), for aging
 -- KEYS[5] = askers: HASH 'n:' .. asker -> places queued, 'r:' .. asker -> round of the last
 -- ARGV[1] = mode: acquire | leave | peek | penalize | note
 -- ARGV[2] = calls per window; ARGV[3] = window (s); ARGV[4] = call id (phantom id prefix)
@@ -20,7 +21,8 @@ BUDGET_LUA = """
 --           waiter already queued keeps the place it was queued with;
 --           ARGV[10] = asker ('' or absent: nobody in particular, first come first served);
 --           ARGV[11] = places one asker may hold (absent: no cap; new questions only);
---           ARGV[12] = round of this question's last granted call ('' or absent: none)
+--           ARGV[12] = round of this question's last granted call ('' or absent: none);
+--           ARGV[13] = calls the question takes in all ('' or absent: 1): shortest first
 -- leave:    ARGV[5] = waiter id
 -- peek:     ARGV[5] = asker ('' or absent: nobody in particular): whose new question the
 --           returned wait is for
@@ -44,7 +46,7 @@ local function dequeue(waiter)
   redis.call('ZREM', waiters, waiter)
   local place = redis.call('HGET', places, waiter)
   if not place then return end
-  redis.call('HDEL', places, waiter)
+  redis.call('HDEL', places, waiter, 't:' .. waiter)
   redis.call('ZREM', queue, place)
   local asker = asker_of(place)
   if asker ~= '' and redis.call('HINCRBY', askers, 'n:' .. asker, -1) <= 0 then
@@ -85,9 +87,13 @@ end
 -- its asker's places already queued; the next call of a question that was just served
 -- waits for the round after its own. Questions of nobody in particular stay in the head's
 -- round: among themselves, first come first served.
-local function round_for(asker, last_turn)
+local function head_round()
   local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
-  local round = head[2] and tonumber(head[2]) or 0
+  return head[2] and math.floor(tonumber(head[2])) or 0
+end
+
+local function round_for(asker, last_turn)
+  local round = head_round()
   if asker == '' then return round end
   if last_turn and last_turn >= round then round = round + 1 end
   local queued = tonumber(redis.call('HGET', askers, 'n:' .. asker) or '0')
@@ -97,33 +103,57 @@ local function round_for(asker, last_turn)
   return round, queued
 end
 
-local function enqueue(waiter, arrival, asker, last_turn)
+-- Shortest question first within a round: the score's fraction is the question's size in
+-- calls (0 for one call), so one-call questions go before the pages of a longer fetch.
+local function size_key(calls)
+  return (math.min(math.max(calls, 1), 1000) - 1) / 1000
+end
+
+local function enqueue(waiter, arrival, asker, last_turn, calls)
   local round, queued = round_for(asker, last_turn)
   local place = string.format('%017.6f', arrival) .. ':' .. waiter .. ':' .. asker
-  redis.call('ZADD', queue, round, place)
+  redis.call('ZADD', queue, round + size_key(calls), place)
   redis.call('HSET', places, waiter, place)
+  if calls > 1 then redis.call('HSET', places, 't:' .. waiter, string.format('%.6f', now)) end
   if asker ~= '' then
     redis.call('HSET', askers, 'n:' .. asker, queued + 1, 'r:' .. asker, round)
   end
   return place, queued or 0
 end
 
+-- Aging: a place of a longer question that has waited a whole window moves to the front of
+-- the round being served, as a one-call question, so every fetch gets a page per window.
+-- Returns the seconds until that happens (0: it has, or the place is not a longer question).
+local function age(waiter, place)
+  local score = tonumber(redis.call('ZSCORE', queue, place))
+  if score == math.floor(score) then return 0 end
+  local since = tonumber(redis.call('HGET', places, 't:' .. waiter) or '') or now
+  if since + window > now then return since + window - now end
+  redis.call('ZADD', queue, math.min(head_round(), math.floor(score)), place)
+  redis.call('HDEL', places, 't:' .. waiter)
+  return 0
+end
+
 -- an interactive caller goes when fewer waiters are ahead of it than slots are free
-local function interactive(waiter, arrival, asker, last_turn)
+local function interactive(waiter, arrival, asker, last_turn, calls)
   if waiter == '' then return wait_for(redis.call('ZCARD', queue) + 1), arrival, nil, 0 end
   local place, held = redis.call('HGET', places, waiter), 0
-  if not place then place, held = enqueue(waiter, arrival, asker, last_turn) end
-  local ahead = redis.call('ZRANK', queue, place)
-  return wait_for(ahead + 1), arrival_of(place), tonumber(redis.call('ZSCORE', queue, place)),
-         held
+  if not place then place, held = enqueue(waiter, arrival, asker, last_turn, calls) end
+  local due = age(waiter, place)
+  local wait = wait_for(redis.call('ZRANK', queue, place) + 1)
+  -- wake when aging moves the place, if its turn has not come by then
+  if due > 0 then wait = math.min(wait, due) end
+  return wait, arrival_of(place),
+         math.floor(tonumber(redis.call('ZSCORE', queue, place))), held
 end
 
 if mode == 'acquire' then
   local waiter, wait, arrival, round, held = ARGV[6], 0, nil, nil, 0
   if tonumber(ARGV[5]) == 0 then
     local asker, turn = ARGV[10] or '', tonumber(ARGV[12] or '')
+    local calls = tonumber(ARGV[13] or '') or 1
     wait, arrival, round, held =
-      interactive(waiter, math.min(tonumber(ARGV[9]) or now, now), asker, turn)
+      interactive(waiter, math.min(tonumber(ARGV[9]) or now, now), asker, turn, calls)
     local cap = tonumber(ARGV[11] or '')
     if wait > 0 and ARGV[9] == '' and cap and asker ~= '' and held >= cap then
       dequeue(waiter)
@@ -147,7 +177,8 @@ if mode == 'acquire' then
 elseif mode == 'leave' then
   dequeue(ARGV[5])
 elseif mode == 'peek' then
-  -- a new question of the asker goes after every place of its round and the rounds before
+  -- a new one-call question of the asker goes after every place of the rounds before its own
+  -- and the one-call places of its round
   local round = round_for(ARGV[5] or '', nil)
   return reply(0, wait_for(redis.call('ZCOUNT', queue, '-inf', round) + 1))
 elseif mode == 'penalize' then

@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -236,6 +237,9 @@ class HssClient:
             offset = len(first.registries)
         sweep.add(first.total_num, _by_registry_id(first.registries))
         sweep.first_sent_at = first.sent_at or time.time()
+        # The first page tells the question's size: its other pages queue as a longer
+        # question (after one-call ones) from now on.
+        sweep.ticket.calls = 1 + math.ceil(max(0, first.total_num - offset) / limit)
         while offset < sweep.total and offset <= OFFSET_MAX:
             page, attempts = await self._list_page(
                 task, flt, offset=offset, limit=limit, priority=priority, ticket=sweep.ticket

@@ -49,18 +49,21 @@ def budget_waiters(scope: str, api: str = HssApi.REGISTRIES) -> str:
 
 
 def budget_queue(scope: str, api: str = HssApi.REGISTRIES) -> str:
-    """ZSET member=``{arrival:017.6f}:{waiter id}:{asker}``, score=round. The live waiters of
-    ``budget_waiters`` in the order slots go across replicas: round robin between askers
-    (score), first come, first served within a round (the member starts with the arrival,
-    Redis clock, s). The expiry set alone cannot keep order: it is rewritten on every
-    wake-up. Another ordering key (a question's size) would go into the member before the
-    arrival. Trimmed with the waiters' set; same TTL."""
+    """ZSET member=``{arrival:017.6f}:{waiter id}:{asker}``, score=round + (size - 1) / 1000.
+    The live waiters of ``budget_waiters`` in the order slots go across replicas: round robin
+    between askers (the score's integer part), shortest question first within a round (its
+    fraction: the calls the question takes, capped at 1000; one call is 0), then first come,
+    first served (the member starts with the arrival, Redis clock, s). A longer question's
+    place that waited a window moves to the round being served with size one (aging). The
+    expiry set alone cannot keep order: it is rewritten on every wake-up. Trimmed with the
+    waiters' set; same TTL."""
     return f"{_budget(scope, api)}:queue"
 
 
 def budget_places(scope: str, api: str = HssApi.REGISTRIES) -> str:
     """HASH field=waiter id, value=its member of ``budget_queue``: how a waiter finds its
-    place. Changed with the queue in the budget script; same TTL."""
+    place; field ``t:{waiter id}`` = when a longer question's place queued (Redis clock, s),
+    for aging. Changed with the queue in the budget script; same TTL."""
     return f"{_budget(scope, api)}:places"
 
 

@@ -82,6 +82,10 @@ class MemoryMirrorStore:
         del self._locks[(ref, view)]
         return True
 
+    async def locked(self, ref: TaskRef, view: str) -> bool:
+        held = self._locks.get((ref, view))
+        return held is not None and held[1] > self._clock()
+
     def _holds(self, ref: TaskRef, view: str, owner: str) -> bool:
         held = self._locks.get((ref, view))
         return held is not None and held[0] == owner and held[1] > self._clock()
@@ -160,6 +164,9 @@ class FailoverMirrorStore:
 
     async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
         return await self._call(lambda s: s.unlock(ref, view, owner))
+
+    async def locked(self, ref: TaskRef, view: str) -> bool:
+        return await self._call(lambda s: s.locked(ref, view))
 
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
         return await self._call(lambda s: s.changes(ref, after))

@@ -88,6 +88,10 @@ class MirrorStore(Protocol):
         """Release the lock, if ``owner`` still holds it."""
         ...
 
+    async def locked(self, ref: TaskRef, view: str) -> bool:
+        """Someone holds the view's refresh lock: a fetch of it is under way."""
+        ...
+
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]: ...
 
     async def get_auth_lock(self, scope: str) -> dict[str, Any] | None: ...
@@ -210,6 +214,9 @@ class RedisMirrorStore:
 
     async def unlock(self, ref: TaskRef, view: str, owner: str) -> bool:
         return bool(await self._release_script(keys=[keys.refresh_lock(ref, view)], args=[owner]))
+
+    async def locked(self, ref: TaskRef, view: str) -> bool:
+        return bool(await self._redis.exists(keys.refresh_lock(ref, view)))
 
     async def changes(self, ref: TaskRef, after: str = "0") -> list[tuple[str, Change]]:
         entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
