@@ -13,7 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from bot.runs import SyncRun
+from bot.runs import API_FIELDS, SyncRun
 from bot.slack.tasks_command import ListTasks, parse_kind, validate_run_name
 from bot.slack.text import data_age
 from bot.table import format_runs, write_stdout
@@ -23,18 +23,6 @@ if TYPE_CHECKING:
     from bot.storage.runs_store import RunsSnapshot
 
 EXIT_OK, EXIT_FAILED = 0, 3
-#: The API's field names, in its order: what ``--json`` prints for each run.
-JSON_FIELDS = (
-    "task_id",
-    "task_name",
-    "task_type",
-    "begin_time",
-    "end_time",
-    "task_status",
-    "failed_num",
-    "success_num",
-    "total_num",
-)
 
 DESCRIPTION = """\
 List the image-sync runs (ListImageScanTask, type=image_sync) newest first, as a table (or
@@ -103,7 +91,7 @@ async def fetch(runtime: Runtime, fresh_seconds: float) -> RunsSnapshot:
 
 def print_runs(runs: tuple[SyncRun, ...], *, fetched_at: float, as_json: bool) -> int:
     if as_json:
-        rows = [{k: run.as_api_dict()[k] for k in JSON_FIELDS} for run in runs]
+        rows = [{k: getattr(run, k) for k in API_FIELDS} for run in runs]
         write_stdout(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
     else:
         write_stdout(format_runs(runs))

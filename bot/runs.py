@@ -20,6 +20,20 @@ DONE_STATUS = 100
 MAX_LISTED_RUNS = 1000
 #: Longest ``task_name`` filter HSS accepts.
 RUN_NAME_MAX = 256
+#: The API's names of a run's fields, in its order: what ``tasks --json`` prints.
+API_FIELDS = (
+    "task_id",
+    "task_name",
+    "task_type",
+    "begin_time",
+    "end_time",
+    "task_status",
+    "failed_num",
+    "success_num",
+    "total_num",
+)
+#: Every field a :class:`SyncRun` keeps: the API's and the reason of a run that failed.
+RUN_FIELDS = (*API_FIELDS, "failed_reason")
 
 
 class RunKind(StrEnum):
@@ -78,18 +92,7 @@ class SyncRun:
 
     def as_api_dict(self) -> dict[str, str | int | None]:
         """The run with the API's field names (what ``--json`` prints)."""
-        return {
-            "task_id": self.task_id,
-            "task_name": self.task_name,
-            "task_type": self.task_type,
-            "begin_time": self.begin_time,
-            "end_time": self.end_time,
-            "task_status": self.task_status,
-            "failed_num": self.failed_num,
-            "success_num": self.success_num,
-            "total_num": self.total_num,
-            "failed_reason": self.failed_reason,
-        }
+        return {name: getattr(self, name) for name in RUN_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)

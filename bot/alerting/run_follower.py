@@ -49,6 +49,7 @@ from bot.alerting.run_flips import (
 )
 from bot.alerting.run_state import RunSeen, Told, read_seen, write_seen
 from bot.alerting.run_telling import Teller
+from bot.alerting.stoppable import unless_stopped
 from bot.errors import BotError
 from bot.hss.budget import Priority
 from bot.lookup import LookupService
@@ -147,14 +148,8 @@ class RunFollower:
     async def _step(self, stopping: asyncio.Task[bool]) -> None:
         """``run_once``, abandoned if ``stopping`` ends first: a round may wait minutes for
         background call slots, and shutting down must not (the next leader redoes it)."""
-        step = asyncio.create_task(self.run_once())
-        try:
-            await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not step.done():
-                step.cancel()
-                await asyncio.wait({step})
-        if step.cancelled():
+        step = await unless_stopped(self.run_once(), stopping)
+        if step is None:
             return
         try:
             step.result()

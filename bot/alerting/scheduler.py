@@ -39,6 +39,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.lock import Lock
 
+from bot.alerting.stoppable import unless_stopped
 from bot.errors import BudgetTimeout, CommandError, HssAuthError, HssError, StoreError
 from bot.hss.budget import Priority
 from bot.lookup import LookupService
@@ -124,14 +125,8 @@ class Scheduler:
     async def _step(self, stopping: asyncio.Task[Any]) -> TaskRef | None:
         """``run_once``, abandoned (lease released) if ``stopping`` ends first: a refresh
         may wait minutes for a background slot, and shutting down must not."""
-        step = asyncio.create_task(self.run_once())
-        try:
-            await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not step.done():
-                step.cancel()
-                await asyncio.wait({step})
-        if step.cancelled():
+        step = await unless_stopped(self.run_once(), stopping)
+        if step is None:
             return None
         try:
             return step.result()

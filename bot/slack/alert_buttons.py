@@ -36,7 +36,8 @@ from bot.alerting.state import ack, read_state
 from bot.errors import BotError
 from bot.lookup import LookupService
 from bot.models import TaskRef
-from bot.slack.render import render_answer, render_error
+from bot.slack.followups import say_error
+from bot.slack.render import render_answer
 from bot.slack.request_shape import first_action, id_of, user_of
 from bot.slack.watch_handlers import WatchCommands
 from bot.storage import keys
@@ -70,7 +71,7 @@ class AlertButtons:
         try:
             await self._act(body, respond)
         except BotError as exc:
-            await _say(respond, exc.user_message())
+            await say_error(respond, exc.user_message())
 
     async def _act(self, body: dict[str, Any], respond: AsyncRespond) -> None:
         action = first_action(body)
@@ -87,7 +88,7 @@ class AlertButtons:
             return
         user = user_of(body)
         if not await self._commands.allowed(user):
-            await _say(respond, self._commands.refusal())
+            await say_error(respond, self._commands.refusal())
             return
         channel = id_of(body, "channel")
         ref = self._lookups.ref(decoded.request)
@@ -146,10 +147,3 @@ class AlertButtons:
             blocks=message.blocks,
             dedup=f"{key}:{reason}:{now!r}",
         )
-
-
-async def _say(respond: AsyncRespond, text: str) -> None:
-    message = render_error(text)
-    await respond(
-        text=message.text, blocks=message.blocks, response_type="ephemeral", replace_original=False
-    )

@@ -32,7 +32,7 @@ from bot.hss.budget import Priority
 from bot.kept_questions import GIVE_UPS, KeptQuestions, KeptState, Settle
 from bot.lookup import LookupService, Question
 from bot.models import Answer
-from bot.slack.render import Message, Offer, render_answer
+from bot.slack.render import Message, Offer, render_answer, render_error
 from bot.slack.run_text import Resolved
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ RESTARTING = (
 
 def payload(message: Message, **extra: Any) -> dict[str, Any]:
     return {"text": message.text, "blocks": message.blocks, **extra}
+
+
+async def say_error(respond: AsyncRespond, text: str) -> None:
+    """An error only the clicker sees, leaving the message they clicked on as it was."""
+    await respond(**payload(render_error(text), response_type="ephemeral", replace_original=False))
 
 
 def clock_time(at: float) -> str:

@@ -32,7 +32,7 @@ from bot.runs_service import RunsService, named_run
 from bot.slack.action_value import decode_action_value
 from bot.slack.background import Background
 from bot.slack.command import Help, Lookup, parse
-from bot.slack.followups import FAILED, FollowUps, Waiting, clock_time, payload
+from bot.slack.followups import FAILED, FollowUps, Waiting, clock_time, payload, say_error
 from bot.slack.render import Message, Offer, render_answer, render_error, render_help
 from bot.slack.request_shape import first_action, user_of
 from bot.slack.run_text import Resolved
@@ -220,8 +220,7 @@ class LookupHandlers:
         try:
             request, _ = decode_action_value(str(first_action(body).get("value", "")))
         except CommandError as exc:
-            message = render_error(exc.user_message())
-            await respond(**payload(message, response_type="ephemeral", replace_original=False))
+            await say_error(respond, exc.user_message())
             return
 
         async def reply(message: Message) -> None:
@@ -318,8 +317,7 @@ class LookupHandlers:
             request, page = decode_action_value(str(first_action(body).get("value", "")))
             request, _ = await self._resolved(request)
         except BotError as exc:
-            message = render_error(exc.user_message())
-            await respond(**payload(message, response_type="ephemeral", replace_original=False))
+            await say_error(respond, exc.user_message())
             return None
         return request, page, await self._lookups.peek(request)
 

@@ -21,7 +21,7 @@ from bot.errors import BotError, CommandError, RunsUnavailable
 from bot.hss.budget import Priority
 from bot.runs_service import RunsService, filter_runs
 from bot.slack.action_value import decode_tasks_value
-from bot.slack.followups import FAILED, payload
+from bot.slack.followups import FAILED, payload, say_error
 from bot.slack.render import Message, render_error
 from bot.slack.render_tasks import RunList, render_tasks
 from bot.slack.request_shape import first_action
@@ -108,8 +108,7 @@ class TasksHandlers:
         try:
             query, page = decode_tasks_value(str(first_action(body).get("value", "")))
         except CommandError as exc:
-            message = render_error(exc.user_message())
-            await respond(**payload(message, response_type="ephemeral", replace_original=False))
+            await say_error(respond, exc.user_message())
             return
         listing = run_list(query, await self._runs.peek())
         message = render_tasks(listing, page=page, now=self._clock())

@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from bot.runs import SyncRun
+from bot.runs import RUN_FIELDS, SyncRun
 from bot.storage import keys
 from bot.storage.transact import transact
 
@@ -27,18 +27,7 @@ logger = logging.getLogger(__name__)
 #: it), never misread.
 VERSION = 1
 #: A run's fields in the order its array holds them.
-FIELDS = (
-    "task_id",
-    "task_name",
-    "task_type",
-    "begin_time",
-    "end_time",
-    "task_status",
-    "failed_num",
-    "success_num",
-    "total_num",
-    "failed_reason",
-)
+FIELDS = RUN_FIELDS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
