@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -361,9 +362,10 @@ lookup_requests = st.builds(
 
 
 def printable(request: LookupRequest) -> bool:
-    """No control characters in what the request would show."""
+    """No control, invisible or text-direction characters (Cc, Cf) in what the request would
+    show: the bot refuses them in task ids, names and enterprise project ids."""
     values = [request.task_id, request.name or "", request.ep or ""]
-    return not any(ord(c) < 32 or c == "\x7f" or 0x80 <= ord(c) < 0xA0 for v in values for c in v)
+    return not any(unicodedata.category(c) in ("Cc", "Cf") for v in values for c in v)
 
 
 def block_texts(block: dict[str, Any]) -> Iterator[dict[str, Any]]:
